@@ -1,0 +1,65 @@
+"""Model folders: safetensors weights plus a JSON config. Never pickle.
+
+A model folder holds ``config.json`` (``kind``, ``format_version``, ``satsynth_version`` and
+everything needed to rebuild and use the model) and one ``<name>.safetensors`` per tensor group
+(``model``, ``ema``, ``optimizer``...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from satsynth import FORMAT_VERSION, __version__
+from satsynth.errors import SatSynthError
+from satsynth.io import atomic_dir, read_json, write_json
+
+
+def save_model_dir(path: str | Path, kind: str, config: dict[str, Any],
+                   tensors: dict[str, dict[str, Any]], extra_files: dict[str, str] | None = None
+                   ) -> Path:
+    """Write a complete model folder atomically (it replaces ``path`` when done)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    cfg = {"kind": kind, "format_version": FORMAT_VERSION, "satsynth_version": __version__,
+           **config}
+    with atomic_dir(path) as tmp:
+        for name, state in tensors.items():
+            flat = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+            save_file(flat, str(tmp / f"{name}.safetensors"))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        write_json(tmp / "config.json", cfg)
+    return path
+
+
+def load_config(path: str | Path, kind: str) -> dict[str, Any]:
+    """Read and check a model folder's config (right kind, readable version)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SatSynthError("model folder not found", path)
+    cfg = read_json(path / "config.json")
+    if not isinstance(cfg, dict) or "kind" not in cfg:
+        raise SatSynthError("config.json is not a SatSynth model config", path / "config.json")
+    if cfg["kind"] != kind:
+        raise SatSynthError(f"this is a {cfg['kind']} model folder, a {kind} is needed", path)
+    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise SatSynthError(
+            f"model written by SatSynth {cfg.get('satsynth_version')} (format "
+            f"{cfg.get('format_version')}); this SatSynth {__version__} reads format "
+            f"{FORMAT_VERSION} or older: upgrade SatSynth", path)
+    return cfg
+
+
+def load_tensors(path: str | Path, name: str = "model", device: str = "cpu") -> dict[str, Any]:
+    """Load one tensor group, with a clear error when the file is missing or corrupt."""
+    from safetensors.torch import load_file
+
+    f = Path(path) / f"{name}.safetensors"
+    if not f.is_file():
+        raise SatSynthError(f"weights file {f.name} is missing", Path(path))
+    try:
+        return load_file(str(f), device=device)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise SatSynthError(f"weights file is corrupt or truncated ({exc})", f) from None

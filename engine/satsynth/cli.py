@@ -1,0 +1,105 @@
+"""The ``satsynth`` command line: one sub-command per stage.
+
+Every stage module exposes ``register(subparsers, common)``, adding its sub-commands with
+``set_defaults(func=...)``; a command function takes the parsed arguments and returns a dict of
+outputs (name -> path or value), reported in the final ``done`` event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+import traceback
+from typing import Any
+
+from satsynth import __version__, progress
+from satsynth.errors import Cancelled, SatSynthError
+
+log = logging.getLogger("satsynth")
+
+#: Modules that register sub-commands, in the order of the pipeline.
+COMMAND_MODULES = (
+    "satsynth.data.cli",
+    "satsynth.generator.cli",
+    "satsynth.segmenter.cli",
+    "satsynth.predict.cli",
+    "satsynth.demo",
+)
+
+
+def _check(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.device import describe
+
+    return describe()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (all stages)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--progress", choices=["bar", "json", "quiet"],
+                        default=argparse.SUPPRESS,
+                        help="progress display: a terminal bar (default on a terminal), JSON lines "
+                             "on stdout (for the QGIS plugin), or nothing")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging on stderr")
+    parser = argparse.ArgumentParser(
+        prog="satsynth", parents=[common],
+        description="SatSynth: learn joint image-mask diffusion from labeled rasters, synthesize "
+                    "training pairs, train and apply segmenters.")
+    parser.add_argument("--version", action="version", version=f"satsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub, common)
+    p = sub.add_parser("check", parents=[common],
+                       help="report the engine's version, torch, device and GPU")
+    p.set_defaults(func=_check)
+    return parser
+
+
+def _report_outputs(outputs: dict[str, Any]) -> None:
+    if progress.mode() == "json":
+        progress.emit({"event": "done", "outputs": outputs})
+        return
+    for key, value in outputs.items():
+        if isinstance(value, (dict, list)):
+            import json
+
+            value = json.dumps(value)
+        print(f"{key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mode = getattr(args, "progress", None) or ("bar" if sys.stderr.isatty() else "quiet")
+    progress.set_mode(mode)
+    progress.setup_logging(getattr(args, "verbose", False))
+    progress.install_signal_handlers()
+    try:
+        outputs = args.func(args) or {}
+    except SatSynthError as exc:
+        progress.emit({"event": "error", "message": str(exc)})
+        print(f"satsynth: error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        progress.emit({"event": "error", "message": "cancelled", "cancelled": True})
+        print("satsynth: cancelled; no partial output was kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: keep the protocol intact
+        traceback.print_exc(file=sys.stderr)
+        msg = f"internal error: {exc.__class__.__name__}: {exc} (please report this with the log)"
+        progress.emit({"event": "error", "message": msg})
+        print(f"satsynth: {msg}", file=sys.stderr)
+        return 1
+    _report_outputs(outputs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

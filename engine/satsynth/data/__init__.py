@@ -1,0 +1,1 @@
+"""The data stage: labeled rasters in, normalized training chips with georeference out."""

@@ -1,0 +1,59 @@
+"""Per-band normalization shared by training, synthesis and prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Normalizer:
+    """Maps source values linearly from [low, high] (per band) to [-1, 1], clipped."""
+
+    low: list[float]
+    high: list[float]
+    dtype: str = "uint8"
+
+    @property
+    def bands(self) -> int:
+        return len(self.low)
+
+    def _lh(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+        shape = (-1,) + (1,) * (ndim - 1) if ndim in (3,) else (1, -1) + (1,) * (ndim - 2)
+        lo = np.asarray(self.low, dtype=np.float32).reshape(shape)
+        hi = np.asarray(self.high, dtype=np.float32).reshape(shape)
+        return lo, np.maximum(hi, lo + 1e-6)
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        """(C,H,W) or (N,C,H,W) source values -> float32 in [-1, 1]."""
+        lo, hi = self._lh(x.ndim)
+        y = (x.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0
+        return np.clip(y, -1.0, 1.0, out=y)
+
+    def from_model(self, y: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_model`, rounded and clipped to the source dtype."""
+        lo, hi = self._lh(y.ndim)
+        x = (np.clip(y.astype(np.float32), -1, 1) + 1.0) / 2.0 * (hi - lo) + lo
+        dt = np.dtype(self.dtype)
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            x = np.clip(np.rint(x), info.min, info.max)
+        return x.astype(dt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low": [float(v) for v in self.low], "high": [float(v) for v in self.high],
+                "dtype": self.dtype, "method": "percentile-2-98"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+        return cls([float(v) for v in d["low"]], [float(v) for v in d["high"]], d.get("dtype", "uint8"))
+
+    @classmethod
+    def fit(cls, samples: np.ndarray, dtype: str, p_low: float = 2.0, p_high: float = 98.0) -> Normalizer:
+        """Fit from a (C, M) array of valid pixel samples."""
+        lo = np.percentile(samples, p_low, axis=1)
+        hi = np.percentile(samples, p_high, axis=1)
+        hi = np.where(hi <= lo, lo + 1.0, hi)
+        return cls([float(v) for v in lo], [float(v) for v in hi], dtype)

@@ -1,0 +1,302 @@
+"""The chip store: training chips in memory-mappable arrays plus a footprint index.
+
+Layout of a dataset folder::
+
+    dataset.json            metadata (classes, bands, dtype, chip size, normalization, CRS, sources)
+    <split>.images.npy      (N, C, S, S) image chips in the source dtype
+    <split>.labels.npy      (N, S, S) uint8 class indices, 255 = ignore
+    <split>.transforms.npy  (N, 6) affine (a, b, c, d, e, f) of each chip
+    <split>.sources.npy     (N,) int32 index into ``sources``
+    chips.gpkg              one footprint polygon per chip: split, source, class pixel counts
+
+Splits are ``train`` and ``val``; a synthetic store has only ``train``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satsynth import FORMAT_VERSION, __version__
+from satsynth.data.classes import IGNORE_INDEX, ClassTable
+from satsynth.data.normalize import Normalizer
+from satsynth.errors import SatSynthError
+from satsynth.io import atomic_dir, read_json, write_json
+
+SPLITS = ("train", "val")
+STORE_FORMAT = "satsynth-chips"
+
+
+@dataclass
+class StoreMeta:
+    """Everything about a chip store except the chips themselves."""
+
+    classes: ClassTable
+    bands: int
+    dtype: str
+    chip_size: int
+    normalizer: Normalizer
+    crs: str | None = None  # WKT of the (common) CRS, None when not georeferenced
+    pixel_size: tuple[float, float] | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    synthetic: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    class_pixels: dict[str, list[int]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": STORE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "satsynth_version": __version__,
+            "classes": self.classes.to_dict(),
+            "bands": self.bands,
+            "dtype": self.dtype,
+            "chip_size": self.chip_size,
+            "normalization": self.normalizer.to_dict(),
+            "georeferenced": self.georeferenced,
+            "crs": self.crs,
+            "pixel_size": list(self.pixel_size) if self.pixel_size else None,
+            "sources": self.sources,
+            "synthetic": self.synthetic,
+            "counts": self.counts,
+            "class_pixels": self.class_pixels,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str | Path = "dataset.json") -> StoreMeta:
+        if d.get("format") != STORE_FORMAT:
+            raise SatSynthError("not a SatSynth chip store (run 'satsynth prepare' first)", where)
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise SatSynthError(
+                f"written by a newer SatSynth (format {d.get('format_version')}, this is "
+                f"{FORMAT_VERSION}); upgrade SatSynth", where)
+        return cls(
+            classes=ClassTable.from_dict(d["classes"], where=str(where)),
+            bands=int(d["bands"]),
+            dtype=str(d["dtype"]),
+            chip_size=int(d["chip_size"]),
+            normalizer=Normalizer.from_dict(d["normalization"]),
+            crs=d.get("crs"),
+            pixel_size=tuple(d["pixel_size"]) if d.get("pixel_size") else None,
+            sources=list(d.get("sources", [])),
+            synthetic=bool(d.get("synthetic", False)),
+            counts={k: int(v) for k, v in d.get("counts", {}).items()},
+            class_pixels={k: [int(x) for x in v] for k, v in d.get("class_pixels", {}).items()},
+            extra=dict(d.get("extra", {})),
+        )
+
+    def class_shares(self, split: str = "train") -> np.ndarray:
+        """Fraction of labeled pixels per class index in ``split``."""
+        px = np.asarray(self.class_pixels.get(split, [0] * self.classes.num_classes), dtype=float)
+        return px / max(px.sum(), 1.0)
+
+
+@dataclass
+class ChipSplit:
+    """The chips of one split, memory-mapped."""
+
+    images: np.ndarray  # (N, C, S, S)
+    labels: np.ndarray  # (N, S, S)
+    transforms: np.ndarray  # (N, 6)
+    sources: np.ndarray  # (N,)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class ChipStore:
+    """A prepared dataset on disk (see the module docstring for the layout)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SatSynthError("dataset folder not found", self.path)
+        meta_path = self.path / "dataset.json"
+        if not meta_path.is_file():
+            raise SatSynthError("no dataset.json: not a SatSynth dataset (run 'satsynth prepare')",
+                                self.path)
+        self.meta = StoreMeta.from_dict(read_json(meta_path), meta_path)
+        self._splits: dict[str, ChipSplit] = {}
+
+    @property
+    def classes(self) -> ClassTable:
+        return self.meta.classes
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.meta.normalizer
+
+    def has_split(self, split: str) -> bool:
+        return (self.path / f"{split}.images.npy").is_file()
+
+    def split(self, split: str) -> ChipSplit:
+        """Open (memory-map) one split; a clear error if it is missing or damaged."""
+        if split not in self._splits:
+            arrays = {}
+            for part in ("images", "labels", "transforms", "sources"):
+                f = self.path / f"{split}.{part}.npy"
+                if not f.is_file():
+                    raise SatSynthError(f"split '{split}' is missing ({f.name} not found)", self.path)
+                try:
+                    arrays[part] = np.load(f, mmap_mode="r", allow_pickle=False)
+                except (ValueError, OSError) as exc:
+                    raise SatSynthError(f"damaged chip array ({exc})", f) from None
+            s = ChipSplit(**arrays)
+            n = len(s)
+            if not (s.labels.shape[0] == s.transforms.shape[0] == s.sources.shape[0] == n):
+                raise SatSynthError(f"split '{split}' arrays disagree in length", self.path)
+            self._splits[split] = s
+        return self._splits[split]
+
+    def __len__(self) -> int:
+        return sum(len(self.split(s)) for s in SPLITS if self.has_split(s))
+
+
+def _col_name(name: str, used: set[str]) -> str:
+    base = "px_" + (re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower() or "class")
+    col, k = base, 2
+    while col in used:
+        col, k = f"{base}_{k}", k + 1
+    used.add(col)
+    return col
+
+
+class ChipStoreWriter:
+    """Writes a chip store into a temporary folder, renamed onto ``path`` when closed.
+
+    ``capacity`` gives the maximum number of chips per split (unused room is trimmed).
+    """
+
+    def __init__(self, path: str | Path, meta: StoreMeta, capacity: dict[str, int],
+                 write_index: bool = True) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self.write_index = write_index
+        self._ctx = atomic_dir(self.path)
+        self.tmp = self._ctx.__enter__()
+        self._n: dict[str, int] = {}
+        self._arr: dict[str, dict[str, np.ndarray]] = {}
+        s, c = meta.chip_size, meta.bands
+        for split, cap in capacity.items():
+            cap = max(int(cap), 0)
+            self._n[split] = 0
+            self._arr[split] = {
+                "images": np.lib.format.open_memmap(self.tmp / f"{split}.images.npy.cap", "w+",
+                                                    np.dtype(meta.dtype), (cap, c, s, s)),
+                "labels": np.lib.format.open_memmap(self.tmp / f"{split}.labels.npy.cap", "w+",
+                                                    np.uint8, (cap, s, s)),
+                "transforms": np.zeros((cap, 6), np.float64),
+                "sources": np.zeros((cap,), np.int32),
+            }
+        self._px = {split: np.zeros(meta.classes.num_classes, np.int64) for split in capacity}
+        self._rows: list[dict[str, Any]] = []
+
+    def __enter__(self) -> ChipStoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc_type, exc, tb)
+
+    def count(self, split: str) -> int:
+        return self._n[split]
+
+    def add(self, split: str, image: np.ndarray, label: np.ndarray,
+            transform: tuple[float, ...] | Any, source: int = 0, col: int = 0,
+            row: int = 0) -> int:
+        """Append one chip; ``label`` holds class indices (255 = ignore). Returns its index."""
+        i = self._n[split]
+        a = self._arr[split]
+        if i >= a["images"].shape[0]:
+            raise SatSynthError(f"chip store capacity for '{split}' exceeded")
+        a["images"][i] = image
+        a["labels"][i] = label
+        t = tuple(transform)[:6]
+        a["transforms"][i] = t
+        a["sources"][i] = source
+        counts = np.bincount(label.ravel(), minlength=256)[: self.meta.classes.num_classes]
+        self._px[split] += counts
+        self._rows.append({"split": split, "chip": i, "source": int(source), "t": t,
+                           "col_off": int(col), "row_off": int(row), "counts": counts.tolist()})
+        self._n[split] = i + 1
+        return i
+
+    def abort(self, exc_type: Any = None, exc: BaseException | None = None, tb: Any = None) -> None:
+        """Discard everything written so far."""
+        self._arr.clear()
+        exc = exc or RuntimeError("aborted")
+        self._ctx.__exit__(type(exc), exc, tb)
+
+    def close(self) -> Path:
+        """Trim, write the index and metadata, and move the store into place."""
+        for split, arrays in self._arr.items():
+            n = self._n[split]
+            for part in ("images", "labels"):
+                src = arrays[part]
+                final = self.tmp / f"{split}.{part}.npy"
+                dst = np.lib.format.open_memmap(final, "w+", src.dtype, (n, *src.shape[1:]))
+                for k in range(0, n, 256):
+                    e = min(k + 256, n)
+                    dst[k:e] = src[k:e]
+                dst.flush()
+                del dst
+                src_file = self.tmp / f"{split}.{part}.npy.cap"
+                arrays[part] = None  # type: ignore[assignment]
+                del src
+                src_file.unlink()
+            np.save(self.tmp / f"{split}.transforms.npy", arrays["transforms"][:n])
+            np.save(self.tmp / f"{split}.sources.npy", arrays["sources"][:n])
+        self.meta.counts = dict(self._n)
+        self.meta.class_pixels = {k: v.tolist() for k, v in self._px.items()}
+        if self.write_index:
+            self._write_index()
+        write_json(self.tmp / "dataset.json", self.meta.to_dict())
+        self._arr.clear()
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def _write_index(self) -> None:
+        import geopandas as gpd
+        from shapely.geometry import box
+
+        s = self.meta.chip_size
+        used: set[str] = set()
+        cols = [_col_name(c.name, used) for c in self.meta.classes.classes]
+        records, geoms = [], []
+        for r in self._rows:
+            a, b, c, d, e, f = r["t"]
+            xs = [c, c + a * s, c + b * s, c + a * s + b * s]
+            ys = [f, f + d * s, f + e * s, f + d * s + e * s]
+            geoms.append(box(min(xs), min(ys), max(xs), max(ys)))
+            src = self.meta.sources[r["source"]] if r["source"] < len(self.meta.sources) else {}
+            rec = {"split": r["split"], "chip": r["chip"], "source": r["source"],
+                   "image": str(src.get("image", "")), "col_off": r["col_off"],
+                   "row_off": r["row_off"]}
+            rec.update(dict(zip(cols, r["counts"], strict=True)))
+            records.append(rec)
+        if not records:
+            return
+        gdf = gpd.GeoDataFrame(records, geometry=geoms, crs=self.meta.crs)
+        gdf.to_file(self.tmp / "chips.gpkg", layer="chips", driver="GPKG")
+
+
+def copy_store(src: str | Path, dst: str | Path) -> Path:
+    """Copy a chip store folder (used by tests and experiments)."""
+    shutil.copytree(src, dst)
+    return Path(dst)
+
+
+__all__ = ["ChipSplit", "ChipStore", "ChipStoreWriter", "IGNORE_INDEX", "SPLITS", "StoreMeta"]

@@ -1,0 +1,112 @@
+"""Segmenter configuration and construction (segmentation-models-pytorch)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from satsynth.checkpoint import load_config, load_tensors
+from satsynth.data.classes import ClassTable
+from satsynth.data.normalize import Normalizer
+from satsynth.errors import SatSynthError
+
+ARCHITECTURES = {
+    "unet": "Unet",
+    "fpn": "FPN",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "pspnet": "PSPNet",
+    "segformer": "Segformer",
+}
+ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
+            "mobilenet_v2", "mit_b0")
+
+
+@dataclass
+class SegmenterConfig:
+    """Everything needed to rebuild a trained segmenter and apply it to new rasters."""
+
+    arch: str = "fpn"
+    encoder: str = "resnet18"
+    in_channels: int = 3
+    classes: dict[str, Any] = field(default_factory=dict)  # ClassTable.to_dict()
+    normalization: dict[str, Any] = field(default_factory=dict)  # Normalizer.to_dict()
+    chip_size: int = 128
+    crs: str | None = None
+    pixel_size: list[float] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes["classes"])
+
+    @property
+    def class_table(self) -> ClassTable:
+        return ClassTable.from_dict(self.classes)
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return Normalizer.from_dict(self.normalization)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SegmenterConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) -> Any:
+    """Build the smp model; ``encoder_weights`` is a local safetensors/state file, never a
+    download."""
+    import segmentation_models_pytorch as smp
+
+    arch = cfg.arch.lower()
+    if arch not in ARCHITECTURES:
+        raise SatSynthError(f"unknown architecture {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    cls = getattr(smp, ARCHITECTURES[arch])
+    kwargs: dict[str, Any] = {"encoder_name": cfg.encoder, "encoder_weights": None,
+                              "in_channels": cfg.in_channels, "classes": cfg.num_classes}
+    if arch == "pspnet":
+        kwargs["upsampling"] = 4  # output at input resolution for chips of 64 px and up
+    try:
+        model = cls(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - smp raises KeyError/ValueError for bad combos
+        raise SatSynthError(f"cannot build {cfg.arch} with encoder {cfg.encoder!r}: {exc}") from None
+    if encoder_weights:
+        _load_encoder_weights(model, Path(encoder_weights))
+    return model
+
+
+def _load_encoder_weights(model: Any, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise SatSynthError("encoder weights file not found", path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise SatSynthError(f"cannot read encoder weights ({exc})", path) from None
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if len(missing) == len(list(model.encoder.state_dict())):
+        raise SatSynthError("no encoder weight matched this encoder (wrong file or encoder?)", path)
+
+
+def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, SegmenterConfig]:
+    """Load a trained segmenter folder (config.json + model.safetensors), in eval mode."""
+    cfg = SegmenterConfig.from_dict(load_config(path, "segmenter"))
+    model = build_segmenter(cfg)
+    state = load_tensors(path, "model")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise SatSynthError(f"weights do not match the config ({str(exc).splitlines()[0]})",
+                            path) from None
+    return model.to(device).eval(), cfg
