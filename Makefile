@@ -1,0 +1,51 @@
+# SatSynth: the two commands a newcomer needs are `make demo` and `make test`.
+# Both are idempotent: environments are created once and reused while their inputs are unchanged.
+
+PYTHON      ?= python3
+QGIS_PYTHON ?= /usr/bin/python3
+VENV        := .venv
+ENGINE_PY   := $(VENV)/bin/python
+STAMP       := $(VENV)/.satsynth-installed
+DEMO_OUT    ?= demo-output
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-engine test-plugin lint package bench venv qgis clean
+
+## Engine environment: a venv with the engine installed (editable) and its test tools.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(ENGINE_PY) || $(PYTHON) -m venv $(VENV)
+	$(ENGINE_PY) -m pip install --quiet --upgrade pip
+	$(ENGINE_PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## QGIS (Debian's packages) for the plugin's tests; installed only when missing and apt is usable.
+qgis:
+	@bash scripts/ensure_qgis.sh "$(QGIS_PYTHON)"
+
+## The demo: embedded scene -> chips -> generator -> synthetic pairs -> segmenters -> report.
+demo: $(STAMP)
+	$(VENV)/bin/satsynth demo --out $(DEMO_OUT)
+
+## Every test: the engine's in its venv, the plugin's under QGIS's own Python (offscreen).
+test: $(STAMP) qgis
+	@bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+test-engine: $(STAMP)
+	$(ENGINE_PY) -m pytest -q tests/engine tests/test_boundaries.py $(PYTEST_ARGS)
+
+test-plugin: $(STAMP) qgis
+	QT_QPA_PLATFORM=offscreen SATSYNTH_PYTHON=$(abspath $(ENGINE_PY)) $(QGIS_PYTHON) -m pytest -q tests/plugin $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine satsynth_qgis tests benchmarks scripts
+
+package:
+	$(QGIS_PYTHON) scripts/package_plugin.py
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(ENGINE_PY) $$b || exit 1; done
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache $(DEMO_OUT)
