@@ -20,6 +20,9 @@ ARCHITECTURES = {
 }
 ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
             "mobilenet_v2", "mit_b0")
+#: A small fully convolutional net without downsampling (tests, quick CPU runs). Its ``encoder``
+#: reads "w<width>d<depth>": "w16d2" is two 3x3 conv layers of 16 channels, then a 1x1 head.
+TINY_ARCH = "tiny"
 
 
 @dataclass
@@ -64,6 +67,8 @@ def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) ->
     import segmentation_models_pytorch as smp
 
     arch = cfg.arch.lower()
+    if arch == TINY_ARCH:
+        return _build_tiny(cfg)
     if arch not in ARCHITECTURES:
         raise SatSynthError(f"unknown architecture {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)}")
     cls = getattr(smp, ARCHITECTURES[arch])
@@ -78,6 +83,25 @@ def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) ->
     if encoder_weights:
         _load_encoder_weights(model, Path(encoder_weights))
     return model
+
+
+def _build_tiny(cfg: SegmenterConfig) -> Any:
+    import re
+
+    from torch import nn
+
+    m = re.fullmatch(r"w(\d+)d(\d+)", str(cfg.encoder))
+    if not m or int(m[1]) < 1:
+        raise SatSynthError(f"the {TINY_ARCH} architecture takes an encoder like 'w16d2' (width 16, "
+                            f"2 layers), got {cfg.encoder!r}")
+    width, depth = int(m[1]), int(m[2])
+    layers: list[Any] = []
+    ch = cfg.in_channels
+    for _ in range(depth):
+        layers += [nn.Conv2d(ch, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        ch = width
+    layers.append(nn.Conv2d(ch, cfg.num_classes, 1))
+    return nn.Sequential(*layers)
 
 
 def _load_encoder_weights(model: Any, path: Path) -> None:
