@@ -1,0 +1,66 @@
+"""Class styles for the layers the engine writes (paletted renderer with class names/colours)."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+from qgis.core import (
+    QgsMapLayer,
+    QgsPalettedRasterRenderer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsRasterLayer,
+)
+
+
+def sidecar_qml(path: str | Path) -> Path:
+    """The ``.qml`` next to a raster (``pred.tif`` -> ``pred.qml``)."""
+    return Path(path).with_suffix(".qml")
+
+
+def apply_class_style(layer: QgsMapLayer, qml: str | Path | None = None) -> bool:
+    """Style a class raster: from ``qml`` (the engine's style with class names), else from the
+    raster's own colour table. Returns True when a paletted style was applied."""
+    if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+        return False
+    if qml is not None and Path(qml).is_file():
+        _msg, ok = layer.loadNamedStyle(str(qml))
+        if ok and isinstance(layer.renderer(), QgsPalettedRasterRenderer):
+            layer.triggerRepaint()
+            return True
+    provider = layer.dataProvider()
+    table = provider.colorTable(1) if provider is not None else []
+    if not table:
+        return False
+    classes = QgsPalettedRasterRenderer.colorTableToClassData(table)
+    classes = [c for c in classes if c.color.alpha() > 0]  # the transparent nodata entry
+    if not classes:
+        return False
+    layer.setRenderer(QgsPalettedRasterRenderer(provider, 1, classes))
+    layer.triggerRepaint()
+    return True
+
+
+class ClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Applies the class style once Processing has loaded a class raster into the project."""
+
+    # Processing keeps only a C++ pointer: the Python objects must outlive the algorithm run.
+    _alive: deque = deque(maxlen=256)
+
+    def __init__(self, qml: str | Path | None) -> None:
+        super().__init__()
+        self.qml = str(qml) if qml else None
+
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> None:
+        if not apply_class_style(layer, self.qml) and feedback is not None:
+            feedback.pushInfo(f"No class style found for {layer.name()}")
+
+    @classmethod
+    def create(cls, qml: str | Path | None) -> ClassStylePostProcessor:
+        """A post-processor kept alive for the rest of the session."""
+        pp = cls(qml)
+        cls._alive.append(pp)
+        return pp
