@@ -1,0 +1,161 @@
+"""From the dock's choices to the provider's algorithm parameters (one function per stage).
+
+The parameter names are the provider's (``satsynth_qgis/algorithms/``); the dock adds nothing the
+toolbox could not do, it only fills the parameters from the panel and the run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsMapLayer,
+    QgsProcessingOutputLayerDefinition,
+    QgsProject,
+    QgsRectangle,
+)
+
+from .presets import StageSettings
+from .run_folder import RunFolder
+
+GENERATOR_SIZES = ("tiny", "small", "base")
+SAMPLERS = ("dpm", "ddim", "ddpm")
+ARCHITECTURES = ("fpn", "unet", "deeplabv3plus", "pspnet", "segformer", "tiny")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
+            "mobilenet_v2", "mit_b0", "w16d2")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+ALGORITHMS = {
+    "prepare": "satsynth:prepare_chips",
+    "train_generator": "satsynth:train_generator",
+    "synthesize": "satsynth:synthesize",
+    "train_segmenter": "satsynth:train_segmenter",
+    "evaluate": "satsynth:evaluate_segmenter",
+    "segment": "satsynth:segment_raster",
+    "run_all": "satsynth:run_pipeline",
+}
+
+
+@dataclass
+class DockInputs:
+    """A snapshot of the dock's choices."""
+
+    image: QgsMapLayer | None
+    label_mode: str  # "raster" | "vector"
+    label_raster: QgsMapLayer | None
+    label_vector: QgsMapLayer | None
+    class_field: str
+    run: RunFolder | None
+    settings: StageSettings
+    segment_layer: QgsMapLayer | None = None
+    extent_mode: str = "layer"  # "layer" | "canvas" | "aoi"
+    canvas_extent: QgsRectangle | None = None
+    canvas_crs: QgsCoordinateReferenceSystem | None = None
+    aoi: QgsMapLayer | None = None
+    segmenter: Path | None = None
+    project: QgsProject | None = None
+
+
+def _labels(i: DockInputs) -> dict[str, Any]:
+    if i.label_mode == "raster":
+        return {"LABELS_RASTER": i.label_raster}
+    return {"LABELS_VECTOR": i.label_vector, "CLASS_FIELD": i.class_field}
+
+
+def _device(s: StageSettings) -> dict[str, Any]:
+    return {"DEVICE": s.device}
+
+
+def _run(i: DockInputs) -> RunFolder:
+    if i.run is None:
+        raise ValueError("no run folder: choose an output folder and a run name")
+    return i.run
+
+
+def prepare(i: DockInputs) -> dict[str, Any]:
+    s, rf = i.settings, _run(i)
+    return {"IMAGE": i.image, **_labels(i), "CLASSES": str(rf.classes),
+            "CHIP_SIZE": s.chip_size, "STRIDE": s.stride, "VAL_FRACTION": s.val_fraction,
+            "OUTPUT": str(rf.dataset)}
+
+
+def train_generator(i: DockInputs) -> dict[str, Any]:
+    s, rf = i.settings, _run(i)
+    return {"DATASET": str(rf.dataset), "PRESET": s.generator_size, "STEPS": s.generator_steps,
+            "BATCH_SIZE": s.batch_size, **_device(s), "SEED": s.seed,
+            "OUTPUT": str(rf.generator)}
+
+
+def synthesize(i: DockInputs) -> dict[str, Any]:
+    s, rf = i.settings, _run(i)
+    return {"GENERATOR": str(rf.generator), "COUNT": s.synth_count, "SAMPLER": s.sampler,
+            "STEPS": s.sampler_steps, "SEED": s.seed, **_device(s),
+            "OUTPUT": str(rf.synthetic)}
+
+
+def train_segmenter(i: DockInputs) -> dict[str, Any]:
+    s, rf = i.settings, _run(i)
+    p = {"DATASET": str(rf.dataset), "ARCH": s.arch, "ENCODER": s.encoder, "EPOCHS": s.epochs,
+         "BATCH_SIZE": s.batch_size, **_device(s), "SEED": s.seed, "OUTPUT": str(rf.segmenter)}
+    if rf.has_synthetic() and s.synthetic_ratio > 0:
+        p.update({"SYNTHETIC": str(rf.synthetic), "RATIO": s.synthetic_ratio})
+    return p
+
+
+def evaluate(i: DockInputs) -> dict[str, Any]:
+    rf = _run(i)
+    return {"MODEL": str(i.segmenter), "IMAGE": i.image, **_labels(i), **_device(i.settings),
+            "OUTPUT": str(rf.evaluation)}
+
+
+def segment(i: DockInputs) -> dict[str, Any]:
+    s = i.settings
+    layer = i.segment_layer
+    name = layer.name() if layer is not None else "raster"
+    rf = i.run or RunFolder(Path(str(i.segmenter)).parent)
+    project = i.project or QgsProject.instance()
+    p: dict[str, Any] = {
+        "MODEL": str(i.segmenter), "INPUT": layer, "TILE": s.tile, "OVERLAP": s.overlap,
+        **_device(s),
+        "OUTPUT": QgsProcessingOutputLayerDefinition(str(rf.prediction(name)), project),
+    }
+    if i.extent_mode == "canvas" and i.canvas_extent is not None:
+        crs = i.canvas_crs.authid() if i.canvas_crs is not None else ""
+        e = i.canvas_extent
+        p["EXTENT"] = (f"{e.xMinimum()},{e.xMaximum()},{e.yMinimum()},{e.yMaximum()}"
+                       + (f" [{crs}]" if crs else ""))
+    elif i.extent_mode == "aoi" and i.aoi is not None:
+        p["AOI"] = i.aoi
+    return p
+
+
+def run_all(i: DockInputs) -> dict[str, Any]:
+    s, rf = i.settings, _run(i)
+    return {"IMAGE": i.image, **_labels(i), "CLASSES": str(rf.classes),
+            "CHIP_SIZE": s.chip_size, "GENERATOR_PRESET": s.generator_size,
+            "GENERATOR_STEPS": s.generator_steps, "COUNT": s.synth_count,
+            "ARCH": s.arch, "ENCODER": s.encoder, "EPOCHS": s.epochs,
+            "RATIO": s.synthetic_ratio, **_device(s), "OUTPUT_FOLDER": str(rf.root)}
+
+
+BUILDERS = {"prepare": prepare, "train_generator": train_generator, "synthesize": synthesize,
+            "train_segmenter": train_segmenter, "evaluate": evaluate, "segment": segment,
+            "run_all": run_all}
+
+
+def build(stage: str, inputs: DockInputs) -> tuple[str, dict[str, Any]]:
+    """The algorithm id and parameters for one stage."""
+    return ALGORITHMS[stage], BUILDERS[stage](inputs)
+
+
+def report_path(results: dict[str, Any]) -> str:
+    """The HTML (else JSON) report among an algorithm's results ('' when none)."""
+    candidates = [str(v) for v in results.values() if isinstance(v, str)]
+    for suffix in (".html", ".htm", ".json"):
+        for c in candidates:
+            if c.lower().endswith(suffix) and Path(c).is_file():
+                return c
+    return ""

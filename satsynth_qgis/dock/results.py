@@ -1,0 +1,80 @@
+"""Putting a finished stage's layers into the project, in a layer group named after the run.
+
+Processing algorithms list the layers to load in the context (``layersToLoadOnCompletion``), with
+an optional post-processor that styles them by class. The toolbox loads them at the top of the
+layer tree; the dock loads them into the run's group instead, replacing the layers of an earlier
+run of the same stage (same file), and applies the class style.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingUtils,
+    QgsProject,
+    QgsRasterLayer,
+)
+
+
+def run_group(project: QgsProject, name: str) -> QgsLayerTreeGroup:
+    """The layer group for a run (created at the top of the layer tree when missing)."""
+    root = project.layerTreeRoot()
+    group = root.findGroup(name)
+    if group is None:
+        group = root.insertGroup(0, name)
+    return group
+
+
+def _source_path(layer: QgsMapLayer) -> str:
+    return layer.source().split("|")[0]
+
+
+def _remove_same_source(group: QgsLayerTreeGroup, project: QgsProject, layer: QgsMapLayer) -> None:
+    """Drop layers of an earlier run that show the same file (and sub-layer)."""
+    for node in group.findLayers():
+        old = node.layer()
+        if old is not None and old.id() != layer.id() and old.source() == layer.source():
+            project.removeMapLayer(old.id())
+
+
+def _sidecar_style(layer: QgsMapLayer) -> None:
+    """Class rasters the engine writes carry a .qml with class names and colours."""
+    if not isinstance(layer, QgsRasterLayer):
+        return
+    qml = Path(_source_path(layer)).with_suffix(".qml")
+    if qml.is_file():
+        layer.loadNamedStyle(str(qml))
+        layer.triggerRepaint()
+
+
+def load_result_layers(context: QgsProcessingContext, feedback: QgsProcessingFeedback | None,
+                       group_name: str, project: QgsProject | None = None) -> list[QgsMapLayer]:
+    """Load every layer the algorithm asked for into the run's group; returns them in order."""
+    project = project or context.project() or QgsProject.instance()
+    group = run_group(project, group_name)
+    loaded: list[QgsMapLayer] = []
+    for ref, details in context.layersToLoadOnCompletion().items():
+        layer = QgsProcessingUtils.mapLayerFromString(ref, context)
+        if layer is None or not layer.isValid():
+            if feedback is not None:
+                feedback.reportError(f"Could not load the result layer {ref}", False)
+            continue
+        if context.temporaryLayerStore().mapLayer(layer.id()) is not None:
+            layer = context.takeResultLayer(layer.id())
+        if details.name:
+            layer.setName(details.name)
+        _remove_same_source(group, project, layer)
+        project.addMapLayer(layer, False)
+        group.insertLayer(len(loaded), layer)
+        _sidecar_style(layer)
+        post = details.postProcessor()
+        if post is not None:
+            post.postProcessLayer(layer, context, feedback)
+        loaded.append(layer)
+    context.setLayersToLoadOnCompletion({})
+    return loaded

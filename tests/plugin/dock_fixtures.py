@@ -1,0 +1,119 @@
+"""Data and helpers for the dock's tests: a small georeferenced scene written with GDAL/OGR.
+
+The scene: a 3-band uint8 GeoTIFF (EPSG:32633, 1 m pixels) showing water on the left, a field in
+the middle and buildings on the right, the matching label raster (ids 1..3, with a paletted
+style), and a GeoPackage of the same classes as polygons with a text field ``landcover``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+EPSG = 32633
+ORIGIN = (500000.0, 5000000.0)
+CLASSES = {1: ("water", (31, 120, 180)), 2: ("field", (178, 223, 138)),
+           3: ("building", (227, 26, 28))}
+
+
+def _srs() -> osr.SpatialReference:
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(EPSG)
+    return srs
+
+
+def class_map(size: int) -> np.ndarray:
+    """Class ids by pixel: three vertical bands (water | field | building)."""
+    labels = np.full((size, size), 2, dtype=np.uint8)
+    labels[:, : size // 3] = 1
+    labels[:, 2 * size // 3:] = 3
+    return labels
+
+
+def write_image(path: Path, size: int = 96, seed: int = 0) -> Path:
+    """A 3-band uint8 GeoTIFF whose colours follow :func:`class_map`, with some noise."""
+    rng = np.random.default_rng(seed)
+    labels = class_map(size)
+    rgb = np.zeros((3, size, size), dtype=np.float32)
+    for cid, (_name, color) in CLASSES.items():
+        for b in range(3):
+            rgb[b][labels == cid] = color[b]
+    rgb += rng.normal(0, 12, rgb.shape)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((ORIGIN[0], 1.0, 0.0, ORIGIN[1], 0.0, -1.0))
+    ds.SetProjection(_srs().ExportToWkt())
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(np.clip(rgb[b], 0, 255).astype(np.uint8))
+    ds.FlushCache()
+    ds = None
+    return path
+
+
+def write_label_raster(path: Path, size: int = 96, with_palette: bool = True) -> Path:
+    """The class raster (ids 1..3, nodata 0) with a colour table."""
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((ORIGIN[0], 1.0, 0.0, ORIGIN[1], 0.0, -1.0))
+    ds.SetProjection(_srs().ExportToWkt())
+    band = ds.GetRasterBand(1)
+    labels = class_map(size)
+    labels[:4, :4] = 0  # a nodata corner: 0 must not become a class
+    band.WriteArray(labels)
+    band.SetNoDataValue(0)
+    if with_palette:
+        ct = gdal.ColorTable()
+        for cid, (_name, color) in CLASSES.items():
+            ct.SetColorEntry(cid, (*color, 255))
+        band.SetColorTable(ct)
+    ds.FlushCache()
+    ds = None
+    return path
+
+
+def write_label_polygons(path: Path, size: int = 96, layer_name: str = "landcover") -> Path:
+    """A GeoPackage of one polygon per class band, field ``landcover`` (text) and ``code``."""
+    drv = ogr.GetDriverByName("GPKG")
+    ds = drv.CreateDataSource(str(path))
+    lyr = ds.CreateLayer(layer_name, _srs(), ogr.wkbPolygon)
+    lyr.CreateField(ogr.FieldDefn("landcover", ogr.OFTString))
+    lyr.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+    x0, y0 = ORIGIN
+    bounds = [(0, size // 3), (size // 3, 2 * size // 3), (2 * size // 3, size)]
+    for (cid, (name, _c)), (a, b) in zip(CLASSES.items(), bounds, strict=True):
+        ring = f"POLYGON(({x0 + a} {y0}, {x0 + b} {y0}, {x0 + b} {y0 - size}, " \
+               f"{x0 + a} {y0 - size}, {x0 + a} {y0}))"
+        feat = ogr.Feature(lyr.GetLayerDefn())
+        feat.SetField("landcover", name)
+        feat.SetField("code", cid)
+        feat.SetGeometry(ogr.CreateGeometryFromWkt(ring))
+        lyr.CreateFeature(feat)
+    ds = None
+    return path
+
+
+def load_scene(folder: Path, project: QgsProject, size: int = 96) -> dict:
+    """Write the scene and add its three layers to ``project``; returns them by role."""
+    image = QgsRasterLayer(str(write_image(folder / "scene image.tif", size)), "scene image")
+    labels = QgsRasterLayer(str(write_label_raster(folder / "scene labels.tif", size)),
+                            "scene labels")
+    gpkg = write_label_polygons(folder / "landcover polygons.gpkg", size)
+    polygons = QgsVectorLayer(f"{gpkg}|layername=landcover", "landcover", "ogr")
+    for layer in (image, labels, polygons):
+        assert layer.isValid(), layer.source()
+    project.addMapLayers([image, labels, polygons])
+    return {"image": image, "labels": labels, "polygons": polygons}
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05) -> bool:
+    """Process Qt events until ``predicate()`` is true or ``timeout`` seconds pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QgsApplication.processEvents()
+        if predicate():
+            return True
+        time.sleep(interval)
+    QgsApplication.processEvents()
+    return bool(predicate())

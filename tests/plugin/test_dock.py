@@ -1,0 +1,191 @@
+"""The dock panel with real layers in a real QgsProject (offscreen QGIS)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import stub_iface
+from dock_fixtures import CLASSES, load_scene
+from qgis.core import QgsProject, QgsSettings
+
+from satsynth_qgis.dock import DockController
+from satsynth_qgis.dock.class_table import ClassRow, ClassTableError
+from satsynth_qgis.dock.panel import SETTINGS_PREFIX, SatSynthDock
+from satsynth_qgis.dock.presets import PRESETS
+
+
+@pytest.fixture
+def project():
+    project = QgsProject.instance()
+    project.clear()
+    s = QgsSettings()
+    s.remove("SatSynth/dock")
+    yield project
+    project.clear()
+
+
+@pytest.fixture
+def scene(tmp_path, project):
+    folder = tmp_path / "data with spaces"
+    folder.mkdir()
+    return load_scene(folder, project)
+
+
+@pytest.fixture
+def dock(project):
+    d = SatSynthDock(None, project=project)
+    d.stage_runner.blockSignals(False)
+    yield d
+    d.shutdown()
+    d.deleteLater()
+
+
+def choose_polygons(dock: SatSynthDock, scene: dict, field: str = "landcover") -> None:
+    dock.labels_vector_radio.setChecked(True)
+    dock.label_vector_combo.setLayer(scene["polygons"])
+    dock.field_combo.setField(field)
+
+
+def test_dock_builds_with_real_layers_and_the_class_table_fills_from_the_text_field(dock, scene):
+    dock.image_combo.setLayer(scene["image"])
+    choose_polygons(dock, scene)
+    assert dock.image_combo.currentLayer().id() == scene["image"].id()
+    # the field combo lists the GeoPackage layer's fields
+    assert dock.field_combo.currentField() == "landcover"
+    rows = dock.class_table.rows()
+    # the engine's from_names convention: background 0, then the names in sorted order
+    assert [(r.id, r.name) for r in rows] == [(0, "background"), (1, "building"), (2, "field"),
+                                              (3, "water")]
+    assert len({r.color for r in rows}) == 4
+    # the segment raster follows the image by default
+    assert dock.segment_combo.currentLayer().id() == scene["image"].id()
+
+
+def test_class_table_fills_from_a_numeric_field_and_from_a_label_raster_with_palette(dock, scene):
+    choose_polygons(dock, scene, "code")
+    assert [(r.id, r.name) for r in dock.class_table.rows()] == [(1, "class 1"), (2, "class 2"),
+                                                                 (3, "class 3")]
+    dock.labels_raster_radio.setChecked(True)
+    dock.label_raster_combo.setLayer(scene["labels"])
+    rows = dock.class_table.rows()
+    # nodata (0) is not a class; the colours come from the raster's colour table
+    assert [r.id for r in rows] == [1, 2, 3]
+    assert [r.color for r in rows] == ["#{:02x}{:02x}{:02x}".format(*CLASSES[i][1])
+                                       for i in (1, 2, 3)]
+
+
+def test_class_table_is_editable_and_round_trips_through_json(dock, scene, tmp_path):
+    choose_polygons(dock, scene)
+    table = dock.class_table
+    table.table.item(1, 1).setText("roof")
+    table.set_color(1, "#123456")
+    path = table.export_json(tmp_path / "classes.json")
+    data = json.loads(path.read_text())
+    assert data["classes"][1] == {"id": 1, "name": "roof", "color": "#123456"}
+    table.set_rows([])
+    table.import_json(path)
+    assert table.rows()[1] == ClassRow(1, "roof", "#123456")
+    # what the engine would refuse is refused with the reason
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"classes": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}))
+    with pytest.raises(ClassTableError, match="unique; repeated: 1"):
+        table.import_json(bad)
+    table.table.item(0, 0).setData(0, 300)
+    assert not table.is_valid()
+
+
+def test_stage_buttons_follow_the_inputs_and_the_run_folder(dock, scene, tmp_path):
+    enabled = lambda: {s for s, b in dock.buttons.items() if b.isEnabled()}  # noqa: E731
+    assert enabled() == set()
+    assert "needs an image layer" in dock.buttons["prepare"].toolTip()
+
+    dock.image_combo.setLayer(scene["image"])
+    choose_polygons(dock, scene)
+    assert enabled() == set()  # no output folder yet
+    out = tmp_path / "runs folder"
+    dock.output_widget.setFilePath(str(out))
+    dock.run_name_edit.setText("my run")
+    assert enabled() == {"prepare", "run_all"}
+
+    run = out / "my run"
+    (run / "dataset").mkdir(parents=True)
+    (run / "dataset" / "dataset.json").write_text("{}")
+    dock.update_state()
+    assert enabled() == {"prepare", "run_all", "train_generator", "train_segmenter"}
+    (run / "generator").mkdir()
+    (run / "generator" / "config.json").write_text("{}")
+    (run / "segmenter").mkdir()
+    (run / "segmenter" / "config.json").write_text("{}")
+    dock.update_state()
+    assert enabled() == set(dock.buttons)
+
+    # Segment over an AOI needs the AOI layer
+    dock.extent_combo.setCurrentIndex(dock.extent_combo.findData("aoi"))
+    assert "segment" not in enabled()
+    assert "AOI" in dock.buttons["segment"].toolTip()
+    dock.aoi_combo.setLayer(scene["polygons"])
+    assert "segment" in enabled()
+    # removing the class table's content disables the stages that need classes
+    dock.class_table.set_rows([])
+    assert {"prepare", "run_all"}.isdisjoint(enabled())
+    # removing the rasters from the project disables what needs them
+    dock.class_table.set_rows([ClassRow(1, "a", "#ff0000")])
+    assert {"prepare", "run_all"} <= enabled()
+    QgsProject.instance().removeMapLayers([scene["image"].id(), scene["labels"].id()])
+    assert dock.image_combo.currentLayer() is None
+    assert {"prepare", "run_all", "evaluate", "segment"}.isdisjoint(enabled())
+
+
+def test_presets_fill_the_advanced_section_and_settings_are_remembered(project, scene, tmp_path):
+    d = SatSynthDock(None, project=project)
+    d.preset_combo.setCurrentText("Standard")
+    assert d.stage_settings() == PRESETS["Standard"]
+    d.adv["epochs"].setValue(7)
+    d.output_widget.setFilePath(str(tmp_path))
+    d.run_name_edit.setText("remembered")
+    d.shutdown()
+    assert QgsSettings().value(SETTINGS_PREFIX + "run_name") == "remembered"
+    again = SatSynthDock(None, project=project)
+    assert again.preset_combo.currentText() == "Standard"
+    assert again.stage_settings().epochs == 7
+    assert again.output_widget.filePath() == str(tmp_path)
+    assert again.run_name_edit.text() == "remembered"
+    again.shutdown()
+
+
+def test_a_stage_that_cannot_run_says_why_and_starts_nothing(dock):
+    assert "needs" in dock.run_stage("prepare")
+    assert not dock.stage_runner.is_running()
+    assert "Prepare: needs an image layer" in dock.log.toPlainText()
+
+
+def test_controller_adds_toolbar_and_raster_menu_entries_and_removes_them():
+    iface = stub_iface()
+    controller = DockController(iface, None)
+    controller.initGui()
+    iface.addRasterToolBarIcon.assert_called_once_with(controller.toggle_action)
+    menu_calls = [c.args for c in iface.addPluginToRasterMenu.call_args_list]
+    assert ("&SatSynth", controller.toggle_action) in menu_calls
+    assert ("&SatSynth", controller.setup_action) in menu_calls
+    controller.toggle_action.setChecked(True)  # the toolbar button shows the dock
+    assert controller.dock is not None and iface.addDockWidget.called
+    dock = controller.dock
+    controller.unload()
+    iface.removeDockWidget.assert_called_once_with(dock)
+    assert iface.removePluginRasterMenu.call_count == 2
+    assert controller.dock is None
+
+
+def test_run_folder_records_parameters_as_json(tmp_path, scene):
+    from satsynth_qgis.dock.run_folder import RunFolder
+
+    rf = RunFolder.of(tmp_path, "a/b: run")
+    assert rf.root.name == "a_b_ run"
+    rf.record_stage("prepare", "satsynth:prepare_chips",
+                    {"IMAGE": scene["image"], "CHIP_SIZE": 64}, True, {"OUTPUT": "x"})
+    data = json.loads(Path(rf.record).read_text())
+    assert data["stages"]["prepare"]["parameters"] == {"IMAGE": scene["image"].source(),
+                                                       "CHIP_SIZE": 64}
+    assert data["stages"]["prepare"]["algorithm"] == "satsynth:prepare_chips"
