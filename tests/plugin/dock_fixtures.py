@@ -117,3 +117,20 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05) -> bool
         time.sleep(interval)
     QgsApplication.processEvents()
     return bool(predicate())
+
+
+_ZIP_CACHE: dict[str, Path] = {}
+
+
+def build_plugin_zip(out_dir: Path) -> Path:
+    """Run ``scripts/package_plugin.py`` as ``make package`` does (once per test session)."""
+    import subprocess
+    import sys
+
+    if "zip" not in _ZIP_CACHE:
+        repo = Path(__file__).resolve().parents[2]
+        res = subprocess.run([sys.executable, str(repo / "scripts" / "package_plugin.py"),
+                              "--out", str(out_dir)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        _ZIP_CACHE["zip"] = Path(res.stdout.strip().splitlines()[-1])
+    return _ZIP_CACHE["zip"]
