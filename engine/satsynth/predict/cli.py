@@ -1,0 +1,55 @@
+"""``satsynth predict``: apply a trained segmenter to a raster of any size."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``predict`` sub-command."""
+    p = subparsers.add_parser(
+        "predict", parents=[common],
+        help="segment a raster of any size with a trained segmenter (styled GeoTIFF, "
+             "optional confidence raster and polygons)",
+        description="Sliding-window prediction streamed over the raster: memory depends on the "
+                    "tile size and the raster's width, not its area. Writes class ids (nodata "
+                    "255) with a colour table, class names and a QGIS .qml style next to OUT.")
+    p.add_argument("model", metavar="SEG_DIR", help="trained segmenter folder")
+    p.add_argument("--image", required=True, metavar="IMG",
+                   help="input raster (any GDAL format: GeoTIFF, VRT, JPEG2000, ...)")
+    p.add_argument("--out", required=True, metavar="PRED.tif", help="class raster to write")
+    p.add_argument("--confidence", metavar="CONF.tif",
+                   help="also write the top class probability x 255 (uint8, 0 = nodata)")
+    p.add_argument("--vector", metavar="PRED.gpkg",
+                   help="also write class polygons (class_id, class_name, pixels, area_m2)")
+    p.add_argument("--simplify", type=float, default=0.0, metavar="METRES",
+                   help="simplify polygons with this tolerance (default 0: exact pixel edges)")
+    p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
+                   help="drop polygons smaller than this area in square metres")
+    p.add_argument("--tile", type=int, default=512, help="window size in pixels (default 512)")
+    p.add_argument("--overlap", type=int, default=64,
+                   help="pixels shared by neighbouring windows, blended smoothly (default 64)")
+    p.add_argument("--batch", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--extent", metavar="XMIN,YMIN,XMAX,YMAX",
+                   help="only predict this box (in the image's CRS)")
+    p.add_argument("--mask", metavar="AOI.gpkg",
+                   help="only predict inside these polygons (any CRS); nodata outside")
+    p.add_argument("--match-resolution", action="store_true",
+                   help="resample the image on the fly to the model's training pixel size "
+                        "(result written on the image's grid)")
+    p.add_argument("--cog", action="store_true",
+                   help="write Cloud Optimized GeoTIFFs (with overviews)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``satsynth predict`` from parsed arguments."""
+    from satsynth.predict.predict import predict_raster
+
+    return predict_raster(
+        args.model, args.image, args.out, confidence=args.confidence, vector=args.vector,
+        tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
+        extent=args.extent, mask=args.mask, match_resolution=args.match_resolution,
+        cog=args.cog, simplify=args.simplify, min_area=args.min_area)

@@ -1,0 +1,379 @@
+"""``predict_raster``: a trained segmenter applied to a raster of any size, streamed by windows.
+
+Tiles are read with rasterio, normalized with the model's stored statistics, run in batches under
+``torch.inference_mode`` (AMP on CUDA), blended with a smooth window (``blend``) and written row
+band by row band (``writer``); memory depends on the tile size and the raster's width, never on
+its area. Outputs appear at their final paths only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satsynth import progress
+from satsynth.data.classes import ClassTable, write_qml
+from satsynth.errors import SatSynthError
+from satsynth.io import atomic_path
+from satsynth.predict.aoi import AreaOfInterest, bounds_to_window, parse_extent, tile_bounds
+from satsynth.predict.blend import BlendAccumulator, blend_window
+from satsynth.predict.source import (
+    TileReader,
+    crs_label,
+    ground_resolution,
+    matched_vrt,
+    model_resolution,
+    open_image,
+    quiet_georef_warnings,
+    select_bands,
+)
+from satsynth.predict.vectorize import StreamingVectorizer
+from satsynth.predict.windows import TileGrid, check_tiling
+from satsynth.predict.writer import PredictionWriter, aux_xml, to_cog
+
+log = logging.getLogger("satsynth")
+
+#: GDAL block cache while predicting (MB): holds the input blocks of one tile row.
+GDAL_CACHE_MB = 128
+#: Warn when the image's pixel size differs from the model's by more than this fraction.
+RESOLUTION_TOLERANCE = 0.25
+#: Most tiles (run or skipped) held before their results are blended and progress is reported.
+MAX_PENDING = 64
+
+
+@dataclass
+class Region:
+    """A window of a dataset's pixel grid: where to predict and what the output covers."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
+def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
+                   confidence: str | Path | None = None, vector: str | Path | None = None,
+                   tile: int = 512, overlap: int = 64, batch: int = 8, device: str = "auto",
+                   extent: str | Sequence[float] | None = None, mask: str | Path | None = None,
+                   match_resolution: bool = False, cog: bool = False, simplify: float = 0.0,
+                   min_area: float = 0.0) -> dict[str, Any]:
+    """Predict classes over ``image`` with the segmenter in ``model_dir`` and write ``out``.
+
+    ``out`` is a tiled, compressed GeoTIFF (a COG with ``cog=True``) on the image's grid (cropped
+    to ``extent``/``mask``) holding class ids, 255 where the image has no data or outside the
+    mask, styled with the class table (colour table, class names, ``.aux.xml`` attribute table,
+    ``.qml`` sidecar). ``confidence``: a uint8 raster of the top probability x 255 (0 = nodata).
+    ``vector``: class polygons in a GeoPackage. Returns the output paths, ``pixels`` and
+    ``seconds``."""
+    import rasterio
+    import torch
+
+    from satsynth.device import resolve_device
+    from satsynth.segmenter.model import TINY_ARCH, load_segmenter
+
+    start = time.monotonic()
+    image, out = Path(image), Path(out)
+    conf_path = Path(confidence) if confidence else None
+    vec_path = Path(vector) if vector else None
+    _check_paths(image, out, conf_path, vec_path)
+    if simplify < 0 or min_area < 0:
+        raise SatSynthError("--simplify and --min-area must not be negative")
+    box = parse_extent(extent)
+
+    dev = resolve_device(device)
+    model, cfg = load_segmenter(model_dir, dev)
+    table, normalizer = _model_tables(cfg, Path(model_dir))
+    multiple = 1 if cfg.arch.lower() == TINY_ARCH else 32
+    check_tiling(tile, overlap, batch, multiple, cfg.arch)
+    amp = dev.type == "cuda"
+    log.info("model: %s/%s, %d classes, %d bands; device %s", cfg.arch, cfg.encoder,
+             len(table), cfg.in_channels, dev)
+
+    with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        src = stack.enter_context(open_image(image))
+        indexes = select_bands(src, cfg.in_channels, image)
+        if src.dtypes[0] != normalizer.dtype:
+            log.warning("%s is %s, the model was trained on %s images: check that the values "
+                        "mean the same", image.name, src.dtypes[0], normalizer.dtype)
+        aoi = AreaOfInterest(mask, src.crs) if mask else None
+        region = _region(src, box, aoi, image)
+        scale = _resolution_scale(src, cfg, image, match_resolution)
+        with quiet_georef_warnings():
+            out_transform = src.window_transform(
+                rasterio.windows.Window(region.col, region.row, region.width, region.height))
+        log.info("%s: %d x %d px (%s), predicting %d x %d px", image.name, src.width,
+                 src.height, crs_label(src.crs), region.width, region.height)
+
+        # temporary outputs, renamed onto the final paths only when everything is done
+        tmp_out = stack.enter_context(atomic_path(out))
+        tmp_aux = stack.enter_context(atomic_path(out.with_name(out.name + ".aux.xml")))
+        qml = out.with_suffix(".qml")
+        tmp_qml = stack.enter_context(atomic_path(qml))
+        tmp_conf = stack.enter_context(atomic_path(conf_path)) if conf_path else None
+        tmp_vec = stack.enter_context(atomic_path(vec_path)) if vec_path else None
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix=f".{out.stem}.", suffix=".work", dir=out.parent)))
+
+        vectorizer = None
+        if tmp_vec is not None:
+            vectorizer = StreamingVectorizer(tmp_vec, crs=src.crs, transform=out_transform,
+                                             table=table, layer=vec_path.stem,  # type: ignore[union-attr]
+                                             simplify=simplify, min_area=min_area)
+        cls_target = work / "prediction.tif" if cog else tmp_out
+        conf_target = (work / "confidence.tif" if cog else tmp_conf) if tmp_conf else None
+        writer = PredictionWriter(cls_target, width=region.width, height=region.height,
+                                  crs=src.crs, transform=out_transform, table=table,
+                                  confidence_path=conf_target, aoi=aoi, vectorizer=vectorizer)
+        stack.callback(writer.close)
+        lut = table.index_to_id_lut()
+        run = dict(model=model, device=dev, amp=amp, num_classes=len(table), tile=tile,
+                   overlap=overlap, batch=batch, multiple=multiple, lut=lut, aoi=aoi)
+        with torch.inference_mode():
+            if scale is None:
+                reader = TileReader(src, indexes, normalizer, image)
+                _run_tiles(reader, region, writer, **run)
+            else:
+                _predict_resampled(src, indexes, normalizer, image, region, out_transform, scale,
+                                   writer, work, want_conf=conf_target is not None, **run)
+        writer.close()
+        if not writer.complete:
+            raise RuntimeError("the prediction raster was not completely written")
+        if vectorizer is not None:
+            vectorizer.close()
+            log.info("%d polygons written to %s", vectorizer.features, vec_path)
+        if cog:
+            with progress.task("write COG", total=None):
+                to_cog(cls_target, tmp_out, "MODE")
+                if conf_target is not None and tmp_conf is not None:
+                    to_cog(conf_target, tmp_conf, "AVERAGE")
+        tmp_aux.write_text(aux_xml(table), encoding="utf-8")
+        write_qml(tmp_qml, table)
+        for leftover in (tmp_out.with_name(tmp_out.name + ".aux.xml"),):
+            leftover.unlink(missing_ok=True)
+
+    outputs: dict[str, Any] = {"prediction": str(out), "style": str(qml)}
+    if conf_path:
+        outputs["confidence"] = str(conf_path)
+    if vec_path:
+        outputs["vector"] = str(vec_path)
+    outputs["pixels"] = region.pixels
+    outputs["seconds"] = round(time.monotonic() - start, 2)
+    return outputs
+
+
+def _check_paths(image: Path, out: Path, conf: Path | None, vec: Path | None) -> None:
+    finals = [p.resolve() for p in (out, conf, vec) if p is not None]
+    if image.resolve() in finals:
+        raise SatSynthError("an output path is the input image itself", image)
+    if len(set(finals)) != len(finals):
+        raise SatSynthError("--out, --confidence and --vector must be different files")
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise SatSynthError("the prediction is written as GeoTIFF: use a .tif name", out)
+    if conf is not None and conf.suffix.lower() not in (".tif", ".tiff"):
+        raise SatSynthError("the confidence raster is written as GeoTIFF: use a .tif name", conf)
+    if vec is not None and vec.suffix.lower() != ".gpkg":
+        raise SatSynthError("polygons are written to a GeoPackage: use a .gpkg name", vec)
+    for p in (out, conf, vec):
+        if p is not None and p.is_dir():
+            raise SatSynthError("output path is a folder", p)
+
+
+def _model_tables(cfg: Any, model_dir: Path) -> tuple[ClassTable, Any]:
+    try:
+        table = cfg.class_table
+        normalizer = cfg.normalizer
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SatSynthError(f"config.json lacks the class table or normalization ({exc}): not a "
+                            "complete segmenter folder", model_dir) from None
+    if normalizer.bands != cfg.in_channels:
+        raise SatSynthError(f"config.json: normalization has {normalizer.bands} bands but the "
+                            f"model takes {cfg.in_channels}", model_dir)
+    return table, normalizer
+
+
+def _region(src: Any, box: tuple[float, float, float, float] | None,
+            aoi: AreaOfInterest | None, image: Path) -> Region:
+    """The window of the image to predict: all of it, or the part under --extent / --mask."""
+    with quiet_georef_warnings():
+        transform, bounds = src.transform, tuple(src.bounds)
+    r0, c0, r1, c1 = 0, 0, src.height, src.width
+    b = ", ".join(f"{v:.6g}" for v in bounds)
+    if box is not None:
+        w = bounds_to_window(box, transform, src.width, src.height)
+        if w is None:
+            raise SatSynthError(f"--extent {', '.join(f'{v:.6g}' for v in box)} does not overlap "
+                                f"the image (its bounds are {b} in {crs_label(src.crs)})", image)
+        r0, c0, r1, c1 = w[0], w[1], w[0] + w[2], w[1] + w[3]
+    if aoi is not None:
+        w = bounds_to_window(aoi.bounds, transform, src.width, src.height)
+        if w is None or not aoi.intersects_box(*bounds):
+            raise SatSynthError(f"the --mask polygons ({aoi.path.name}) do not overlap the image "
+                                f"(its bounds are {b} in {crs_label(src.crs)})", image)
+        r0, c0 = max(r0, w[0]), max(c0, w[1])
+        r1, c1 = min(r1, w[0] + w[2]), min(c1, w[1] + w[3])
+        if r1 <= r0 or c1 <= c0:
+            raise SatSynthError("--extent and the --mask polygons do not overlap each other "
+                                "on the image", image)
+    return Region(r0, c0, r1 - r0, c1 - c0)
+
+
+def _resolution_scale(src: Any, cfg: Any, image: Path, match: bool
+                      ) -> tuple[float, float] | None:
+    """Warn about a pixel-size mismatch; with ``match``, the (x, y) factor to resample by."""
+    with quiet_georef_warnings():
+        img = ground_resolution(src.crs, src.transform, src.width, src.height)
+    mod = model_resolution(cfg.crs, cfg.pixel_size, src.crs, src.transform, src.width,
+                           src.height) if img else None
+    if img is None or mod is None:
+        why = ("the image has no CRS" if img is None else
+               "the model does not record its training pixel size and CRS")
+        if match:
+            raise SatSynthError(f"--match-resolution needs both ground resolutions, but {why}",
+                                image)
+        log.debug("resolution check skipped: %s", why)
+        return None
+    diff = max(abs(img[0] / mod[0] - 1.0), abs(img[1] / mod[1] - 1.0))
+    desc = (f"the image's pixels are {img[0]:.3g} x {img[1]:.3g} m, the model was trained on "
+            f"{mod[0]:.3g} x {mod[1]:.3g} m")
+    if match:
+        if diff <= 0.01:
+            log.info("%s: no resampling needed", desc)
+            return None
+        log.info("%s: resampling on the fly", desc)
+        return mod[0] / img[0], mod[1] / img[1]
+    if diff > RESOLUTION_TOLERANCE:
+        log.warning("%s (%.0f%% apart): predictions may be poor; --match-resolution resamples "
+                    "the image to the model's resolution on the fly", desc, 100 * diff)
+    return None
+
+
+def _forward(model: Any, x: np.ndarray, weight: Any, device: Any, amp: bool) -> np.ndarray:
+    """Weighted class probabilities ``(N, K, h, w)`` of a batch of normalized tiles."""
+    import torch
+
+    xt = torch.from_numpy(x).to(device)
+    ctx = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+    with ctx:
+        logits = model(xt)
+    if logits.shape[-2:] != xt.shape[-2:]:
+        raise SatSynthError(f"the model returned {tuple(logits.shape[-2:])} px for "
+                            f"{tuple(xt.shape[-2:])} px tiles; choose another --tile")
+    probs = torch.softmax(logits.float(), dim=1).mul_(weight)
+    return probs.cpu().numpy()
+
+
+def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, model: Any,
+               device: Any, amp: bool, num_classes: int, tile: int, overlap: int, batch: int,
+               multiple: int, lut: np.ndarray, aoi: AreaOfInterest | None,
+               stage: str = "predict") -> None:
+    """Sliding-window prediction of ``region`` of the reader's dataset into ``writer``."""
+    import torch
+
+    grid = TileGrid.for_region(region.height, region.width, tile, overlap, multiple)
+    acc = BlendAccumulator(grid, num_classes)
+    weight = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, overlap)).to(device)
+    last_col = grid.shape[1] - 1
+    ds_transform = reader.ds.transform
+    pending: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []
+    n_run = 0
+    log.debug("%d tiles of %d x %d px (%d x %d)", len(grid), grid.tile_w, grid.tile_h,
+              *grid.shape)
+
+    with progress.task(stage, total=len(grid), unit="tile") as task:
+
+        def flush() -> None:
+            nonlocal pending, n_run
+            arrays = [d for _, _, d, _ in pending if d is not None]
+            probs = _forward(model, np.stack(arrays), weight, device, amp) if arrays else None
+            i = 0
+            for k, j, data, valid in pending:
+                if data is not None:
+                    acc.add(k, j, probs[i], valid)  # type: ignore[index]
+                    i += 1
+                acc.finish_tile(k, j)
+                if j == last_col:
+                    row, idx, conf = acc.finish_row(k)
+                    writer.add(row, lut[idx], conf)
+            done = len(pending)
+            n_run += len(arrays)
+            pending = []
+            task.update(done, message=f"{int(task.n) + done}/{len(grid)} tiles",
+                        tiles_run=n_run)
+
+        for k, j, y, x in grid.tiles():
+            h, w = min(grid.tile_h, region.height - y), min(grid.tile_w, region.width - x)
+            row, col = region.row + y, region.col + x
+            if aoi is not None and not aoi.intersects_box(*tile_bounds(ds_transform, row, col,
+                                                                       h, w)):
+                pending.append((k, j, None, None))
+            else:
+                data, valid = reader.read(row, col, grid.tile_h, grid.tile_w)
+                if valid[:h, :w].any():
+                    pending.append((k, j, data, valid))
+                else:
+                    pending.append((k, j, None, None))
+            if (sum(p[2] is not None for p in pending) >= batch
+                    or len(pending) >= MAX_PENDING):
+                flush()
+        if pending:
+            flush()
+
+
+def _predict_resampled(src: Any, indexes: list[int], normalizer: Any, image: Path,
+                       region: Region, out_transform: Any, scale: tuple[float, float],
+                       writer: PredictionWriter, work: Path, *, want_conf: bool,
+                       **run: Any) -> None:
+    """--match-resolution: predict on a WarpedVRT at the model's pixel size, then bring the
+    result back onto the image grid (nearest neighbour) into ``writer``."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    from satsynth.predict.aoi import tile_bounds as bounds_of
+
+    with matched_vrt(src, *scale) as vrt:
+        vwin = bounds_to_window(bounds_of(out_transform, 0, 0, region.height, region.width),
+                                vrt.transform, vrt.width, vrt.height)
+        if vwin is None:  # cannot happen for a region inside the image; be explicit anyway
+            raise SatSynthError("the area to predict vanished when resampling", image)
+        vregion = Region(*vwin)
+        vtransform = vrt.window_transform(Window(vregion.col, vregion.row, vregion.width,
+                                                 vregion.height))
+        log.info("resampled grid: %d x %d px", vregion.width, vregion.height)
+        tmp_cls, tmp_conf = work / "model_grid.tif", work / "model_grid_conf.tif"
+        inner = PredictionWriter(tmp_cls, width=vregion.width, height=vregion.height,
+                                 crs=src.crs, transform=vtransform,
+                                 confidence_path=tmp_conf if want_conf else None)
+        try:
+            _run_tiles(TileReader(vrt, indexes, normalizer, image), vregion, inner, **run)
+        finally:
+            inner.close()
+
+    step = 512
+    opened = [rasterio.open(tmp_cls)] + ([rasterio.open(tmp_conf)] if want_conf else [])
+    with ExitStack() as stack:
+        vrts = [stack.enter_context(WarpedVRT(
+            ds, crs=src.crs, transform=out_transform, width=region.width, height=region.height,
+            resampling=Resampling.nearest, nodata=ds.nodata)) for ds in opened]
+        for ds in opened:
+            stack.callback(ds.close)
+        rows = range(0, region.height, step)
+        for r in progress.track(rows, "resample to the image grid", unit="block"):
+            win = Window(0, r, region.width, min(step, region.height - r))
+            ids = vrts[0].read(1, window=win)
+            conf = vrts[1].read(1, window=win) if want_conf else None
+            writer.add(r, ids, conf)

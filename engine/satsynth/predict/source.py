@@ -1,0 +1,201 @@
+"""The input raster: opening it with clear errors, its ground resolution, and padded normalized
+tiles with their validity masks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satsynth.data.normalize import Normalizer
+from satsynth.errors import SatSynthError
+
+log = logging.getLogger("satsynth")
+
+
+@contextmanager
+def quiet_georef_warnings() -> Iterator[None]:
+    """Pixel-space rasters (no CRS) are supported on purpose: silence rasterio's warning."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def open_image(path: str | Path) -> Any:
+    """Open any GDAL raster for reading, or raise a :class:`SatSynthError` naming it."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    path = Path(path)
+    if not path.exists():
+        raise SatSynthError("image file not found", path)
+    if path.is_dir():
+        raise SatSynthError("image is a folder, expected a raster file", path)
+    try:
+        with quiet_georef_warnings():
+            return rasterio.open(path)
+    except (RasterioIOError, OSError) as exc:
+        raise SatSynthError(f"cannot read the image: not a raster GDAL can open, or damaged "
+                            f"({exc})", path) from None
+
+
+def select_bands(src: Any, needed: int, path: Path) -> list[int]:
+    """Band indexes to feed the model: all bands, or all but a trailing alpha band."""
+    from rasterio.enums import ColorInterp
+
+    bands = list(range(1, src.count + 1))
+    if src.count == needed + 1 and src.colorinterp[-1] == ColorInterp.alpha:
+        bands = bands[:-1]
+    if len(bands) != needed:
+        raise SatSynthError(
+            f"the image has {src.count} band{'s' if src.count != 1 else ''}, but the model was "
+            f"trained on {needed}-band images; use an image with the same bands as the training "
+            f"data", path)
+    return bands
+
+
+def crs_label(crs: Any) -> str:
+    """'EPSG:32616', 'custom CRS <name>' or 'no CRS'."""
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    if epsg:
+        return f"EPSG:{epsg}"
+    try:
+        import pyproj
+
+        return f"custom CRS '{pyproj.CRS.from_wkt(crs.to_wkt()).name}'"
+    except Exception:  # noqa: BLE001 - naming is best effort
+        return "custom CRS"
+
+
+def _centre_lonlat(crs: Any, transform: Any, width: int, height: int) -> tuple[float, float]:
+    from rasterio.warp import transform as warp_xy
+
+    x, y = transform * (width / 2, height / 2)
+    if crs.is_geographic:
+        return x, y
+    lon, lat = warp_xy(crs, "EPSG:4326", [x], [y])
+    return lon[0], lat[0]
+
+
+def ground_resolution(crs: Any, transform: Any, width: int, height: int
+                      ) -> tuple[float, float] | None:
+    """Pixel size in metres (x, y) at the raster's centre; ``None`` without a CRS."""
+    if crs is None:
+        return None
+    if crs.is_geographic:
+        import pyproj
+
+        geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
+        cx, cy = transform * (width / 2, height / 2)
+        x1, y1 = transform * (width / 2 + 1, height / 2)
+        x2, y2 = transform * (width / 2, height / 2 + 1)
+        return (abs(geod.inv(cx, cy, x1, y1)[2]), abs(geod.inv(cx, cy, x2, y2)[2]))
+    factor = crs.linear_units_factor[1]
+    return (math.hypot(transform.a, transform.d) * factor,
+            math.hypot(transform.b, transform.e) * factor)
+
+
+def model_resolution(model_crs: str | None, pixel_size: list[float] | None, image_crs: Any,
+                     image_transform: Any, width: int, height: int) -> tuple[float, float] | None:
+    """The model's training pixel size in metres, or ``None`` when it was trained without a CRS.
+
+    A model trained in degrees is converted at the image's latitude."""
+    if not model_crs or not pixel_size:
+        return None
+    from rasterio.crs import CRS
+
+    try:
+        crs = CRS.from_user_input(model_crs)
+    except Exception:  # noqa: BLE001 - an unreadable stored CRS means: unknown
+        return None
+    px, py = abs(float(pixel_size[0])), abs(float(pixel_size[-1]))
+    if not crs.is_geographic:
+        f = crs.linear_units_factor[1]
+        return px * f, py * f
+    if image_crs is None:
+        return None
+    _, lat = _centre_lonlat(image_crs, image_transform, width, height)
+    return (px * 111320.0 * math.cos(math.radians(lat)), py * 110574.0)
+
+
+def matched_vrt(src: Any, scale_x: float, scale_y: float) -> Any:
+    """A WarpedVRT of ``src`` on the same CRS and bounds with pixels ``scale`` times larger."""
+    from affine import Affine
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    width = max(1, round(src.width / scale_x))
+    height = max(1, round(src.height / scale_y))
+    transform = src.transform * Affine.scale(src.width / width, src.height / height)
+    coarser = scale_x * scale_y > 1.0
+    return WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
+                     resampling=Resampling.average if coarser else Resampling.bilinear)
+
+
+class TileReader:
+    """Reads tiles of a dataset (a file or a WarpedVRT) as normalized float32 arrays, padded by
+    reflection where they pass the raster's edge, with a validity mask (False = nodata/padding).
+
+    Offsets are in the dataset's pixels."""
+
+    def __init__(self, ds: Any, indexes: list[int], normalizer: Normalizer, path: Path) -> None:
+        from rasterio.enums import MaskFlags
+
+        self.ds = ds
+        self.indexes = indexes
+        self.normalizer = normalizer
+        self.path = path
+        flags = [ds.mask_flag_enums[i - 1] for i in indexes]
+        self._nodata = None
+        self._mask_band: int | None = None
+        if all(MaskFlags.all_valid in f for f in flags):
+            pass
+        elif any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
+            self._mask_band = indexes[0]
+        else:
+            vals = [ds.nodatavals[i - 1] for i in indexes]
+            self._nodata = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+        self._float = np.issubdtype(np.dtype(ds.dtypes[indexes[0] - 1]), np.floating)
+
+    def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(data (C, height, width) float32 in [-1, 1], valid (height, width) bool)``."""
+        from rasterio.errors import RasterioError
+        from rasterio.windows import Window
+
+        r0, c0 = max(row, 0), max(col, 0)
+        r1, c1 = min(row + height, self.ds.height), min(col + width, self.ds.width)
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        try:
+            with quiet_georef_warnings():
+                raw = self.ds.read(self.indexes, window=win)
+                mask = (self.ds.read_masks(self._mask_band, window=win) > 0
+                        if self._mask_band is not None else None)
+        except (RasterioError, OSError) as exc:
+            raise SatSynthError(f"cannot read pixels at row {r0}, column {c0}: the file is "
+                                f"damaged or truncated ({exc})", self.path) from None
+        valid = np.ones(raw.shape[1:], dtype=bool) if mask is None else mask
+        if self._nodata is not None:
+            nd = self._nodata.reshape(-1, 1, 1)
+            is_nd = (raw == nd) | (np.isnan(nd) & (np.isnan(raw) if self._float else False))
+            valid &= ~is_nd.all(axis=0)
+        if self._float:
+            valid &= np.isfinite(raw).all(axis=0)
+        data = self.normalizer.to_model(raw)
+        data[:, ~valid] = 0.0
+        pads = ((r0 - row, row + height - r1), (c0 - col, col + width - c1))
+        if any(p for pair in pads for p in pair):
+            mode = ("reflect" if all(max(pair) < n for pair, n in zip(pads, data.shape[1:], strict=True))
+                    else "edge")
+            data = np.pad(data, ((0, 0), *pads), mode=mode)
+            valid = np.pad(valid, pads, mode="constant", constant_values=False)
+        return data, valid

@@ -1,0 +1,186 @@
+"""Writing the class raster (and confidence raster) row band by row band.
+
+Rows arrive in order, in bands of any height; they are buffered up to the next multiple of the
+GeoTIFF block height and written as whole block rows, so no compressed block is ever rewritten and
+memory stays at about two block rows across the width. Styling: a colour table, the band
+description, class names as band metadata, a GDAL raster attribute table and category names in a
+``.aux.xml`` sidecar, and a QGIS ``.qml`` style (written by the caller with ``write_qml``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from satsynth.data.classes import ClassTable
+from satsynth.errors import SatSynthError
+
+CLASS_NODATA = 255
+CONFIDENCE_NODATA = 0
+BLOCK = 512
+
+
+def block_size(n: int) -> int:
+    """GeoTIFF block edge for a raster dimension: 512, or less (a multiple of 16) when small."""
+    return min(BLOCK, max(16, -(-n // 16) * 16))
+
+
+def gtiff_profile(width: int, height: int, crs: Any, transform: Any, nodata: int
+                  ) -> dict[str, Any]:
+    """Creation options of a tiled, compressed single-band uint8 GeoTIFF."""
+    return {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+            "crs": crs, "transform": transform, "nodata": nodata, "tiled": True,
+            "blockxsize": block_size(width), "blockysize": block_size(height),
+            "compress": "deflate", "predictor": 2, "bigtiff": "if_safer"}
+
+
+class PredictionWriter:
+    """Streams class ids (and optionally confidences) of one grid into GeoTIFFs.
+
+    ``add(row, ids, conf)`` takes consecutive full-width row bands. Pixels outside ``aoi`` become
+    nodata. Each written block row is also handed to ``vectorizer.add_block``."""
+
+    def __init__(self, class_path: Path, *, width: int, height: int, crs: Any, transform: Any,
+                 table: ClassTable | None = None, confidence_path: Path | None = None,
+                 aoi: Any = None, vectorizer: Any = None) -> None:
+        import rasterio
+
+        from satsynth.predict.source import quiet_georef_warnings
+
+        self.width, self.height = width, height
+        self.transform = transform
+        self.aoi = aoi
+        self.vectorizer = vectorizer
+        self._block = block_size(height)
+        self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._pending_rows = 0
+        self._next_row = 0  # first row not yet received
+        self._written = 0  # first row not yet written
+        self._dsets: list[Any] = []
+        try:
+            with quiet_georef_warnings():
+                self._cls = rasterio.open(class_path, "w", **gtiff_profile(
+                    width, height, crs, transform, CLASS_NODATA))
+                self._dsets.append(self._cls)
+                self._conf = None
+                if confidence_path is not None:
+                    self._conf = rasterio.open(confidence_path, "w", **gtiff_profile(
+                        width, height, crs, transform, CONFIDENCE_NODATA))
+                    self._dsets.append(self._conf)
+        except Exception as exc:  # noqa: BLE001 - GDAL reports unwritable paths many ways
+            self.close()
+            raise SatSynthError(f"cannot create the output raster ({exc})", class_path) from None
+        if table is not None:
+            style_class_band(self._cls, table)
+        if self._conf is not None:
+            self._conf.set_band_description(1, "confidence (top class probability x 255)")
+            self._conf.update_tags(1, SCALE="0.00392156862745098", meaning="probability of the "
+                                   "predicted class; 0 = nodata")
+
+    def add(self, row: int, ids: np.ndarray, conf: np.ndarray | None = None) -> None:
+        """Receive rows ``row .. row + len(ids)`` (full width, uint8)."""
+        if row != self._next_row:
+            raise ValueError(f"rows must arrive in order: expected {self._next_row}, got {row}")
+        if ids.shape[1] != self.width:
+            raise ValueError("row bands must span the full width")
+        self._pending.append((ids, conf))
+        self._pending_rows += ids.shape[0]
+        self._next_row += ids.shape[0]
+        end = self._next_row if self._next_row >= self.height else \
+            (self._next_row // self._block) * self._block
+        if end > self._written:
+            self._flush(end)
+
+    def _flush(self, end: int) -> None:
+        from rasterio.transform import Affine
+        from rasterio.windows import Window
+
+        ids = np.concatenate([p[0] for p in self._pending]) if len(self._pending) > 1 \
+            else self._pending[0][0]
+        conf = None
+        if self._conf is not None:
+            confs = [p[1] if p[1] is not None else np.zeros_like(p[0]) for p in self._pending]
+            conf = np.concatenate(confs) if len(confs) > 1 else confs[0]
+        n = end - self._written
+        out_ids, out_conf = ids[:n], (conf[:n] if conf is not None else None)
+        if self.aoi is not None:
+            t = self.transform * Affine.translation(0, self._written)
+            outside = ~self.aoi.inside(t, n, self.width)
+            if outside.any():
+                out_ids = out_ids.copy()
+                out_ids[outside] = CLASS_NODATA
+                if out_conf is not None:
+                    out_conf = out_conf.copy()
+                    out_conf[outside] = CONFIDENCE_NODATA
+        win = Window(0, self._written, self.width, n)
+        self._cls.write(out_ids, 1, window=win)
+        if self._conf is not None and out_conf is not None:
+            self._conf.write(out_conf, 1, window=win)
+        if self.vectorizer is not None:
+            self.vectorizer.add_block(self._written, out_ids, last=end >= self.height)
+        self._written = end
+        rest = self._pending_rows - n
+        self._pending = [(ids[n:], conf[n:] if conf is not None else None)] if rest else []
+        self._pending_rows = rest
+
+    def close(self) -> None:
+        """Close the datasets (all rows must have been added for a complete raster)."""
+        for ds in self._dsets:
+            ds.close()
+        self._dsets = []
+
+    @property
+    def complete(self) -> bool:
+        return self._written >= self.height
+
+
+def style_class_band(ds: Any, table: ClassTable) -> None:
+    """Colour table, band description and class names on band 1 of an open writable dataset."""
+    ds.write_colormap(1, table.colormap())
+    ds.set_band_description(1, "class")
+    ds.update_tags(1, **{f"CLASS_{c.id}": c.name for c in table.classes})
+    ds.update_tags(CLASSES=json.dumps([{"id": c.id, "name": c.name, "color": c.hex()}
+                                       for c in table.classes]))
+
+
+def aux_xml(table: ClassTable) -> str:
+    """GDAL PAM sidecar text: category names and a thematic raster attribute table for band 1
+    (what GDAL itself writes for a GeoTIFF; QGIS and ArcGIS read it)."""
+    names = [""] * 256
+    for c in table.classes:
+        names[c.id] = c.name
+    last = max(c.id for c in table.classes)
+    cats = "\n".join(f"      <Category>{escape(n)}</Category>" for n in names[:last + 1])
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    defs = "\n".join(
+        f'      <FieldDefn index="{i}">\n        <Name>{n}</Name>\n        <Type>{t}</Type>\n'
+        f"        <Usage>{u}</Usage>\n      </FieldDefn>" for i, (n, t, u) in enumerate(fields))
+    rows = "\n".join(
+        f'      <Row index="{i}">\n        <F>{c.id}</F>\n        <F>{escape(c.name)}</F>\n'
+        f"        <F>{c.color[0]}</F>\n        <F>{c.color[1]}</F>\n        <F>{c.color[2]}</F>\n"
+        f"      </Row>" for i, c in enumerate(sorted(table.classes, key=lambda c: c.id)))
+    return f"""<PAMDataset>
+  <PAMRasterBand band="1">
+    <Description>class</Description>
+    <CategoryNames>
+{cats}
+    </CategoryNames>
+    <GDALRasterAttributeTable tableType="thematic">
+{defs}
+{rows}
+    </GDALRasterAttributeTable>
+  </PAMRasterBand>
+</PAMDataset>
+"""
+
+
+def to_cog(src: Path, dst: Path, overview_resampling: str) -> None:
+    """Copy a tiled GeoTIFF into a Cloud Optimized GeoTIFF with overviews."""
+    from rasterio.shutil import copy
+
+    copy(str(src), str(dst), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=512,
+         OVERVIEW_RESAMPLING=overview_resampling, BIGTIFF="IF_SAFER")
