@@ -196,7 +196,9 @@ def rows_from_field(layer: QgsVectorLayer, field: str) -> list[ClassRow]:
         except (TypeError, ValueError):
             nums = []
         if nums and all(n.is_integer() for n in nums):
-            return rows_from_values(int(n) for n in nums)
+            # polygons leave gaps: like the engine, uncovered pixels are class 0 "background"
+            ids = {int(n) for n in nums} | {0}
+            return rows_from_values(ids, names={0: "background"}, colors={0: "#000000"})
         raise ClassTableError(f"{layer.name()}: field {field!r} holds non-integer numbers; "
                               "pick a class code or class name field")
     return rows_from_names(str(v) for v in values)

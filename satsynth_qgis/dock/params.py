@@ -61,8 +61,8 @@ class DockInputs:
 
 def _labels(i: DockInputs) -> dict[str, Any]:
     if i.label_mode == "raster":
-        return {"LABELS_RASTER": i.label_raster}
-    return {"LABELS_VECTOR": i.label_vector, "CLASS_FIELD": i.class_field}
+        return {"LABELS": i.label_raster}
+    return {"VECTOR": i.label_vector, "CLASS_FIELD": i.class_field}
 
 
 def _device(s: StageSettings) -> dict[str, Any]:

@@ -65,8 +65,9 @@ def test_dock_builds_with_real_layers_and_the_class_table_fills_from_the_text_fi
 
 def test_class_table_fills_from_a_numeric_field_and_from_a_label_raster_with_palette(dock, scene):
     choose_polygons(dock, scene, "code")
-    assert [(r.id, r.name) for r in dock.class_table.rows()] == [(1, "class 1"), (2, "class 2"),
-                                                                 (3, "class 3")]
+    # ids keep their values; uncovered pixels are id 0 "background", as the engine infers
+    assert [(r.id, r.name) for r in dock.class_table.rows()] == [
+        (0, "background"), (1, "class 1"), (2, "class 2"), (3, "class 3")]
     dock.labels_raster_radio.setChecked(True)
     dock.label_raster_combo.setLayer(scene["labels"])
     rows = dock.class_table.rows()
