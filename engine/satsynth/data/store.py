@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,9 @@ class ChipStoreWriter:
         if not records:
             return
         gdf = gpd.GeoDataFrame(records, geometry=geoms, crs=self.meta.crs)
-        gdf.to_file(self.tmp / "chips.gpkg", layer="chips", driver="GPKG")
+        with warnings.catch_warnings():  # pixel-space stores have no CRS on purpose
+            warnings.filterwarnings("ignore", message=".*'crs' was not provided.*")
+            gdf.to_file(self.tmp / "chips.gpkg", layer="chips", driver="GPKG")
 
 
 def copy_store(src: str | Path, dst: str | Path) -> Path:

@@ -1,0 +1,99 @@
+"""Command line of the data stage: ``satsynth prepare`` and ``satsynth info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from satsynth import progress
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add the ``prepare`` and ``info`` sub-commands."""
+    p = subparsers.add_parser(
+        "prepare", parents=[common],
+        help="cut labeled rasters into training chips (a dataset folder)",
+        description="Cut image rasters and their labels (class-id rasters, vector layers, or a "
+                    "folder of colour masks) into chips with their georeference, split train/val "
+                    "by spatial blocks, and store them for training.")
+    src = p.add_argument_group("inputs (one of --labels, --vector, --folder)")
+    src.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="image raster (any GDAL format); repeat for several")
+    src.add_argument("--labels", action="append", default=[], metavar="PATH",
+                     help="single-band raster of class ids, one per --image in the same order")
+    src.add_argument("--vector", action="append", default=[], metavar="PATH",
+                     help="vector labels (GeoPackage, GeoJSON, Shapefile): one per --image, or "
+                          "one for all")
+    src.add_argument("--layer", metavar="NAME", help="layer of the vector file (GeoPackage)")
+    src.add_argument("--class-field", metavar="FIELD",
+                     help="attribute holding each feature's class name or id (default: every "
+                          "feature is one class, named after the file)")
+    src.add_argument("--line-buffer", type=float, default=0.0, metavar="METRES",
+                     help="buffer distance (half width) in metres for lines and points, e.g. "
+                          "roads (default 0: lines are burnt one pixel wide)")
+    src.add_argument("--all-touched", action="store_true",
+                     help="burn every pixel a feature touches (default: pixel centres inside)")
+    bg = src.add_mutually_exclusive_group()
+    bg.add_argument("--background", default="background", metavar="NAME",
+                    help="class for pixels no feature covers (default 'background', id 0)")
+    bg.add_argument("--background-ignore", action="store_true",
+                    help="do not train on pixels no feature covers")
+    src.add_argument("--folder", metavar="DIR",
+                     help="folder with images/ and masks/ sub-folders (searched recursively), "
+                          "masks matched by file name")
+    p.add_argument("--classes", metavar="FILE",
+                   help="class table (JSON/YAML: id, name, colour; ignore_ids/ignore_colors); "
+                        "default DIR/classes.json for --folder, else inferred from the labels")
+    p.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to write")
+    p.add_argument("--chip-size", type=int, default=128, help="chip size in pixels (default 128)")
+    p.add_argument("--stride", type=int, help="step between chips (default: the chip size)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of chips held out for validation, by spatial blocks (default 0.2)")
+    p.add_argument("--val-sources", metavar="PATTERNS", default="",
+                   help="comma-separated parts of source paths that go wholly to validation, "
+                        "e.g. 'Tile 6,Tile 7' (then --val-fraction is not used)")
+    p.add_argument("--block-size", type=int, default=4,
+                   help="side of a spatial split block, in chips (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
+    p.add_argument("--min-labeled", type=float, default=0.5,
+                   help="skip chips with a smaller labeled fraction (default 0.5)")
+    p.add_argument("--max-chips", type=int, help="keep at most this many chips (quick runs)")
+    p.set_defaults(func=prepare_command)
+
+    q = subparsers.add_parser("info", parents=[common],
+                              help="describe a dataset: chips, bands, CRS, class shares")
+    q.add_argument("dataset", metavar="DATASET", help="dataset folder written by 'prepare'")
+    q.add_argument("--json", action="store_true", help="print the description as JSON")
+    q.set_defaults(func=info_command)
+
+
+def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``satsynth prepare``."""
+    from satsynth.data.prepare import PrepareConfig, prepare_dataset
+    from satsynth.data.store import ChipStore
+
+    cfg = PrepareConfig(
+        chip_size=args.chip_size, stride=args.stride, val_fraction=args.val_fraction,
+        val_sources=args.val_sources, block_size=args.block_size, seed=args.seed,
+        min_labeled=args.min_labeled, max_chips=args.max_chips, line_buffer=args.line_buffer,
+        all_touched=args.all_touched,
+        background=None if args.background_ignore else args.background)
+    out = prepare_dataset(args.out, images=args.image, labels=args.labels, vectors=args.vector,
+                          folder=args.folder, classes=args.classes, layer=args.layer,
+                          class_field=args.class_field, config=cfg)
+    store = ChipStore(out)
+    return {"dataset": str(out), "chips": str(out / "chips.gpkg"),
+            "train": store.meta.counts.get("train", 0), "val": store.meta.counts.get("val", 0),
+            "classes": store.meta.classes.num_classes}
+
+
+def info_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``satsynth info``: the description as the done event (JSON mode), JSON or lines."""
+    from satsynth.data.info import dataset_info, format_info
+
+    info = dataset_info(args.dataset)
+    if progress.mode() == "json":
+        return info
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return {}

@@ -1,0 +1,263 @@
+"""Label readers: label values of any kind, read window by window on the image grid.
+
+Every reader returns *codes* (int64) for a window of the image grid:
+
+- class-id rasters: the label value itself;
+- colour masks: the colour packed as ``r << 16 | g << 8 | b`` (paletted masks through their palette);
+- vector layers: the model's class index (see :mod:`satsynth.data.vector`);
+
+and :data:`NODATA_CODE` where there is no label (nodata, alpha 0, outside the label raster).
+A :class:`CodeMap` then turns codes into class indices (255 = ignore) using the class table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satsynth.data.classes import IGNORE_INDEX, ClassTable
+from satsynth.data.sources import (
+    Grid,
+    band_has_mask,
+    crs_name,
+    grid_of,
+    open_raster,
+    read_masks,
+    read_window,
+)
+from satsynth.errors import SatSynthError
+
+log = logging.getLogger("satsynth")
+
+NODATA_CODE = -1
+#: Raster label value that always means "ignore" (class ids are 0..254).
+IGNORE_VALUE = 255
+_PALETTE_MISSING = 1 << 24  # code offset for palette indices that have no colour
+
+
+def pack_rgb(rgb: tuple[int, int, int]) -> int:
+    """(r, g, b) -> the colour code used for colour masks."""
+    return (int(rgb[0]) << 16) | (int(rgb[1]) << 8) | int(rgb[2])
+
+
+def code_to_hex(code: int) -> str:
+    return f"#{(code >> 16) & 255:02x}{(code >> 8) & 255:02x}{code & 255:02x}"
+
+
+def describe_code(kind: str, code: int) -> str:
+    """How a code is shown to the user in messages."""
+    if kind == "colors":
+        if code >= _PALETTE_MISSING:
+            return f"palette index {code - _PALETTE_MISSING} (no colour in the palette)"
+        return code_to_hex(code)
+    return str(int(code))
+
+
+def ignore_codes(kind: str, table: ClassTable | None) -> set[int]:
+    """Codes that mean "not labeled" for a reader kind (before any class is looked up)."""
+    codes = {NODATA_CODE}
+    if kind == "raster":
+        codes.add(IGNORE_VALUE)
+        if table is not None:
+            codes.update(int(v) for v in table.ignore_ids)
+    elif kind == "colors" and table is not None:
+        codes.update(pack_rgb(c) for c in table.ignore_colors)
+    return codes
+
+
+class CodeMap:
+    """Maps reader codes to class indices (uint8, 255 = ignore)."""
+
+    def __init__(self, kind: str, table: ClassTable) -> None:
+        self.kind = kind
+        self.table = table
+        mapping: dict[int, int] = {}
+        if kind == "raster":
+            mapping = {c.id: i for i, c in enumerate(table.classes)}
+        elif kind == "colors":
+            for i, c in enumerate(table.classes):
+                code = pack_rgb(c.color)
+                if code in mapping:
+                    other = table.classes[mapping[code]].name
+                    raise SatSynthError(
+                        f"classes '{other}' and '{c.name}' have the same colour {c.hex()}: colour "
+                        "masks cannot tell them apart; give each class its own colour")
+                mapping[code] = i
+        elif kind == "vector":
+            mapping = {i: i for i in range(table.num_classes)}
+        else:
+            raise ValueError(kind)
+        self.ignore = ignore_codes(kind, table) - set(mapping)
+        keys = sorted(set(mapping) | self.ignore)
+        self._keys = np.asarray(keys, dtype=np.int64)
+        self._vals = np.asarray([mapping.get(k, IGNORE_INDEX) for k in keys], dtype=np.uint8)
+        self.known = set(mapping)
+
+    def unknown(self, hist: Counter) -> list[tuple[int, int]]:
+        """(code, pixel count) of codes that are neither a class nor ignore, most frequent first."""
+        bad = [(c, n) for c, n in hist.items() if c not in self.known and c not in self.ignore]
+        return sorted(bad, key=lambda cn: (-cn[1], cn[0]))
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        """Class indices for ``codes``; anything unknown becomes ignore."""
+        pos = np.searchsorted(self._keys, codes)
+        pos = np.clip(pos, 0, len(self._keys) - 1)
+        found = self._keys[pos] == codes
+        return np.where(found, self._vals[pos], np.uint8(IGNORE_INDEX)).astype(np.uint8)
+
+
+def _check_overlap(img: Grid, lab: Grid, image_path: Path, label_path: Path) -> float:
+    """Fraction of the image covered by the label raster's footprint; refuses no overlap."""
+    from rasterio.warp import transform_bounds
+
+    try:
+        lb = transform_bounds(lab.crs, img.crs, *lab.bounds, densify_pts=21)
+    except Exception as exc:  # noqa: BLE001 - a failed transform means the CRSs do not meet
+        raise SatSynthError(
+            f"cannot transform the labels' extent from {crs_name(lab.crs)} to the image's "
+            f"{crs_name(img.crs)} ({exc})", label_path) from None
+    ib = img.bounds
+    w = min(ib[2], lb[2]) - max(ib[0], lb[0])
+    h = min(ib[3], lb[3]) - max(ib[1], lb[1])
+    if w <= 0 or h <= 0 or not np.isfinite(w * h):
+        raise SatSynthError(
+            f"the labels do not overlap the image {image_path.name} at all (labels cover "
+            f"{_fmt_bounds(lb)}, image covers {_fmt_bounds(ib)} in {crs_name(img.crs)})",
+            label_path)
+    return float(min(1.0, w * h / max((ib[2] - ib[0]) * (ib[3] - ib[1]), 1e-30)))
+
+
+def _fmt_bounds(b: tuple[float, ...]) -> str:
+    return f"x {b[0]:.6g}..{b[2]:.6g}, y {b[1]:.6g}..{b[3]:.6g}"
+
+
+def check_georef_match(image_path: Path, image_grid: Grid, label_path: Path, label_crs: Any,
+                       what: str = "labels") -> None:
+    """Refuse pairs where exactly one of image and labels has a CRS, saying which."""
+    if image_grid.georeferenced and label_crs is None:
+        raise SatSynthError(
+            f"the {what} have no CRS (not georeferenced) but the image {image_path.name} is in "
+            f"{crs_name(image_grid.crs)}: give both the same georeference", label_path)
+    if not image_grid.georeferenced and label_crs is not None:
+        raise SatSynthError(
+            f"the image {image_path.name} has no CRS (not georeferenced) but the {what} are in "
+            f"{crs_name(label_crs)}: give both the same georeference", label_path)
+
+
+class RasterLabelReader:
+    """Class-id rasters and colour masks, aligned to the image grid (warped if needed)."""
+
+    def __init__(self, label_path: str | Path, image_path: str | Path, image_grid: Grid,
+                 kind: str = "raster") -> None:
+        self.path = Path(label_path)
+        self.image_path = Path(image_path)
+        self.grid = image_grid
+        self._src = open_raster(self.path, "label raster")
+        self._vrt = None
+        self._lut: np.ndarray | None = None
+        try:
+            self.kind, self.bands = self._decide_kind(kind)
+            self._align()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _decide_kind(self, requested: str) -> tuple[str, list[int]]:
+        src = self._src
+        has_palette = src.count == 1 and _colormap(src) is not None
+        if src.count >= 3:
+            if requested == "raster":
+                log.info("%s: %d bands, read as a colour-coded mask", self.path.name, src.count)
+            return "colors", [1, 2, 3]
+        if src.count != 1:
+            raise SatSynthError(
+                f"labels must be a single-band raster of class ids or an RGB colour mask; this "
+                f"one has {src.count} bands", self.path)
+        if requested == "auto" and has_palette:
+            cmap = _colormap(src) or {}
+            size = 256 if src.dtypes[0] == "uint8" else 65536
+            lut = np.asarray([_PALETTE_MISSING + i for i in range(size)], dtype=np.int64)
+            for i, rgba in cmap.items():
+                if 0 <= i < size:
+                    lut[i] = pack_rgb(rgba[:3])
+            self._lut = lut
+            return "colors", [1]
+        dt = np.dtype(src.dtypes[0])
+        if not np.issubdtype(dt, np.integer):
+            raise SatSynthError(
+                f"label raster has data type {src.dtypes[0]}; class ids must be integers", self.path)
+        return "raster", [1]
+
+    def _align(self) -> None:
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        lab = grid_of(self._src)
+        img = self.grid
+        check_georef_match(self.image_path, img, self.path, self._src.crs)
+        if lab.same_as(img):
+            return
+        if not img.georeferenced:
+            raise SatSynthError(
+                f"labels are {lab.width}x{lab.height} px but the image {self.image_path.name} is "
+                f"{img.width}x{img.height} px, and neither is georeferenced, so they cannot be "
+                "aligned: the sizes must match", self.path)
+        cover = _check_overlap(img, lab, self.image_path, self.path)
+        self._vrt = WarpedVRT(self._src, crs=img.crs, transform=img.transform, width=img.width,
+                              height=img.height, resampling=Resampling.nearest, add_alpha=True)
+        log.warning(
+            "%s: label grid (%dx%d px, %s) differs from the image grid of %s (%dx%d px): labels "
+            "warped onto the image grid with nearest neighbour; they cover %.0f%% of the image",
+            self.path.name, lab.width, lab.height, crs_name(lab.crs), self.image_path.name,
+            img.width, img.height, 100 * cover)
+
+    @property
+    def warped(self) -> bool:
+        return self._vrt is not None
+
+    # --- reading -----------------------------------------------------------------------------
+    def read_codes(self, window: Any) -> np.ndarray:
+        """Codes (int64, (h, w)) for a window of the image grid."""
+        if self._vrt is not None:
+            data = read_window(self._vrt, self.path, indexes=self.bands, window=window)
+            valid = read_window(self._vrt, self.path, indexes=self._vrt.count, window=window) > 0
+        else:
+            data = read_window(self._src, self.path, indexes=self.bands, window=window)
+            valid = None
+            for b in self.bands:
+                if band_has_mask(self._src, b):
+                    m = read_masks(self._src, self.path, b, window) > 0
+                    valid = m if valid is None else valid & m
+        if self.kind == "colors" and len(self.bands) == 3:
+            codes = ((data[0].astype(np.int64) << 16) | (data[1].astype(np.int64) << 8)
+                     | data[2].astype(np.int64))
+        elif self._lut is not None:
+            codes = self._lut[data[0]]
+        else:
+            codes = data[0].astype(np.int64)
+        if valid is not None:
+            codes[~valid] = NODATA_CODE
+        return codes
+
+    def describe(self, code: int) -> str:
+        return describe_code(self.kind, code)
+
+    def close(self) -> None:
+        if self._vrt is not None:
+            self._vrt.close()
+            self._vrt = None
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+
+def _colormap(src: Any) -> dict[int, tuple[int, ...]] | None:
+    try:
+        return src.colormap(1)
+    except ValueError:  # no colour table
+        return None

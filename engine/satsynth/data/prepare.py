@@ -1,0 +1,600 @@
+"""``satsynth prepare``: labeled rasters in, a chip store (training chips with georeference) out.
+
+Two passes over the inputs, both tile by tile so that large rasters are never loaded whole:
+
+1. *scan*: read the labels (and the image's validity), count the label values over the whole
+   raster (to check them against the class table, or to infer one) and measure the labeled
+   fraction of every candidate chip;
+2. *write*: split the kept chips into train/val by spatial blocks, then read each tile again and
+   write its chips with :class:`~satsynth.data.store.ChipStoreWriter`, sampling training pixels
+   for the per-band normalization (2nd-98th percentiles) on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satsynth import progress
+from satsynth.data.chipping import (
+    TRAIN,
+    VAL,
+    assign_split,
+    cap_chips,
+    footprint_boxes,
+    overlapping_train,
+    plan_tiles,
+)
+from satsynth.data.classes import IGNORE_INDEX, ClassInfo, ClassTable
+from satsynth.data.labels import (
+    NODATA_CODE,
+    CodeMap,
+    RasterLabelReader,
+    code_to_hex,
+    describe_code,
+    ignore_codes,
+)
+from satsynth.data.normalize import Normalizer
+from satsynth.data.sources import (
+    Grid,
+    PairSpec,
+    band_has_mask,
+    crs_name,
+    crs_to_string,
+    find_folder_pairs,
+    grid_of,
+    open_raster,
+    read_masks,
+    read_window,
+)
+from satsynth.data.store import ChipStoreWriter, StoreMeta
+from satsynth.errors import SatSynthError
+
+log = logging.getLogger("satsynth")
+
+PathLike = str | Path
+#: Pixels sampled from the training chips to fit the normalization.
+NORM_SAMPLES = 200_000
+
+
+@dataclass
+class PrepareConfig:
+    """How chips are cut and split (the ``satsynth prepare`` options)."""
+
+    chip_size: int = 128
+    stride: int | None = None  # default: chip_size (no overlap)
+    val_fraction: float = 0.2
+    val_sources: tuple[str, ...] = ()
+    block_size: int = 4  # spatial split block, in chips
+    seed: int = 0
+    min_labeled: float = 0.5
+    max_chips: int | None = None
+    line_buffer: float = 0.0  # metres (buffer distance) for vector lines and points
+    all_touched: bool = False
+    background: str | None = "background"  # None: pixels no feature covers are ignored
+    tile_span: int = 2048  # largest window side read at once (memory bound)
+
+    def __post_init__(self) -> None:
+        self.stride = self.chip_size if self.stride is None else int(self.stride)
+        if isinstance(self.val_sources, str):
+            self.val_sources = tuple(s.strip() for s in self.val_sources.split(",") if s.strip())
+        self.val_sources = tuple(self.val_sources)
+        if self.chip_size < 8:
+            raise SatSynthError(f"chip size must be at least 8 px, got {self.chip_size}")
+        if not 1 <= self.stride <= self.chip_size:
+            raise SatSynthError(f"stride must be between 1 and the chip size ({self.chip_size}), "
+                                f"got {self.stride}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise SatSynthError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.min_labeled <= 1.0:
+            raise SatSynthError(f"--min-labeled must be in [0, 1], got {self.min_labeled}")
+        if self.block_size < 1:
+            raise SatSynthError(f"block size must be at least 1 chip, got {self.block_size}")
+        if self.max_chips is not None and self.max_chips < 1:
+            raise SatSynthError(f"--max-chips must be at least 1, got {self.max_chips}")
+        if self.line_buffer < 0:
+            raise SatSynthError(f"--line-buffer must not be negative, got {self.line_buffer}")
+
+
+@dataclass
+class _Source:
+    index: int
+    spec: PairSpec
+    src: Any  # rasterio dataset of the image
+    grid: Grid
+    reader: Any = None
+    val_source: bool = False
+    hist: Counter = field(default_factory=Counter)
+    tiles: list = field(default_factory=list)
+    # kept candidate chips: (row, col, labeled fraction)
+    chips: list[tuple[int, int, float]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.reader.kind
+
+
+def _as_list(x: PathLike | Sequence[PathLike] | None) -> list[Path]:
+    if x is None:
+        return []
+    if isinstance(x, (str, Path)):
+        return [Path(x)]
+    return [Path(p) for p in x]
+
+
+def _pair_specs(images: list[Path], labels: list[Path], vectors: list[Path],
+                folder: Path | None, layer: str | None) -> list[PairSpec]:
+    given = [n for n, v in (("--labels", labels), ("--vector", vectors), ("--folder", folder)) if v]
+    if len(given) != 1:
+        raise SatSynthError("give the labels one way: --image with --labels, --image with "
+                            "--vector, or --folder" + (f" (got {' and '.join(given)})" if given
+                                                       else ""))
+    if folder:
+        if images:
+            raise SatSynthError("--folder finds its images itself; do not combine it with --image")
+        return find_folder_pairs(folder)
+    if not images:
+        raise SatSynthError("no --image given")
+    if labels:
+        if len(labels) != len(images):
+            raise SatSynthError(f"{len(images)} --image but {len(labels)} --labels: give one label "
+                                "raster per image, in the same order")
+        return [PairSpec(i, lab, "raster") for i, lab in zip(images, labels, strict=True)]
+    if len(vectors) not in (1, len(images)):
+        raise SatSynthError(f"{len(images)} --image but {len(vectors)} --vector: give one vector "
+                            "file for all images, or one per image")
+    vecs = vectors * len(images) if len(vectors) == 1 else vectors
+    return [PairSpec(i, v, "vector", layer) for i, v in zip(images, vecs, strict=True)]
+
+
+def _load_table(classes: PathLike | ClassTable | dict | None) -> ClassTable | None:
+    if classes is None or isinstance(classes, ClassTable):
+        return classes
+    if isinstance(classes, (dict, list)):
+        return ClassTable.from_dict(classes)
+    return ClassTable.load(classes)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise SatSynthError("output exists and is a file; choose a folder name for the dataset",
+                                out)
+        if any(out.iterdir()) and not (out / "dataset.json").is_file():
+            raise SatSynthError("output folder exists and is not a SatSynth dataset; choose a new "
+                                "or empty folder (nothing was overwritten)", out)
+
+
+def _open_images(specs: list[PairSpec], cfg: PrepareConfig, lenient: bool) -> list[_Source]:
+    sources: list[_Source] = []
+    try:
+        for spec in specs:
+            src = open_raster(spec.image, "image")
+            dts = set(src.dtypes)
+            if len(dts) > 1:
+                src.close()
+                raise SatSynthError(f"bands have different data types {sorted(dts)}", spec.image)
+            dt = np.dtype(src.dtypes[0])
+            if np.issubdtype(dt, np.complexfloating):
+                src.close()
+                raise SatSynthError(f"complex data ({dt}) is not supported", spec.image)
+            if src.width < cfg.chip_size or src.height < cfg.chip_size:
+                msg = (f"{src.width}x{src.height} px is smaller than one {cfg.chip_size} px chip; "
+                       "use a smaller --chip-size")
+                src.close()
+                if lenient:
+                    log.warning("%s: %s; skipped", spec.image, msg)
+                    continue
+                raise SatSynthError(msg, spec.image)
+            sources.append(_Source(len(sources), spec, src, grid_of(src)))
+        if not sources:
+            raise SatSynthError(f"no image is at least one {cfg.chip_size} px chip in size; use a "
+                                "smaller --chip-size")
+        first = sources[0]
+        for s in sources[1:]:
+            a, b = first.src, s.src
+            if a.count != b.count:
+                raise SatSynthError(
+                    f"{b.count} bands but {first.spec.image.name} has {a.count}: all images of "
+                    "one dataset need the same bands", s.spec.image)
+            if a.dtypes[0] != b.dtypes[0]:
+                raise SatSynthError(
+                    f"data type {b.dtypes[0]} but {first.spec.image.name} is {a.dtypes[0]}: all "
+                    "images of one dataset need the same data type (convert with gdal_translate "
+                    "-ot)", s.spec.image)
+            if first.grid.georeferenced != s.grid.georeferenced:
+                which = (s, first) if first.grid.georeferenced else (first, s)
+                raise SatSynthError(
+                    f"{which[0].spec.image} is not georeferenced but {which[1].spec.image} is: "
+                    "one dataset cannot mix georeferenced and pixel-space images")
+            if s.grid.georeferenced and s.grid.crs != first.grid.crs:
+                raise SatSynthError(
+                    f"in {crs_name(s.grid.crs)} but {first.spec.image.name} is in "
+                    f"{crs_name(first.grid.crs)}: all images of one dataset must share one CRS "
+                    "(reproject them with gdalwarp -t_srs first)", s.spec.image)
+    except BaseException:
+        for s in sources:
+            s.src.close()
+        raise
+    return sources
+
+
+def _image_valid(src: Any, path: Path, data: np.ndarray, window: Any) -> np.ndarray | None:
+    """Pixels valid in every band (nodata, masks and NaN excluded); None when all are valid."""
+    valid = None
+    for b in range(src.count):
+        nd = src.nodatavals[b]
+        m = None
+        if nd is not None:
+            m = ~np.isnan(data[b]) if isinstance(nd, float) and math.isnan(nd) else data[b] != nd
+        elif band_has_mask(src, b + 1):
+            m = read_masks(src, path, b + 1, window) > 0
+        if np.issubdtype(data.dtype, np.floating):
+            f = np.isfinite(data[b])
+            m = f if m is None else m & f
+        if m is not None:
+            valid = m if valid is None else valid & m
+    return valid
+
+
+def _read_tile(s: _Source, tile: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    w = tile.window
+    data = read_window(s.src, s.spec.image, window=w)
+    valid = _image_valid(s.src, s.spec.image, data, w)
+    codes = s.reader.read_codes(w)
+    return data, codes, valid
+
+
+def _histogram(codes: np.ndarray) -> Counter:
+    if codes.size == 0:
+        return Counter()
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo >= NODATA_CODE and hi < 1 << 16:
+        counts = np.bincount((codes + 1).ravel(), minlength=1)
+        nz = np.flatnonzero(counts)
+        return Counter({int(v - 1): int(counts[v]) for v in nz})
+    vals, counts = np.unique(codes, return_counts=True)
+    return Counter({int(v): int(n) for v, n in zip(vals, counts, strict=True)})
+
+
+def _chip_sums(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """Sum of ``mask`` in every size x size chip at (rows x cols) (tile-relative offsets)."""
+    ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=ii[1:, 1:])
+    r, c = rows[:, None], cols[None, :]
+    return ii[r + size, c + size] - ii[r, c + size] - ii[r + size, c] + ii[r, c]
+
+
+def _scan(sources: list[_Source], table: ClassTable | None, cfg: PrepareConfig) -> None:
+    """Pass 1: label histograms and the labeled fraction of every candidate chip."""
+    s_ = cfg.chip_size
+    for s in sources:
+        s.tiles = plan_tiles(s.grid.height, s.grid.width, s_, cfg.stride, cfg.tile_span)
+    total = sum(s.grid.width * s.grid.height for s in sources) / 1e6
+    with progress.task("prepare: reading labels", total=total, unit="Mpx") as t:
+        for s in sources:
+            ign = np.asarray(sorted(ignore_codes(s.kind, table)), dtype=np.int64)
+            for tile in s.tiles:
+                _data, codes, valid = _read_tile(s, tile)
+                r0, c0 = tile.count_r0 - tile.row_off, tile.count_c0 - tile.col_off
+                r1, c1 = tile.count_r1 - tile.row_off, tile.count_c1 - tile.col_off
+                region = codes[r0:r1, c0:c1]
+                if valid is not None:
+                    region = region[valid[r0:r1, c0:c1]]
+                s.hist.update(_histogram(region))
+                labeled = ~np.isin(codes, ign)
+                if valid is not None:
+                    labeled &= valid
+                sums = _chip_sums(labeled, tile.row_offsets - tile.row_off,
+                                  tile.col_offsets - tile.col_off, s_)
+                frac = sums / float(s_ * s_)
+                for i, r in enumerate(tile.row_offsets):
+                    for j, c in enumerate(tile.col_offsets):
+                        if frac[i, j] >= cfg.min_labeled and frac[i, j] > 0:
+                            s.chips.append((int(r), int(c), float(frac[i, j])))
+                t.update((tile.count_r1 - tile.count_r0) * (tile.count_c1 - tile.count_c0) / 1e6,
+                         message=f"reading labels: {s.spec.labels.name}")
+
+
+def _infer_table(sources: list[_Source]) -> ClassTable:
+    kinds = {s.kind for s in sources}
+    if len(kinds) > 1:
+        raise SatSynthError("the masks mix class-id rasters and colour masks; give a class table "
+                            "with --classes so both can be read")
+    kind = kinds.pop()
+    hist: Counter = Counter()
+    for s in sources:
+        hist.update(s.hist)
+    for c in ignore_codes(kind, None):
+        hist.pop(c, None)
+    if not hist:
+        raise SatSynthError("the labels hold no label values at all (only nodata/ignore)")
+    if kind == "raster":
+        bad = sorted((v, n) for v, n in hist.items() if not 0 <= v <= 254)
+        if bad:
+            raise SatSynthError(
+                "label values that cannot be class ids (ids are 0..254, 255 = ignore): "
+                + ", ".join(f"{v} ({n} px)" for v, n in bad[:20])
+                + "; declare them as nodata on the label raster or list them under 'ignore_ids' "
+                  "in a class table (--classes)")
+        table = ClassTable.from_values(hist.keys())
+    else:
+        codes = sorted(hist, key=lambda c: -hist[c])
+        table = ClassTable([ClassInfo(i, f"class {code_to_hex(c)}",
+                                      ((c >> 16) & 255, (c >> 8) & 255, c & 255))
+                            for i, c in enumerate(codes)])
+    log.info("class table inferred from the labels: %s (save one with names as JSON and pass "
+             "--classes to name them)", ", ".join(f"{c.id} {c.name}" for c in table.classes))
+    return table
+
+
+def _validate_values(sources: list[_Source], table: ClassTable) -> dict[str, CodeMap]:
+    maps = {k: CodeMap(k, table) for k in {s.kind for s in sources}}
+    problems = []
+    for s in sources:
+        bad = maps[s.kind].unknown(s.hist)
+        if not bad:
+            continue
+        what = "mask colours" if s.kind == "colors" else "label values"
+        listed = ", ".join(f"{describe_code(s.kind, c)} ({n} px)" for c, n in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        problems.append((s.spec.labels, f"{what} not in the class table: {listed}{more}"))
+    if problems:
+        hint = (" (add them to the class table, or list them under 'ignore_ids'/'ignore_colors' "
+                "to skip those pixels)")
+        if len(problems) == 1:
+            raise SatSynthError(problems[0][1] + hint, problems[0][0])
+        lines = "; ".join(f"{p}: {m}" for p, m in problems[:5])
+        more = f"; and {len(problems) - 5} more files" if len(problems) > 5 else ""
+        raise SatSynthError(f"{len(problems)} label files have values not in the class table: "
+                            f"{lines}{more}{hint}")
+    return maps
+
+
+def _make_readers(sources: list[_Source], table: ClassTable | None, class_field: str | None,
+                  cfg: PrepareConfig) -> ClassTable | None:
+    """Open the label reader of every source; for vector labels also settle the class table."""
+    vec = [s for s in sources if s.spec.kind == "vector"]
+    if vec:
+        from satsynth.data.vector import (
+            SINGLE_CLASS_FIELD,
+            VectorLabelReader,
+            field_values,
+            load_vector,
+            resolve_classes,
+        )
+
+        field_name = class_field or SINGLE_CLASS_FIELD
+        frames: dict[Path, Any] = {}
+        values: Counter = Counter()
+        for s in vec:
+            if s.spec.labels not in frames:
+                frames[s.spec.labels] = load_vector(s.spec.labels, s.spec.layer, class_field)
+                values.update(field_values(frames[s.spec.labels], field_name))
+        where = str(vec[0].spec.labels) if len(frames) == 1 else "vector labels"
+        table, lut, bg = resolve_classes(values, table, cfg.background, where)
+        for s in vec:
+            s.reader = VectorLabelReader(frames[s.spec.labels], field_name, lut, s.spec.labels,
+                                         s.spec.image, s.grid, cfg.line_buffer, cfg.all_touched,
+                                         bg)
+    for s in sources:
+        if s.reader is None:
+            s.reader = RasterLabelReader(s.spec.labels, s.spec.image, s.grid, s.spec.kind)
+    return table
+
+
+def _split(sources: list[_Source], cfg: PrepareConfig) -> tuple[np.ndarray, ...]:
+    """Arrays (source, row, col, split) of the chips to write, in tile order."""
+    src = np.asarray([s.index for s in sources for _ in s.chips], dtype=np.int64)
+    rows = np.asarray([r for s in sources for r, _, _ in s.chips], dtype=np.int64)
+    cols = np.asarray([c for s in sources for _, c, _ in s.chips], dtype=np.int64)
+    n = len(src)
+    if n == 0:
+        raise SatSynthError(
+            f"no chip has at least {cfg.min_labeled:.0%} labeled pixels (--min-labeled "
+            f"{cfg.min_labeled}): check that the labels cover the images, or lower --min-labeled")
+    val_mask = None
+    if cfg.val_sources:
+        val_mask = np.asarray([s.val_source for s in sources], dtype=bool)
+        log.info("validation = the sources matching --val-sources (%d of %d); no blocks of the "
+                 "other sources are held out", int(val_mask.sum()), len(sources))
+    block = cfg.block_size * cfg.chip_size
+    split = assign_split(src, rows, cols, cfg.val_fraction, block, val_mask, cfg.seed)
+    if val_mask is None and cfg.val_fraction > 0 and not (split == VAL).any() and n >= 2:
+        log.warning("too few %d-chip blocks for a spatial split; holding out single chips instead "
+                    "(lower --block-size to silence this)", cfg.block_size)
+        split = assign_split(src, rows, cols, cfg.val_fraction, cfg.stride, None, cfg.seed)
+    # no training chip may overlap a validation chip (overlapping strides, edge chips, or
+    # overlapping georeferenced sources)
+    tf = np.asarray([tuple(_chip_transform(sources[i].grid, r, c))[:6]
+                     for i, r, c in zip(src, rows, cols, strict=True)], dtype=np.float64)
+    geo = sources[0].grid.georeferenced
+    groups = np.zeros(n, dtype=np.int64) if geo else src
+    drop = overlapping_train(footprint_boxes(tf, cfg.chip_size), groups, split)
+    if drop.any():
+        log.info("%d training chips overlapping validation chips dropped", int(drop.sum()))
+    keep = ~drop
+    src, rows, cols, split = src[keep], rows[keep], cols[keep], split[keep]
+    if cfg.max_chips is not None and len(src) > cfg.max_chips:
+        keep = cap_chips(split, cfg.max_chips, cfg.seed)
+        log.info("--max-chips %d: keeping %d of %d chips", cfg.max_chips, int(keep.sum()), len(src))
+        src, rows, cols, split = src[keep], rows[keep], cols[keep], split[keep]
+    if not (split == TRAIN).any():
+        raise SatSynthError("no chip is left for training (every source went to validation?): "
+                            "check --val-sources and --val-fraction")
+    if not (split == VAL).any() and (cfg.val_fraction > 0 or cfg.val_sources):
+        log.warning("no validation chips: the labeled area is too small for a held-out block")
+    return src, rows, cols, split
+
+
+def _chip_transform(grid: Grid, row: int, col: int) -> Any:
+    from affine import Affine
+
+    return grid.transform @ Affine.translation(int(col), int(row))
+
+
+def _write(out: Path, sources: list[_Source], table: ClassTable, maps: dict[str, CodeMap],
+           chosen: tuple[np.ndarray, ...], cfg: PrepareConfig, extra: dict[str, Any]) -> Path:
+    """Pass 2: write the chosen chips and fit the normalization on the training chips."""
+    src_idx, rows, cols, split = chosen
+    first = sources[0]
+    dtype = first.src.dtypes[0]
+    bands = first.src.count
+    n_train, n_val = int((split == TRAIN).sum()), int((split == VAL).sum())
+    g = first.grid
+    pixel_size = (abs(g.transform.a), abs(g.transform.e)) if g.georeferenced else None
+    if g.georeferenced:
+        sizes = {(round(abs(s.grid.transform.a), 9), round(abs(s.grid.transform.e), 9))
+                 for s in sources}
+        if len(sizes) > 1:
+            log.warning("the images have different pixel sizes %s; chips keep their own "
+                        "transforms, the dataset reports the first", sorted(sizes))
+    meta = StoreMeta(
+        classes=table, bands=bands, dtype=dtype, chip_size=cfg.chip_size,
+        normalizer=Normalizer([0.0] * bands, [1.0] * bands, dtype),
+        crs=crs_to_string(g.crs), pixel_size=pixel_size,
+        sources=[_source_meta(s, split[src_idx == s.index]) for s in sources], extra=extra)
+    rng = np.random.default_rng(cfg.seed)
+    per_chip = max(1, math.ceil(NORM_SAMPLES / max(n_train, 1)))
+    samples: list[np.ndarray] = []
+    s_ = cfg.chip_size
+    lookup = {}
+    for k, (i, r, c) in enumerate(zip(src_idx, rows, cols, strict=True)):
+        lookup[(int(i), int(r), int(c))] = k
+    with ChipStoreWriter(out, meta, {"train": n_train, "val": n_val}) as writer, \
+            progress.task("prepare: writing chips", total=len(src_idx), unit="chip") as t:
+        for s in sources:
+            for tile in s.tiles:
+                here = [(lookup[(s.index, int(r), int(c))], int(r), int(c))
+                        for r in tile.row_offsets for c in tile.col_offsets
+                        if (s.index, int(r), int(c)) in lookup]
+                if not here:
+                    continue
+                data, codes, valid = _read_tile(s, tile)
+                labels = maps[s.kind](codes)
+                if valid is not None:
+                    labels[~valid] = IGNORE_INDEX
+                for k, r, c in here:
+                    y, x = r - tile.row_off, c - tile.col_off
+                    img = data[:, y:y + s_, x:x + s_]
+                    lab = labels[y:y + s_, x:x + s_]
+                    name = "train" if split[k] == TRAIN else "val"
+                    writer.add(name, img, lab, tuple(_chip_transform(s.grid, r, c))[:6],
+                               source=s.index, col=c, row=r)
+                    if split[k] == TRAIN:
+                        ok = np.ones((s_, s_), bool) if valid is None else valid[y:y + s_, x:x + s_]
+                        ys, xs = np.nonzero(ok)
+                        if len(ys):
+                            pick = rng.choice(len(ys), size=min(per_chip, len(ys)), replace=False)
+                            samples.append(img[:, ys[pick], xs[pick]].astype(np.float64))
+                    t.update(1, message=f"writing chips: {s.spec.image.name}")
+        if not samples:
+            raise SatSynthError("the training chips hold no valid image pixels (all nodata)")
+        meta.normalizer = Normalizer.fit(np.concatenate(samples, axis=1), dtype)
+    return out
+
+
+def _source_meta(s: _Source, splits: np.ndarray) -> dict[str, Any]:
+    return {
+        "image": str(s.spec.image.resolve()),
+        "labels": str(s.spec.labels.resolve()),
+        "label_kind": s.kind,
+        "layer": s.spec.layer,
+        "width": s.grid.width,
+        "height": s.grid.height,
+        "crs": crs_to_string(s.grid.crs),
+        "transform": list(tuple(s.grid.transform)[:6]),
+        "val_source": s.val_source,
+        "chips": {"train": int((splits == TRAIN).sum()), "val": int((splits == VAL).sum())},
+    }
+
+
+def prepare_dataset(
+    out: PathLike,
+    *,
+    images: PathLike | Sequence[PathLike] | None = None,
+    labels: PathLike | Sequence[PathLike] | None = None,
+    vectors: PathLike | Sequence[PathLike] | None = None,
+    folder: PathLike | None = None,
+    classes: PathLike | ClassTable | dict | None = None,
+    layer: str | None = None,
+    class_field: str | None = None,
+    config: PrepareConfig | None = None,
+    **options: Any,
+) -> Path:
+    """Cut labeled rasters into a chip store at ``out`` and return its path.
+
+    Labels come one way: ``labels`` (class-id rasters, one per image), ``vectors`` (one vector
+    file per image or one for all, with ``class_field``) or ``folder`` (images/ + masks/ folders
+    of colour masks, matched by name; ``classes`` defaults to ``folder/classes.json``).
+    ``options`` are :class:`PrepareConfig` fields (chip_size, stride, val_fraction, ...).
+    """
+    cfg = config or PrepareConfig(**options)
+    if config is not None and options:
+        cfg = PrepareConfig(**{**asdict(config), **options})
+    out = Path(out)
+    _check_out(out)
+    folder_p = Path(folder) if folder is not None else None
+    if classes is None and folder_p is not None and (folder_p / "classes.json").is_file():
+        classes = folder_p / "classes.json"
+        log.info("class table: %s", classes)
+    table = _load_table(classes)
+    specs = _pair_specs(_as_list(images), _as_list(labels), _as_list(vectors), folder_p, layer)
+    sources = _open_images(specs, cfg, lenient=folder_p is not None)
+    try:
+        for s in sources:
+            s.val_source = any(p in str(s.spec.image) or p in str(s.spec.labels)
+                               for p in cfg.val_sources)
+        if cfg.val_sources:
+            n_val = sum(s.val_source for s in sources)
+            if n_val == 0:
+                raise SatSynthError(f"--val-sources {','.join(cfg.val_sources)} matches none of "
+                                    f"the {len(sources)} sources")
+            if n_val == len(sources):
+                raise SatSynthError(f"--val-sources {','.join(cfg.val_sources)} matches every "
+                                    "source: nothing would be left for training")
+        table = _make_readers(sources, table, class_field, cfg)
+        _scan(sources, table, cfg)
+        if table is None:
+            table = _infer_table(sources)
+        maps = _validate_values(sources, table)
+        _report_ignored(sources)
+        chosen = _split(sources, cfg)
+        extra = {
+            "prepare": {k: (list(v) if isinstance(v, tuple) else v)
+                        for k, v in asdict(cfg).items() if k != "tile_span"},
+            "crs_wkt": sources[0].grid.crs.to_wkt() if sources[0].grid.georeferenced else None,
+            "class_field": class_field,
+        }
+        _write(out, sources, table, maps, chosen, cfg, extra)
+    finally:
+        for s in sources:
+            if s.reader is not None:
+                s.reader.close()
+            s.src.close()
+    split = chosen[3]
+    log.info("dataset %s: %d training and %d validation chips of %d px, %d classes", out,
+             int((split == TRAIN).sum()), int((split == VAL).sum()), cfg.chip_size,
+             table.num_classes)
+    return out
+
+
+def _report_ignored(sources: list[_Source]) -> None:
+    from satsynth.data.labels import IGNORE_VALUE
+
+    for s in sources:
+        if s.kind != "raster":
+            continue
+        total = sum(s.hist.values())
+        n = s.hist.get(IGNORE_VALUE, 0)
+        if total and n:
+            log.info("%s: %.1f%% of pixels have value 255, which means ignore (not trained on); "
+                     "if 255 marks a class, recode it first, e.g. gdal_calc.py --calc='(A==255)*1'",
+                     s.spec.labels.name, 100.0 * n / total)
