@@ -190,3 +190,31 @@ def test_run_folder_records_parameters_as_json(tmp_path, scene):
     assert data["stages"]["prepare"]["parameters"] == {"IMAGE": scene["image"].source(),
                                                        "CHIP_SIZE": 64}
     assert data["stages"]["prepare"]["algorithm"] == "satsynth:prepare_chips"
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train_generator", "synthesize", "train_segmenter",
+                                   "evaluate", "segment", "run_all"])
+def test_every_stage_sends_only_parameters_its_algorithm_declares(dock, scene, tmp_path, provider,
+                                                                  stage):
+    """The dock and the toolbox share one code path: the dock's parameters are the algorithm's."""
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    from satsynth_qgis.dock import params
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById(params.ALGORITHMS[stage])
+    if alg is None:
+        pytest.skip(f"{params.ALGORITHMS[stage]} has not landed in the provider yet")
+    dock.image_combo.setLayer(scene["image"])
+    choose_polygons(dock, scene)
+    dock.output_widget.setFilePath(str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "satsynth run"
+    for sub, name in (("dataset", "dataset.json"), ("generator", "config.json"),
+                      ("synthetic", "dataset.json"), ("segmenter", "config.json")):
+        (run / sub).mkdir(parents=True, exist_ok=True)
+        (run / sub / name).write_text("{}")
+    dock.class_table.export_json(run / "classes.json")
+    stage_id, parameters = params.build(stage, dock.inputs())
+    declared = {p.name() for p in alg.parameterDefinitions()}
+    assert set(parameters) - declared == set()
+    ok, message = alg.checkParameterValues(parameters, QgsProcessingContext())
+    assert ok, message

@@ -40,7 +40,7 @@ def project():
     project.clear()
 
 
-def test_screenshot_of_the_dock_with_layers_loaded(project, tmp_path):
+def test_screenshot_of_the_dock_with_layers_loaded(project, provider, tmp_path):
     raster, vector, field = _layers(project, tmp_path)
     assert raster.isValid() and vector.isValid()
     vector.renderer().symbol().setColor(Qt.transparent)
@@ -55,6 +55,10 @@ def test_screenshot_of_the_dock_with_layers_loaded(project, tmp_path):
     canvas.setExtent(raster.extent())
     dock = SatSynthDock(iface, window, project=project)
     window.addDockWidget(Qt.RightDockWidgetArea, dock)
+    dock.setMinimumWidth(520)
+    # the engine status line is filled by the Check engine algorithm, in the background
+    assert wait_until(lambda: not dock.stage_runner.is_running(), timeout=120)
+    assert dock.engine_label.text().startswith("Engine: ")
     dock.image_combo.setLayer(raster)
     dock.labels_vector_radio.setChecked(True)
     dock.label_vector_combo.setLayer(vector)
@@ -63,10 +67,11 @@ def test_screenshot_of_the_dock_with_layers_loaded(project, tmp_path):
     assert len(rows) >= 2
     if field == "building":  # OSM's "building=yes": the analyst renames the class
         dock.class_table.table.item(1, 1).setText("building")
-    dock.output_widget.setFilePath(str(tmp_path / "runs"))
+    # shown, never written to: no stage runs in this test
+    dock.output_widget.setFilePath("/home/analyst/SatSynth runs")
     dock.run_name_edit.setText("atlanta buildings")
     dock.log.appendPlainText("Prepare: ready (image, labels, 2 classes, output folder chosen)")
-    window.resize(1400, 1050)
+    window.resize(1500, 1150)
     window.show()
     canvas.refresh()
     assert wait_until(lambda: not canvas.isDrawing(), timeout=30)
