@@ -1,0 +1,1 @@
+"""The generator stage: a joint image-mask diffusion model (train-generator, synthesize)."""

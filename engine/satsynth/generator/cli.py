@@ -1,0 +1,118 @@
+"""Command line of the generator stage: ``train-generator`` and ``synthesize``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from satsynth.errors import SatSynthError
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.generator.train import run_training
+
+    opts = {k: getattr(args, k) for k in (
+        "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma", "steps",
+        "minutes", "batch_size", "lr", "warmup", "ema_decay", "grad_accum", "mixed_precision",
+        "class_balanced", "checkpoint_every", "resume", "seed", "device")}
+    opts["augment"] = not args.no_augment
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        opts["snr_gamma"] = None
+    elif args.snr_gamma is None:
+        opts.pop("snr_gamma")
+    for key in ("block_widths", "minutes"):
+        if opts[key] is None:
+            opts.pop(key)
+    try:
+        res = run_training(args.dataset, args.out, **opts)
+    except TypeError as exc:
+        raise SatSynthError(str(exc)) from None
+    return {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in res.items()}
+
+
+def _synthesize(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.generator.sample import synthesize
+
+    return synthesize(args.model, args.count, args.out, sampler=args.sampler, steps=args.steps,
+                      seed=args.seed, device=args.device, batch_size=args.batch_size)
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``train-generator`` and ``synthesize``."""
+    from satsynth.generator.config import TrainOptions
+
+    d = TrainOptions()
+    p = subparsers.add_parser(
+        "train-generator", parents=[common],
+        help="learn the joint distribution of image chips and label masks (diffusion model)",
+        description="Train a joint image-mask diffusion model on a prepared chip store. Runs on "
+                    "CPU or GPU; for several GPUs or nodes start it with 'accelerate launch "
+                    "--num_processes N -m satsynth train-generator ...'.")
+    p.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
+    p.add_argument("--out", required=True, help="model folder to write (checkpoints go here)")
+    p.add_argument("--preset", choices=["tiny", "small", "base"], default=d.preset,
+                   help="UNet size: tiny (~1 M parameters, CPU demos), small, base (GPU, paper "
+                        "scale) (default %(default)s)")
+    p.add_argument("--block-widths", type=_widths, default=None,
+                   help="explicit UNet level widths, e.g. 32,64,64 (overrides the preset's)")
+    p.add_argument("--encoding", choices=["bits", "onehot"], default=d.encoding,
+                   help="label encoding: analog bits (ceil(log2 K) channels) or one-hot "
+                        "(default %(default)s)")
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], default=d.prediction,
+                   help="training target (default %(default)s)")
+    p.add_argument("--beta-schedule", choices=["linear", "cosine"], default=d.beta_schedule,
+                   help="noise schedule (default %(default)s)")
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help=f"min-SNR-gamma loss weighting; 0 turns it off (default {d.snr_gamma})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help="optimizer steps (default %(default)s)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget: stop cleanly and checkpoint when reached (the "
+                        "learning-rate schedule follows the budget)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="chips per step and process (default %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup,
+                   help="learning-rate warm-up steps (default %(default)s)")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help="maximum EMA decay of the sampling weights (default %(default)s)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="gradient accumulation steps (default %(default)s)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision,
+                   help="mixed precision on GPU (default %(default)s)")
+    p.add_argument("--class-balanced", action="store_true",
+                   help="draw chips with rare classes more often")
+    p.add_argument("--no-augment", action="store_true",
+                   help="turn off random flips and 90-degree rotations")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="write a checkpoint every N steps (default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
+    p.set_defaults(func=_train)
+
+    s = subparsers.add_parser(
+        "synthesize", parents=[common],
+        help="sample new georeferenced image-mask pairs from a trained generator",
+        description="Sample pairs into a synthetic chip store with GeoTIFF chips beside the "
+                    "source extent, VRT mosaics, a QML style and a class-share report.")
+    s.add_argument("model", help="generator folder made by 'satsynth train-generator'")
+    s.add_argument("--count", type=int, required=True, help="number of pairs to sample")
+    s.add_argument("--out", required=True, help="output folder (replaced when done)")
+    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"], default="dpm",
+                   help="ddpm (all 1000 steps, reference), ddim, or dpm (DPM-Solver++) "
+                        "(default %(default)s)")
+    s.add_argument("--steps", type=int, default=20,
+                   help="sampling steps for ddim/dpm (default %(default)s)")
+    s.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    s.set_defaults(func=_synthesize)

@@ -1,0 +1,178 @@
+"""Generator configuration: architecture presets, diffusion settings and the training recipe.
+
+Everything a model folder needs to sample without the dataset lives in :class:`GeneratorConfig`
+(saved as ``config.json``); :class:`TrainOptions` holds the knobs of one training run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from satsynth.errors import SatSynthError
+
+#: UNet sizes. ``tiny``: CPU demos and tests (about 1 M parameters); ``small``: a laptop GPU;
+#: ``base``: a GPU near the paper's scale at 128x128 chips.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"block_widths": [32, 64, 64], "layers_per_block": 1, "attention": False},
+    "small": {"block_widths": [64, 128, 128, 256], "layers_per_block": 2, "attention": True},
+    "base": {"block_widths": [128, 256, 256, 512], "layers_per_block": 2, "attention": True},
+}
+PREDICTIONS = ("epsilon", "v_prediction")
+BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+@dataclass
+class ArchConfig:
+    """The UNet: widths of its resolution levels, residual blocks per level, attention."""
+
+    block_widths: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention: bool = False
+
+    @classmethod
+    def preset(cls, name: str, block_widths: list[int] | None = None) -> ArchConfig:
+        if name not in PRESETS:
+            raise SatSynthError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
+        arch = cls(**PRESETS[name])
+        if block_widths:
+            arch.block_widths = list(block_widths)
+        arch.check()
+        return arch
+
+    def check(self) -> None:
+        w = self.block_widths
+        if not w or any(int(x) <= 0 or int(x) % 8 for x in w):
+            raise SatSynthError(f"block widths must be positive multiples of 8, got {w}")
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule and training target (a diffusers DDPMScheduler config)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear | cosine
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
+
+    def check(self) -> None:
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise SatSynthError(f"unknown beta schedule {self.beta_schedule!r}: use linear or cosine")
+        if self.prediction_type not in PREDICTIONS:
+            raise SatSynthError(f"unknown prediction {self.prediction_type!r}: use "
+                                "epsilon or v_prediction")
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        return {"num_train_timesteps": self.num_train_timesteps,
+                "beta_schedule": BETA_SCHEDULES[self.beta_schedule],
+                "prediction_type": self.prediction_type}
+
+
+@dataclass
+class TrainOptions:
+    """One training run. The defaults are the recipe that converged fastest on 2 CPU cores
+    (benchmarks/bench_generator_convergence.py)."""
+
+    preset: str = "tiny"
+    block_widths: list[int] | None = None
+    encoding: str = "bits"
+    prediction: str = "epsilon"
+    beta_schedule: str = "linear"
+    snr_gamma: float | None = 5.0
+    steps: int = 2000
+    minutes: float | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    ema_decay: float = 0.999
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    class_balanced: bool = False
+    augment: bool = True
+    checkpoint_every: int = 500
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_kwargs(cls, **kw: Any) -> TrainOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise TypeError(f"unknown training option(s): {', '.join(unknown)}")
+        opts = cls(**{k: v for k, v in kw.items() if v is not None or k in ("snr_gamma", "minutes")})
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise SatSynthError(f"--steps must be at least 1, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise SatSynthError(f"--minutes must be positive, got {self.minutes}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise SatSynthError("--batch-size and --grad-accum must be at least 1")
+        if self.lr <= 0:
+            raise SatSynthError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SatSynthError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise SatSynthError("--mixed-precision must be no, fp16 or bf16")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            self.snr_gamma = None
+        if self.checkpoint_every < 1:
+            raise SatSynthError("--checkpoint-every must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything needed to rebuild the generator and sample georeferenced pairs (config.json)."""
+
+    arch: ArchConfig
+    diffusion: DiffusionConfig
+    encoding: str
+    classes: dict[str, Any]  # ClassTable.to_dict()
+    normalization: dict[str, Any]  # Normalizer.to_dict()
+    bands: int
+    dtype: str
+    chip_size: int
+    crs: str | None = None
+    pixel_size: list[float] | None = None
+    source_extent: list[float] | None = None  # minx, miny, maxx, maxy of the training chips
+    y_up: bool = True  # chip transforms have negative e (north-up rasters)
+    real_class_shares: list[float] = field(default_factory=list)
+    dataset: str = ""
+    model_id: str = ""
+    step: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes["classes"])
+
+    @property
+    def label_channels(self) -> int:
+        from satsynth.generator.encoding import LabelEncoding
+
+        return LabelEncoding(self.encoding, self.num_classes).channels
+
+    @property
+    def channels(self) -> int:
+        return self.bands + self.label_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
+        try:
+            known = {f.name for f in fields(cls)}
+            kw = {k: v for k, v in d.items() if k in known}
+            kw["arch"] = ArchConfig(**d["arch"])
+            kw["diffusion"] = DiffusionConfig(**d["diffusion"])
+            return cls(**kw)
+        except (KeyError, TypeError) as exc:
+            raise SatSynthError(f"generator config.json is incomplete or malformed ({exc})") from None

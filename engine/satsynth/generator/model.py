@@ -1,0 +1,78 @@
+"""Building the joint image-mask UNet and its diffusers schedulers; loading a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from satsynth.checkpoint import load_config, load_tensors
+from satsynth.errors import SatSynthError
+from satsynth.generator.config import GeneratorConfig
+
+SAMPLERS = ("ddpm", "ddim", "dpm")
+
+
+def build_unet(cfg: GeneratorConfig) -> Any:
+    """A diffusers ``UNet2DModel`` over image bands + label channels (input = output channels)."""
+    from diffusers import UNet2DModel
+
+    widths = [int(w) for w in cfg.arch.block_widths]
+    levels = len(widths)
+    if cfg.chip_size % (2 ** (levels - 1)):
+        raise SatSynthError(f"chip size {cfg.chip_size} is not divisible by {2 ** (levels - 1)}, "
+                            f"which {levels} UNet levels need: use fewer block widths or "
+                            "another chip size")
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.arch.attention and levels > 1:
+        for i in range(max(1, levels - 2), levels):  # the two coarsest levels
+            down[i] = "AttnDownBlock2D"
+            up[levels - 1 - i] = "AttnUpBlock2D"
+    groups = max(1, min(32, min(widths) // 4))
+    return UNet2DModel(
+        sample_size=cfg.chip_size, in_channels=cfg.channels, out_channels=cfg.channels,
+        block_out_channels=tuple(widths), layers_per_block=int(cfg.arch.layers_per_block),
+        down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=groups,
+        attention_head_dim=8)
+
+
+def noise_scheduler(cfg: GeneratorConfig) -> Any:
+    """The training noise schedule (diffusers ``DDPMScheduler``)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**cfg.diffusion.scheduler_kwargs())
+
+
+def sampler_scheduler(cfg: GeneratorConfig, sampler: str) -> Any:
+    """A sampling scheduler sharing the training schedule: ddpm (all steps), ddim or dpm
+    (DPM-Solver++ multistep)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    # every channel (image and label) lives in [-1, 1]: the predicted clean sample is clipped to
+    # that range at each step, which keeps short-trained epsilon models from diverging
+    kw = cfg.diffusion.scheduler_kwargs()
+    if sampler == "ddpm":
+        return DDPMScheduler(**kw, clip_sample=True, clip_sample_range=1.0)
+    if sampler == "ddim":
+        return DDIMScheduler(**kw, clip_sample=True, clip_sample_range=1.0,
+                             timestep_spacing="trailing")
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
+                                           thresholding=True, sample_max_value=1.0,
+                                           timestep_spacing="trailing")
+    raise SatSynthError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
+
+
+def load_generator(path: str | Path, device: Any = "cpu", weights: str = "ema"
+                   ) -> tuple[Any, GeneratorConfig]:
+    """Load a generator folder (config.json + ``weights``.safetensors) in eval mode."""
+    path = Path(path)
+    cfg = GeneratorConfig.from_dict(load_config(path, "generator"))
+    model = build_unet(cfg)
+    state = load_tensors(path, weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise SatSynthError(f"{weights}.safetensors does not match config.json "
+                            f"({str(exc).splitlines()[0]})", path) from None
+    return model.to(device).eval(), cfg
