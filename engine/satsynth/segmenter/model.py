@@ -75,7 +75,7 @@ def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) ->
     kwargs: dict[str, Any] = {"encoder_name": cfg.encoder, "encoder_weights": None,
                               "in_channels": cfg.in_channels, "classes": cfg.num_classes}
     if arch == "pspnet":
-        kwargs["upsampling"] = 4  # output at input resolution for chips of 64 px and up
+        kwargs["upsampling"] = 8  # encoder_depth 3 works at 1/8: this gives input resolution
     try:
         model = cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 - smp raises KeyError/ValueError for bad combos

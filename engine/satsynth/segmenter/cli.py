@@ -1,0 +1,125 @@
+"""Sub-commands ``train-segmenter``, ``evaluate`` and ``experiment``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from satsynth.segmenter.model import ARCHITECTURES, ENCODERS, TINY_ARCH
+
+
+def _add_model_args(p: argparse.ArgumentParser, epochs: int) -> None:
+    p.add_argument("--arch", default="fpn", choices=[*ARCHITECTURES, TINY_ARCH],
+                   help="segmentation architecture (default fpn, as in the paper; 'tiny' is a "
+                        "small conv net for quick CPU checks, its --encoder reads e.g. w16d2)")
+    p.add_argument("--encoder", default="resnet18",
+                   help=f"encoder backbone, e.g. {', '.join(ENCODERS)} (default resnet18)")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default {epochs})")
+    p.add_argument("--batch-size", type=int, default=16, help="chips per step (default 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (1e-3)")
+    p.add_argument("--dice", action="store_true", help="add a Dice loss to the cross-entropy")
+    p.add_argument("--class-weights", choices=["none", "auto"], default="none",
+                   help="auto: weight rare classes up (1/sqrt of their pixel share)")
+    p.add_argument("--patience", type=int, default=8,
+                   help="stop after this many epochs without a better validation mIoU "
+                        "(0 = never; default 8)")
+    p.add_argument("--real-fraction", type=float, default=1.0,
+                   help="train on this fraction of the real training chips (low-data study)")
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add the segmenter sub-commands."""
+    p = subparsers.add_parser(
+        "train-segmenter", parents=[common],
+        help="train a segmenter on real (+ synthetic) chips",
+        description="Train a segmentation model on a prepared dataset, optionally mixing in R "
+                    "synthetic pairs per real pair. Validation uses real chips only.")
+    p.add_argument("dataset", help="prepared dataset folder (satsynth prepare)")
+    p.add_argument("--out", required=True, help="segmenter model folder to write")
+    p.add_argument("--synthetic", action="append", metavar="SYN_DIR",
+                   help="synthetic chip folder (satsynth synthesize); may be repeated")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="synthetic pairs per real pair R (|D'| = R |D|; default 1 with "
+                        "--synthetic, else 0)")
+    _add_model_args(p, epochs=30)
+    p.add_argument("--encoder-weights", metavar="PATH", default=None,
+                   help="local encoder weights (.safetensors or .pth); nothing is downloaded")
+    _train_args(p)
+    p.add_argument("--minutes", type=float, default=None, help="stop training after M minutes")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="mixed precision on a CUDA GPU")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser(
+        "evaluate", parents=[common], help="score a segmenter (mIoU, per-class IoU, confusion)",
+        description="Evaluate a trained segmenter on a dataset split or on a whole image with "
+                    "its label raster; writes report.json/.md/.html and confusion.png.")
+    p.add_argument("model", metavar="SEG_DIR", help="segmenter model folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="prepared dataset folder")
+    src.add_argument("--image", help="image raster to segment")
+    p.add_argument("--split", default="val", help="dataset split (default val)")
+    p.add_argument("--labels", help="reference label raster for --image (class ids or colours)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--batch-size", type=int, default=16, help="chips per step (default 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser(
+        "experiment", parents=[common],
+        help="does synthetic data help? mIoU vs ratio R over seeds",
+        description="For each ratio R and seed, synthesize (cached), train a segmenter on real + "
+                    "R x real synthetic pairs and score it on the real validation chips. "
+                    "Resumable: finished runs are kept in OUT/runs.json.")
+    p.add_argument("dataset", help="prepared dataset folder")
+    p.add_argument("--generator", metavar="MODEL_DIR", help="trained generator folder")
+    p.add_argument("--ratios", default="0,1,2,3,5", help="ratios R, comma separated")
+    p.add_argument("--seeds", type=int, default=3, help="runs per ratio (default 3)")
+    p.add_argument("--out", required=True, help="experiment folder (results, cache)")
+    p.add_argument("--count-per-real", type=float, default=None,
+                   help="synthetic pairs to make per real chip (default: the largest R)")
+    p.add_argument("--minutes-per-run", type=float, default=None,
+                   help="time limit of each training run")
+    p.add_argument("--sampler", default="dpm", help="generator sampler (default dpm)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--keep-models", action="store_true", help="keep every run's segmenter")
+    _add_model_args(p, epochs=30)
+    _train_args(p)
+    p.set_defaults(func=_experiment)
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.segmenter.train import train_segmenter
+
+    return train_segmenter(
+        args.dataset, args.out, synthetic=args.synthetic, ratio=args.ratio, arch=args.arch,
+        encoder=args.encoder, encoder_weights=args.encoder_weights, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, dice=args.dice,
+        class_weights=args.class_weights, patience=args.patience,
+        real_fraction=args.real_fraction, minutes=args.minutes, seed=args.seed,
+        device=args.device, mixed_precision=args.mixed_precision)
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.segmenter.evaluate import evaluate
+
+    return evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
+                    image=args.image, labels=args.labels, device=args.device,
+                    batch_size=args.batch_size)
+
+
+def _experiment(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.segmenter.experiment import run_experiment
+
+    return run_experiment(
+        args.dataset, args.generator, args.out, ratios=args.ratios, seeds=args.seeds,
+        real_fraction=args.real_fraction, count_per_real=args.count_per_real, arch=args.arch,
+        encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        dice=args.dice, class_weights=args.class_weights, patience=args.patience,
+        minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
+        device=args.device, keep_models=args.keep_models)

@@ -1,0 +1,214 @@
+"""The augmentation experiment (the paper's figure 5): for each ratio R and seed, train a
+segmenter on real + R |D| synthetic pairs and score it on the real validation chips.
+
+Resumable: synthetic pairs are cached in ``EXP_DIR/synthetic/`` and every finished run is
+recorded in ``EXP_DIR/runs.json``; running the same command again only does what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from satsynth import progress
+from satsynth.data.store import ChipStore
+from satsynth.errors import SatSynthError
+from satsynth.io import atomic_path, read_json, write_json
+from satsynth.segmenter.mixing import check_compatible, real_subset
+
+log = logging.getLogger("satsynth")
+
+
+@dataclass
+class ExperimentConfig:
+    """What the experiment runs; everything that changes a run's result is in its key."""
+
+    ratios: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0])
+    seeds: int = 3
+    real_fraction: float = 1.0
+    count_per_real: float | None = None  # synthetic pool size per real chip (default max R)
+    arch: str = "fpn"
+    encoder: str = "resnet18"
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    dice: bool = False
+    class_weights: str = "none"
+    patience: int = 8
+    minutes_per_run: float | None = None
+    sampler: str = "dpm"
+    steps: int = 20
+    synth_batch_size: int = 16
+    device: str = "auto"
+    keep_models: bool = False
+
+    def train_key(self) -> str:
+        """A short hash of every option that affects training."""
+        keys = ("real_fraction", "arch", "encoder", "epochs", "batch_size", "lr", "dice",
+                "class_weights", "patience", "minutes_per_run")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def parse_ratios(text: str | list[float]) -> list[float]:
+    """'0,1,2.5' -> [0.0, 1.0, 2.5] (sorted, unique, >= 0)."""
+    if isinstance(text, str):
+        try:
+            vals = [float(t) for t in text.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise SatSynthError(f"--ratios must be numbers separated by commas, got {text!r}"
+                                ) from None
+    else:
+        vals = [float(v) for v in text]
+    if not vals or any(v < 0 or not math.isfinite(v) for v in vals):
+        raise SatSynthError(f"--ratios must be numbers >= 0, got {text!r}")
+    return sorted(set(vals))
+
+
+def _generator_fingerprint(generator: Path) -> str:
+    cfg = generator / "config.json"
+    if not cfg.is_file():
+        raise SatSynthError("generator model folder not found (no config.json)", generator)
+    blob = cfg.read_bytes()
+    for f in sorted(generator.glob("*.safetensors")):
+        st = f.stat()
+        blob += f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
+                     cfg: ExperimentConfig) -> list[Path]:
+    """Synthetic stores holding at least ``needed`` chips, synthesizing only what is missing."""
+    if needed <= 0:
+        return []
+    index_path = cache / "cache.json"
+    fp = _generator_fingerprint(generator)
+    index = read_json(index_path) if index_path.is_file() else {"parts": []}
+    if index.get("generator_fingerprint") not in (None, fp):
+        log.warning("the generator changed since the synthetic chips in %s were made: "
+                    "synthesizing them again", cache)
+        for p in index["parts"]:
+            shutil.rmtree(cache / p["folder"], ignore_errors=True)
+        index = {"parts": []}
+    parts = [p for p in index["parts"] if (cache / p["folder"] / "dataset.json").is_file()]
+    have = sum(p["count"] for p in parts)
+    if have < needed:
+        try:
+            sample = importlib.import_module("satsynth.generator.sample")
+        except ImportError:
+            raise SatSynthError("the generator stage (satsynth.generator.sample) is not "
+                                "installed: cannot synthesize pairs") from None
+        count = needed - have
+        seed = 1000 + len(parts)
+        folder = f"part-{len(parts):03d}"
+        log.info("synthesizing %d pairs with %s into %s", count, generator, cache / folder)
+        sample.synthesize(generator, count, cache / folder, sampler=cfg.sampler,
+                          steps=cfg.steps, seed=seed, device=cfg.device,
+                          batch_size=cfg.synth_batch_size)
+        made = len(ChipStore(cache / folder).split("train"))
+        parts.append({"folder": folder, "count": made, "seed": seed})
+        write_json(index_path, {"generator": str(generator), "generator_fingerprint": fp,
+                                "sampler": cfg.sampler, "steps": cfg.steps, "parts": parts})
+    stores = [cache / p["folder"] for p in parts]
+    for s in stores:
+        check_compatible(real, ChipStore(s))
+    return stores
+
+
+def run_experiment(dataset: str | Path, generator: str | Path | None, out: str | Path,
+                   **options: Any) -> dict[str, Any]:
+    """Run (or resume) the experiment; ``options`` are :class:`ExperimentConfig` fields.
+    Returns ``{"results": json, "table": md, "plot": png}``."""
+    from satsynth.segmenter.report import experiment_markdown, plot_experiment, summarize_runs
+    from satsynth.segmenter.train import train_segmenter
+
+    if "ratios" in options:
+        options["ratios"] = parse_ratios(options["ratios"])
+    try:
+        cfg = ExperimentConfig(**options)
+    except TypeError as exc:
+        raise SatSynthError(f"bad experiment option: {exc}") from None
+    if cfg.seeds < 1:
+        raise SatSynthError(f"--seeds must be >= 1, got {cfg.seeds}")
+    out = Path(out)
+    real = ChipStore(dataset)
+    n_real = len(real_subset(len(real.split("train")), cfg.real_fraction, 0))
+    max_r = max(cfg.ratios)
+    per_real = cfg.count_per_real if cfg.count_per_real is not None else max_r
+    if max_r > 0 and per_real < max_r:
+        log.warning("--count-per-real %g < largest ratio %g: synthetic chips will repeat",
+                    per_real, max_r)
+    syn_stores: list[Path] = []
+    if max_r > 0:
+        if generator is None:
+            raise SatSynthError("ratios above 0 need --generator MODEL_DIR")
+        gen = Path(generator)
+        if not gen.is_dir():
+            raise SatSynthError("generator model folder not found", gen)
+        out.mkdir(parents=True, exist_ok=True)
+        syn_stores = ensure_synthetic(real, gen, out / "synthetic",
+                                      int(math.ceil(per_real * n_real)), cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / "runs.json"
+    key = cfg.train_key()
+    gen_fp = _generator_fingerprint(Path(generator)) if max_r > 0 and generator else None
+    records: list[dict[str, Any]] = read_json(runs_path) if runs_path.is_file() else []
+    plan = [(seed, r) for seed in range(cfg.seeds) for r in cfg.ratios]
+
+    def find(seed: int, r: float) -> dict[str, Any] | None:
+        for rec in records:
+            if (rec["seed"] == seed and float(rec["ratio"]) == r and rec["train_key"] == key
+                    and (r == 0 or rec.get("generator_fingerprint") == gen_fp)):
+                return rec
+        return None
+
+    todo = [(s, r) for s, r in plan if find(s, r) is None]
+    log.info("experiment: %d runs, %d already done, %d to do (%d real chips, R in %s)",
+             len(plan), len(plan) - len(todo), len(todo), n_real, cfg.ratios)
+    with progress.task("experiment", total=len(plan), unit="run") as bar:
+        bar.update(len(plan) - len(todo), message="resumed")
+        for seed, r in todo:
+            name = f"R{r:g}-seed{seed}-{key}"
+            model_dir = out / "runs" / name
+            res = train_segmenter(
+                real.path, model_dir, synthetic=[str(s) for s in syn_stores] if r > 0 else None,
+                ratio=r, arch=cfg.arch, encoder=cfg.encoder, epochs=cfg.epochs,
+                batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
+                class_weights=cfg.class_weights, patience=cfg.patience,
+                real_fraction=cfg.real_fraction, minutes=cfg.minutes_per_run, seed=seed,
+                device=cfg.device)
+            m = read_json(res["metrics"])
+            rec = {"ratio": r, "seed": seed, "train_key": key, "generator_fingerprint":
+                   gen_fp if r > 0 else None, "miou": m["miou"],
+                   "iou": m["validation"]["iou"], "overall_accuracy":
+                   m["validation"]["overall_accuracy"], "real_chips": m["real_chips"],
+                   "synthetic_chips": m["synthetic_chips"], "best_epoch": m["best_epoch"],
+                   "epochs_run": len(m["history"]), "seconds": m["seconds"],
+                   "stopped": m["stopped"], "model": str(model_dir) if cfg.keep_models else None}
+            records.append(rec)
+            write_json(runs_path, records)
+            if not cfg.keep_models:
+                shutil.rmtree(model_dir, ignore_errors=True)
+            bar.update(1, message=f"R={r:g} seed {seed}: mIoU {rec['miou']:.3f}")
+    done = [find(s, r) for s, r in plan]
+    names = real.classes.names
+    summary = summarize_runs([d for d in done if d is not None], names)
+    settings = {**asdict(cfg), "generator": str(generator) if generator else None,
+                "dataset": str(real.path), "train_key": key}
+    results = out / "results.json"
+    write_json(results, {"settings": settings, "classes": names, "summary": summary,
+                         "runs": done})
+    table = out / "table.md"
+    with atomic_path(table) as tmp:
+        tmp.write_text(experiment_markdown(summary, names, settings), encoding="utf-8")
+    title = (f"{cfg.arch}/{cfg.encoder}, {n_real} real chips"
+             + (f" ({cfg.real_fraction:g} of train)" if cfg.real_fraction < 1 else ""))
+    plot = plot_experiment(summary, out / "plot.png", title)
+    return {"results": str(results), "table": str(table), "plot": str(plot)}

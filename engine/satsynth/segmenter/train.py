@@ -1,0 +1,397 @@
+"""Training a segmenter on real chips plus R |D| synthetic pairs, under Accelerate.
+
+Cross-entropy with the ignore index (optionally + Dice, optionally class-weighted), dihedral and
+mild photometric augmentation, AdamW with warm-up and a cosine schedule, early stopping on the
+validation mIoU (real chips only), mixed precision on GPU. The best epoch's weights are saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satsynth import progress
+from satsynth.checkpoint import save_model_dir
+from satsynth.data.classes import IGNORE_INDEX
+from satsynth.data.store import ChipStore
+from satsynth.errors import SatSynthError
+from satsynth.segmenter.mixing import TrainingMix, build_mix, epoch_batches, open_synthetic
+from satsynth.segmenter.model import (
+    ARCHITECTURES,
+    TINY_ARCH,
+    SegmenterConfig,
+    build_segmenter,
+)
+
+log = logging.getLogger("satsynth")
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+CLASS_WEIGHTS = ("none", "auto")
+
+
+@dataclass
+class TrainOptions:
+    """Options of one segmenter training run (the CLI flags of ``train-segmenter``)."""
+
+    arch: str = "fpn"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    dice: bool = False
+    class_weights: str = "none"
+    patience: int = 8
+    real_fraction: float = 1.0
+    subset_seed: int = 0
+    minutes: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+    augment: bool = True
+    val_batch_size: int = 32
+
+    def check(self) -> None:
+        """Raise a clear error for impossible values."""
+        if self.arch.lower() not in (*ARCHITECTURES, TINY_ARCH):
+            raise SatSynthError(f"unknown architecture {self.arch!r}; choose from "
+                                f"{', '.join((*ARCHITECTURES, TINY_ARCH))}")
+        if self.epochs < 1:
+            raise SatSynthError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise SatSynthError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
+        if not self.lr > 0:
+            raise SatSynthError(f"--lr must be > 0, got {self.lr}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise SatSynthError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise SatSynthError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise SatSynthError(f"--minutes must be > 0, got {self.minutes}")
+        if not 0 < self.real_fraction <= 1:
+            raise SatSynthError(f"--real-fraction must be in (0, 1], got {self.real_fraction}")
+
+
+@dataclass
+class EpochRecord:
+    """What happened in one epoch."""
+
+    epoch: int
+    steps: int
+    loss: float
+    val_miou: float
+    val_accuracy: float
+    seconds: float
+    lr: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# data pipeline
+
+
+class BatchPipeline:
+    """Turns rows of a :class:`TrainingMix` into augmented, normalized tensors."""
+
+    def __init__(self, mix: TrainingMix, normalizer: Any, augment: bool, seed: int) -> None:
+        import torch
+
+        self.mix = mix
+        self.normalizer = normalizer
+        self.augment = augment
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, rows: np.ndarray) -> tuple[Any, Any]:
+        import torch
+
+        from satsynth.data.augment import random_dihedral_batch
+
+        images, labels, _ = self.mix.read(rows)
+        x = torch.from_numpy(self.normalizer.to_model(images))
+        y = torch.from_numpy(labels).long()
+        if self.augment:
+            x, y = random_dihedral_batch(x, y, generator=self.gen)
+            x = photometric(x, self.gen)
+        return x, y
+
+
+def photometric(x: Any, gen: Any, brightness: float = 0.1, contrast: float = 0.1) -> Any:
+    """Mild per-chip brightness and contrast jitter on [-1, 1] images (same for all bands)."""
+    import torch
+
+    n = x.shape[0]
+    b = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * brightness
+    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * contrast
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * c + mean + b).clamp_(-1, 1)
+
+
+def class_weights_from_store(store: ChipStore) -> list[float]:
+    """Weights ~ 1/sqrt(class share) of the real training pixels, mean 1, clipped to [0.1, 10]."""
+    share = store.meta.class_shares("train")
+    w = np.ones_like(share)
+    present = share > 0
+    if present.any():
+        w[present] = 1.0 / np.sqrt(share[present])
+        w[present] /= w[present].mean()
+    return np.clip(w, 0.1, 10.0).round(4).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# model helpers
+
+
+def forward_logits(model: Any, x: Any) -> Any:
+    """Model logits at the input resolution."""
+    import torch.nn.functional as F  # noqa: N812
+
+    out = model(x)
+    if out.shape[-2:] != x.shape[-2:]:
+        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
+def check_chip_size(model: Any, chip_size: int, arch: str, encoder: str) -> None:
+    """Encoders downsample by up to 32: chips must be a multiple of that."""
+    encoder = getattr(model, "encoder", None)
+    stride = int(getattr(encoder, "output_stride", 32) or 32) if encoder is not None else 1
+    if chip_size % stride:
+        raise SatSynthError(f"{arch} with {encoder} needs chips whose size is a multiple of "
+                            f"{stride} px, these are {chip_size} px (prepare with --chip-size "
+                            f"{max(stride, chip_size // stride * stride)})")
+
+
+def make_loss(num_classes: int, dice: bool, weights: list[float] | None, device: Any) -> Any:
+    """Cross-entropy over labeled pixels (+ multiclass Dice when asked)."""
+    import torch
+
+    w = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
+    ce = torch.nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE_INDEX)
+    dice_loss = None
+    if dice:
+        from segmentation_models_pytorch.losses import DiceLoss
+
+        dice_loss = DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
+
+    def loss_fn(logits: Any, target: Any) -> Any:
+        loss = ce(logits.float(), target)
+        if dice_loss is not None:
+            loss = loss + dice_loss(logits.float(), target)
+        return loss
+
+    return loss_fn
+
+
+def _lr_lambda(total: int, warmup: int) -> Any:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def make_accelerator(device: str, mixed_precision: str) -> Any:
+    """An Accelerator on the asked device (``accelerate launch`` picks the processes)."""
+    from accelerate import Accelerator
+
+    from satsynth.device import resolve_device
+
+    dev = resolve_device(device)
+    mp = mixed_precision
+    if dev.type != "cuda" and mp != "no":
+        log.warning("--mixed-precision %s needs a CUDA GPU; training in full precision on %s",
+                    mp, dev.type)
+        mp = "no"
+    return Accelerator(cpu=dev.type == "cpu", mixed_precision=mp)
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def _open_real(dataset: str | Path) -> ChipStore:
+    store = ChipStore(dataset)
+    if store.meta.synthetic:
+        log.warning("%s is a synthetic store; training on it as if it were real", store.path)
+    if not store.has_split("train") or len(store.split("train")) < 2:
+        raise SatSynthError("the dataset needs at least 2 training chips", store.path)
+    return store
+
+
+def _validation_indices(store: ChipStore, seed: int) -> tuple[str, np.ndarray | None,
+                                                                np.ndarray | None]:
+    """The real chips used for validation: the val split, else 10 % of train held out."""
+    if store.has_split("val") and len(store.split("val")) > 0:
+        return "val", None, None
+    n = len(store.split("train"))
+    if n < 10:
+        raise SatSynthError("the dataset has no validation chips and too few training chips to "
+                            "hold some out; prepare with a validation split", store.path)
+    log.warning("%s has no validation chips: holding out 10%% of the training chips", store.path)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    k = max(1, n // 10)
+    return "train", np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path | list[Any] | None
+                    = None, ratio: float | None = None, **options: Any) -> dict[str, Any]:
+    """Train a segmenter on ``dataset`` (+ R |D| chips of ``synthetic``) and save it to ``out``.
+
+    ``options`` are the fields of :class:`TrainOptions`. Returns ``{"model": out, "metrics":
+    out/metrics.json, "miou": best validation mIoU}``.
+    """
+    import torch
+
+    from satsynth.segmenter.evaluate import evaluate_chips
+    from satsynth.segmenter.metrics import SegmentationMetrics
+
+    try:
+        opts = TrainOptions(**options)
+    except TypeError as exc:
+        raise SatSynthError(f"bad training option: {exc}") from None
+    opts.arch = opts.arch.lower()
+    opts.check()
+    out = Path(out)
+    real = _open_real(dataset)
+    meta = real.meta
+    syn_paths = [] if synthetic is None else (
+        [synthetic] if isinstance(synthetic, (str, Path)) else list(synthetic))
+    if ratio is None:
+        ratio = 1.0 if syn_paths else 0.0
+    if ratio > 0 and not syn_paths:
+        raise SatSynthError(f"--ratio {ratio} needs synthetic chips: pass --synthetic SYN_DIR")
+    syn_stores = open_synthetic(syn_paths, real) if ratio > 0 else []
+    if syn_paths and ratio == 0:
+        log.info("--ratio 0: training on real chips only; the synthetic chips are not used")
+
+    val_split, val_idx, train_keep = _validation_indices(real, opts.seed)
+    mix = build_mix(real, syn_stores, ratio, opts.real_fraction, opts.subset_seed, opts.seed,
+                    candidates=train_keep)
+    if len(mix) < 2:
+        raise SatSynthError("fewer than 2 training chips after --real-fraction", real.path)
+
+    torch.manual_seed(opts.seed)
+    np.random.seed(opts.seed % (2**32))
+    acc = make_accelerator(opts.device, opts.mixed_precision)
+    device = acc.device
+    k = meta.classes.num_classes
+    cfg = SegmenterConfig(arch=opts.arch, encoder=opts.encoder, in_channels=meta.bands,
+                          classes=meta.classes.to_dict(), normalization=meta.normalizer.to_dict(),
+                          chip_size=meta.chip_size, crs=meta.crs,
+                          pixel_size=list(meta.pixel_size) if meta.pixel_size else None)
+    model = build_segmenter(cfg, opts.encoder_weights)
+    check_chip_size(model, meta.chip_size, opts.arch, opts.encoder)
+    weights = class_weights_from_store(real) if opts.class_weights == "auto" else None
+    loss_fn = make_loss(k, opts.dice, weights, device)
+
+    rng = np.random.default_rng(opts.seed)
+    entries = mix.entries()
+    steps_per_epoch = len(epoch_batches(len(entries), opts.batch_size, np.random.default_rng(0),
+                                        acc.num_processes, acc.process_index))
+    if steps_per_epoch == 0:
+        raise SatSynthError(f"not enough training chips ({len(entries)}) for one batch per process")
+    total = steps_per_epoch * opts.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total, max(1, int(opts.warmup_fraction * total))))
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    pipeline = BatchPipeline(mix, meta.normalizer, opts.augment, opts.seed)
+    metrics = SegmentationMetrics(k, device)
+    val_chips = real.split(val_split)
+
+    log.info("training %s/%s on %d real + %d synthetic chips (R=%g), validating on %d real "
+             "chips, %d epochs x %d steps on %s", opts.arch, opts.encoder, mix.n_real,
+             mix.n_synthetic, ratio, len(val_chips) if val_idx is None else len(val_idx),
+             opts.epochs, steps_per_epoch, device)
+    start = time.monotonic()
+    deadline = start + opts.minutes * 60 if opts.minutes else None
+    history: list[EpochRecord] = []
+    best: dict[str, Any] = {"miou": -1.0, "epoch": 0, "state": None, "metrics": None}
+    stopped = "epochs"
+    with progress.task("train-segmenter", total=total, unit="step") as bar:
+        for epoch in range(1, opts.epochs + 1):
+            t0 = time.monotonic()
+            model.train()
+            losses = []
+            batches = epoch_batches(len(entries), opts.batch_size, rng, acc.num_processes,
+                                    acc.process_index)
+            for rows in batches:
+                x, y = pipeline(entries[rows])
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with acc.autocast():
+                    logits = forward_logits(model, x)
+                    loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                bar.update(1, message=f"epoch {epoch}/{opts.epochs}", epoch=epoch,
+                           loss=losses[-1])
+                if deadline and time.monotonic() > deadline:
+                    stopped = "time limit"
+                    break
+            metrics.reset()
+            evaluate_chips(model, val_chips, meta.normalizer, metrics, opts.val_batch_size,
+                           device, indices=val_idx, shard=(acc.num_processes, acc.process_index))
+            scores = metrics.compute(meta.classes.names)
+            rec = EpochRecord(epoch, len(losses), float(np.mean(losses)) if losses else float("nan"),
+                              scores["miou"], scores["overall_accuracy"],
+                              round(time.monotonic() - t0, 2), float(scheduler.get_last_lr()[0]))
+            history.append(rec)
+            log.info("epoch %d: loss %.4f, val mIoU %.4f, accuracy %.4f (%.1f s)", epoch,
+                     rec.loss, rec.val_miou, rec.val_accuracy, rec.seconds)
+            progress.emit({"event": "progress", "stage": "train-segmenter",
+                           "fraction": round(epoch / opts.epochs, 4),
+                           "message": f"epoch {epoch}: val mIoU {rec.val_miou:.3f}",
+                           "epoch": epoch, "val_miou": rec.val_miou, "loss": rec.loss})
+            if scores["miou"] > best["miou"]:
+                state = acc.unwrap_model(model).state_dict()
+                best = {"miou": scores["miou"], "epoch": epoch, "metrics": scores,
+                        "state": {n: t.detach().cpu().clone() for n, t in state.items()}}
+            if stopped == "time limit":
+                break
+            if opts.patience and epoch - best["epoch"] >= opts.patience:
+                stopped = f"early stop (no better val mIoU for {opts.patience} epochs)"
+                break
+    seconds = round(time.monotonic() - start, 1)
+    training = {
+        "options": asdict(opts), "ratio": ratio, "dataset": str(real.path),
+        "synthetic": [str(s.path) for s in syn_stores], "real_chips": mix.n_real,
+        "synthetic_chips": mix.n_synthetic, "validation_chips": int(
+            len(val_chips) if val_idx is None else len(val_idx)),
+        "validation": "val split" if val_idx is None else "10% of train held out",
+        "class_weights": weights, "best_epoch": best["epoch"], "epochs_run": len(history),
+        "stopped": stopped, "seconds": seconds, "device": str(device),
+        "processes": acc.num_processes,
+        "history": [asdict(h) for h in history],
+    }
+    cfg.metrics = {"split": "val" if val_idx is None else "train-holdout", **best["metrics"]}
+    cfg.training = training
+    metrics_doc = {"miou": best["miou"], "best_epoch": best["epoch"], "validation": cfg.metrics,
+                   "history": training["history"], "ratio": ratio, "real_chips": mix.n_real,
+                   "synthetic_chips": mix.n_synthetic, "seconds": seconds, "stopped": stopped}
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        import json
+
+        save_model_dir(out, "segmenter", cfg.to_dict(), {"model": best["state"]},
+                       extra_files={"metrics.json": json.dumps(metrics_doc, indent=2) + "\n"})
+        log.info("saved %s (best val mIoU %.4f at epoch %d, %s)", out, best["miou"],
+                 best["epoch"], stopped)
+    acc.wait_for_everyone()
+    return {"model": str(out), "metrics": str(out / "metrics.json"), "miou": float(best["miou"])}
+
+
+__all__ = ["TrainOptions", "train_segmenter"]
