@@ -6,13 +6,20 @@ from collections import deque
 from pathlib import Path
 
 from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
     QgsMapLayer,
     QgsPalettedRasterRenderer,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsRasterLayer,
+    QgsRendererCategory,
+    QgsVectorLayer,
 )
+
+#: Outline colours of chip footprints by split.
+SPLIT_COLORS = {"train": "#1f78b4", "val": "#ff7f00"}
 
 
 def sidecar_qml(path: str | Path) -> Path:
@@ -43,6 +50,20 @@ def apply_class_style(layer: QgsMapLayer, qml: str | Path | None = None) -> bool
     return True
 
 
+def apply_split_style(layer: QgsMapLayer) -> bool:
+    """Outline chip footprints by split (train blue, val orange), no fill."""
+    if not isinstance(layer, QgsVectorLayer) or layer.fields().indexOf("split") < 0:
+        return False
+    categories = []
+    for split, color in SPLIT_COLORS.items():
+        symbol = QgsFillSymbol.createSimple({"color": "0,0,0,0", "outline_color": color,
+                                             "outline_width": "0.5"})
+        categories.append(QgsRendererCategory(split, symbol, split))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("split", categories))
+    layer.triggerRepaint()
+    return True
+
+
 class ClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
     """Applies the class style once Processing has loaded a class raster into the project."""
 
@@ -62,5 +83,22 @@ class ClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
     def create(cls, qml: str | Path | None) -> ClassStylePostProcessor:
         """A post-processor kept alive for the rest of the session."""
         pp = cls(qml)
+        cls._alive.append(pp)
+        return pp
+
+
+class ChipSplitPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Styles the chip-footprint layer by split once Processing has loaded it."""
+
+    _alive: deque = deque(maxlen=256)
+
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> None:
+        apply_split_style(layer)
+
+    @classmethod
+    def create(cls) -> ChipSplitPostProcessor:
+        """A post-processor kept alive for the rest of the session."""
+        pp = cls()
         cls._alive.append(pp)
         return pp

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from .check_engine import CheckEngine
+from .prepare_chips import PrepareChips
 
 #: Every algorithm class, in toolbox order.
 ALGORITHMS = [
     CheckEngine,
+    PrepareChips,
 ]

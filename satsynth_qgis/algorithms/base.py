@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
+    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingUtils,
 )
@@ -28,6 +31,21 @@ GROUPS = {
 }
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 HELP_URL = "https://github.com/satsynth/satsynth-qgis/blob/main/docs/plugin.md"
+
+
+@contextmanager
+def plain_errors() -> Iterator[None]:
+    """Re-raise the runner's errors as plain QgsProcessingException.
+
+    QGIS shows a plain QgsProcessingException as its message; any other exception type (even a
+    subclass) is shown as a Python traceback.
+    """
+    try:
+        yield
+    except QgsProcessingException as exc:
+        if type(exc) is QgsProcessingException:
+            raise
+        raise QgsProcessingException(str(exc)) from None
 
 
 class SatSynthAlgorithm(QgsProcessingAlgorithm):
@@ -72,7 +90,8 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
     # --- helpers for subclasses -------------------------------------------------------------
     def engine(self, args: list[str], feedback: QgsProcessingFeedback) -> dict[str, Any]:
         """Run one engine command and return its outputs (see :func:`runner.run_engine`)."""
-        result = runner.run_engine(args, feedback)
+        with plain_errors():
+            result = runner.run_engine(args, feedback)
         feedback.pushInfo(f"Engine finished in {runner.format_seconds(result.seconds)}.")
         return result.outputs
 

@@ -13,7 +13,7 @@ from qgis.core import (
 
 from .. import runner
 from ..paths import plugin_version
-from .base import SatSynthAlgorithm
+from .base import SatSynthAlgorithm, plain_errors
 
 
 class CheckEngine(SatSynthAlgorithm):
@@ -50,9 +50,10 @@ class CheckEngine(SatSynthAlgorithm):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        engine = runner.find_engine()
-        feedback.pushInfo(f"Engine: {engine.describe()}")
-        info = runner.check_engine(feedback, engine)
+        with plain_errors():
+            engine = runner.find_engine()
+            feedback.pushInfo(f"Engine: {engine.describe()}")
+            info = runner.check_engine(feedback, engine)
         device = str(info.get("device") or "cpu")
         gpu = info.get("gpu") or ""
         version = str(info.get("satsynth", "?"))

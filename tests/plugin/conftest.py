@@ -143,3 +143,114 @@ class RecordingFeedback(QgsProcessingFeedback):
 @pytest.fixture
 def feedback() -> RecordingFeedback:
     return RecordingFeedback()
+
+
+# --- small scenes written by the tests ------------------------------------------------------------
+
+EPSG = 32633
+ORIGIN = (500000.0, 5000000.0)  # top-left corner, metres
+PIXEL = 1.0
+SIZE = 128
+
+
+def scene_arrays(size: int = SIZE, seed: int = 0):
+    """A 3-band uint8 image and its labels: 0 background, 1 water (a disc), 2 forest (a strip)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    labels = np.zeros((size, size), np.uint8)
+    cx = cy = size * 0.32
+    labels[(xx - cx) ** 2 + (yy - cy) ** 2 < (size * 0.24) ** 2] = 1
+    labels[yy > size * 0.7] = 2
+    base = np.array([[110, 120, 90], [40, 70, 160], [50, 110, 45]], np.uint8)  # per class RGB
+    image = base[labels].transpose(2, 0, 1).astype(np.int16)
+    image += rng.integers(-15, 16, image.shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+def write_geotiff(path: Path, array, epsg: int = EPSG, origin=ORIGIN, pixel: float = PIXEL,
+                  color_table: dict | None = None) -> Path:
+    """Write a (bands, rows, cols) or (rows, cols) uint8 array as a GeoTIFF with GDAL."""
+    from osgeo import gdal, osr
+
+    arr = array if array.ndim == 3 else array[None]
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), arr.shape[2], arr.shape[1], arr.shape[0],
+                                              gdal.GDT_Byte)
+    ds.SetGeoTransform((origin[0], pixel, 0.0, origin[1], 0.0, -pixel))
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(arr.shape[0]):
+        ds.GetRasterBand(i + 1).WriteArray(arr[i])
+    if color_table:
+        ct = gdal.ColorTable()
+        for value, rgba in color_table.items():
+            ct.SetColorEntry(value, rgba)
+        ds.GetRasterBand(1).SetRasterColorTable(ct)
+    ds = None
+    return path
+
+
+def write_label_polygons(path: Path, size: int = SIZE, epsg: int = EPSG) -> Path:
+    """Polygons of the scene's classes with a 'landcover' name field (GeoPackage, layer 'labels')."""
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("landcover", ogr.OFTString))
+    x0, y0 = ORIGIN
+    cx, cy, r = x0 + size * 0.32 * PIXEL, y0 - size * 0.32 * PIXEL, size * 0.24 * PIXEL
+    strip = (f"POLYGON(({x0} {y0 - size * 0.7}, {x0 + size} {y0 - size * 0.7}, "
+             f"{x0 + size} {y0 - size}, {x0} {y0 - size}, {x0} {y0 - size * 0.7}))")
+    shapes = [("water", ogr.CreateGeometryFromWkt(f"POINT({cx} {cy})").Buffer(r, 16)),
+              ("forest", ogr.CreateGeometryFromWkt(strip))]
+    for name, geom in shapes:
+        feat = ogr.Feature(layer.GetLayerDefn())
+        feat.SetField("landcover", name)
+        feat.SetGeometry(geom)
+        layer.CreateFeature(feat)
+    ds = None
+    return path
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory):
+    """Paths of a small labelled scene: image.tif, labels.tif, labels.gpkg (layer 'labels')."""
+    folder = tmp_path_factory.mktemp("scene")
+    image, labels = scene_arrays()
+    return {
+        "image": str(write_geotiff(folder / "image.tif", image)),
+        "labels": str(write_geotiff(folder / "labels.tif", labels)),
+        "vector": str(write_label_polygons(folder / "labels.gpkg")),
+        "folder": folder,
+    }
+
+
+def run_alg(alg_id: str, params: dict, load: bool = False, feedback=None):
+    """Run a Processing algorithm like the toolbox does; with ``load`` the outputs are loaded
+    into QgsProject.instance() (post-processors applied). Returns (results, feedback)."""
+    import processing
+    from processing.core.Processing import Processing  # noqa: F401 - initialised above
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    feedback = feedback or RecordingFeedback()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    if load:
+        results = processing.runAndLoadResults(alg_id, params, feedback=feedback, context=context)
+    else:
+        results = processing.run(alg_id, params, feedback=feedback, context=context)
+    return results, feedback
+
+
+def project_layer(path: str):
+    """The layer of QgsProject.instance() whose source is ``path`` (or None)."""
+    from qgis.core import QgsProject
+
+    for layer in QgsProject.instance().mapLayers().values():
+        if Path(layer.source().split("|")[0]).resolve() == Path(path).resolve():
+            return layer
+    return None

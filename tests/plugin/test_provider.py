@@ -97,6 +97,7 @@ def test_check_engine_explains_a_missing_engine(provider, monkeypatch, tmp_path)
         with pytest.raises(QgsProcessingException) as info:
             alg.processAlgorithm({}, context, None)
         msg = str(info.value)
+        assert type(info.value) is QgsProcessingException  # shown as a message, not a traceback
         assert str(tmp_path / "no-such-python") in msg and "Engine Python" in msg
     finally:
         runner.set_engine_setting(old)

@@ -1,0 +1,207 @@
+"""Prepare training chips: cut an image and its labels into georeferenced chips (satsynth prepare)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFolder,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from .. import compat, layers
+from ..styling import ChipSplitPostProcessor
+from .base import SatSynthAlgorithm
+
+MIN_CHIP = 16
+
+
+class PrepareChips(SatSynthAlgorithm):
+    """``satsynth prepare`` on one image and its labels (a class raster or a vector layer)."""
+
+    ALG_ID = "prepare_chips"
+    DISPLAY = "Prepare training chips"
+    GROUP = "data"
+    ICON = "prepare"
+    HELP = (
+        "Cuts an image raster and its labels into square chips that keep their georeference, "
+        "splits them into training and validation chips by spatial blocks, and writes a dataset "
+        "folder for the generator and the segmenter.\n\n"
+        "Labels are either a single-band raster of class ids (Labels raster) or a vector layer "
+        "with a class field (Label polygons + Class field; 'Selected features only' is honoured). "
+        "Without a class table file, classes are inferred from the label values or the field's "
+        "values. Class table file: JSON or YAML, e.g. "
+        '{"classes": [{"id": 1, "name": "water", "color": "#1f78b4"}]}.\n\n'
+        "Outputs: the dataset folder and a layer of chip footprints (train/val), which is loaded."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer("IMAGE", self.tr("Image raster")))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "LABELS", self.tr("Labels raster (class ids)"), optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "VECTOR", self.tr("Label polygons (instead of a labels raster)"),
+            [compat.TYPE_VECTOR_ANY], optional=True))
+        self.addParameter(QgsProcessingParameterField(
+            "CLASS_FIELD", self.tr("Class field (name or id of each feature's class)"),
+            parentLayerParameterName="VECTOR", type=compat.FIELD_ANY, optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            "CLASSES", self.tr("Class table file (JSON/YAML: id, name, colour)"),
+            behavior=compat.FILE_FILE, fileFilter="Class tables (*.json *.yaml *.yml)",
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 128,
+            minValue=MIN_CHIP, maxValue=4096))
+        self.addParameter(QgsProcessingParameterNumber(
+            "STRIDE", self.tr("Stride between chips (pixels, 0 = chip size)"),
+            compat.NUMBER_INTEGER, 0, minValue=0, maxValue=4096))
+        self.addParameter(QgsProcessingParameterNumber(
+            "VAL_FRACTION", self.tr("Validation fraction"), compat.NUMBER_DOUBLE, 0.2,
+            minValue=0.0, maxValue=0.9))
+        for param in (
+            QgsProcessingParameterNumber(
+                "LINE_BUFFER", self.tr("Buffer for line/point labels (metres, 0 = 1 pixel wide)"),
+                compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
+            QgsProcessingParameterBoolean(
+                "ALL_TOUCHED", self.tr("Burn every pixel a feature touches"), False),
+            QgsProcessingParameterString(
+                "BACKGROUND", self.tr("Class name for pixels no feature covers"), "background",
+                optional=True),
+            QgsProcessingParameterBoolean(
+                "BACKGROUND_IGNORE", self.tr("Do not train on pixels no feature covers"), False),
+            QgsProcessingParameterNumber(
+                "MIN_LABELED", self.tr("Skip chips with a smaller labelled fraction"),
+                compat.NUMBER_DOUBLE, 0.5, minValue=0.0, maxValue=1.0),
+            QgsProcessingParameterNumber(
+                "BLOCK_SIZE", self.tr("Spatial split block side (chips)"), compat.NUMBER_INTEGER,
+                4, minValue=1),
+            QgsProcessingParameterNumber(
+                "MAX_CHIPS", self.tr("Keep at most this many chips (0 = all)"),
+                compat.NUMBER_INTEGER, 0, minValue=0),
+            QgsProcessingParameterNumber(
+                "SEED", self.tr("Random seed of the split"), compat.NUMBER_INTEGER, 0, minValue=0),
+        ):
+            self.addParameter(compat.advanced(param))
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            "OUTPUT", self.tr("Dataset folder")))
+        self.addOutput(QgsProcessingOutputFolder("DATASET", self.tr("Dataset folder")))
+        self.addOutput(QgsProcessingOutputVectorLayer("CHIPS", self.tr("Chip footprints")))
+        self.addOutput(QgsProcessingOutputNumber("TRAIN_CHIPS", self.tr("Training chips")))
+        self.addOutput(QgsProcessingOutputNumber("VAL_CHIPS", self.tr("Validation chips")))
+        self.addOutput(QgsProcessingOutputNumber("NUM_CLASSES", self.tr("Number of classes")))
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        ok, msg = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, msg
+        has_labels = _given(parameters, "LABELS")
+        has_vector = _given(parameters, "VECTOR")
+        if has_labels == has_vector:
+            return False, self.tr("Give the labels either as a labels raster or as label polygons "
+                                  "with a class field, not both and not neither.")
+        if has_vector and not self.parameterAsString(parameters, "CLASS_FIELD", context):
+            return False, self.tr("Label polygons need a class field: the attribute that holds "
+                                  "each feature's class name or id.")
+        image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
+        chip = self.parameterAsInt(parameters, "CHIP_SIZE", context)
+        if image is not None and image.isValid() and image.width() > 0:
+            if chip > min(image.width(), image.height()):
+                return False, self.tr(
+                    f"The chip size ({chip} px) is larger than the image "
+                    f"'{image.name()}' ({image.width()} x {image.height()} px): "
+                    "choose a smaller chip size.")
+        if has_labels:
+            labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
+            if labels is not None and labels.isValid() and labels.bandCount() != 1:
+                return False, self.tr(
+                    f"The labels raster '{labels.name()}' has {labels.bandCount()} bands; it must "
+                    "have a single band of class ids (use label polygons for other data).")
+        if (self.parameterAsBoolean(parameters, "BACKGROUND_IGNORE", context)
+                and self.parameterAsString(parameters, "BACKGROUND", context) not in ("", "background")):
+            return False, self.tr("Choose either a background class name or 'do not train on "
+                                  "pixels no feature covers', not both.")
+        stride = self.parameterAsInt(parameters, "STRIDE", context)
+        if stride and stride > 4 * chip:
+            return False, self.tr(f"A stride of {stride} px skips most of the image with "
+                                  f"{chip} px chips; use at most {4 * chip}.")
+        return True, ""
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
+        if image is None:
+            raise QgsProcessingException(self.invalidRasterError(parameters, "IMAGE"))
+        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        args = ["prepare", "--image", layers.raster_to_file(image, context, feedback), "--out", out]
+        if _given(parameters, "LABELS"):
+            labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
+            if labels is None:
+                raise QgsProcessingException(self.invalidRasterError(parameters, "LABELS"))
+            args += ["--labels", layers.raster_to_file(labels, context, feedback)]
+        else:
+            path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+                parameters, "VECTOR", context, layers.ENGINE_VECTOR_FORMATS, "gpkg", feedback)
+            if not path:
+                raise QgsProcessingException(self.invalidSourceError(parameters, "VECTOR"))
+            args += ["--vector", path]
+            if layer_name:
+                args += ["--layer", layer_name]
+            args += ["--class-field", self.parameterAsString(parameters, "CLASS_FIELD", context)]
+            buffer_m = self.parameterAsDouble(parameters, "LINE_BUFFER", context)
+            if buffer_m > 0:
+                args += ["--line-buffer", repr(buffer_m)]
+            if self.parameterAsBoolean(parameters, "ALL_TOUCHED", context):
+                args.append("--all-touched")
+            if self.parameterAsBoolean(parameters, "BACKGROUND_IGNORE", context):
+                args.append("--background-ignore")
+            else:
+                background = self.parameterAsString(parameters, "BACKGROUND", context)
+                if background and background != "background":
+                    args += ["--background", background]
+        classes = self.parameterAsFile(parameters, "CLASSES", context)
+        if classes:
+            args += ["--classes", classes]
+        chip = self.parameterAsInt(parameters, "CHIP_SIZE", context)
+        args += ["--chip-size", str(chip)]
+        stride = self.parameterAsInt(parameters, "STRIDE", context)
+        if stride:
+            args += ["--stride", str(stride)]
+        args += ["--val-fraction", repr(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
+                 "--min-labeled", repr(self.parameterAsDouble(parameters, "MIN_LABELED", context)),
+                 "--block-size", str(self.parameterAsInt(parameters, "BLOCK_SIZE", context)),
+                 "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
+        max_chips = self.parameterAsInt(parameters, "MAX_CHIPS", context)
+        if max_chips:
+            args += ["--max-chips", str(max_chips)]
+
+        outputs = self.engine(args, feedback)
+        chips = str(outputs.get("chips") or "")
+        if chips:
+            self.load_on_completion(context, chips, self.tr("Chip footprints"), "CHIPS",
+                                    raster=False, post_processor=ChipSplitPostProcessor.create())
+        return {
+            "OUTPUT": out,
+            "DATASET": str(outputs.get("dataset") or out),
+            "CHIPS": chips,
+            "TRAIN_CHIPS": outputs.get("train"),
+            "VAL_CHIPS": outputs.get("val"),
+            "NUM_CLASSES": outputs.get("classes"),
+        }
+
+
+def _given(parameters: dict[str, Any], name: str) -> bool:
+    value = parameters.get(name)
+    return value is not None and value != ""
