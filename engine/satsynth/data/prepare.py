@@ -266,8 +266,9 @@ def _histogram(codes: np.ndarray) -> Counter:
 
 def _chip_sums(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
     """Sum of ``mask`` in every size x size chip at (rows x cols) (tile-relative offsets)."""
-    ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=ii[1:, 1:])
+    dt = np.int32 if mask.size < 2**31 else np.int64
+    ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=dt)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=dt), axis=1, out=ii[1:, 1:])
     r, c = rows[:, None], cols[None, :]
     return ii[r + size, c + size] - ii[r, c + size] - ii[r + size, c] + ii[r, c]
 
@@ -317,13 +318,19 @@ def _infer_table(sources: list[_Source]) -> ClassTable:
     if not hist:
         raise SatSynthError("the labels hold no label values at all (only nodata/ignore)")
     if kind == "raster":
-        bad = sorted((v, n) for v, n in hist.items() if not 0 <= v <= 254)
-        if bad:
+        ign = ignore_codes(kind, None)
+        problems = []
+        for s in sources:
+            bad = sorted(((v, n) for v, n in s.hist.items() if not 0 <= v <= 254 and v not in ign),
+                         key=lambda vn: (-vn[1], vn[0]))
+            if bad:
+                problems.append(f"{s.spec.labels}: label values that cannot be class ids (ids are "
+                                "0..254, 255 = ignore): "
+                                + ", ".join(f"{v} ({n} px)" for v, n in bad[:20]))
+        if problems:
             raise SatSynthError(
-                "label values that cannot be class ids (ids are 0..254, 255 = ignore): "
-                + ", ".join(f"{v} ({n} px)" for v, n in bad[:20])
-                + "; declare them as nodata on the label raster or list them under 'ignore_ids' "
-                  "in a class table (--classes)")
+                "; ".join(problems[:5]) + "; declare them as nodata on the label raster or list "
+                "them under 'ignore_ids' in a class table (--classes)")
         table = ClassTable.from_values(hist.keys())
     else:
         codes = sorted(hist, key=lambda c: -hist[c])
@@ -489,11 +496,15 @@ def _write(out: Path, sources: list[_Source], table: ClassTable, maps: dict[str,
                     writer.add(name, img, lab, tuple(_chip_transform(s.grid, r, c))[:6],
                                source=s.index, col=c, row=r)
                     if split[k] == TRAIN:
-                        ok = np.ones((s_, s_), bool) if valid is None else valid[y:y + s_, x:x + s_]
-                        ys, xs = np.nonzero(ok)
-                        if len(ys):
+                        if valid is None:
+                            flat = rng.choice(s_ * s_, size=min(per_chip, s_ * s_), replace=False)
+                            ys, xs = np.divmod(flat, s_)
+                        else:
+                            ys, xs = np.nonzero(valid[y:y + s_, x:x + s_])
                             pick = rng.choice(len(ys), size=min(per_chip, len(ys)), replace=False)
-                            samples.append(img[:, ys[pick], xs[pick]].astype(np.float64))
+                            ys, xs = ys[pick], xs[pick]
+                        if len(ys):
+                            samples.append(img[:, ys, xs].astype(np.float64))
                     t.update(1, message=f"writing chips: {s.spec.image.name}")
         if not samples:
             raise SatSynthError("the training chips hold no valid image pixels (all nodata)")

@@ -10,6 +10,7 @@ A *pair* is one image raster plus its labels, which are one of:
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,8 +185,10 @@ def find_folder_pairs(folder: str | Path) -> list[PairSpec]:
     folder = Path(folder)
     if not folder.is_dir():
         raise SatSynthError("folder not found", folder)
-    image_dirs = sorted({p for p in [folder, *folder.rglob("*")]
-                         if p.is_dir() and p.name.lower() == "images"})
+    image_dirs = sorted({Path(d) / n for d, subdirs, _ in os.walk(folder, followlinks=True)
+                         for n in subdirs if n.lower() == "images"})
+    if folder.name.lower() == "images":
+        image_dirs.insert(0, folder)
     pairs: list[PairSpec] = []
     searched = []
     for idir in image_dirs:

@@ -14,6 +14,7 @@ Splits are ``train`` and ``val``; a synthetic store has only ``train``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import warnings
@@ -248,6 +249,12 @@ class ChipStoreWriter:
             for part in ("images", "labels"):
                 src = arrays[part]
                 final = self.tmp / f"{split}.{part}.npy"
+                if n == src.shape[0]:  # full: the array file is already final
+                    src.flush()
+                    arrays[part] = None  # type: ignore[assignment]
+                    del src
+                    os.replace(self.tmp / f"{split}.{part}.npy.cap", final)
+                    continue
                 dst = np.lib.format.open_memmap(final, "w+", src.dtype, (n, *src.shape[1:]))
                 for k in range(0, n, 256):
                     e = min(k + 256, n)
