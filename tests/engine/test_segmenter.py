@@ -366,3 +366,16 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
     res = json.loads(open(out["results"]).read())
     assert [r["runs"] for r in res["summary"]] == [2, 2, 2]
     assert res["summary"][2]["synthetic_chips"] == 32
+
+
+def test_evaluate_raster_pair_through_the_prediction_stage(trained, tmp_path):
+    import satsynth.segmenter.evaluate as ev
+
+    if ev._predict_module() is None:
+        pytest.skip("satsynth.predict.predict.predict_raster absent")
+    img, lbl, labeled = _write_pair(tmp_path)
+    res = ev.evaluate(trained["model"], tmp_path / "rep", image=img, labels=lbl, device="cpu")
+    rep = json.loads(open(res["report_json"]).read())
+    assert rep["method"] == "whole raster through satsynth.predict"
+    assert rep["pixels"] == labeled and res["miou"] > 0.85
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "lbl.tif", "rep"]

@@ -342,13 +342,17 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                 if deadline and time.monotonic() > deadline:
                     stopped = "time limit"
                     break
+            train_seconds = time.monotonic() - t0
+            chips_seen = int(sum(len(b) for b in batches[:len(losses)]))
             metrics.reset()
             evaluate_chips(model, val_chips, meta.normalizer, metrics, opts.val_batch_size,
                            device, indices=val_idx, shard=(acc.num_processes, acc.process_index))
             scores = metrics.compute(meta.classes.names)
             rec = EpochRecord(epoch, len(losses), float(np.mean(losses)) if losses else float("nan"),
                               scores["miou"], scores["overall_accuracy"],
-                              round(time.monotonic() - t0, 2), float(scheduler.get_last_lr()[0]))
+                              round(time.monotonic() - t0, 2), float(scheduler.get_last_lr()[0]),
+                              {"train_seconds": round(train_seconds, 3), "chips": chips_seen,
+                               "chips_per_s": round(chips_seen / max(train_seconds, 1e-9), 2)})
             history.append(rec)
             log.info("epoch %d: loss %.4f, val mIoU %.4f, accuracy %.4f (%.1f s)", epoch,
                      rec.loss, rec.val_miou, rec.val_accuracy, rec.seconds)
