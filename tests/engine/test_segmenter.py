@@ -111,7 +111,7 @@ def test_tiny_segmenter_learns_brightness_classes_and_saves_everything_needed(tr
     assert rep["miou"] == pytest.approx(trained["miou"], abs=1e-6)
 
 
-def test_training_stops_at_time_limit_and_early_stopping(real, tmp_path):
+def test_training_stops_at_time_limit_step_budget_and_early_stopping(real, tmp_path):
     from satsynth.segmenter.train import train_segmenter
 
     res = train_segmenter(real, tmp_path / "m", arch="tiny", encoder="w4d1", epochs=50,
@@ -122,6 +122,10 @@ def test_training_stops_at_time_limit_and_early_stopping(real, tmp_path):
                           batch_size=8, device="cpu", minutes=0.0001, patience=0)
     m = json.loads(open(res["metrics"]).read())
     assert m["stopped"] == "time limit" and len(m["history"]) == 1
+    res = train_segmenter(real, tmp_path / "m3", arch="tiny", encoder="w4d1", max_steps=11,
+                          batch_size=8, device="cpu", patience=0)
+    m = json.loads(open(res["metrics"]).read())
+    assert [h["steps"] for h in m["history"]] == [8, 3]  # 64 chips = 8 steps per epoch
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,6 +360,7 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
     assert [r["ratio"] for r in res["summary"]] == [0.0, 1.0]
     assert all(r["runs"] == 2 and r["real_chips"] == 16 for r in res["summary"])
     assert res["summary"][1]["synthetic_chips"] == 16
+    assert [r["steps"] for r in res["runs"]] == [2, 2, 2, 2]  # equal compute for every R
     table = open(out["table"]).read()
     assert "mIoU (mean ± SE)" in table and "| 1 | 16 | 16 | 2 |" in table
     assert open(out["plot"], "rb").read(4) == b"\x89PNG"

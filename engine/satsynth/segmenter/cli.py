@@ -49,6 +49,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-weights", metavar="PATH", default=None,
                    help="local encoder weights (.safetensors or .pth); nothing is downloaded")
     _train_args(p)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="train for this many optimizer steps in total instead of --epochs")
     p.add_argument("--minutes", type=float, default=None, help="stop training after M minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
@@ -88,6 +90,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="dpm", help="generator sampler (default dpm)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     p.add_argument("--keep-models", action="store_true", help="keep every run's segmenter")
+    p.add_argument("--budget", choices=["steps", "epochs"], default="steps",
+                   help="steps (default): every run makes the optimizer steps of --epochs over "
+                        "the real chips alone, so R changes the data, not the compute; epochs: "
+                        "--epochs passes over real + synthetic (R>0 runs train longer)")
     _add_model_args(p, epochs=30)
     _train_args(p)
     p.set_defaults(func=_experiment)
@@ -99,7 +105,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     return train_segmenter(
         args.dataset, args.out, synthetic=args.synthetic, ratio=args.ratio, arch=args.arch,
         encoder=args.encoder, encoder_weights=args.encoder_weights, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, dice=args.dice,
+        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, dice=args.dice,
         class_weights=args.class_weights, patience=args.patience,
         real_fraction=args.real_fraction, minutes=args.minutes, seed=args.seed,
         device=args.device, mixed_precision=args.mixed_precision)
@@ -122,4 +128,4 @@ def _experiment(args: argparse.Namespace) -> dict[str, Any]:
         encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         dice=args.dice, class_weights=args.class_weights, patience=args.patience,
         minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
-        device=args.device, keep_models=args.keep_models)
+        device=args.device, keep_models=args.keep_models, budget=args.budget)

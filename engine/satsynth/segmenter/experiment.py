@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from satsynth import progress
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path, read_json, write_json
-from satsynth.segmenter.mixing import check_compatible, real_subset
+from satsynth.segmenter.mixing import check_compatible, epoch_batches, real_subset
 
 log = logging.getLogger("satsynth")
 
@@ -37,6 +39,7 @@ class ExperimentConfig:
     arch: str = "fpn"
     encoder: str = "resnet18"
     epochs: int = 30
+    budget: str = "steps"  # "steps": equal optimizer steps for every R; "epochs": equal epochs
     batch_size: int = 16
     lr: float = 1e-3
     dice: bool = False
@@ -51,8 +54,8 @@ class ExperimentConfig:
 
     def train_key(self) -> str:
         """A short hash of every option that affects training."""
-        keys = ("real_fraction", "arch", "encoder", "epochs", "batch_size", "lr", "dice",
-                "class_weights", "patience", "minutes_per_run")
+        keys = ("real_fraction", "arch", "encoder", "epochs", "budget", "batch_size", "lr",
+                "dice", "class_weights", "patience", "minutes_per_run")
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -135,11 +138,17 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
         cfg = ExperimentConfig(**options)
     except TypeError as exc:
         raise SatSynthError(f"bad experiment option: {exc}") from None
+    if cfg.budget not in ("steps", "epochs"):
+        raise SatSynthError(f"--budget must be steps or epochs, got {cfg.budget!r}")
     if cfg.seeds < 1:
         raise SatSynthError(f"--seeds must be >= 1, got {cfg.seeds}")
     out = Path(out)
     real = ChipStore(dataset)
     n_real = len(real_subset(len(real.split("train")), cfg.real_fraction, 0))
+    max_steps = None
+    if cfg.budget == "steps":  # the steps of --epochs over the real chips alone
+        max_steps = cfg.epochs * len(epoch_batches(n_real, cfg.batch_size,
+                                                   np.random.default_rng(0)))
     max_r = max(cfg.ratios)
     per_real = cfg.count_per_real if cfg.count_per_real is not None else max_r
     if max_r > 0 and per_real < max_r:
@@ -180,6 +189,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
             res = train_segmenter(
                 real.path, model_dir, synthetic=[str(s) for s in syn_stores] if r > 0 else None,
                 ratio=r, arch=cfg.arch, encoder=cfg.encoder, epochs=cfg.epochs,
+                max_steps=max_steps,
                 batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
                 class_weights=cfg.class_weights, patience=cfg.patience,
                 real_fraction=cfg.real_fraction, minutes=cfg.minutes_per_run, seed=seed,
@@ -190,7 +200,8 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
                    "iou": m["validation"]["iou"], "overall_accuracy":
                    m["validation"]["overall_accuracy"], "real_chips": m["real_chips"],
                    "synthetic_chips": m["synthetic_chips"], "best_epoch": m["best_epoch"],
-                   "epochs_run": len(m["history"]), "seconds": m["seconds"],
+                   "epochs_run": len(m["history"]), "steps": sum(h["steps"] for h in m["history"]),
+                   "seconds": m["seconds"],
                    "stopped": m["stopped"], "model": str(model_dir) if cfg.keep_models else None}
             records.append(rec)
             write_json(runs_path, records)

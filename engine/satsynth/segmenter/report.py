@@ -175,7 +175,8 @@ def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
     if base:
         lines += ["", "Per-class IoU at R=0: " + ", ".join(
             f"{n} {_fmt(v)}" for n, v in zip(class_names, base["iou_mean"], strict=True)) + "."]
-    keys = ("arch", "encoder", "epochs", "batch_size", "real_fraction", "seeds", "generator")
+    keys = ("arch", "encoder", "epochs", "budget", "batch_size", "real_fraction", "seeds",
+            "generator")
     lines += ["", "Settings: " + ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
               + ".", ""]
     return "\n".join(lines)

@@ -43,6 +43,7 @@ class TrainOptions:
     encoder: str = "resnet18"
     encoder_weights: str | None = None
     epochs: int = 30
+    max_steps: int | None = None  # optimizer steps in total (overrides epochs when given)
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -66,6 +67,8 @@ class TrainOptions:
                                 f"{', '.join((*ARCHITECTURES, TINY_ARCH))}")
         if self.epochs < 1:
             raise SatSynthError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SatSynthError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.batch_size < 2:
             raise SatSynthError(f"--batch-size must be >= 2 (batch norm), got {self.batch_size}")
         if not self.lr > 0:
@@ -301,7 +304,11 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                                         acc.num_processes, acc.process_index))
     if steps_per_epoch == 0:
         raise SatSynthError(f"not enough training chips ({len(entries)}) for one batch per process")
-    total = steps_per_epoch * opts.epochs
+    if opts.max_steps:
+        total = int(opts.max_steps)
+        n_epochs = math.ceil(total / steps_per_epoch)
+    else:
+        total, n_epochs = steps_per_epoch * opts.epochs, opts.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, max(1, int(opts.warmup_fraction * total))))
@@ -313,20 +320,21 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     log.info("training %s/%s on %d real + %d synthetic chips (R=%g), validating on %d real "
              "chips, %d epochs x %d steps on %s", opts.arch, opts.encoder, mix.n_real,
              mix.n_synthetic, ratio, len(val_chips) if val_idx is None else len(val_idx),
-             opts.epochs, steps_per_epoch, device)
+             n_epochs, steps_per_epoch, device)
     start = time.monotonic()
     deadline = start + opts.minutes * 60 if opts.minutes else None
     history: list[EpochRecord] = []
     best: dict[str, Any] = {"miou": -1.0, "epoch": 0, "state": None, "metrics": None}
     stopped = "epochs"
     with progress.task("train-segmenter", total=total, unit="step") as bar:
-        for epoch in range(1, opts.epochs + 1):
+        step = 0
+        for epoch in range(1, n_epochs + 1):
             t0 = time.monotonic()
             model.train()
             losses = []
             batches = epoch_batches(len(entries), opts.batch_size, rng, acc.num_processes,
                                     acc.process_index)
-            for rows in batches:
+            for rows in batches[:total - step]:
                 x, y = pipeline(entries[rows])
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with acc.autocast():
@@ -337,7 +345,8 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()))
-                bar.update(1, message=f"epoch {epoch}/{opts.epochs}", epoch=epoch,
+                step += 1
+                bar.update(1, message=f"epoch {epoch}/{n_epochs}", epoch=epoch,
                            loss=losses[-1])
                 if deadline and time.monotonic() > deadline:
                     stopped = "time limit"
@@ -357,7 +366,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
             log.info("epoch %d: loss %.4f, val mIoU %.4f, accuracy %.4f (%.1f s)", epoch,
                      rec.loss, rec.val_miou, rec.val_accuracy, rec.seconds)
             progress.emit({"event": "progress", "stage": "train-segmenter",
-                           "fraction": round(epoch / opts.epochs, 4),
+                           "fraction": round(step / total, 4),
                            "message": f"epoch {epoch}: val mIoU {rec.val_miou:.3f}",
                            "epoch": epoch, "val_miou": rec.val_miou, "loss": rec.loss})
             if scores["miou"] > best["miou"]:
@@ -377,7 +386,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
             len(val_chips) if val_idx is None else len(val_idx)),
         "validation": "val split" if val_idx is None else "10% of train held out",
         "class_weights": weights, "best_epoch": best["epoch"], "epochs_run": len(history),
-        "stopped": stopped, "seconds": seconds, "device": str(device),
+        "stopped": stopped, "steps": step, "seconds": seconds, "device": str(device),
         "processes": acc.num_processes,
         "history": [asdict(h) for h in history],
     }
