@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,8 @@ log = logging.getLogger("satsynth")
 PathLike = str | Path
 #: Pixels sampled from the training chips to fit the normalization.
 NORM_SAMPLES = 200_000
+#: GDAL block cache while preparing, in MB (unless GDAL_CACHEMAX is set).
+GDAL_CACHE_MB = 64
 
 
 @dataclass
@@ -547,6 +550,19 @@ def prepare_dataset(
     of colour masks, matched by name; ``classes`` defaults to ``folder/classes.json``).
     ``options`` are :class:`PrepareConfig` fields (chip_size, stride, val_fraction, ...).
     """
+    import rasterio
+
+    # GDAL's block cache would otherwise grow with the rasters read (5% of RAM by default);
+    # every tile is read once per pass, so a small cache costs nothing
+    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+    with rasterio.Env(**env):
+        return _prepare(out, images, labels, vectors, folder, classes, layer, class_field, config,
+                        options)
+
+
+def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: PathLike | None,
+             classes: Any, layer: str | None, class_field: str | None,
+             config: PrepareConfig | None, options: dict[str, Any]) -> Path:
     cfg = config or PrepareConfig(**options)
     if config is not None and options:
         cfg = PrepareConfig(**{**asdict(config), **options})

@@ -229,12 +229,31 @@ class ChipStoreWriter:
         t = tuple(transform)[:6]
         a["transforms"][i] = t
         a["sources"][i] = source
+        if (i + 1) % self.RELEASE_EVERY == 0:
+            self._release(split)
         counts = np.bincount(label.ravel(), minlength=256)[: self.meta.classes.num_classes]
         self._px[split] += counts
         self._rows.append({"split": split, "chip": i, "source": int(source), "t": t,
                            "col_off": int(col), "row_off": int(row), "counts": counts.tolist()})
         self._n[split] = i + 1
         return i
+
+    #: Chips between flushes of the memory-mapped arrays (keeps resident memory bounded).
+    RELEASE_EVERY = 256
+
+    def _release(self, split: str) -> None:
+        """Write dirty pages to disk and drop them from this process's resident memory."""
+        import mmap
+
+        for part in ("images", "labels"):
+            arr = self._arr[split][part]
+            arr.flush()
+            mm = getattr(arr, "_mmap", None)
+            if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                try:
+                    mm.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError):
+                    pass
 
     def abort(self, exc_type: Any = None, exc: BaseException | None = None, tb: Any = None) -> None:
         """Discard everything written so far."""

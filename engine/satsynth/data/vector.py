@@ -53,7 +53,7 @@ def load_vector(path: str | Path, layer: str | None, class_field: str | None) ->
         gdf = gpd.read_file(path, layer=layer)
     except Exception as exc:  # noqa: BLE001
         raise SatSynthError(f"cannot read vector labels ({exc})", path) from None
-    if class_field is None:
+    if not class_field:
         class_field = SINGLE_CLASS_FIELD
         gdf[class_field] = path.stem
         log.info("%s: no --class-field: every feature is class '%s'", path.name, path.stem)
