@@ -439,8 +439,7 @@ def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
     seconds = time.monotonic() - start
     tail = list(relay.log_tail)
     if cancelled:
-        raise EngineCancelled("Cancelled: the SatSynth engine was stopped; no partial output was kept.",
-                              code)
+        raise EngineCancelled("Cancelled: the SatSynth engine was stopped.", code)
     if code == 0 and relay.outputs is not None:
         return RunResult(relay.outputs, argv, seconds, tail)
     raise EngineError(_failure_message(args, code, relay, tail), code)

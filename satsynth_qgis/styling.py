@@ -102,3 +102,40 @@ class ChipSplitPostProcessor(QgsProcessingLayerPostProcessorInterface):
         pp = cls()
         cls._alive.append(pp)
         return pp
+
+
+def apply_vector_class_style(layer: QgsMapLayer, classes: list[dict]) -> bool:
+    """Fill class polygons with their class colour (categorized on ``class_id``)."""
+    if not isinstance(layer, QgsVectorLayer) or layer.fields().indexOf("class_id") < 0:
+        return False
+    categories = []
+    for c in classes:
+        symbol = QgsFillSymbol.createSimple({"color": str(c.get("color", "#888888")),
+                                             "outline_style": "no"})
+        categories.append(QgsRendererCategory(int(c["id"]), symbol, str(c.get("name", c["id"]))))
+    if not categories:
+        return False
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
+    layer.triggerRepaint()
+    return True
+
+
+class VectorClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Styles class polygons by class once Processing has loaded them."""
+
+    _alive: deque = deque(maxlen=256)
+
+    def __init__(self, classes: list[dict]) -> None:
+        super().__init__()
+        self.classes = list(classes)
+
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> None:
+        apply_vector_class_style(layer, self.classes)
+
+    @classmethod
+    def create(cls, classes: list[dict]) -> VectorClassStylePostProcessor:
+        """A post-processor kept alive for the rest of the session."""
+        pp = cls(classes)
+        cls._alive.append(pp)
+        return pp

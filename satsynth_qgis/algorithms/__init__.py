@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from .check_engine import CheckEngine
+from .evaluate_segmenter import EvaluateSegmenter
 from .prepare_chips import PrepareChips
+from .segment_raster import SegmentRaster
+from .synthesize import Synthesize
+from .train_generator import TrainGenerator
+from .train_segmenter import TrainSegmenter
 
 #: Every algorithm class, in toolbox order.
 ALGORITHMS = [
     CheckEngine,
     PrepareChips,
+    TrainGenerator,
+    Synthesize,
+    TrainSegmenter,
+    EvaluateSegmenter,
+    SegmentRaster,
 ]

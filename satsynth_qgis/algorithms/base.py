@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,12 +13,14 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
     QgsProcessingUtils,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from .. import runner
+from .. import compat, runner
 from ..paths import icon_path
 
 #: Group id -> display name; one group per stage of the pipeline.
@@ -114,3 +117,71 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
     def add_device_args(args: list[str], device: str) -> None:
         if device and device != "auto":
             args += ["--device", device]
+
+    # --- parameter factories ------------------------------------------------------------------
+    def folder_param(self, name: str, description: str,
+                     optional: bool = False) -> QgsProcessingParameterFile:
+        """An existing folder (a dataset, model or synthetic folder)."""
+        return QgsProcessingParameterFile(name, self.tr(description), behavior=compat.FILE_FOLDER,
+                                          optional=optional)
+
+    def enum_param(self, name: str, description: str, options: list[str],
+                   default: str) -> QgsProcessingParameterEnum:
+        """A choice whose value is the option's text (e.g. 'cpu'), stable in models and scripts."""
+        return QgsProcessingParameterEnum(name, self.tr(description), options, False, default,
+                                          False, True)
+
+    def device_param(self) -> QgsProcessingParameterEnum:
+        return self.enum_param("DEVICE", "Device", DEVICES, "auto")
+
+    def enum_value(self, parameters: dict[str, Any], name: str,
+                   context: QgsProcessingContext) -> str:
+        """The chosen option's text (also when a model or script passes its index)."""
+        value = self.parameterAsEnumString(parameters, name, context)
+        if not value:  # an index given for a static-string enum
+            param = self.parameterDefinition(name)
+            index = self.parameterAsEnum(parameters, name, context)
+            options = param.options() if param is not None else []
+            value = options[index] if 0 <= index < len(options) else ""
+        return value
+
+    def folder_checks(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                      checks: dict[str, str]) -> tuple[bool, str]:
+        """Each folder parameter given must exist and be of its kind.
+
+        ``checks`` maps a parameter name to a kind: 'dataset', 'synthetic', 'generator' or
+        'segmenter' (dataset folders hold dataset.json, model folders config.json with "kind").
+        """
+        for name, kind in checks.items():
+            value = self.parameterAsFile(parameters, name, context)
+            if not value:
+                continue
+            problem = folder_problem(Path(value), kind)
+            if problem:
+                return False, self.tr(problem)
+        return True, ""
+
+
+FOLDER_KINDS = {
+    "dataset": ("dataset.json", "a dataset folder made by 'Prepare training chips'"),
+    "synthetic": ("dataset.json", "a synthetic folder made by 'Synthesize image-mask pairs'"),
+    "generator": ("config.json", "a generator folder made by 'Train joint generator'"),
+    "segmenter": ("config.json", "a segmenter folder made by 'Train segmenter'"),
+}
+
+
+def folder_problem(folder: Path, kind: str) -> str:
+    """Why ``folder`` is not a usable folder of ``kind`` ('' when it is)."""
+    marker, what = FOLDER_KINDS[kind]
+    if not folder.is_dir():
+        return f"{folder} does not exist: choose {what}."
+    if not (folder / marker).is_file():
+        return f"{folder} is not {what} (it has no {marker})."
+    if marker == "config.json":
+        try:
+            found = json.loads((folder / marker).read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return f"{folder / marker} cannot be read: choose {what}."
+        if found != kind:
+            return f"{folder} is a {found} folder, not {what}."
+    return ""

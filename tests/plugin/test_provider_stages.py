@@ -102,3 +102,180 @@ def test_prepare_surfaces_the_engines_error(scene, engine_python, tmp_path, prov
     assert msg.startswith("SatSynth prepare failed:") and "Traceback" not in msg, msg
     assert "label values not in the class table: 2" in msg
     assert not (tmp_path / "bad").exists(), "no half-written dataset"
+
+
+# --- generator, synthesis, segmenter, prediction ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def generator(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("generator") / "gen"
+    results, fb = run_alg("satsynth:train_generator", {
+        "DATASET": dataset["DATASET"], "PRESET": "tiny", "STEPS": 2, "BATCH_SIZE": 4,
+        "DEVICE": "cpu", "OUTPUT": str(out)})
+    return results, fb
+
+
+def test_train_generator_writes_a_model_and_reports_progress(generator):
+    results, fb = generator
+    assert results["STEPS_DONE"] == 2
+    assert (Path(results["GENERATOR"]) / "config.json").is_file()
+    assert Path(results["LOG"]).is_file() and Path(results["LOSS_PLOT"]).is_file()
+    assert 100.0 in fb.progress_values
+    assert any("train-generator" in t for t in fb.texts), fb.texts
+
+
+@pytest.fixture(scope="session")
+def synthetic(generator, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "syn"
+    results, _ = run_alg("satsynth:synthesize", {
+        "GENERATOR": generator[0]["GENERATOR"], "COUNT": 4, "SAMPLER": "dpm", "STEPS": 2,
+        "DEVICE": "cpu", "OUTPUT": str(out)}, load=True)
+    return results
+
+
+def test_synthesize_loads_image_and_styled_label_mosaics(synthetic):
+    from qgis.core import QgsPalettedRasterRenderer
+
+    assert (Path(synthetic["SYNTHETIC"]) / "dataset.json").is_file()
+    images = project_layer(synthetic["IMAGES"])
+    labels = project_layer(synthetic["LABELS"])
+    assert images is not None and labels is not None, "the mosaics were not loaded"
+    assert images.crs().authid() == labels.crs().authid() == f"EPSG:{EPSG}"
+    assert images.bandCount() == 3 and labels.bandCount() == 1
+    assert isinstance(labels.renderer(), QgsPalettedRasterRenderer)
+    assert len(labels.renderer().classes()) == 3
+
+
+@pytest.fixture(scope="session")
+def segmenter(dataset, synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("segmenter") / "seg"
+    results, _ = run_alg("satsynth:train_segmenter", {
+        "DATASET": dataset["DATASET"], "SYNTHETIC": synthetic["SYNTHETIC"], "RATIO": 1.0,
+        "ARCH": "tiny", "ENCODER": "w8d2", "EPOCHS": 1, "BATCH_SIZE": 4, "DEVICE": "cpu",
+        "OUTPUT": str(out)})
+    return results
+
+
+def test_train_segmenter_on_real_and_synthetic(segmenter):
+    assert (Path(segmenter["MODEL"]) / "model.safetensors").is_file()
+    metrics = json.loads(Path(segmenter["METRICS"]).read_text())
+    assert 0.0 <= segmenter["MIOU"] <= 1.0 and metrics["miou"] == pytest.approx(segmenter["MIOU"])
+
+
+def test_segment_raster_over_an_extent_with_confidence_and_polygons(segmenter, scene, tmp_path):
+    from qgis.core import QgsPalettedRasterRenderer, QgsRasterLayer
+
+    x0, y0 = 500000.0, 5000000.0
+    params = {
+        "MODEL": segmenter["MODEL"], "INPUT": scene["image"],
+        "EXTENT": f"{x0},{x0 + 96},{y0 - 64},{y0} [EPSG:{EPSG}]",
+        "TILE": 64, "OVERLAP": 16, "DEVICE": "cpu",
+        "OUTPUT": str(tmp_path / "pred.tif"),
+        "OUTPUT_CONFIDENCE": str(tmp_path / "conf.tif"),
+        "OUTPUT_VECTOR": str(tmp_path / "pred.gpkg"),
+    }
+    results, _ = run_alg("satsynth:segment_raster", params, load=True)
+    pred = project_layer(results["OUTPUT"])
+    assert pred is not None, "the prediction was not loaded"
+    assert pred.crs().authid() == f"EPSG:{EPSG}"
+    ext = pred.extent()  # the requested extent, on the input's pixel grid
+    assert (ext.xMinimum(), ext.yMaximum()) == (x0, y0)
+    assert (pred.width(), pred.height()) == (96, 64)
+    renderer = pred.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    assert [c.value for c in renderer.classes()] == [0, 1, 2]
+    conf = QgsRasterLayer(results["OUTPUT_CONFIDENCE"], "conf")
+    assert conf.isValid() and conf.crs().authid() == f"EPSG:{EPSG}"
+    polygons = project_layer(results["OUTPUT_VECTOR"])
+    assert polygons is not None and polygons.featureCount() > 0
+    assert isinstance(polygons.renderer(), QgsCategorizedSymbolRenderer)
+
+
+def test_segment_raster_inside_an_aoi_mask(segmenter, scene, tmp_path):
+    import numpy as np
+    from osgeo import gdal
+
+    aoi = QgsVectorLayer("Polygon?crs=EPSG:4326", "aoi", "memory")  # another CRS, in memory
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsFeature,
+        QgsGeometry,
+    )
+
+    square = QgsGeometry.fromWkt("POLYGON((500000 5000000, 500064 5000000, 500064 4999936, "
+                                 "500000 4999936, 500000 5000000))")
+    square.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem(f"EPSG:{EPSG}"),
+                                            QgsCoordinateReferenceSystem("EPSG:4326"),
+                                            QgsProject.instance()))
+    feat = QgsFeature()
+    feat.setGeometry(square)
+    aoi.dataProvider().addFeatures([feat])
+    results, _ = run_alg("satsynth:segment_raster", {
+        "MODEL": segmenter["MODEL"], "INPUT": scene["image"], "AOI": aoi, "TILE": 64,
+        "OVERLAP": 16, "DEVICE": "cpu", "OUTPUT": str(tmp_path / "masked.tif")})
+    data = gdal.Open(results["OUTPUT"]).ReadAsArray()
+    inside, outside = data[4:60, 4:60], data[70:, 70:]
+    assert (inside != 255).all() and (outside == 255).all()
+    assert np.isin(inside, [0, 1, 2]).all()
+
+
+def test_segment_raster_checks(segmenter, scene, generator, provider):
+    alg = QgsApplication.processingRegistry().createAlgorithmById("satsynth:segment_raster")
+    base = {"MODEL": segmenter["MODEL"], "INPUT": scene["image"], "OUTPUT": "/tmp/p.tif"}
+    ctx = QgsProcessingContext()
+    assert alg.checkParameterValues(base, ctx)[0]
+    ok, msg = alg.checkParameterValues({**base, "TILE": 64, "OVERLAP": 32}, ctx)
+    assert not ok and "less than half the tile" in msg
+    ok, msg = alg.checkParameterValues({**base, "MODEL": generator[0]["GENERATOR"]}, ctx)
+    assert not ok and "is a generator folder, not a segmenter folder" in msg
+    ok, msg = alg.checkParameterValues({**base, "INPUT": scene["labels"]}, ctx)
+    assert not ok and "trained on 3-band images" in msg
+    ok, msg = alg.checkParameterValues({**base, "EXTENT": "0,10,0,10 [EPSG:32633]"}, ctx)
+    assert not ok and "does not overlap" in msg
+
+
+def test_evaluate_segmenter_on_the_dataset(segmenter, dataset, tmp_path):
+    results, _ = run_alg("satsynth:evaluate_segmenter", {
+        "MODEL": segmenter["MODEL"], "DATASET": dataset["DATASET"], "DEVICE": "cpu",
+        "OUTPUT": str(tmp_path / "report")})
+    assert Path(results["REPORT_HTML"]).is_file()
+    report = json.loads(Path(results["REPORT_JSON"]).read_text())
+    assert report["miou"] == pytest.approx(results["MIOU"])
+
+
+def test_training_is_cancelled_through_the_feedback(dataset, tmp_path, monkeypatch):
+    """A long training run is cancelled once training is under way; the engine is gone in 5 s."""
+    import subprocess
+    import time
+
+    from conftest import RecordingFeedback
+    from qgis.core import QgsProcessingException
+
+    from satsynth_qgis import runner
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(runner.subprocess, "Popen", recording_popen)
+    cancelled_at = []
+
+    class CancelWhenTraining(RecordingFeedback):
+        def setProgressText(self, text):
+            super().setProgressText(text)
+            if "step" in text and not cancelled_at:
+                cancelled_at.append(time.monotonic())
+                self.cancel()
+
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run_alg("satsynth:train_generator", {
+            "DATASET": dataset["DATASET"], "PRESET": "tiny", "STEPS": 100000, "BATCH_SIZE": 4,
+            "DEVICE": "cpu", "OUTPUT": str(tmp_path / "gen")}, feedback=CancelWhenTraining())
+    assert cancelled_at, "training never started"
+    assert started and started[0].poll() is not None, "the engine is still running"
+    assert time.monotonic() - cancelled_at[0] < 5.0

@@ -1,0 +1,95 @@
+"""Evaluate segmenter: mIoU, per-class IoU and confusion on reference labels (satsynth evaluate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputHtml,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from .. import layers
+from .base import SatSynthAlgorithm
+
+
+class EvaluateSegmenter(SatSynthAlgorithm):
+    """``satsynth evaluate SEG (--dataset DS | --image IMG --labels LBL) --out REPORT``."""
+
+    ALG_ID = "evaluate_segmenter"
+    DISPLAY = "Evaluate segmenter"
+    GROUP = "segmenter"
+    ICON = "evaluate"
+    HELP = (
+        "Scores a trained segmenter against reference labels: mean IoU, per-class IoU and F1, "
+        "overall accuracy and a confusion matrix, written as an HTML report (shown in the "
+        "Results Viewer), JSON and Markdown.\n\n"
+        "Reference: either a dataset folder (its validation chips) or an image raster with its "
+        "labels raster of class ids (the whole image is segmented and compared)."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(self.folder_param("MODEL", "Segmenter folder (from Train segmenter)"))
+        self.addParameter(self.folder_param(
+            "DATASET", "Dataset folder (its validation chips are the reference)", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "IMAGE", self.tr("Image raster (instead of a dataset)"), optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "LABELS", self.tr("Reference labels raster for the image"), optional=True))
+        self.addParameter(self.device_param())
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            "OUTPUT", self.tr("Report folder")))
+        self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", self.tr("Evaluation report")))
+        self.addOutput(QgsProcessingOutputFile("REPORT_JSON", self.tr("Evaluation report (JSON)")))
+        self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Mean IoU")))
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        ok, msg = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, msg
+        has_dataset = bool(self.parameterAsFile(parameters, "DATASET", context))
+        has_image = parameters.get("IMAGE") not in (None, "")
+        has_labels = parameters.get("LABELS") not in (None, "")
+        if has_dataset == (has_image or has_labels):
+            return False, self.tr("Give the reference either as a dataset folder or as an image "
+                                  "with its labels raster, not both and not neither.")
+        if has_image != has_labels:
+            return False, self.tr("An image needs its reference labels raster (and labels need "
+                                  "their image).")
+        if has_labels:
+            labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
+            if labels is not None and labels.isValid() and labels.bandCount() != 1:
+                return False, self.tr(f"The labels raster '{labels.name()}' has "
+                                      f"{labels.bandCount()} bands; it must have a single band "
+                                      "of class ids.")
+        return self.folder_checks(parameters, context,
+                                  {"MODEL": "segmenter", "DATASET": "dataset"})
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        args = ["evaluate", self.parameterAsFile(parameters, "MODEL", context), "--out", out]
+        dataset = self.parameterAsFile(parameters, "DATASET", context)
+        if dataset:
+            args += ["--dataset", dataset]
+        else:
+            image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
+            labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
+            if image is None or labels is None:
+                raise QgsProcessingException(self.tr("The image or its labels raster is invalid."))
+            args += ["--image", layers.raster_to_file(image, context, feedback),
+                     "--labels", layers.raster_to_file(labels, context, feedback)]
+        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        outputs = self.engine(args, feedback)
+        miou = outputs.get("miou")
+        if isinstance(miou, (int, float)):
+            feedback.pushInfo(f"Mean IoU: {miou:.3f}")
+        return {"OUTPUT": out, "REPORT_HTML": str(outputs.get("report_html") or ""),
+                "REPORT_JSON": str(outputs.get("report_json") or ""), "MIOU": miou}

@@ -1,0 +1,169 @@
+"""Segment raster: apply a trained segmenter to a raster of any size (satsynth predict)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+    QgsRectangle,
+)
+
+from .. import compat, layers
+from ..styling import ClassStylePostProcessor, VectorClassStylePostProcessor
+from .base import SatSynthAlgorithm, folder_problem
+
+
+class SegmentRaster(SatSynthAlgorithm):
+    """``satsynth predict SEG --image IMG --out PRED.tif [...]``."""
+
+    ALG_ID = "segment_raster"
+    DISPLAY = "Segment raster"
+    GROUP = "prediction"
+    ICON = "segment"
+    HELP = (
+        "Applies a trained segmenter to a raster layer of any size with overlapping, smoothly "
+        "blended windows (memory depends on the tile size, not on the raster's area). Writes a "
+        "GeoTIFF of class ids on the input's grid and CRS, loaded and styled with the class "
+        "names and colours.\n\n"
+        "Extent: only segment this box. AOI mask: only segment inside these polygons (nodata "
+        "outside). Tile and overlap are in pixels. Optional outputs: a confidence raster (top "
+        "class probability x 255) and class polygons (GeoPackage with class_id, class_name, "
+        "area_m2).\n\n"
+        "The input must have the bands the segmenter was trained on, in the same order. Web and "
+        "database layers are first written to a temporary GeoTIFF over the extent."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(self.folder_param("MODEL", "Segmenter folder (from Train segmenter)"))
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster to segment")))
+        self.addParameter(QgsProcessingParameterExtent(
+            "EXTENT", self.tr("Extent (default: the whole raster)"), optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "AOI", self.tr("Area of interest mask (polygons)"), [compat.TYPE_VECTOR_POLYGON],
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, 512, minValue=32,
+            maxValue=8192))
+        self.addParameter(QgsProcessingParameterNumber(
+            "OVERLAP", self.tr("Overlap between tiles (pixels)"), compat.NUMBER_INTEGER, 64,
+            minValue=0, maxValue=4096))
+        self.addParameter(self.device_param())
+        for param in (
+            QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch"),
+                                         compat.NUMBER_INTEGER, 8, minValue=1),
+            QgsProcessingParameterBoolean(
+                "MATCH_RESOLUTION",
+                self.tr("Resample to the training pixel size on the fly"), False),
+            QgsProcessingParameterNumber(
+                "MIN_AREA", self.tr("Drop polygons smaller than (m²)"), compat.NUMBER_DOUBLE, 0.0,
+                minValue=0.0),
+        ):
+            self.addParameter(compat.advanced(param))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT", self.tr("Classified raster")))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_CONFIDENCE", self.tr("Confidence raster"), optional=True,
+            createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "OUTPUT_VECTOR", self.tr("Class polygons"), compat.TYPE_VECTOR_POLYGON,
+            optional=True, createByDefault=False))
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        ok, msg = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, msg
+        tile = self.parameterAsInt(parameters, "TILE", context)
+        overlap = self.parameterAsInt(parameters, "OVERLAP", context)
+        if overlap * 2 >= tile:
+            return False, self.tr(f"The overlap ({overlap} px) must be less than half the tile "
+                                  f"size ({tile} px).")
+        model = Path(self.parameterAsFile(parameters, "MODEL", context))
+        problem = folder_problem(model, "segmenter")
+        if problem:
+            return False, self.tr(problem)
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        bands = _model_config(model).get("in_channels")
+        if layer is not None and layer.isValid() and isinstance(bands, int) \
+                and layers.raster_file(layer) is not None and layer.bandCount() != bands:
+            return False, self.tr(f"The segmenter was trained on {bands}-band images, but "
+                                  f"'{layer.name()}' has {layer.bandCount()} bands.")
+        if layer is not None and layer.isValid() and parameters.get("EXTENT") not in (None, ""):
+            extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
+            if not extent.isNull() and not extent.intersects(layer.extent()):
+                return False, self.tr(f"The extent does not overlap the raster '{layer.name()}'.")
+        return True, ""
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None:
+            raise QgsProcessingException(self.invalidRasterError(parameters, "INPUT"))
+        extent = QgsRectangle()
+        if parameters.get("EXTENT") not in (None, ""):
+            extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
+        image = layers.raster_to_file(layer, context, feedback,
+                                      extent if not extent.isNull() else None, layer.crs())
+        out = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        args = ["predict", model, "--image", image, "--out", out,
+                "--tile", str(self.parameterAsInt(parameters, "TILE", context)),
+                "--overlap", str(self.parameterAsInt(parameters, "OVERLAP", context)),
+                "--batch", str(self.parameterAsInt(parameters, "BATCH", context))]
+        if not extent.isNull() and not extent.isEmpty():
+            args += ["--extent", ",".join(repr(v) for v in (
+                extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()))]
+        if parameters.get("AOI") not in (None, ""):
+            mask = self.parameterAsCompatibleSourceLayerPath(
+                parameters, "AOI", context, layers.ENGINE_VECTOR_FORMATS, "gpkg", feedback)
+            if not mask:
+                raise QgsProcessingException(self.invalidSourceError(parameters, "AOI"))
+            args += ["--mask", mask]
+        confidence = self.parameterAsOutputLayer(parameters, "OUTPUT_CONFIDENCE", context)
+        if confidence:
+            args += ["--confidence", confidence]
+        vector = self.parameterAsOutputLayer(parameters, "OUTPUT_VECTOR", context)
+        if vector:
+            args += ["--vector", vector]
+            min_area = self.parameterAsDouble(parameters, "MIN_AREA", context)
+            if min_area > 0:
+                args += ["--min-area", repr(min_area)]
+        if self.parameterAsBoolean(parameters, "MATCH_RESOLUTION", context):
+            args.append("--match-resolution")
+        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+
+        outputs = self.engine(args, feedback)
+        prediction = str(outputs.get("prediction") or out)
+        if context.willLoadLayerOnCompletion(prediction):
+            details = context.layerToLoadOnCompletionDetails(prediction)
+            details.setPostProcessor(ClassStylePostProcessor.create(outputs.get("style")))
+        if vector and context.willLoadLayerOnCompletion(vector):
+            classes = _model_config(Path(model)).get("classes", {}).get("classes", [])
+            details = context.layerToLoadOnCompletionDetails(vector)
+            details.setPostProcessor(VectorClassStylePostProcessor.create(classes))
+        results = {"OUTPUT": prediction}
+        if confidence:
+            results["OUTPUT_CONFIDENCE"] = str(outputs.get("confidence") or confidence)
+        if vector:
+            results["OUTPUT_VECTOR"] = str(outputs.get("vector") or vector)
+        return results
+
+
+def _model_config(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,115 @@
+"""Train segmenter: a segmentation model on real (+ synthetic) chips (satsynth train-segmenter)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputFolder,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from .. import compat
+from .base import SatSynthAlgorithm
+
+ARCHITECTURES = ["fpn", "unet", "deeplabv3plus", "pspnet", "segformer", "tiny"]
+
+
+class TrainSegmenter(SatSynthAlgorithm):
+    """``satsynth train-segmenter DATASET --out SEG [--synthetic SYN --ratio R]``."""
+
+    ALG_ID = "train_segmenter"
+    DISPLAY = "Train segmenter"
+    GROUP = "segmenter"
+    ICON = "train_segmenter"
+    HELP = (
+        "Trains a semantic segmentation model on the real training chips of a dataset, "
+        "optionally mixed with synthetic pairs: Ratio R adds R synthetic pairs per real pair "
+        "(the paper's |D'| = R |D|). Validation always uses real chips only, and the model "
+        "with the best validation mIoU is kept.\n\n"
+        "Architecture: fpn (the paper's), unet, deeplabv3plus, pspnet, segformer (use encoder "
+        "mit_b0), or tiny (a small conv net for quick CPU checks; its encoder reads e.g. w16d2). "
+        "Encoders start from random weights: nothing is downloaded.\n\n"
+        "Outputs: the segmenter folder, its metrics file (JSON) and the validation mIoU."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
+        self.addParameter(self.folder_param(
+            "SYNTHETIC", "Synthetic folder (from Synthesize image-mask pairs)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "RATIO", self.tr("Synthetic pairs per real pair R (with a synthetic folder)"),
+            compat.NUMBER_DOUBLE, 1.0, minValue=0.0, maxValue=100.0))
+        self.addParameter(self.enum_param("ARCH", "Architecture", ARCHITECTURES, "fpn"))
+        self.addParameter(QgsProcessingParameterString(
+            "ENCODER", self.tr("Encoder"), "resnet18"))
+        self.addParameter(QgsProcessingParameterNumber(
+            "EPOCHS", self.tr("Maximum epochs"), compat.NUMBER_INTEGER, 30, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(
+            "BATCH_SIZE", self.tr("Batch size (0 = engine default)"), compat.NUMBER_INTEGER, 0,
+            minValue=0))
+        self.addParameter(self.device_param())
+        for param in (
+            QgsProcessingParameterNumber("PATIENCE", self.tr(
+                "Stop after this many epochs without a better mIoU (0 = never)"),
+                compat.NUMBER_INTEGER, 8, minValue=0),
+            QgsProcessingParameterNumber("MINUTES", self.tr("Time budget in minutes (0 = none)"),
+                                         compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
+            QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0,
+                                         minValue=0),
+        ):
+            self.addParameter(compat.advanced(param))
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            "OUTPUT", self.tr("Segmenter folder")))
+        self.addOutput(QgsProcessingOutputFolder("MODEL", self.tr("Segmenter folder")))
+        self.addOutput(QgsProcessingOutputFile("METRICS", self.tr("Metrics (JSON)")))
+        self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Validation mIoU")))
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        ok, msg = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, msg
+        arch = self.enum_value(parameters, "ARCH", context)
+        encoder = self.parameterAsString(parameters, "ENCODER", context).strip()
+        if arch == "tiny" and not encoder.startswith("w"):
+            return False, self.tr(f"The tiny architecture takes an encoder like w16d2 (width 16, "
+                                  f"depth 2), not '{encoder}'.")
+        if arch != "tiny" and encoder.startswith("w") and encoder[1:2].isdigit():
+            return False, self.tr(f"Encoder '{encoder}' is for the tiny architecture; choose e.g. "
+                                  "resnet18 for the others.")
+        return self.folder_checks(parameters, context,
+                                  {"DATASET": "dataset", "SYNTHETIC": "synthetic"})
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        args = ["train-segmenter", self.parameterAsFile(parameters, "DATASET", context),
+                "--out", out, "--arch", self.enum_value(parameters, "ARCH", context),
+                "--encoder", self.parameterAsString(parameters, "ENCODER", context).strip(),
+                "--epochs", str(self.parameterAsInt(parameters, "EPOCHS", context)),
+                "--patience", str(self.parameterAsInt(parameters, "PATIENCE", context)),
+                "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
+        synthetic = self.parameterAsFile(parameters, "SYNTHETIC", context)
+        if synthetic:
+            args += ["--synthetic", synthetic,
+                     "--ratio", repr(self.parameterAsDouble(parameters, "RATIO", context))]
+        batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
+        if batch:
+            args += ["--batch-size", str(batch)]
+        minutes = self.parameterAsDouble(parameters, "MINUTES", context)
+        if minutes:
+            args += ["--minutes", repr(minutes)]
+        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        outputs = self.engine(args, feedback)
+        miou = outputs.get("miou")
+        if isinstance(miou, (int, float)):
+            feedback.pushInfo(f"Validation mIoU: {miou:.3f}")
+        return {"OUTPUT": out, "MODEL": str(outputs.get("model") or out),
+                "METRICS": str(outputs.get("metrics") or ""), "MIOU": miou}
