@@ -81,7 +81,7 @@ class SatSynthDock(QDockWidget):
     """The panel. ``iface`` may be None (tests); the canvas extent option then is unavailable."""
 
     def __init__(self, iface: Any = None, parent: QWidget | None = None,
-                 project: QgsProject | None = None) -> None:
+                 project: QgsProject | None = None, check_engine: bool = True) -> None:
         super().__init__("SatSynth", parent)
         self.setObjectName("SatSynthDock")
         self.iface = iface
@@ -99,7 +99,10 @@ class SatSynthDock(QDockWidget):
         self._timer.setInterval(1000)
         self._timer.timeout.connect(self._tick)
         self.update_state()
-        QTimer.singleShot(0, self.refresh_engine_status)
+        if check_engine:
+            QTimer.singleShot(0, self.refresh_engine_status)
+        else:
+            self.engine_label.setText("Engine: not checked yet (press Check)")
 
     # ------------------------------------------------------------------ building the widgets
     def _build(self) -> None:
@@ -324,6 +327,9 @@ class SatSynthDock(QDockWidget):
         for name, w in self.adv.items():
             w.setObjectName(f"adv_{name}")
             form.addRow(labels[name], w)
+        # the engine takes strides between 1 and the chip size, overlaps below the tile size
+        self.adv["chip_size"].valueChanged.connect(self.adv["stride"].setMaximum)
+        self.adv["tile"].valueChanged.connect(lambda v: self.adv["overlap"].setMaximum(v // 2))
 
     # ------------------------------------------------------------------ signals
     def _connect(self) -> None:
@@ -477,10 +483,14 @@ class SatSynthDock(QDockWidget):
         ev = []
         if not seg_ok:
             ev.append("a trained segmenter (run Train segmenter)")
-        if not has_image:
-            ev.append("an image layer")
-        if not has_labels:
-            ev.append("labels")
+        if rf is None:
+            ev.append("an output folder and run name")
+        elif self.labels_raster_radio.isChecked():
+            if not has_image or not has_labels:
+                ev.append("an image layer and its label raster")
+        elif not rf.has_dataset():
+            ev.append("the prepared chips, whose validation chips are the reference "
+                      "(run Prepare), or a label raster")
         ready["evaluate"] = ("needs " + ", ".join(ev)) if ev else ""
         sg = []
         if not seg_ok:

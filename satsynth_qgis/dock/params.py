@@ -106,9 +106,15 @@ def train_segmenter(i: DockInputs) -> dict[str, Any]:
 
 
 def evaluate(i: DockInputs) -> dict[str, Any]:
+    """Against the image and its label raster, or (vector labels) the run's validation chips."""
     rf = _run(i)
-    return {"MODEL": str(i.segmenter), "IMAGE": i.image, **_labels(i), **_device(i.settings),
-            "OUTPUT": str(rf.evaluation)}
+    p: dict[str, Any] = {"MODEL": str(i.segmenter), **_device(i.settings),
+                         "OUTPUT": str(rf.evaluation)}
+    if i.label_mode == "raster":
+        p.update({"IMAGE": i.image, "LABELS": i.label_raster})
+    else:
+        p["DATASET"] = str(rf.dataset)
+    return p
 
 
 def segment(i: DockInputs) -> dict[str, Any]:
@@ -121,6 +127,10 @@ def segment(i: DockInputs) -> dict[str, Any]:
         "MODEL": str(i.segmenter), "INPUT": layer, "TILE": s.tile, "OVERLAP": s.overlap,
         **_device(s),
         "OUTPUT": QgsProcessingOutputLayerDefinition(str(rf.prediction(name)), project),
+        "OUTPUT_CONFIDENCE": QgsProcessingOutputLayerDefinition(
+            str(rf.prediction(name, "confidence")), project),
+        "OUTPUT_VECTOR": QgsProcessingOutputLayerDefinition(
+            str(rf.prediction(name, "polygons")), project),
     }
     if i.extent_mode == "canvas" and i.canvas_extent is not None:
         crs = i.canvas_crs.authid() if i.canvas_crs is not None else ""

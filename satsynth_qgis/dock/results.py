@@ -60,6 +60,11 @@ def load_result_layers(context: QgsProcessingContext, feedback: QgsProcessingFee
     loaded: list[QgsMapLayer] = []
     for ref, details in context.layersToLoadOnCompletion().items():
         layer = QgsProcessingUtils.mapLayerFromString(ref, context)
+        if layer is not None and project.mapLayer(layer.id()) is not None:
+            # the project shows this file from an earlier run: the file was replaced, so drop
+            # that stale layer and load the new file
+            project.removeMapLayer(layer.id())
+            layer = QgsProcessingUtils.mapLayerFromString(ref, context)
         if layer is None or not layer.isValid():
             if feedback is not None:
                 feedback.reportError(f"Could not load the result layer {ref}", False)

@@ -67,8 +67,10 @@ class RunFolder:
     def evaluation(self) -> Path:
         return self.root / "evaluation"
 
-    def prediction(self, layer_name: str) -> Path:
-        return self.root / "predictions" / f"{safe_name(layer_name)}_classes.tif"
+    def prediction(self, layer_name: str, kind: str = "classes") -> Path:
+        """``classes`` and ``confidence`` GeoTIFFs, ``polygons`` GeoPackage."""
+        suffix = ".gpkg" if kind == "polygons" else ".tif"
+        return self.root / "predictions" / f"{safe_name(layer_name)}_{kind}{suffix}"
 
     # what exists (decides which stage buttons are enabled)
     def has_dataset(self) -> bool:

@@ -22,6 +22,14 @@ from qgis.PyQt.QtCore import QObject, pyqtSignal
 
 from .results import load_result_layers
 
+#: Context and feedback of every task still running, kept alive until the task ends even when the
+#: dock that started it is closed (the task manager's worker thread still uses them).
+_ALIVE: dict[int, tuple] = {}
+
+
+def _release(key: int) -> None:
+    _ALIVE.pop(key, None)
+
 
 class DockFeedback(QgsProcessingFeedback):
     """Feedback that re-emits every message as a signal (the log panel listens)."""
@@ -116,6 +124,10 @@ class StageRunner(QObject):
         feedback.message.connect(self._message)
         task = QgsProcessingAlgRunnerTask(alg, parameters, context, feedback)
         task.executed.connect(self._executed)
+        key = id(task)
+        _ALIVE[key] = (task, context, feedback, alg)
+        task.taskCompleted.connect(lambda k=key: _release(k))
+        task.taskTerminated.connect(lambda k=key: _release(k))
         self.task, self.context, self.feedback = task, context, feedback
         self.algorithm_id, self.group_name, self.project = algorithm_id, group_name, project
         self.started_at, self.fraction, self.last_error = time.monotonic(), 0.0, ""

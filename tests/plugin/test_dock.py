@@ -35,8 +35,7 @@ def scene(tmp_path, project):
 
 @pytest.fixture
 def dock(project):
-    d = SatSynthDock(None, project=project)
-    d.stage_runner.blockSignals(False)
+    d = SatSynthDock(None, project=project, check_engine=False)
     yield d
     d.shutdown()
     d.deleteLater()
@@ -136,21 +135,27 @@ def test_stage_buttons_follow_the_inputs_and_the_run_folder(dock, scene, tmp_pat
     assert {"prepare", "run_all"} <= enabled()
     QgsProject.instance().removeMapLayers([scene["image"].id(), scene["labels"].id()])
     assert dock.image_combo.currentLayer() is None
-    assert {"prepare", "run_all", "evaluate", "segment"}.isdisjoint(enabled())
+    assert {"prepare", "run_all", "segment"}.isdisjoint(enabled())
+    # with polygon labels, Evaluate uses the run's validation chips: no image needed
+    assert "evaluate" in enabled()
 
 
 def test_presets_fill_the_advanced_section_and_settings_are_remembered(project, scene, tmp_path):
-    d = SatSynthDock(None, project=project)
+    d = SatSynthDock(None, project=project, check_engine=False)
     d.preset_combo.setCurrentText("Standard")
     assert d.stage_settings() == PRESETS["Standard"]
     d.adv["epochs"].setValue(7)
+    d.adv["chip_size"].setValue(32)  # the stride follows: the engine needs stride <= chip size
+    assert d.adv["stride"].value() == 32
+    d.adv["chip_size"].setValue(128)
     d.output_widget.setFilePath(str(tmp_path))
     d.run_name_edit.setText("remembered")
     d.shutdown()
     assert QgsSettings().value(SETTINGS_PREFIX + "run_name") == "remembered"
-    again = SatSynthDock(None, project=project)
+    again = SatSynthDock(None, project=project, check_engine=False)
     assert again.preset_combo.currentText() == "Standard"
     assert again.stage_settings().epochs == 7
+    assert again.stage_settings().chip_size == 128
     assert again.output_widget.filePath() == str(tmp_path)
     assert again.run_name_edit.text() == "remembered"
     again.shutdown()
@@ -193,7 +198,8 @@ def test_run_folder_records_parameters_as_json(tmp_path, scene):
 
 
 @pytest.mark.parametrize("stage", ["prepare", "train_generator", "synthesize", "train_segmenter",
-                                   "evaluate", "segment", "run_all"])
+                                   "evaluate", "evaluate with a label raster", "segment",
+                                   "segment over an AOI", "run_all"])
 def test_every_stage_sends_only_parameters_its_algorithm_declares(dock, scene, tmp_path, provider,
                                                                   stage):
     """The dock and the toolbox share one code path: the dock's parameters are the algorithm's."""
@@ -201,20 +207,33 @@ def test_every_stage_sends_only_parameters_its_algorithm_declares(dock, scene, t
 
     from satsynth_qgis.dock import params
 
+    variant, stage = stage, stage.split(" ")[0]
     alg = QgsApplication.processingRegistry().createAlgorithmById(params.ALGORITHMS[stage])
     if alg is None:
         pytest.skip(f"{params.ALGORITHMS[stage]} has not landed in the provider yet")
     dock.image_combo.setLayer(scene["image"])
     choose_polygons(dock, scene)
+    if variant == "evaluate with a label raster":
+        dock.labels_raster_radio.setChecked(True)
+        dock.label_raster_combo.setLayer(scene["labels"])
+    if variant == "segment over an AOI":
+        dock.extent_combo.setCurrentIndex(dock.extent_combo.findData("aoi"))
+        dock.aoi_combo.setLayer(scene["polygons"])
     dock.output_widget.setFilePath(str(tmp_path / "runs"))
     run = tmp_path / "runs" / "satsynth run"
-    for sub, name in (("dataset", "dataset.json"), ("generator", "config.json"),
-                      ("synthetic", "dataset.json"), ("segmenter", "config.json")):
+    for sub, name, kind in (("dataset", "dataset.json", None),
+                            ("generator", "config.json", "generator"),
+                            ("synthetic", "dataset.json", None),
+                            ("segmenter", "config.json", "segmenter")):
         (run / sub).mkdir(parents=True, exist_ok=True)
-        (run / sub / name).write_text("{}")
+        (run / sub / name).write_text(json.dumps({"kind": kind} if kind else {}))
     dock.class_table.export_json(run / "classes.json")
     stage_id, parameters = params.build(stage, dock.inputs())
     declared = {p.name() for p in alg.parameterDefinitions()}
     assert set(parameters) - declared == set()
     ok, message = alg.checkParameterValues(parameters, QgsProcessingContext())
     assert ok, message
+    if variant == "evaluate with a label raster":
+        assert parameters["LABELS"] is scene["labels"] and "DATASET" not in parameters
+    if variant == "segment over an AOI":
+        assert parameters["AOI"] is scene["polygons"]

@@ -25,9 +25,7 @@ def project():
 
 @pytest.fixture
 def dock(project, provider, engine_python, tmp_path):
-    d = SatSynthDock(None, project=project)
-    # the dock checks the engine when it opens: let that finish first
-    assert wait_until(lambda: not d.stage_runner.is_running(), timeout=120)
+    d = SatSynthDock(None, project=project, check_engine=False)
     yield d
     d.shutdown()
     wait_until(lambda: not d.stage_runner.is_running(), timeout=30)
@@ -45,10 +43,28 @@ def _finished(d: SatSynthDock, timeout: float) -> list:
     return done[0]
 
 
-def test_engine_status_line_reports_version_and_device(dock):
+def test_engine_status_line_reports_version_and_device(project, provider, engine_python):
+    dock = SatSynthDock(None, project=project)  # checks the engine when it opens
+    assert wait_until(lambda: dock.engine_label.text().startswith("Engine: found"), timeout=10)
+    assert not dock.check_button.isEnabled()  # while the check runs
+    assert wait_until(lambda: not dock.stage_runner.is_running(), timeout=120)
     text = dock.engine_label.text()
     assert "Engine: found" in text and "SatSynth 0.1" in text and "CPU" in text, text
     assert dock.engine_info["DEVICE"] == "cpu"
+    dock.shutdown()
+
+
+def test_engine_status_line_links_to_the_set_up_when_the_engine_is_missing(
+        project, provider, monkeypatch, tmp_path):
+    from satsynth_qgis import runner
+
+    monkeypatch.setattr(runner, "_candidates", lambda: [("setting 'Engine Python'", "(not set)",
+                                                         None)])
+    dock = SatSynthDock(None, project=project)
+    assert wait_until(lambda: "not found" in dock.engine_label.text(), timeout=10)
+    assert "href='setup'" in dock.engine_label.text()
+    assert not dock.stage_runner.is_running()
+    dock.shutdown()
 
 
 def test_prepare_from_the_dock_writes_the_dataset_and_loads_chips_in_the_run_group(
@@ -59,7 +75,7 @@ def test_prepare_from_the_dock_writes_the_dataset_and_loads_chips_in_the_run_gro
     dock.labels_vector_radio.setChecked(True)
     dock.label_vector_combo.setLayer(scene["polygons"])
     dock.field_combo.setField("landcover")
-    dock.class_table.table.item(3, 1).setText("water")  # the user's edits go to the engine
+    dock.class_table.table.item(1, 1).setText("Building")  # names match case-insensitively
     dock.output_widget.setFilePath(str(tmp_path / "runs"))
     dock.run_name_edit.setText("prepare run")
     dock.adv["chip_size"].setValue(32)
@@ -71,7 +87,9 @@ def test_prepare_from_the_dock_writes_the_dataset_and_loads_chips_in_the_run_gro
     assert ok, error + dock.log.toPlainText()[-3000:]
     run = tmp_path / "runs" / "prepare run"
     meta = json.loads((run / "dataset" / "dataset.json").read_text())
-    assert "building" in json.dumps(meta)
+    # the class table as edited in the dock is what the engine used
+    assert [c["name"] for c in meta["classes"]["classes"]] == ["background", "Building", "field",
+                                                               "water"]
     group = project.layerTreeRoot().findGroup("prepare run")
     assert group is not None and layer_ids
     in_group = [n.layer().id() for n in group.findLayers()]
@@ -87,6 +105,28 @@ def test_prepare_from_the_dock_writes_the_dataset_and_loads_chips_in_the_run_gro
     assert dock.buttons["train_generator"].isEnabled()
     assert dock.buttons["train_segmenter"].isEnabled()
     assert dock.progress_bar.value() == 1000
+
+
+def test_an_engine_failure_shows_the_engines_message_in_the_dock(dock, project, tmp_path):
+    _need("satsynth:prepare_chips")
+    scene = load_scene(tmp_path, project)
+    dock.image_combo.setLayer(scene["image"])
+    dock.labels_vector_radio.setChecked(True)
+    dock.label_vector_combo.setLayer(scene["polygons"])
+    dock.field_combo.setField("landcover")
+    dock.class_table.table.item(3, 1).setText("lake")  # the field says "water"
+    dock.output_widget.setFilePath(str(tmp_path / "runs"))
+    dock.run_name_edit.setText("failing run")
+    dock.adv["chip_size"].setValue(32)
+    assert dock.run_stage("prepare") == ""
+    ok, alg, results, error, layer_ids = _finished(dock, timeout=180)
+    assert not ok
+    assert "not in the class table" in error and "water" in error, error
+    assert "not in the class table" in dock.stage_label.text()
+    assert not (tmp_path / "runs" / "failing run" / "dataset" / "dataset.json").exists()
+    record = json.loads((tmp_path / "runs" / "failing run" / "run.json").read_text())
+    assert record["stages"]["prepare"]["ok"] is False
+    assert dock.buttons["prepare"].isEnabled()
 
 
 def test_segment_from_the_dock_adds_a_styled_layer_in_the_run_group(
@@ -142,7 +182,7 @@ def _engine_children() -> list[int]:
 
 
 def test_cancel_during_training_stops_the_engine_process(dock, project, tmp_path, engine_python):
-    _need("satsynth:train_segmenter")
+    _need("satsynth:train_generator")
     # a prepared dataset, made by the engine directly (the dock's Prepare is tested above)
     scene = load_scene(tmp_path, project)
     run = tmp_path / "runs" / "cancel run"
@@ -155,27 +195,32 @@ def test_cancel_during_training_stops_the_engine_process(dock, project, tmp_path
     assert res.returncode == 0, res.stderr
     dock.output_widget.setFilePath(str(tmp_path / "runs"))
     dock.run_name_edit.setText("cancel run")
-    dock.adv["epochs"].setValue(10000)  # would run for hours
-    dock.adv["arch"].setCurrentText("tiny")
-    dock.adv["encoder"].setCurrentText("w16d2")
-    assert dock.buttons["train_segmenter"].isEnabled()
+    dock.adv["generator_size"].setCurrentText("tiny")
+    dock.adv["generator_steps"].setValue(1_000_000)  # would run for days
+    dock.adv["batch_size"].setValue(2)
+    assert dock.buttons["train_generator"].isEnabled()
     done: list = []
+    stage_texts: list = []
     dock.stage_runner.finished.connect(lambda *args: done.append(args))
-    assert dock.run_stage("train_segmenter") == ""
-    # wait until the engine really trains (progress arrives), then press Cancel
-    assert wait_until(lambda: _engine_children() and dock.progress_bar.value() > 0
-                      or done, timeout=180), dock.log.toPlainText()[-3000:]
+    dock.stage_runner.message.connect(
+        lambda level, text: stage_texts.append(text) if level == "stage" else None)
+    assert dock.run_stage("train_generator") == ""
+    # wait until the engine really trains (its progress arrives), then press Cancel
+    assert wait_until(lambda: (_engine_children() and stage_texts) or done, timeout=180), \
+        dock.log.toPlainText()[-3000:]
     assert not done, done
     pids = _engine_children()
     assert pids
     assert dock.cancel_button.isEnabled()
-    dock.cancel_button.click()
     start = time.monotonic()
+    dock.cancel_button.click()
     assert wait_until(lambda: done, timeout=30)
     ok, alg, results, error, layer_ids = done[0]
-    assert not ok and error == "cancelled"
+    assert not ok and error == "cancelled", error
     assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=10)
     assert time.monotonic() - start < 15
-    assert not (run / "segmenter" / "config.json").exists()  # no half-written model
-    assert dock.buttons["train_segmenter"].isEnabled()  # ready for another go
+    assert not (run / "generator" / "config.json").exists()  # no half-written model
+    assert dock.buttons["train_generator"].isEnabled()  # ready for another go
     assert "cancelled" in dock.stage_label.text()
+    record = json.loads((run / "run.json").read_text())
+    assert record["stages"]["train_generator"]["ok"] is False
