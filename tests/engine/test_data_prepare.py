@@ -185,6 +185,26 @@ def test_val_sources_go_wholly_to_validation_and_max_chips_caps(tmp_path):
                         labels=[p[1] for p in pairs], chip_size=64, val_sources="west")
 
 
+def test_overlapping_georeferenced_images_never_share_ground_across_splits(tmp_path):
+    """Two images of partly the same ground: training chips of one that overlap validation
+    chips of the other are dropped."""
+    img, lab = scene(256, 256)
+    shifted = ORIGIN @ Affine.translation(100, 60)  # overlaps the first image
+    a = (write_raster(tmp_path / "west.tif", img), write_raster(tmp_path / "west_lab.tif", lab))
+    b = (write_raster(tmp_path / "east.tif", img, transform=shifted),
+         write_raster(tmp_path / "east_lab.tif", lab, transform=shifted))
+    out = prepare_dataset(tmp_path / "ds", images=[a[0], b[0]], labels=[a[1], b[1]],
+                          chip_size=64, val_sources="east")
+    import geopandas as gpd
+    import shapely
+
+    idx = gpd.read_file(out / "chips.gpkg")
+    tr = np.array(list(idx[idx.split == "train"].geometry), dtype=object)
+    va = np.array(list(idx[idx.split == "val"].geometry), dtype=object)
+    assert len(va) == 16 and 0 < len(tr) < 16
+    assert shapely.area(shapely.intersection(tr[:, None], va[None, :])).max() == 0.0
+
+
 def test_small_tiles_give_the_same_dataset_as_one_big_read(tmp_path):
     """Reading by windows (bounded memory) must not change a single chip or count."""
     img, lab = scene(333, 301, seed=4)

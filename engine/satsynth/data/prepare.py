@@ -299,10 +299,9 @@ def _scan(sources: list[_Source], table: ClassTable | None, cfg: PrepareConfig) 
                 sums = _chip_sums(labeled, tile.row_offsets - tile.row_off,
                                   tile.col_offsets - tile.col_off, s_)
                 frac = sums / float(s_ * s_)
-                for i, r in enumerate(tile.row_offsets):
-                    for j, c in enumerate(tile.col_offsets):
-                        if frac[i, j] >= cfg.min_labeled and frac[i, j] > 0:
-                            s.chips.append((int(r), int(c), float(frac[i, j])))
+                ii, jj = np.nonzero((frac >= cfg.min_labeled) & (frac > 0))
+                s.chips.extend(zip(tile.row_offsets[ii].tolist(), tile.col_offsets[jj].tolist(),
+                                   frac[ii, jj].tolist(), strict=True))
                 t.update((tile.count_r1 - tile.count_r0) * (tile.count_c1 - tile.count_c0) / 1e6,
                          message=f"reading labels: {s.spec.labels.name}")
 
