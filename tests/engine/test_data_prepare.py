@@ -138,6 +138,22 @@ def test_16bit_normalization_is_fit_on_valid_training_pixels_and_stored(tmp_path
     assert y.min() >= -1 and y.max() <= 1 and y.std() > 0.3
 
 
+def test_float_imagery_with_nan_holes(tmp_path):
+    rng = np.random.default_rng(2)
+    img = rng.normal(0.3, 0.05, (4, 128, 128)).astype(np.float32)
+    img[:, :64, :64] = np.nan  # no nodata value declared: NaN is still not a pixel value
+    _, lab = scene(128, 128)
+    ip = write_raster(tmp_path / "img.tif", img)
+    lp = write_raster(tmp_path / "lab.tif", lab)
+    store = ChipStore(prepare_dataset(tmp_path / "ds", images=ip, labels=lp, chip_size=64,
+                                      val_fraction=0))
+    assert store.meta.dtype == "float32" and store.meta.bands == 4
+    assert len(store.split("train")) == 3  # the NaN chip is skipped
+    assert np.isfinite(np.asarray(store.split("train").images)).all()
+    assert all(0.15 < lo < 0.3 < hi < 0.45 for lo, hi in zip(store.normalizer.low,
+                                                             store.normalizer.high, strict=True))
+
+
 def test_nodata_and_ignore_areas_are_not_trained_on(tmp_path):
     img, lab = scene(256, 256)
     lab[:128, :128] = 255  # ignore

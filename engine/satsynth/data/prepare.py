@@ -354,6 +354,9 @@ def _validate_values(sources: list[_Source], table: ClassTable) -> dict[str, Cod
         what = "mask colours" if s.kind == "colors" else "label values"
         listed = ", ".join(f"{describe_code(s.kind, c)} ({n} px)" for c, n in bad[:20])
         more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        if s.kind == "colors" and len(bad) > 20:
+            more += (" (so many colours usually mean a lossy mask, e.g. JPEG: masks must be "
+                     "saved losslessly, as PNG or TIFF)")
         problems.append((s.spec.labels, f"{what} not in the class table: {listed}{more}"))
     if problems:
         hint = (" (add them to the class table, or list them under 'ignore_ids'/'ignore_colors' "
