@@ -144,11 +144,16 @@ def segment(i: DockInputs) -> dict[str, Any]:
 
 def run_all(i: DockInputs) -> dict[str, Any]:
     s, rf = i.settings, _run(i)
-    return {"IMAGE": i.image, **_labels(i), "CLASSES": str(rf.classes),
-            "CHIP_SIZE": s.chip_size, "GENERATOR_PRESET": s.generator_size,
-            "GENERATOR_STEPS": s.generator_steps, "COUNT": s.synth_count,
-            "ARCH": s.arch, "ENCODER": s.encoder, "EPOCHS": s.epochs,
-            "RATIO": s.synthetic_ratio, **_device(s), "OUTPUT_FOLDER": str(rf.root)}
+    p = {"IMAGE": i.image, **_labels(i), "CLASSES": str(rf.classes),
+         "CHIP_SIZE": s.chip_size, "GENERATOR_PRESET": s.generator_size,
+         "GENERATOR_STEPS": s.generator_steps, "COUNT": s.synth_count,
+         "SAMPLER_STEPS": s.sampler_steps, "BATCH_SIZE": s.batch_size,
+         "ARCH": s.arch, "ENCODER": s.encoder, "EPOCHS": s.epochs,
+         "RATIO": s.synthetic_ratio, "TILE": s.tile, "OVERLAP": s.overlap, "SEED": s.seed,
+         **_device(s), "OUTPUT_FOLDER": str(rf.root)}
+    if i.segment_layer is not None:
+        p["SEGMENT_INPUT"] = i.segment_layer
+    return p
 
 
 BUILDERS = {"prepare": prepare, "train_generator": train_generator, "synthesize": synthesize,

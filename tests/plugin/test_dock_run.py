@@ -155,6 +155,13 @@ def test_segment_from_the_dock_adds_a_styled_layer_in_the_run_group(
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     assert {c.label for c in renderer.classes()} == {"water", "field", "building"}
     assert {c.color.name() for c in renderer.classes()} == {"#1f78b4", "#b2df8a", "#e31a1c"}
+    # confidence and class polygons come along, in the same group; polygons styled by class
+    sources = [lyr.source().split("|")[0] for lyr in layers]
+    assert any(src.endswith("scene image_confidence.tif") for src in sources), sources
+    polygons = [lyr for lyr in layers if lyr.source().split("|")[0].endswith(
+        "scene image_polygons.gpkg")]
+    assert len(polygons) == 1 and polygons[0].crs().authid() == "EPSG:32633"
+    assert polygons[0].renderer().type() == "categorizedSymbol"
     # running it again replaces the layer instead of stacking a copy
     assert dock.run_stage("segment") == ""
     ok, *_ = _finished(dock, timeout=180)

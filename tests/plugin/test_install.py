@@ -84,6 +84,8 @@ def test_zip_installs_into_a_fresh_profile_and_loads(tmp_path_factory, tmp_path)
     assert Path(out["module_file"]).resolve().is_relative_to(plugins.resolve())
     assert Path(out["dock_module"]).resolve().is_relative_to(plugins.resolve())
     assert out["provider"] == "SatSynth"
-    assert "satsynth:check_engine" in out["algorithms"]
+    from satsynth_qgis.algorithms import ALGORITHMS
+
+    assert out["algorithms"] == sorted(f"satsynth:{cls.ALG_ID}" for cls in ALGORITHMS)
     assert out["dock_controller"] == "DockController" and out["dock_widget"] == "SatSynthDock"
     assert out["unloaded"] and not out["provider_after_unload"]
