@@ -51,8 +51,8 @@ class DiffusionConfig:
     """Noise schedule and training target (a diffusers DDPMScheduler config)."""
 
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"  # linear | cosine
-    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    beta_schedule: str = "cosine"  # linear | cosine
+    prediction_type: str = "v_prediction"  # epsilon | v_prediction
 
     def check(self) -> None:
         if self.beta_schedule not in BETA_SCHEDULES:
@@ -75,8 +75,8 @@ class TrainOptions:
     preset: str = "tiny"
     block_widths: list[int] | None = None
     encoding: str = "bits"
-    prediction: str = "epsilon"
-    beta_schedule: str = "linear"
+    prediction: str = "v_prediction"
+    beta_schedule: str = "cosine"
     snr_gamma: float | None = 5.0
     steps: int = 2000
     minutes: float | None = None

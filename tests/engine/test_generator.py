@@ -1,0 +1,289 @@
+"""The joint generator: it learns, samples georeferenced pairs, checkpoints and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from satsynth import progress
+from satsynth.data.classes import ClassTable
+from satsynth.data.normalize import Normalizer
+from satsynth.data.store import ChipStore, ChipStoreWriter, StoreMeta
+from satsynth.errors import SatSynthError
+from satsynth.generator.model import load_generator
+from satsynth.generator.sample import generate, synthesize
+from satsynth.generator.train import run_training, train_generator
+
+S = 16
+IDS = [10, 20, 30]
+ORIGIN = (300_000.0, 2_800_000.0)
+PX = 0.5
+TINY = {"block_widths": [16, 32], "batch_size": 8, "device": "cpu", "checkpoint_every": 10_000}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    progress.set_mode("quiet")
+    yield
+    torch.set_num_threads(n)
+
+
+def _chip() -> tuple[np.ndarray, np.ndarray]:
+    lab = np.zeros((S, S), np.uint8)
+    lab[:, S // 2:] = 1
+    lab[4:12, 2:7] = 2
+    li = lab.astype(np.int32)
+    img = np.stack([1200 + 700 * li, 2800 - 600 * li]).astype(np.uint16)
+    return img, lab
+
+
+def _store(path: Path, n: int = 8, bands: int = 2, chips: list | None = None) -> Path:
+    meta = StoreMeta(classes=ClassTable.from_values(IDS), bands=bands, dtype="uint16",
+                     chip_size=S, normalizer=Normalizer([1000] * bands, [3000] * bands, "uint16"),
+                     crs="EPSG:32640", pixel_size=(PX, PX), sources=[{"image": "scene.tif"}])
+    img, lab = _chip()
+    with ChipStoreWriter(path, meta, {"train": max(n, 1)}) as w:
+        for i in range(n):
+            im, lb = chips[i] if chips else (img[:bands], lab)
+            w.add("train", im, lb, (PX, 0, ORIGIN[0] + S * PX * i, 0, -PX, ORIGIN[1]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory):
+    """A tiny generator trained with the default recipe on one repeated chip."""
+    root = tmp_path_factory.mktemp("gen")
+    ds = _store(root / "one")
+    res = run_training(ds, root / "model", steps=200, lr=3e-3, warmup=10, augment=False,
+                       **dict(TINY, batch_size=4))
+    syn = synthesize(res["model"], 8, root / "syn", steps=20, seed=3, device="cpu", batch_size=4)
+    return {"root": root, "ds": ds, "train": res, "syn": syn}
+
+
+def test_overfit_generator_reproduces_the_chip_mask_and_image(overfit):
+    _, lab = _chip()
+    store = ChipStore(overfit["syn"]["synthetic"])
+    labels = np.asarray(store.split("train").labels)
+    agree = (labels == lab).mean(axis=(1, 2))
+    assert agree.mean() > 0.9 and agree.min() > 0.8, agree
+    # the image channels were learned jointly: de-normalized values land near the chip's own
+    img, _ = _chip()
+    diff = np.abs(np.asarray(store.split("train").images).astype(float) - img).mean()
+    assert diff < 150, diff  # of a 2000-wide value range
+    rep = json.loads(Path(overfit["syn"]["report"]).read_text())
+    assert rep["tv_distance"] < 0.05 and rep["invalid_codes"] >= 0
+    assert [c["id"] for c in rep["classes"]] == IDS
+    # training wrote its log and loss plot, and the loss went down
+    log = Path(overfit["train"]["log"]).read_text().splitlines()
+    assert log[0].startswith("step,loss") and len(log) == 201
+    losses = [float(r.split(",")[1]) for r in log[1:]]
+    assert np.mean(losses[-30:]) < 0.5 * np.mean(losses[:30])
+    assert Path(overfit["train"]["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_synthetic_geotiffs_keep_crs_pixel_size_dtype_and_sit_beside_the_source(overfit):
+    syn = Path(overfit["syn"]["synthetic"])
+    src_maxx = ORIGIN[0] + 8 * S * PX
+    names = sorted(p.name for p in (syn / "images").glob("*.tif"))
+    assert len(names) == 8 and names == sorted(p.name for p in (syn / "labels").glob("*.tif"))
+    table = ClassTable.from_values(IDS)
+    store = ChipStore(syn)
+    for i, name in enumerate(names):
+        with rasterio.open(syn / "images" / name) as im, rasterio.open(syn / "labels" / name) as lb:
+            for ds in (im, lb):
+                assert ds.crs.to_epsg() == 32640
+                assert ds.res == (PX, PX)
+                assert ds.bounds.left >= src_maxx  # outside the source extent, to its right
+                tags = ds.tags()
+                assert tags["SATSYNTH_SYNTHETIC"] == "yes" and tags["SATSYNTH_SEED"] == "3"
+                assert tags["SATSYNTH_STEP"] == "200" and tags["SATSYNTH_MODEL_ID"]
+            assert im.count == 2 and im.dtypes == ("uint16", "uint16")
+            data = im.read()
+            assert data.min() >= 1000 and data.max() <= 3000  # the source's value range
+            np.testing.assert_array_equal(data, store.split("train").images[i])
+            cmap = lb.colormap(1)
+            for c in table.classes:
+                assert cmap[c.id][:3] == c.color
+            ids = lb.read(1)
+            assert set(np.unique(ids)) <= set(IDS)
+            np.testing.assert_array_equal(
+                ids, table.index_to_id_lut()[store.split("train").labels[i]])
+    # no two chips overlap: a grid of distinct origins
+    origins = {tuple(t[[2, 5]]) for t in store.split("train").transforms}
+    assert len(origins) == 8
+    assert store.meta.synthetic and store.meta.extra["seed"] == 3
+    assert store.meta.classes.ids == IDS
+    # VRT mosaics open with GDAL and hold the chips
+    with rasterio.open(syn / "labels.vrt") as v:
+        assert v.crs.to_epsg() == 32640 and v.res == (PX, PX)
+        t0 = store.split("train").transforms[0]
+        win = v.window(t0[2], t0[5] - S * PX, t0[2] + S * PX, t0[5])
+        np.testing.assert_array_equal(v.read(1, window=win).astype(np.uint8),
+                                      table.index_to_id_lut()[store.split("train").labels[0]])
+        assert v.colormap(1)[IDS[1]][:3] == table.classes[1].color
+    with rasterio.open(syn / "images.vrt") as v:
+        assert v.count == 2 and v.dtypes[0] == "uint16"
+    assert 'value="20"' in (syn / "labels.qml").read_text()
+    for png in ("samples.png", "class_shares.png"):
+        assert (syn / png).read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in syn.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_checkpoint_round_trip_gives_identical_samples_for_a_seed(overfit):
+    model_dir = overfit["train"]["model"]
+    m1, cfg1 = load_generator(model_dir)
+    copy = overfit["root"] / "copy"
+    shutil.copytree(model_dir, copy)
+    m2, cfg2 = load_generator(copy)
+    a = generate(m1, cfg1, 2, sampler="ddim", steps=5, seed=11)
+    b = generate(m2, cfg2, 2, sampler="ddim", steps=5, seed=11)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    c = generate(m1, cfg1, 2, sampler="ddim", steps=5, seed=12)
+    assert not np.array_equal(a[0], c[0])
+    # config holds what sampling needs without the dataset
+    cfg = json.loads((model_dir / "config.json").read_text())
+    for key in ("arch", "diffusion", "encoding", "classes", "normalization", "chip_size", "bands",
+                "crs", "pixel_size", "step", "source_extent"):
+        assert key in cfg
+    assert cfg["kind"] == "generator" and cfg["step"] == 200
+    assert {p.name for p in model_dir.glob("*.safetensors")} == {
+        "model.safetensors", "ema.safetensors", "optimizer.safetensors"}
+
+
+def test_missing_or_corrupt_weights_give_clear_errors(overfit, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(overfit["train"]["model"], bad)
+    f = bad / "ema.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(SatSynthError, match="ema.safetensors.*corrupt or truncated"):
+        synthesize(bad, 2, tmp_path / "s", device="cpu")
+    f.unlink()
+    with pytest.raises(SatSynthError, match="weights file ema.safetensors is missing"):
+        synthesize(bad, 2, tmp_path / "s", device="cpu")
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(SatSynthError, match="model folder not found"):
+        synthesize(tmp_path / "nowhere", 2, tmp_path / "s", device="cpu")
+
+
+def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path, monkeypatch):
+    ds = _store(tmp_path / "ds")
+    opts = dict(TINY, block_widths=[8, 16], batch_size=4, warmup=2, steps=6)
+    full = run_training(ds, tmp_path / "full", **opts)
+    # stop after 3 steps through the same cancel flag SIGINT/SIGTERM set, then resume
+    updates = {"n": 0}
+    orig_update = progress.Task.update
+
+    def counting_update(self, n=1, message=None, **extra):
+        updates["n"] += 1
+        return orig_update(self, n, message, **extra)
+
+    monkeypatch.setattr(progress.Task, "update", counting_update)
+    monkeypatch.setattr(progress, "cancel_requested", lambda: updates["n"] >= 3)
+    stopped = run_training(ds, tmp_path / "run", **opts)
+    monkeypatch.undo()
+    assert stopped["interrupted"] and stopped["steps"] == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 3
+    res = run_training(ds, tmp_path / "run", resume=True, **opts)
+    a = [float(r.split(",")[1]) for r in Path(full["log"]).read_text().splitlines()[1:]]
+    b = [float(r.split(",")[1]) for r in Path(res["log"]).read_text().splitlines()[1:]]
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    wa = load_generator(tmp_path / "full", weights="model")[0].state_dict()
+    wb = load_generator(tmp_path / "run", weights="model")[0].state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(SatSynthError, match="no checkpoint here"):
+        run_training(ds, tmp_path / "none", resume=True, **opts)
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
+    ds = _store(tmp_path / "ds")
+    res = run_training(ds, tmp_path / "m", steps=100_000, minutes=0.02,
+                       **dict(TINY, block_widths=[8, 16], batch_size=2))
+    assert 1 <= res["steps"] < 100_000
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["step"] == res["steps"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "m"]  # no partial folders
+
+
+def test_bad_datasets_give_clear_errors(tmp_path, overfit):
+    empty = _store(tmp_path / "empty", n=0)
+    with pytest.raises(SatSynthError, match="no training chips"):
+        train_generator(empty, tmp_path / "m", steps=1, **TINY)
+    # resuming a 2-band model on a 3-band dataset
+    model = tmp_path / "model"
+    shutil.copytree(overfit["train"]["model"], model)
+    _store(tmp_path / "rgb", n=2, chips=[(np.zeros((3, S, S), np.uint16), _chip()[1])] * 2,
+           bands=3)
+    with pytest.raises(SatSynthError, match="the dataset has 3 bands, the model 2"):
+        train_generator(tmp_path / "rgb", model, steps=201, resume=True, **TINY)
+    with pytest.raises(SatSynthError, match="dataset folder not found"):
+        train_generator(tmp_path / "missing", tmp_path / "m", steps=1, **TINY)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_accelerate_two_cpu_processes_train_and_write_one_checkpoint(tmp_path):
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.is_file():
+        pytest.skip("accelerate launcher absent")
+    ds = _store(tmp_path / "ds")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t = time.monotonic()
+    r = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "satsynth",
+         "train-generator", str(ds), "--out", str(tmp_path / "m"), "--steps", "3",
+         "--batch-size", "2", "--block-widths", "8,16", "--checkpoint-every", "2",
+         "--progress", "json"],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    done = [e for e in events if e["event"] == "done"]
+    assert done and done[0]["outputs"]["steps"] == 3
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["step"] == 3
+    model, _ = load_generator(tmp_path / "m")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "m"]
+    assert time.monotonic() - t < 240
+
+
+def test_cli_synthesize_reports_outputs(overfit, tmp_path):
+    from satsynth.cli import main
+
+    out = tmp_path / "syn"
+    assert main(["synthesize", str(overfit["train"]["model"]), "--count", "3", "--out", str(out),
+                 "--steps", "4", "--sampler", "ddim", "--device", "cpu", "--progress",
+                 "quiet"]) == 0
+    assert ChipStore(out).meta.counts == {"train": 3}
+    assert main(["synthesize", str(overfit["train"]["model"]), "--count", "0", "--out",
+                 str(tmp_path / "x"), "--progress", "quiet"]) == 2
+
+
+def test_cancel_request_from_another_thread_stops_training(tmp_path):
+    ds = _store(tmp_path / "ds")
+    timer = threading.Timer(1.0, progress.request_cancel)
+    timer.start()
+    try:
+        res = run_training(ds, tmp_path / "m", steps=100_000,
+                           **dict(TINY, block_widths=[8, 16], batch_size=2))
+    finally:
+        timer.cancel()
+        progress.reset_cancel()
+    assert res["interrupted"] and 0 < res["steps"] < 100_000
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["step"] == res["steps"]
