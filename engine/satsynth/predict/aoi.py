@@ -39,7 +39,7 @@ def bounds_to_window(bounds: tuple[float, float, float, float], transform: Any, 
     (rounded outwards, clipped); ``None`` when they do not overlap the raster."""
     xmin, ymin, xmax, ymax = bounds
     inv = ~transform
-    cols, rows = zip(*(inv * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)), strict=True)
+    cols, rows = zip(*(inv @ (x, y) for x in (xmin, xmax) for y in (ymin, ymax)), strict=True)
     eps = 1e-6
     c0 = max(0, math.floor(min(cols) + eps))
     c1 = min(width, math.ceil(max(cols) - eps))
@@ -97,7 +97,7 @@ class AreaOfInterest:
         from rasterio.features import geometry_mask
         from rasterio.transform import array_bounds
 
-        south, west, north, east = array_bounds(height, width, transform)
+        west, south, east, north = array_bounds(height, width, transform)
         box = shapely.box(min(west, east), min(south, north), max(west, east), max(south, north))
         geoms = self.geoms[self.tree.query(box)]
         if len(geoms) == 0:
@@ -109,5 +109,5 @@ class AreaOfInterest:
 def tile_bounds(transform: Any, row: int, col: int, height: int, width: int
                 ) -> tuple[float, float, float, float]:
     """``(xmin, ymin, xmax, ymax)`` of a pixel window."""
-    xs, ys = zip(*(transform * (c, r) for c in (col, col + width) for r in (row, row + height)), strict=True)
+    xs, ys = zip(*(transform @ (c, r) for c in (col, col + width) for r in (row, row + height)), strict=True)
     return min(xs), min(ys), max(xs), max(ys)

@@ -80,7 +80,7 @@ def crs_label(crs: Any) -> str:
 def _centre_lonlat(crs: Any, transform: Any, width: int, height: int) -> tuple[float, float]:
     from rasterio.warp import transform as warp_xy
 
-    x, y = transform * (width / 2, height / 2)
+    x, y = transform @ (width / 2, height / 2)
     if crs.is_geographic:
         return x, y
     lon, lat = warp_xy(crs, "EPSG:4326", [x], [y])
@@ -96,9 +96,9 @@ def ground_resolution(crs: Any, transform: Any, width: int, height: int
         import pyproj
 
         geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
-        cx, cy = transform * (width / 2, height / 2)
-        x1, y1 = transform * (width / 2 + 1, height / 2)
-        x2, y2 = transform * (width / 2, height / 2 + 1)
+        cx, cy = transform @ (width / 2, height / 2)
+        x1, y1 = transform @ (width / 2 + 1, height / 2)
+        x2, y2 = transform @ (width / 2, height / 2 + 1)
         return (abs(geod.inv(cx, cy, x1, y1)[2]), abs(geod.inv(cx, cy, x2, y2)[2]))
     factor = crs.linear_units_factor[1]
     return (math.hypot(transform.a, transform.d) * factor,
@@ -136,7 +136,7 @@ def matched_vrt(src: Any, scale_x: float, scale_y: float) -> Any:
 
     width = max(1, round(src.width / scale_x))
     height = max(1, round(src.height / scale_y))
-    transform = src.transform * Affine.scale(src.width / width, src.height / height)
+    transform = src.transform @ Affine.scale(src.width / width, src.height / height)
     coarser = scale_x * scale_y > 1.0
     return WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
                      resampling=Resampling.average if coarser else Resampling.bilinear)

@@ -1,10 +1,10 @@
 """Class polygons streamed into a GeoPackage, block row by block row.
 
 Each written block row is polygonized with ``rasterio.features.shapes`` in pixel coordinates
-(exact integers). Polygons touching the block's bottom edge may continue in the next block: they
-are held back and merged (``shapely.union_all``) with the next block's polygons of the same class
-that touch its top edge, so every output polygon is one whole connected region, as if the raster
-had been polygonized at once. Finished polygons are moved to the raster's CRS, optionally
+(exact integers). Pieces touching the block's bottom edge may continue in the next block: they
+are held back, linked to the next block's pieces of the same class across the edge (by the pixel
+centres on both sides), and each region is unioned once, when it is complete, so every output
+polygon is one whole connected region, as if the raster had been polygonized at once. Finished polygons are moved to the raster's CRS, optionally
 simplified and filtered by area, and appended to the layer.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,41 @@ log = logging.getLogger("satsynth")
 _EMPTY: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=object))
 #: Metres per degree of latitude, to turn --simplify metres into degrees for geographic CRSs.
 M_PER_DEGREE = 111_320.0
+
+
+@dataclass
+class _Region:
+    """One connected region of one class, as the pieces found in successive blocks."""
+
+    value: int
+    pieces: list[Any]  # polygons in pixel coordinates
+    edge: list[Any]  # the pieces touching the last block's bottom edge
+
+
+def _dissolve(regions: list[_Region]) -> tuple[np.ndarray, np.ndarray]:
+    """One polygon per region: its pieces unioned (once, when the region is complete)."""
+
+    values: list[int] = []
+    geoms: list[Any] = []
+    for r in regions:
+        parts = r.pieces if len(r.pieces) == 1 else _union_pieces(r.pieces)
+        values.extend([r.value] * len(parts))
+        geoms.extend(parts)
+    return np.asarray(values, dtype=np.int32), np.array(geoms, dtype=object).reshape(-1)
+
+
+def _union_pieces(pieces: list[Any]) -> list[Any]:
+    """Union of the pieces of one region. A piece's holes cannot reach a block edge, so they stay
+    holes: only the outer rings are overlaid (fast even for pieces with thousands of holes)."""
+    import shapely
+
+    arr = np.array(pieces, dtype=object)
+    outer = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(arr)))
+    if outer.geom_type != "Polygon":  # not one connected region: fall back to a full union
+        full = shapely.union_all(arr)
+        return [p for p in shapely.get_parts(full) if p.geom_type == "Polygon"]
+    holes = list(outer.interiors) + [ring for p in pieces for ring in p.interiors]
+    return [shapely.Polygon(outer.exterior, holes)]
 
 
 class StreamingVectorizer:
@@ -43,9 +79,11 @@ class StreamingVectorizer:
         self.min_area = float(min_area)
         self.features = 0
         self._created = False
-        # class ids and polygons touching the last block's bottom edge (may continue below)
-        self._open: tuple[np.ndarray, np.ndarray] = _EMPTY
+        # regions touching the last block's bottom edge (they may continue below)
+        self._groups: list[_Region] = []
+        self._last_row: np.ndarray | None = None
         self._crs_wkt = crs.to_wkt() if crs is not None else None
+        self._equal_area: Any = None
         a, b, c, d, e, f = transform[:6]
         self._m = np.array([[a, d], [b, e]], dtype=np.float64)
         self._t = np.array([c, f], dtype=np.float64)
@@ -53,10 +91,7 @@ class StreamingVectorizer:
             self._area_factor: float | None = None  # areas in pixels (no ground units)
             self._tol = float(simplify)
         elif crs.is_geographic:
-            import pyproj
-
-            self._geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
-            self._area_factor = None
+            self._area_factor = None  # areas in an equal-area projection
             self._tol = float(simplify) / M_PER_DEGREE
         else:
             self._area_factor = crs.linear_units_factor[1] ** 2
@@ -68,42 +103,78 @@ class StreamingVectorizer:
         from rasterio.features import shapes
         from rasterio.transform import Affine
 
-        valid = ids != self.nodata
+        h = ids.shape[0]
         values, geoms = _EMPTY
-        if valid.any():
-            found = shapes(ids, mask=valid, connectivity=4, transform=Affine.translation(0, row))
+        if (ids != self.nodata).any():
+            found = shapes(ids, mask=ids != self.nodata, connectivity=4,
+                           transform=Affine.translation(0, row))
             values, geoms = _polygons(found)
-        at_top = shapely.bounds(geoms)[:, 1] <= row
-        mv, mg = self._merge(*self._open, values[at_top], geoms[at_top])
-        values = np.concatenate([mv, values[~at_top]])
-        geoms = np.concatenate([mg, geoms[~at_top]])
-        carry = shapely.bounds(geoms)[:, 3] >= row + ids.shape[0]
-        if last:
-            carry[:] = False
-        self._open = (values[carry], geoms[carry])
-        self._write(values[~carry], geoms[~carry])
+        bounds = shapely.bounds(geoms).reshape(-1, 4)
+        at_top = bounds[:, 1] <= row
+        at_bottom = (bounds[:, 3] >= row + h) & (not last)
+        # link the open regions above with this block's pieces along the shared edge
+        opened, top = self._groups, np.flatnonzero(at_top) if self._groups else np.zeros(0, int)
+        parent = list(range(len(opened) + len(top)))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for g, t in self._links(row, ids[0], geoms[top]):
+            parent[find(g)] = find(len(opened) + t)
+        merged: dict[int, _Region] = {}
+        for gi, grp in enumerate(opened):
+            merged.setdefault(find(gi), _Region(grp.value, [], [])).pieces.extend(grp.pieces)
+        for ti, pi in enumerate(top):
+            reg = merged.setdefault(find(len(opened) + ti), _Region(int(values[pi]), [], []))
+            reg.pieces.append(geoms[pi])
+            if at_bottom[pi]:
+                reg.edge.append(geoms[pi])
+        regions = list(merged.values())
+        linked = np.zeros(len(values), dtype=bool)
+        linked[top] = True
+        for pi in np.flatnonzero(~linked):
+            edge = [geoms[pi]] if at_bottom[pi] else []
+            regions.append(_Region(int(values[pi]), [geoms[pi]], edge))
+        self._groups = [r for r in regions if r.edge]
+        self._last_row = ids[-1].copy()
+        self._write(*_dissolve([r for r in regions if not r.edge]))
+
+    def _links(self, row: int, first: np.ndarray, top: np.ndarray) -> list[tuple[int, int]]:
+        """(open region, top piece) pairs sharing an edge at ``row``: where the pixels just above
+        and just below have the same class, the pieces covering them belong together."""
+        if not self._groups or len(top) == 0 or self._last_row is None:
+            return []
+        cols = np.flatnonzero((self._last_row == first) & (first != self.nodata))
+        if len(cols) == 0:
+            return []
+        edge = [g for grp in self._groups for g in grp.edge]
+        owner = np.array([i for i, grp in enumerate(self._groups) for _ in grp.edge])
+        piece_above = self._piece_row(edge, row - 1, first.shape[0])[cols]
+        below = self._piece_row(list(top), row, first.shape[0])[cols]
+        ok = (piece_above >= 0) & (below >= 0)
+        pairs = zip(owner[piece_above[ok]], below[ok], strict=True)
+        return list({(int(a), int(b)) for a, b in pairs})
+
+    @staticmethod
+    def _piece_row(pieces: list[Any], row: int, width: int) -> np.ndarray:
+        """Index of the piece covering each pixel of one row (-1 where none)."""
+        import shapely
+        from rasterio.features import rasterize
+        from rasterio.transform import Affine
+
+        # clip to the row first: big pieces with many holes become a few small rectangles
+        clipped = shapely.clip_by_rect(np.array(pieces, dtype=object), 0, row, width, row + 1)
+        keep = np.flatnonzero(~shapely.is_empty(clipped))
+        if len(keep) == 0:
+            return np.full(width, -1, dtype=np.int32)
+        return rasterize(((clipped[i], int(i)) for i in keep), out_shape=(1, width),
+                         transform=Affine.translation(0, row), fill=-1, dtype="int32")[0]
 
     def _to_crs(self, xy: np.ndarray) -> np.ndarray:
         return xy @ self._m + self._t
-
-    @staticmethod
-    def _merge(av: np.ndarray, ag: np.ndarray, bv: np.ndarray, bg: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Union polygons of the same class across the block edge (exact integer coordinates)."""
-        import shapely
-
-        if len(av) == 0 or len(bv) == 0:
-            return np.concatenate([av, bv]), np.concatenate([ag, bg])
-        values, geoms = np.concatenate([av, bv]), np.concatenate([ag, bg])
-        out_v: list[np.ndarray] = []
-        out_g: list[np.ndarray] = []
-        for v in np.unique(values):
-            same = geoms[values == v]
-            parts = same if len(same) == 1 else shapely.get_parts(shapely.union_all(same))
-            parts = parts[shapely.get_type_id(parts) == 3]  # polygons
-            out_v.append(np.full(len(parts), v, dtype=np.int32))
-            out_g.append(parts)
-        return np.concatenate(out_v), np.concatenate(out_g)
 
     def _write(self, values: np.ndarray, pix_geoms: np.ndarray) -> None:
         import shapely
@@ -126,7 +197,21 @@ class StreamingVectorizer:
             return shapely.area(geoms)
         if self._area_factor is not None:
             return shapely.area(geoms) * self._area_factor
-        return np.array([abs(self._geod.geometry_area_perimeter(g)[0]) for g in geoms])
+        if self._equal_area is None:  # Lambert azimuthal equal-area around the first polygons
+            import pyproj
+
+            x0, y0, x1, y1 = shapely.total_bounds(geoms)
+            geog = pyproj.CRS.from_wkt(self._crs_wkt)
+            laea = pyproj.CRS.from_proj4(
+                f"+proj=laea +lat_0={(y0 + y1) / 2} +lon_0={(x0 + x1) / 2} "
+                f"+a={geog.ellipsoid.semi_major_metre} +rf={geog.ellipsoid.inverse_flattening}")
+            self._equal_area = pyproj.Transformer.from_crs(geog, laea, always_xy=True)
+        tr = self._equal_area
+
+        def project(xy: np.ndarray) -> np.ndarray:
+            return np.column_stack(tr.transform(xy[:, 0], xy[:, 1]))
+
+        return shapely.area(shapely.transform(geoms, project))
 
     def _frame(self, values: np.ndarray, geoms: np.ndarray, pixels: np.ndarray,
                area: np.ndarray) -> Any:
@@ -154,8 +239,8 @@ class StreamingVectorizer:
 
     def close(self) -> None:
         """Write the polygons still open and make sure the layer exists (even if empty)."""
-        self._write(*self._open)
-        self._open = _EMPTY
+        self._write(*_dissolve(self._groups))
+        self._groups = []
         if not self._created:
             empty = np.array([], dtype=np.int32)
             self._append(empty, np.array([], dtype=object), empty.astype(np.int64),

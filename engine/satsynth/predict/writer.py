@@ -108,7 +108,7 @@ class PredictionWriter:
         n = end - self._written
         out_ids, out_conf = ids[:n], (conf[:n] if conf is not None else None)
         if self.aoi is not None:
-            t = self.transform * Affine.translation(0, self._written)
+            t = self.transform @ Affine.translation(0, self._written)
             outside = ~self.aoi.inside(t, n, self.width)
             if outside.any():
                 out_ids = out_ids.copy()
