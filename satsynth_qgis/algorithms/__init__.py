@@ -5,6 +5,7 @@ from __future__ import annotations
 from .check_engine import CheckEngine
 from .evaluate_segmenter import EvaluateSegmenter
 from .prepare_chips import PrepareChips
+from .run_pipeline import RunPipeline
 from .segment_raster import SegmentRaster
 from .synthesize import Synthesize
 from .train_generator import TrainGenerator
@@ -19,4 +20,5 @@ ALGORITHMS = [
     TrainSegmenter,
     EvaluateSegmenter,
     SegmentRaster,
+    RunPipeline,
 ]

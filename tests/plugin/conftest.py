@@ -254,3 +254,44 @@ def project_layer(path: str):
         if Path(layer.source().split("|")[0]).resolve() == Path(path).resolve():
             return layer
     return None
+
+
+# --- the stages' outputs, shared by the end-to-end tests (tiny settings, CPU) -------------------
+
+@pytest.fixture(scope="session")
+def dataset(scene, engine_python, tmp_path_factory):
+    """The scene prepared into 32 px chips (the dataset folder and the run's results)."""
+    ensure_provider()
+    out = tmp_path_factory.mktemp("dataset") / "ds"
+    results, _ = run_alg("satsynth:prepare_chips", {
+        "IMAGE": scene["image"], "LABELS": scene["labels"], "CHIP_SIZE": 32,
+        "VAL_FRACTION": 0.25, "OUTPUT": str(out)}, load=True)
+    return results
+
+
+@pytest.fixture(scope="session")
+def generator(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("generator") / "gen"
+    results, fb = run_alg("satsynth:train_generator", {
+        "DATASET": dataset["DATASET"], "PRESET": "tiny", "STEPS": 2, "BATCH_SIZE": 4,
+        "DEVICE": "cpu", "OUTPUT": str(out)})
+    return results, fb
+
+
+@pytest.fixture(scope="session")
+def synthetic(generator, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "syn"
+    results, _ = run_alg("satsynth:synthesize", {
+        "GENERATOR": generator[0]["GENERATOR"], "COUNT": 4, "SAMPLER": "dpm", "STEPS": 2,
+        "DEVICE": "cpu", "OUTPUT": str(out)}, load=True)
+    return results
+
+
+@pytest.fixture(scope="session")
+def segmenter(dataset, synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("segmenter") / "seg"
+    results, _ = run_alg("satsynth:train_segmenter", {
+        "DATASET": dataset["DATASET"], "SYNTHETIC": synthetic["SYNTHETIC"], "RATIO": 1.0,
+        "ARCH": "tiny", "ENCODER": "w8d2", "EPOCHS": 1, "BATCH_SIZE": 4, "DEVICE": "cpu",
+        "OUTPUT": str(out)})
+    return results

@@ -18,19 +18,6 @@ from qgis.core import (
 )
 
 
-@pytest.fixture(scope="session")
-def dataset(scene, engine_python, tmp_path_factory):
-    """The scene prepared into 32 px chips (the dataset folder and the run's results)."""
-    from conftest import ensure_provider
-
-    ensure_provider()
-    out = tmp_path_factory.mktemp("dataset") / "ds"
-    results, _ = run_alg("satsynth:prepare_chips", {
-        "IMAGE": scene["image"], "LABELS": scene["labels"], "CHIP_SIZE": 32,
-        "VAL_FRACTION": 0.25, "OUTPUT": str(out)}, load=True)
-    return results
-
-
 def test_prepare_writes_a_dataset_and_loads_styled_footprints(dataset):
     folder = Path(dataset["DATASET"])
     assert (folder / "dataset.json").is_file()
@@ -106,15 +93,6 @@ def test_prepare_surfaces_the_engines_error(scene, engine_python, tmp_path, prov
 
 # --- generator, synthesis, segmenter, prediction ------------------------------------------------
 
-@pytest.fixture(scope="session")
-def generator(dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("generator") / "gen"
-    results, fb = run_alg("satsynth:train_generator", {
-        "DATASET": dataset["DATASET"], "PRESET": "tiny", "STEPS": 2, "BATCH_SIZE": 4,
-        "DEVICE": "cpu", "OUTPUT": str(out)})
-    return results, fb
-
-
 def test_train_generator_writes_a_model_and_reports_progress(generator):
     results, fb = generator
     assert results["STEPS_DONE"] == 2
@@ -122,15 +100,6 @@ def test_train_generator_writes_a_model_and_reports_progress(generator):
     assert Path(results["LOG"]).is_file() and Path(results["LOSS_PLOT"]).is_file()
     assert 100.0 in fb.progress_values
     assert any("train-generator" in t for t in fb.texts), fb.texts
-
-
-@pytest.fixture(scope="session")
-def synthetic(generator, tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic") / "syn"
-    results, _ = run_alg("satsynth:synthesize", {
-        "GENERATOR": generator[0]["GENERATOR"], "COUNT": 4, "SAMPLER": "dpm", "STEPS": 2,
-        "DEVICE": "cpu", "OUTPUT": str(out)}, load=True)
-    return results
 
 
 def test_synthesize_loads_image_and_styled_label_mosaics(synthetic):
@@ -146,29 +115,39 @@ def test_synthesize_loads_image_and_styled_label_mosaics(synthetic):
     assert len(labels.renderer().classes()) == 3
 
 
-@pytest.fixture(scope="session")
-def segmenter(dataset, synthetic, tmp_path_factory):
-    out = tmp_path_factory.mktemp("segmenter") / "seg"
-    results, _ = run_alg("satsynth:train_segmenter", {
-        "DATASET": dataset["DATASET"], "SYNTHETIC": synthetic["SYNTHETIC"], "RATIO": 1.0,
-        "ARCH": "tiny", "ENCODER": "w8d2", "EPOCHS": 1, "BATCH_SIZE": 4, "DEVICE": "cpu",
-        "OUTPUT": str(out)})
-    return results
-
-
 def test_train_segmenter_on_real_and_synthetic(segmenter):
     assert (Path(segmenter["MODEL"]) / "model.safetensors").is_file()
     metrics = json.loads(Path(segmenter["METRICS"]).read_text())
     assert 0.0 <= segmenter["MIOU"] <= 1.0 and metrics["miou"] == pytest.approx(segmenter["MIOU"])
 
 
-def test_segment_raster_over_an_extent_with_confidence_and_polygons(segmenter, scene, tmp_path):
-    from qgis.core import QgsPalettedRasterRenderer, QgsRasterLayer
+def test_segment_raster_over_an_extent_inside_an_aoi_with_confidence_and_polygons(
+        segmenter, scene, tmp_path):
+    import numpy as np
+    from osgeo import gdal
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsFeature,
+        QgsGeometry,
+        QgsPalettedRasterRenderer,
+        QgsRasterLayer,
+    )
 
     x0, y0 = 500000.0, 5000000.0
+    # the AOI: a triangle in the extent's top-left corner, an in-memory layer in EPSG:4326
+    aoi = QgsVectorLayer("Polygon?crs=EPSG:4326", "aoi", "memory")
+    square = QgsGeometry.fromWkt(f"POLYGON(({x0} {y0}, {x0 + 64} {y0}, {x0} {y0 - 64}, "
+                                 f"{x0} {y0}))")
+    square.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem(f"EPSG:{EPSG}"),
+                                            QgsCoordinateReferenceSystem("EPSG:4326"),
+                                            QgsProject.instance()))
+    feat = QgsFeature()
+    feat.setGeometry(square)
+    aoi.dataProvider().addFeatures([feat])
     params = {
         "MODEL": segmenter["MODEL"], "INPUT": scene["image"],
-        "EXTENT": f"{x0},{x0 + 96},{y0 - 64},{y0} [EPSG:{EPSG}]",
+        "EXTENT": f"{x0},{x0 + 96},{y0 - 64},{y0} [EPSG:{EPSG}]", "AOI": aoi,
         "TILE": 64, "OVERLAP": 16, "DEVICE": "cpu",
         "OUTPUT": str(tmp_path / "pred.tif"),
         "OUTPUT_CONFIDENCE": str(tmp_path / "conf.tif"),
@@ -178,46 +157,20 @@ def test_segment_raster_over_an_extent_with_confidence_and_polygons(segmenter, s
     pred = project_layer(results["OUTPUT"])
     assert pred is not None, "the prediction was not loaded"
     assert pred.crs().authid() == f"EPSG:{EPSG}"
-    ext = pred.extent()  # the requested extent, on the input's pixel grid
+    ext = pred.extent()  # extent and AOI intersected, on the input's pixel grid
     assert (ext.xMinimum(), ext.yMaximum()) == (x0, y0)
-    assert (pred.width(), pred.height()) == (96, 64)
+    assert (pred.width(), pred.height()) == (64, 64)
     renderer = pred.renderer()
     assert isinstance(renderer, QgsPalettedRasterRenderer)
     assert [c.value for c in renderer.classes()] == [0, 1, 2]
+    data = gdal.Open(results["OUTPUT"]).ReadAsArray()
+    inside, outside = data[2:20, 2:20], data[40:62, 40:62]
+    assert np.isin(inside, [0, 1, 2]).all() and (outside == 255).all()  # nodata outside the AOI
     conf = QgsRasterLayer(results["OUTPUT_CONFIDENCE"], "conf")
     assert conf.isValid() and conf.crs().authid() == f"EPSG:{EPSG}"
     polygons = project_layer(results["OUTPUT_VECTOR"])
     assert polygons is not None and polygons.featureCount() > 0
     assert isinstance(polygons.renderer(), QgsCategorizedSymbolRenderer)
-
-
-def test_segment_raster_inside_an_aoi_mask(segmenter, scene, tmp_path):
-    import numpy as np
-    from osgeo import gdal
-
-    aoi = QgsVectorLayer("Polygon?crs=EPSG:4326", "aoi", "memory")  # another CRS, in memory
-    from qgis.core import (
-        QgsCoordinateReferenceSystem,
-        QgsCoordinateTransform,
-        QgsFeature,
-        QgsGeometry,
-    )
-
-    square = QgsGeometry.fromWkt("POLYGON((500000 5000000, 500064 5000000, 500064 4999936, "
-                                 "500000 4999936, 500000 5000000))")
-    square.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem(f"EPSG:{EPSG}"),
-                                            QgsCoordinateReferenceSystem("EPSG:4326"),
-                                            QgsProject.instance()))
-    feat = QgsFeature()
-    feat.setGeometry(square)
-    aoi.dataProvider().addFeatures([feat])
-    results, _ = run_alg("satsynth:segment_raster", {
-        "MODEL": segmenter["MODEL"], "INPUT": scene["image"], "AOI": aoi, "TILE": 64,
-        "OVERLAP": 16, "DEVICE": "cpu", "OUTPUT": str(tmp_path / "masked.tif")})
-    data = gdal.Open(results["OUTPUT"]).ReadAsArray()
-    inside, outside = data[4:60, 4:60], data[70:, 70:]
-    assert (inside != 255).all() and (outside == 255).all()
-    assert np.isin(inside, [0, 1, 2]).all()
 
 
 def test_segment_raster_checks(segmenter, scene, generator, provider):

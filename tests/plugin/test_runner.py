@@ -220,7 +220,3 @@ def test_checkout_venv_is_found_when_running_from_the_repository(clean_search, t
     engine = runner.find_engine()
     assert engine.command == (str(py), "-m", "satsynth") and engine.source == "source checkout"
 
-
-def test_real_engine_check(engine_python, feedback):
-    info = runner.check_engine(feedback)
-    assert info["satsynth"] and info["torch"] and info["device"] in ("cpu", "cuda", "mps")
