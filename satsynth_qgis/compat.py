@@ -12,11 +12,12 @@ from typing import Any
 from qgis.core import (
     Qgis,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
+    QgsRasterDataProvider,
+    QgsRasterFileWriter,
 )
 
 
@@ -36,7 +37,6 @@ NUMBER_DOUBLE = _pick("ProcessingNumberParameterType", "Double", QgsProcessingPa
 TYPE_RASTER = _pick("ProcessingSourceType", "Raster", QgsProcessing, "TypeRaster")
 TYPE_VECTOR_ANY = _pick("ProcessingSourceType", "VectorAnyGeometry", QgsProcessing, "TypeVectorAnyGeometry")
 TYPE_VECTOR_POLYGON = _pick("ProcessingSourceType", "VectorPolygon", QgsProcessing, "TypeVectorPolygon")
-TYPE_VECTOR_LINE = _pick("ProcessingSourceType", "VectorLine", QgsProcessing, "TypeVectorLine")
 
 # QgsProcessingParameterFile behaviour
 FILE_FILE = _pick("ProcessingFileParameterBehavior", "File", QgsProcessingParameterFile, "File")
@@ -48,10 +48,9 @@ FIELD_ANY = _pick("ProcessingFieldParameterDataType", "Any", QgsProcessingParame
 # Parameter flags
 PARAM_ADVANCED = _pick("ProcessingParameterFlag", "Advanced", QgsProcessingParameterDefinition, "FlagAdvanced")
 
-# Algorithm flags
-ALG_CAN_CANCEL = _pick("ProcessingAlgorithmFlag", "CanCancel", QgsProcessingAlgorithm, "FlagCanCancel")
-ALG_SUPPORTS_BATCH = _pick("ProcessingAlgorithmFlag", "SupportsBatch", QgsProcessingAlgorithm, "FlagSupportsBatch")
-ALG_NO_THREADING = _pick("ProcessingAlgorithmFlag", "NoThreading", QgsProcessingAlgorithm, "FlagNoThreading")
+# Raster data provider capability "has its own pixel grid" and the raster writer's success code
+RASTER_HAS_SIZE = _pick("RasterInterfaceCapability", "Size", QgsRasterDataProvider, "Size")
+RASTER_WRITER_OK = _pick("RasterFileWriterResult", "Success", QgsRasterFileWriter, "NoError")
 
 
 def advanced(param: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
@@ -59,7 +58,3 @@ def advanced(param: QgsProcessingParameterDefinition) -> QgsProcessingParameterD
     param.setFlags(param.flags() | PARAM_ADVANCED)
     return param
 
-
-def qgis_version_int() -> int:
-    """The running QGIS version as an integer, e.g. 32216 for 3.22.16."""
-    return int(Qgis.QGIS_VERSION_INT)

@@ -27,6 +27,8 @@ from qgis.core import (
     QgsRectangle,
 )
 
+from . import compat
+
 #: Raster formats the engine (rasterio/GDAL) opens by path.
 ENGINE_RASTER_EXTENSIONS = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png", ".jpg", ".jpeg",
                             ".asc", ".nc", ".hdf", ".h5", ".bil", ".dat", ".ecw", ".sid"}
@@ -102,16 +104,12 @@ def raster_to_file(layer: QgsRasterLayer, context: QgsProcessingContext,
     if not pipe.set(provider.clone()):
         raise QgsProcessingException(f"Cannot read the raster layer '{layer.name()}'.")
     err = writer.writeRaster(pipe, cols, rows, area, crs, context.transformContext())
-    if err != QgsRasterFileWriter.NoError or not os.path.isfile(out):
+    if err != compat.RASTER_WRITER_OK or not os.path.isfile(out):
         raise QgsProcessingException(
             f"Could not write '{layer.name()}' to a temporary GeoTIFF (error {int(err)}).")
     return out
 
 
 def _has_native_size(provider: QgsRasterDataProvider) -> bool:
-    return bool(provider.capabilities() & QgsRasterDataProvider.Size)
+    return bool(provider.capabilities() & compat.RASTER_HAS_SIZE)
 
-
-def vector_arguments(path: str, layer_name: str | None) -> list[str]:
-    """Engine arguments for a vector source: the path, then ``--layer NAME`` when it has one."""
-    return [path, "--layer", layer_name] if layer_name else [path]
