@@ -41,6 +41,18 @@ def _weight_sums(length: int, tile: int, starts: list[int], overlap: int) -> np.
     return total
 
 
+def _max_argmax(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max and argmax (uint8) over the class axis of ``(K, h, w)``: one pass per class, much
+    faster than a strided reduction for the few classes segmenters have."""
+    top = acc[0].copy()
+    idx = np.zeros(top.shape, dtype=np.uint8)
+    for k in range(1, acc.shape[0]):
+        better = acc[k] > top
+        np.copyto(top, acc[k], where=better)
+        idx[better] = k
+    return top, idx
+
+
 class BlendAccumulator:
     """Sums weighted tile probabilities into the open cells of a :class:`TileGrid` and turns the
     cells that become final into class indices and confidences, one row band at a time."""
@@ -83,8 +95,6 @@ class BlendAccumulator:
 
     def finish_tile(self, k: int, j: int) -> None:
         """Finalize the cells whose last tile is ``(k, j)`` into the current row band."""
-        import torch
-
         g = self.grid
         if self._band_index is None:
             y0, y1 = g.rows.final_span(k)
@@ -97,10 +107,9 @@ class BlendAccumulator:
             if acc is None:
                 continue  # only skipped (empty) tiles covered it: stays nodata
             y0, y1, x0, x1 = g.cell_window(*cell)
-            top, best = torch.from_numpy(acc).max(dim=0)
-            prob = top.numpy() / np.outer(self.sum_y[y0:y1], self.sum_x[x0:x1])
+            top, idx = _max_argmax(acc)
+            prob = top / np.outer(self.sum_y[y0:y1], self.sum_x[x0:x1])
             conf = np.clip(np.rint(prob * 255.0), 1, 255).astype(np.uint8)
-            idx = best.numpy().astype(np.uint8)
             idx[~valid] = IGNORE_INDEX
             conf[~valid] = 0
             by = y0 - self._band_row

@@ -9,10 +9,12 @@ its area. Outputs appear at their final paths only when complete.
 from __future__ import annotations
 
 import logging
+import queue
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,7 +288,6 @@ def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, 
     acc = BlendAccumulator(grid, num_classes)
     weight = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, overlap)).to(device)
     last_col = grid.shape[1] - 1
-    ds_transform = reader.ds.transform
     pending: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []
     n_run = 0
     log.debug("%d tiles of %d x %d px (%d x %d)", len(grid), grid.tile_w, grid.tile_h,
@@ -313,23 +314,78 @@ def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, 
             task.update(done, message=f"{int(task.n) + done}/{len(grid)} tiles",
                         tiles_run=n_run)
 
-        for k, j, y, x in grid.tiles():
-            h, w = min(grid.tile_h, region.height - y), min(grid.tile_w, region.width - x)
-            row, col = region.row + y, region.col + x
-            if aoi is not None and not aoi.intersects_box(*tile_bounds(ds_transform, row, col,
-                                                                       h, w)):
-                pending.append((k, j, None, None))
-            else:
-                data, valid = reader.read(row, col, grid.tile_h, grid.tile_w)
-                if valid[:h, :w].any():
-                    pending.append((k, j, data, valid))
-                else:
-                    pending.append((k, j, None, None))
-            if (sum(p[2] is not None for p in pending) >= batch
-                    or len(pending) >= MAX_PENDING):
-                flush()
+        with _prefetch(_read_tiles(grid, region, reader, aoi), depth=2 * batch) as tiles:
+            for item in tiles:
+                pending.append(item)
+                if (sum(p[2] is not None for p in pending) >= batch
+                        or len(pending) >= MAX_PENDING):
+                    flush()
         if pending:
             flush()
+
+
+Tile = tuple[int, int, "np.ndarray | None", "np.ndarray | None"]
+
+
+def _read_tiles(grid: TileGrid, region: Region, reader: TileReader,
+                aoi: AreaOfInterest | None) -> Iterator[Tile]:
+    """``(k, j, data, valid)`` per tile in order; data ``None`` for tiles with nothing to
+    predict (outside the mask or all nodata), which are not read or not run."""
+    ds_transform = reader.ds.transform
+    for k, j, y, x in grid.tiles():
+        h, w = min(grid.tile_h, region.height - y), min(grid.tile_w, region.width - x)
+        row, col = region.row + y, region.col + x
+        if aoi is not None and not aoi.intersects_box(*tile_bounds(ds_transform, row, col, h, w)):
+            yield k, j, None, None
+            continue
+        data, valid = reader.read(row, col, grid.tile_h, grid.tile_w)
+        yield (k, j, data, valid) if valid[:h, :w].any() else (k, j, None, None)
+
+
+@contextmanager
+def _prefetch(items: Iterator[Tile], depth: int) -> Iterator[Iterator[Tile]]:
+    """Produce ``items`` in a background thread (reading and decoding overlap the model's
+    forward pass; GDAL releases the GIL). Errors are re-raised in the consumer; leaving the
+    block early stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    def consume() -> Iterator[Tile]:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=produce, name="satsynth-read-tiles", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
 
 
 def _predict_resampled(src: Any, indexes: list[int], normalizer: Any, image: Path,

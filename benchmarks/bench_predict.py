@@ -1,0 +1,259 @@
+"""Benchmark: streamed prediction over large rasters (memory, overhead, throughput).
+
+Builds 4096^2 and 16384^2 RGB GeoTIFFs in /tmp by tiling real aerial imagery from
+``<repo>/../shared/datasets/dubai-aerial`` (a procedural image where it is absent), then, each in
+its own subprocess:
+
+1. ``predict_raster`` end to end, with its peak resident memory (``ru_maxrss`` of the child and
+   its own ``VmHWM``; this parent stays small so both agree);
+2. the bare model forward over the same number of tiles (same batch size, no reading, blending
+   or writing), run before and after the end-to-end run; overhead = end-to-end / bare - 1;
+3. throughput in megapixels/s and km^2/min at the raster's ground resolution (the Dubai tiles
+   carry no georeference: they are placed at a nominal ``--gsd`` metres in UTM 40N).
+
+Targets (issue 5): the 16384^2 run peaks at <= 1.5 GB and <= 1.25x the 4096^2 run; reading,
+blending and writing add <= 15% to the bare forward.
+
+    .venv/bin/python benchmarks/bench_predict.py                      # tiny CPU model, both sizes
+    .venv/bin/python benchmarks/bench_predict.py --real fpn:mobilenet_v2 --real-size 2048
+
+Large files go to /tmp and are deleted at the end. Models have random weights: this measures
+speed and memory, not accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DUBAI = REPO / ".." / "shared" / "datasets" / "dubai-aerial"
+
+CHILD_PEAK = """
+import json, resource, sys, time
+def vmhwm():
+    try:
+        for line in open('/proc/self/status'):
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+"""
+
+E2E = CHILD_PEAK + """
+from satsynth import progress
+progress.set_mode('quiet')
+# library imports are process start-up, not per-raster work: done before the clock starts
+import torch, rasterio, geopandas, segmentation_models_pytorch  # noqa: F401
+import satsynth.segmenter.model  # noqa: F401
+from satsynth.predict.predict import predict_raster
+args = json.loads(sys.argv[1])
+t = time.perf_counter()
+out = predict_raster(args['model'], args['image'], args['out'], tile=args['tile'],
+                     overlap=args['overlap'], batch=args['batch'], device='cpu')
+dt = time.perf_counter() - t
+print(json.dumps({'seconds': dt, 'vmhwm_mb': vmhwm(),
+                  'ru_maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+BARE = CHILD_PEAK + """
+import torch
+from satsynth.segmenter.model import load_segmenter
+args = json.loads(sys.argv[1])
+model, cfg = load_segmenter(args['model'])
+torch.manual_seed(0)
+x = torch.randn(args['batch'], cfg.in_channels, args['tile'], args['tile'])
+n = args['tiles']
+with torch.inference_mode():
+    t = time.perf_counter()  # no warm-up: the end-to-end run pays its first call too
+    done = 0
+    while done < n:
+        b = min(args['batch'], n - done)
+        model(x[:b])
+        done += b
+dt = time.perf_counter() - t
+print(json.dumps({'seconds': dt, 'vmhwm_mb': vmhwm()}))
+"""
+
+
+def _dubai_patches(size: int = 512, limit: int = 48) -> list[np.ndarray]:
+    """RGB patches (3, size, size) cut from the Dubai aerial images."""
+    import rasterio
+
+    patches = []
+    for jpg in sorted(DUBAI.glob("Tile */images/*.jpg")):
+        with rasterio.open(jpg) as ds:
+            img = ds.read()
+        for r in range(0, img.shape[1] - size + 1, size):
+            for c in range(0, img.shape[2] - size + 1, size):
+                patches.append(img[:, r:r + size, c:c + size])
+                if len(patches) >= limit:
+                    return patches
+    return patches
+
+
+def _procedural_patch(rng: np.random.Generator, size: int = 512) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    f = np.sin(xx / rng.uniform(20, 90)) * np.cos(yy / rng.uniform(20, 90))
+    base = (127 + 90 * f)[None] + rng.normal(0, 10, (3, size, size))
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def build_raster(path: Path, size: int, gsd: float, patches: list[np.ndarray],
+                 seed: int = 0) -> Path:
+    """A size x size RGB JPEG-compressed tiled GeoTIFF, written strip by strip."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    p = 512
+    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(
+            path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+            crs="EPSG:32640", transform=from_origin(300000.0, 2800000.0, gsd, gsd), tiled=True,
+            blockxsize=512, blockysize=512, compress="jpeg", photometric="ycbcr",
+            jpeg_quality=90, bigtiff="if_safer") as ds:
+        for r in range(0, size, p):
+            strip = np.empty((3, p, size), dtype=np.uint8)
+            for c in range(0, size, p):
+                patch = patches[rng.integers(len(patches))] if patches else _procedural_patch(rng)
+                k = int(rng.integers(4))
+                strip[:, :, c:c + p] = np.rot90(patch, k, axes=(1, 2))
+            ds.write(strip, window=Window(0, r, size, p))
+    return path
+
+
+def make_model(path: Path, arch: str, encoder: str) -> None:
+    """Save a randomly initialised segmenter with the Dubai class table (6 classes)."""
+    code = f"""
+import json, torch
+from pathlib import Path
+from satsynth.checkpoint import save_model_dir
+from satsynth.data.classes import ClassTable
+from satsynth.data.normalize import Normalizer
+from satsynth.segmenter.model import SegmenterConfig, build_segmenter
+torch.manual_seed(0)
+classes = ClassTable.from_dict([{{"id": i, "name": n}} for i, n in enumerate(
+    ["Unlabeled", "Building", "Land", "Road", "Vegetation", "Water"])]).to_dict()
+cfg = SegmenterConfig(arch={arch!r}, encoder={encoder!r}, in_channels=3, classes=classes,
+                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8").to_dict(),
+                      crs="EPSG:32640", pixel_size=[0.5, 0.5])
+m = build_segmenter(cfg).eval()
+save_model_dir({str(path)!r}, "segmenter", cfg.to_dict(), {{"model": m.state_dict()}})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def run_child(code: str, args: dict) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"child failed:\n{res.stderr}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["children_maxrss_mb"] = max(before, resource.getrusage(
+        resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return out
+
+
+def tiles_for(size: int, tile: int, overlap: int, multiple: int) -> int:
+    from satsynth.predict.windows import TileGrid
+
+    return len(TileGrid.for_region(size, size, tile, overlap, multiple))
+
+
+def bench_size(model: Path, image: Path, size: int, gsd: float, tile: int, overlap: int,
+               batch: int, multiple: int, work: Path) -> dict:
+    n = tiles_for(size, tile, overlap, multiple)
+    common = {"model": str(model), "tile": tile, "overlap": overlap, "batch": batch}
+    bare1 = run_child(BARE, {**common, "tiles": n})
+    e2e = run_child(E2E, {**common, "image": str(image), "out": str(work / f"pred_{size}.tif")})
+    bare2 = run_child(BARE, {**common, "tiles": n})
+    bare = (bare1["seconds"] + bare2["seconds"]) / 2
+    px = size * size
+    res = {"size": size, "tiles": n, "e2e_s": e2e["seconds"], "bare_s": bare,
+           "bare_runs_s": [bare1["seconds"], bare2["seconds"]],
+           "overhead": e2e["seconds"] / bare - 1.0, "mp_per_s": px / e2e["seconds"] / 1e6,
+           "km2_per_min": px * gsd * gsd / 1e6 / (e2e["seconds"] / 60),
+           "peak_vmhwm_mb": e2e["vmhwm_mb"], "peak_ru_maxrss_mb": e2e["ru_maxrss_mb"],
+           "bare_peak_mb": bare1["vmhwm_mb"]}
+    print(f"  {size}^2: {n} tiles, end-to-end {e2e['seconds']:.1f} s, bare forward "
+          f"{bare:.1f} s (runs {bare1['seconds']:.1f} / {bare2['seconds']:.1f}), overhead "
+          f"{100 * res['overhead']:+.1f}%, {res['mp_per_s']:.2f} MP/s, "
+          f"{res['km2_per_min']:.3f} km2/min at {gsd} m, peak RSS {e2e['vmhwm_mb']:.0f} MB "
+          f"(ru_maxrss {e2e['ru_maxrss_mb']:.0f} MB; bare forward alone "
+          f"{bare1['vmhwm_mb']:.0f} MB)", flush=True)
+    (work / f"pred_{size}.tif").unlink(missing_ok=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--model", default="tiny:w16d2", help="arch:encoder for the size runs")
+    ap.add_argument("--real", default=None, metavar="ARCH:ENCODER",
+                    help="also measure the overhead with this smp model on --real-size")
+    ap.add_argument("--real-size", type=int, default=2048)
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--overlap", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--gsd", type=float, default=0.5, help="nominal metres per pixel")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="satsynth-bench-predict-", dir="/tmp"))
+    print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; work dir {work}")
+    results: dict = {"runs": []}
+    try:
+        patches = _dubai_patches() if DUBAI.is_dir() else []
+        print(f"imagery: {len(patches)} Dubai patches" if patches else
+              "imagery: procedural (dubai-aerial absent)")
+        specs = [(a.model, a.sizes)] + ([(a.real, [a.real_size])] if a.real else [])
+        for spec, sizes in specs:
+            arch, encoder = spec.split(":")
+            multiple = 1 if arch == "tiny" else 32
+            model = work / f"seg_{arch}_{encoder}"
+            make_model(model, arch, encoder)
+            print(f"model {arch}/{encoder}, tile {a.tile}, overlap {a.overlap}, batch "
+                  f"{a.batch}:", flush=True)
+            for size in sizes:
+                image = work / f"image_{size}.tif"
+                if not image.exists():
+                    t = time.perf_counter()
+                    build_raster(image, size, a.gsd, patches)
+                    print(f"  built {image.name} ({image.stat().st_size / 2**20:.0f} MB JPEG "
+                          f"GeoTIFF) in {time.perf_counter() - t:.0f} s", flush=True)
+                r = bench_size(model, image, size, a.gsd, a.tile, a.overlap, a.batch, multiple,
+                               work)
+                results["runs"].append({"model": spec, **r})
+        by_size = {r["size"]: r for r in results["runs"] if r["model"] == a.model}
+        if 4096 in by_size and 16384 in by_size:
+            small, big = by_size[4096], by_size[16384]
+            ratio = big["peak_vmhwm_mb"] / small["peak_vmhwm_mb"]
+            print(f"memory: 16384^2 peak {big['peak_vmhwm_mb']:.0f} MB (target <= 1536: "
+                  f"{'met' if big['peak_vmhwm_mb'] <= 1536 else 'MISSED'}), "
+                  f"{ratio:.3f}x the 4096^2 run (target <= 1.25: "
+                  f"{'met' if ratio <= 1.25 else 'MISSED'})")
+            results["memory_ratio"] = ratio
+        for r in results["runs"]:
+            ok = "met" if r["overhead"] <= 0.15 else "MISSED"
+            print(f"overhead {r['model']} {r['size']}^2: {100 * r['overhead']:+.1f}% "
+                  f"(target <= 15%: {ok})")
+        if a.json:
+            a.json.write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
