@@ -46,6 +46,7 @@ def bare_steps(arch: str, encoder: str, bands: int, k: int, size: int, batch: in
                steps: int) -> float:
     """chips/s of forward + backward + AdamW on one in-memory batch."""
     import torch
+
     from satsynth.data.classes import ClassTable
     from satsynth.segmenter.model import SegmenterConfig, build_segmenter
 
@@ -56,7 +57,7 @@ def bare_steps(arch: str, encoder: str, bands: int, k: int, size: int, batch: in
     x = torch.rand(batch, bands, size, size) * 2 - 1
     y = torch.randint(0, k, (batch, size, size))
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
-    for _ in range(2):  # warm-up
+    for _ in range(6):  # warm-up (allocator, caches), like the full run's first epoch
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
@@ -90,12 +91,13 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--chips", type=int, default=128, help="real chips (as many synthetic)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 on a shared machine: OpenMP threads spin-wait)")
     args = ap.parse_args()
 
     import torch
+
     from satsynth import progress
 
     torch.set_num_threads(args.threads)
@@ -104,11 +106,15 @@ def main() -> None:
     full, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
         real, syn = make_stores(Path(tmp), args.chips, args.chip_size, args.bands, args.classes)
-        for r in range(args.rounds):
-            bare.append(bare_steps(args.arch, args.encoder, args.bands, args.classes,
-                                   args.chip_size, args.batch_size, steps))
-            full.append(full_pipeline(real, syn, Path(tmp) / f"m{r}", args.arch, args.encoder,
-                                      args.batch_size, epochs=2))
+        for r in range(args.rounds):  # ABBA order: neither side always runs first
+            order = ("bare", "full") if r % 2 == 0 else ("full", "bare")
+            for which in order:
+                if which == "bare":
+                    bare.append(bare_steps(args.arch, args.encoder, args.bands, args.classes,
+                                           args.chip_size, args.batch_size, steps))
+                else:
+                    full.append(full_pipeline(real, syn, Path(tmp) / f"m{r}", args.arch,
+                                              args.encoder, args.batch_size, epochs=2))
             print(f"round {r + 1}: bare {bare[-1]:.2f} chips/s, full pipeline {full[-1]:.2f} "
                   f"chips/s", flush=True)
     b, f = statistics.median(bare), statistics.median(full)

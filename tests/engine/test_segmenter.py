@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from satsynth.data.classes import ClassInfo, ClassTable
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStore, ChipStoreWriter, StoreMeta
@@ -312,6 +313,7 @@ def test_evaluate_raster_pair_by_chips_counts_every_labeled_pixel_once(trained, 
 
 def test_evaluate_raster_pair_errors(trained, tmp_path):
     import rasterio
+
     from satsynth.segmenter.evaluate import evaluate
 
     img, lbl, _ = _write_pair(tmp_path)
@@ -384,3 +386,26 @@ def test_evaluate_raster_pair_through_the_prediction_stage(trained, tmp_path):
     assert rep["method"] == "whole raster through satsynth.predict"
     assert rep["pixels"] == labeled and res["miou"] > 0.85
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "lbl.tif", "rep"]
+
+
+def test_cli_exposes_the_documented_flags():
+    from satsynth.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["train-segmenter", "D", "--out", "S", "--synthetic", "Y", "--ratio", "0.5",
+                      "--arch", "segformer", "--encoder", "efficientnet-b0", "--encoder-weights",
+                      "w.pth", "--epochs", "3", "--batch-size", "4", "--lr", "0.01", "--dice",
+                      "--class-weights", "auto", "--patience", "2", "--real-fraction", "0.25",
+                      "--minutes", "5", "--seed", "7", "--device", "cpu", "--mixed-precision",
+                      "bf16"])
+    assert (a.synthetic, a.ratio, a.arch, a.dice, a.class_weights, a.real_fraction) == (
+        ["Y"], 0.5, "segformer", True, "auto", 0.25)
+    a = p.parse_args(["evaluate", "S", "--image", "i.tif", "--labels", "l.tif", "--out", "R"])
+    assert (a.image, a.labels, a.dataset) == ("i.tif", "l.tif", None)
+    a = p.parse_args(["experiment", "D", "--generator", "G", "--ratios", "0,1,2,3,5", "--seeds",
+                      "3", "--out", "E", "--real-fraction", "0.25", "--count-per-real", "5",
+                      "--arch", "unet", "--encoder", "resnet34", "--epochs", "2",
+                      "--batch-size", "8", "--device", "cpu"])
+    assert (a.ratios, a.seeds, a.count_per_real, a.budget) == ("0,1,2,3,5", 3, 5.0, "steps")
+    with pytest.raises(SystemExit):
+        p.parse_args(["train-segmenter", "D", "--out", "S", "--arch", "resnet"])
