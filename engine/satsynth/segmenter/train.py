@@ -325,7 +325,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     deadline = start + opts.minutes * 60 if opts.minutes else None
     history: list[EpochRecord] = []
     best: dict[str, Any] = {"miou": -1.0, "epoch": 0, "state": None, "metrics": None}
-    stopped = "epochs"
+    stopped = "completed"
     with progress.task("train-segmenter", total=total, unit="step") as bar:
         step = 0
         for epoch in range(1, n_epochs + 1):
