@@ -32,6 +32,8 @@ RECIPES: dict[str, tuple[dict, str, int]] = {
                     "lr": 1e-3, "warmup": 100, "ema_decay": 0.999}, "dpm", 20),
     "fast": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": 5.0,
               "lr": 1e-3, "warmup": 100, "ema_decay": 0.999}, "dpm", 20),
+    "fast-b16": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": 5.0,
+                  "lr": 1e-3, "warmup": 100, "ema_decay": 0.999, "batch_size": 16}, "dpm", 20),
     "v-linear": ({"prediction": "v_prediction", "beta_schedule": "linear", "snr_gamma": 5.0,
                   "lr": 1e-3, "warmup": 100, "ema_decay": 0.999}, "dpm", 20),
 }
@@ -86,9 +88,9 @@ def main() -> int:
         opts, sampler, steps = RECIPES[name]
         model = work / f"model-{name}"
         t0 = time.monotonic()
+        opts = {"batch_size": args.batch_size, **opts}
         res = run_training(data, model, preset="tiny", steps=1_000_000, minutes=args.minutes,
-                           batch_size=args.batch_size, checkpoint_every=1_000_000, seed=0,
-                           device="cpu", **opts)
+                           checkpoint_every=1_000_000, seed=0, device="cpu", **opts)
         train_s = time.monotonic() - t0
         syn = work / f"syn-{name}"
         t1 = time.monotonic()
@@ -98,7 +100,7 @@ def main() -> int:
         fig = Path(args.figures) / f"generator_convergence_{name}.png"
         fig.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out["grid"], fig)
-        row = {"recipe": name, "steps": res["steps"], "train_s": round(train_s, 1),
+        row = {"recipe": name, "steps": res["steps"], "batch": opts["batch_size"], "train_s": round(train_s, 1),
                "sampler": f"{sampler}-{steps}", "tv": rep["tv_distance"],
                "invalid_code_share": round(rep["invalid_code_share"], 4),
                "sample_s": round(time.monotonic() - t1, 1), "grid": str(fig),
