@@ -507,6 +507,14 @@ def test_cli_reports_json_progress_and_outputs(tmp_path, fitted):
     assert bad.returncode == 2 and "--extent" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_cli_takes_negative_extents_as_values():
+    from satsynth.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "seg", "--image", "i.tif", "--out", "o.tif",
+                                      "--extent", "-117.2,36.1,-117.1,36.2", "--overlap", "32"])
+    assert args.extent == "-117.2,36.1,-117.1,36.2" and args.overlap == 32
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cancel_leaves_no_output_file(tmp_path, fitted, sig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 
@@ -41,6 +42,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "(result written on the image's grid)")
     p.add_argument("--cog", action="store_true",
                    help="write Cloud Optimized GeoTIFFs (with overviews)")
+    # let "--extent -117.2,36.1,-117.1,36.2" (western / southern coordinates) be a value, as
+    # Python >= 3.12 does; 3.10/3.11 take anything starting with "-" and a comma for an option
+    p._negative_number_matcher = re.compile(r"^-\.?\d")
     p.set_defaults(func=run)
 
 
