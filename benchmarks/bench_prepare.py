@@ -49,6 +49,7 @@ def make_raster(root: Path, size: int) -> tuple[Path, Path]:
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
+
     from satsynth.data.demo_scene import SCENE_CLASSES, render_scene
 
     block = 2048

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import rasterio
+
 from satsynth.data.classes import ClassTable
 from satsynth.data.demo_scene import generate_scene, render_scene
 from satsynth.data.prepare import prepare_dataset

@@ -15,11 +15,12 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
+from shapely.geometry import LineString, box
+
 from satsynth.data.info import dataset_info
 from satsynth.data.prepare import prepare_dataset
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
-from shapely.geometry import LineString, box
 
 UTM = CRS.from_epsg(32640)
 ORIGIN = Affine(0.5, 0, 330_000, 0, -0.5, 2_790_000)

@@ -13,6 +13,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
+
 from satsynth import progress
 from satsynth.data.classes import ClassTable
 from satsynth.data.prepare import prepare_dataset

@@ -10,10 +10,11 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from shapely.geometry import box
+
 from satsynth.data.prepare import prepare_dataset
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
-from shapely.geometry import box
 
 UTM = CRS.from_epsg(32640)
 ORIGIN = Affine(0.5, 0, 330_000, 0, -0.5, 2_790_000)

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import shapely
 from rasterio.features import rasterize, shapes
+
 from satsynth.data.info import dataset_info
 from satsynth.data.labels import pack_rgb
 from satsynth.data.prepare import prepare_dataset
