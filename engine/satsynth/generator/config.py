@@ -80,7 +80,7 @@ class TrainOptions:
     snr_gamma: float | None = 5.0
     steps: int = 2000
     minutes: float | None = None
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 1e-3
     warmup: int = 100
     ema_decay: float = 0.999

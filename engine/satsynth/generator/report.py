@@ -34,16 +34,19 @@ def plot_class_shares(real: np.ndarray, synthetic: np.ndarray, table: ClassTable
     x = np.arange(k)
     colors = [np.asarray(c.color) / 255.0 for c in table.classes]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * k + 2), 3.6), dpi=100)
-    ax.bar(x - 0.2, real, 0.4, color="0.6", label="real (training labels)")
-    ax.bar(x + 0.2, synthetic, 0.4, color=colors, edgecolor="black", lw=0.5,
-           label="synthetic")
+    ax.bar(x - 0.2, real, 0.4, color="0.6")
+    ax.bar(x + 0.2, synthetic, 0.4, color=colors, edgecolor="black", lw=0.5)
     ax.set_xticks(x, table.names, rotation=30 if k > 4 else 0, ha="right" if k > 4 else "center")
     ax.set_ylabel("share of pixels")
     title = "class pixel shares"
     if tv is not None:
         title += f" (TV distance {tv:.3f})"
     ax.set_title(title)
-    ax.legend()
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color="0.6", label="real (training labels)"),
+                       Patch(facecolor="white", edgecolor="black",
+                             label="synthetic (class colours)")])
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
