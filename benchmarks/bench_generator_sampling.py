@@ -6,7 +6,7 @@ the samples to the real training labels, for each sampler on the same generator 
 
     .venv/bin/python benchmarks/bench_generator_sampling.py --model MODEL_DIR [--count 32]
 
-MODEL_DIR defaults to the 'fast' model of bench_generator_convergence.py.
+MODEL_DIR defaults to the fast-b16 (default recipe) model of bench_generator_convergence.py.
 Target: DPM-Solver++-20 >= 40x faster than DDPM-1000, TV no worse than DDPM's + 0.02.
 """
 
@@ -23,7 +23,7 @@ SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm", 20))
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="/tmp/satsynth-bench-generator/model-fast")
+    ap.add_argument("--model", default="/tmp/satsynth-bench-generator/model-fast-b16")
     ap.add_argument("--count", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
