@@ -3,7 +3,9 @@ initialised, the SatSynth provider registered, and small rasters/vectors written
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +18,7 @@ PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # a throw-away profile: tests never read or write the user's QGIS settings
 os.environ["QGIS_CUSTOM_CONFIG_PATH"] = tempfile.mkdtemp(prefix="satsynth-qgis-profile-")
+atexit.register(shutil.rmtree, os.environ["QGIS_CUSTOM_CONFIG_PATH"], True)
 for p in (str(REPO), PROCESSING_PLUGINS):
     if p not in sys.path:
         sys.path.insert(0, p)
