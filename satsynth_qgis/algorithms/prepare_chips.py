@@ -28,6 +28,24 @@ from .base import SatSynthAlgorithm
 MIN_CHIP = 16
 
 
+def add_label_inputs(alg: SatSynthAlgorithm) -> None:
+    """Declare the image and its labels (a class-id raster, or polygons + class field, and an
+    optional class table file): shared by Prepare training chips and Run full pipeline."""
+    alg.addParameter(QgsProcessingParameterRasterLayer("IMAGE", alg.tr("Image raster")))
+    alg.addParameter(QgsProcessingParameterRasterLayer(
+        "LABELS", alg.tr("Labels raster (class ids)"), optional=True))
+    alg.addParameter(QgsProcessingParameterFeatureSource(
+        "VECTOR", alg.tr("Label polygons (instead of a labels raster)"),
+        [compat.TYPE_VECTOR_ANY], optional=True))
+    alg.addParameter(QgsProcessingParameterField(
+        "CLASS_FIELD", alg.tr("Class field (name or id of each feature's class)"),
+        parentLayerParameterName="VECTOR", type=compat.FIELD_ANY, optional=True))
+    alg.addParameter(QgsProcessingParameterFile(
+        "CLASSES", alg.tr("Class table file (JSON/YAML: id, name, colour)"),
+        behavior=compat.FILE_FILE, fileFilter="Class tables (*.json *.yaml *.yml)",
+        optional=True))
+
+
 class PrepareChips(SatSynthAlgorithm):
     """``satsynth prepare`` on one image and its labels (a class raster or a vector layer)."""
 
@@ -48,19 +66,7 @@ class PrepareChips(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer("IMAGE", self.tr("Image raster")))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            "LABELS", self.tr("Labels raster (class ids)"), optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            "VECTOR", self.tr("Label polygons (instead of a labels raster)"),
-            [compat.TYPE_VECTOR_ANY], optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            "CLASS_FIELD", self.tr("Class field (name or id of each feature's class)"),
-            parentLayerParameterName="VECTOR", type=compat.FIELD_ANY, optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            "CLASSES", self.tr("Class table file (JSON/YAML: id, name, colour)"),
-            behavior=compat.FILE_FILE, fileFilter="Class tables (*.json *.yaml *.yml)",
-            optional=True))
+        add_label_inputs(self)
         self.addParameter(QgsProcessingParameterNumber(
             "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 128,
             minValue=MIN_CHIP, maxValue=4096))

@@ -15,9 +15,6 @@ from qgis.core import (
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
     QgsProcessingOutputRasterLayer,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -27,7 +24,7 @@ from qgis.core import (
 from .. import compat
 from ..styling import ClassStylePostProcessor
 from .base import SatSynthAlgorithm
-from .prepare_chips import MIN_CHIP, PrepareChips
+from .prepare_chips import MIN_CHIP, PrepareChips, add_label_inputs
 from .train_generator import PRESETS
 from .train_segmenter import ARCHITECTURES
 
@@ -54,18 +51,7 @@ class RunPipeline(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer("IMAGE", self.tr("Image raster")))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            "LABELS", self.tr("Labels raster (class ids)"), optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            "VECTOR", self.tr("Label polygons (instead of a labels raster)"),
-            [compat.TYPE_VECTOR_ANY], optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            "CLASS_FIELD", self.tr("Class field"), parentLayerParameterName="VECTOR",
-            type=compat.FIELD_ANY, optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            "CLASSES", self.tr("Class table file (JSON/YAML)"), behavior=compat.FILE_FILE,
-            fileFilter="Class tables (*.json *.yaml *.yml)", optional=True))
+        add_label_inputs(self)
         self.addParameter(QgsProcessingParameterNumber(
             "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 64,
             minValue=MIN_CHIP, maxValue=4096))
