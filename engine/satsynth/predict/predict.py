@@ -44,7 +44,7 @@ from satsynth.predict.writer import PredictionWriter, aux_xml, to_cog
 log = logging.getLogger("satsynth")
 
 #: GDAL block cache while predicting (MB): holds the input blocks of one tile row.
-GDAL_CACHE_MB = 128
+GDAL_CACHE_MB = 64
 #: Warn when the image's pixel size differs from the model's by more than this fraction.
 RESOLUTION_TOLERANCE = 0.25
 #: Most tiles (run or skipped) held before their results are blended and progress is reported.
