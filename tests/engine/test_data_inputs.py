@@ -10,31 +10,17 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
+from rasters import ORIGIN, write_raster
 from shapely.geometry import LineString, box
 
 from satsynth.data.info import dataset_info
 from satsynth.data.prepare import prepare_dataset
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
-
-UTM = CRS.from_epsg(32640)
-ORIGIN = Affine(0.5, 0, 330_000, 0, -0.5, 2_790_000)
-
-
-def write_raster(path: Path, data: np.ndarray, crs=UTM, transform=ORIGIN, **kw) -> Path:
-    data = data if data.ndim == 3 else data[None]
-    profile = dict(driver=kw.pop("driver", "GTiff"), width=data.shape[2], height=data.shape[1],
-                   count=data.shape[0], dtype=data.dtype, crs=crs,
-                   transform=transform if crs is not None else None)
-    profile.update(kw)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
 
 
 def polygons_utm(rng: np.random.Generator, n: int = 25) -> gpd.GeoDataFrame:

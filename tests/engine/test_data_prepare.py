@@ -5,33 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasterio.crs import CRS
 from rasterio.windows import Window
+from rasters import ORIGIN, write_raster
 
 from satsynth import progress
 from satsynth.data.classes import ClassTable
 from satsynth.data.prepare import prepare_dataset
 from satsynth.data.store import ChipStore
 from satsynth.errors import Cancelled, SatSynthError
-
-UTM = CRS.from_epsg(32640)
-ORIGIN = Affine(0.5, 0, 330_000, 0, -0.5, 2_790_000)
-
-
-def write_raster(path: Path, data: np.ndarray, crs=UTM, transform=ORIGIN, **kw) -> Path:
-    data = data if data.ndim == 3 else data[None]
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype, crs=crs, transform=transform if crs is not None else None)
-    profile.update(kw)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
 
 
 def scene(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
