@@ -52,11 +52,14 @@ def vmhwm():
 E2E = CHILD_PEAK + """
 from satsynth import progress
 progress.set_mode('quiet')
-# library imports are process start-up, not per-raster work: done before the clock starts
-import torch, rasterio, geopandas, segmentation_models_pytorch  # noqa: F401
-import satsynth.segmenter.model  # noqa: F401
+# library imports are process start-up, not per-raster work: done before the clock starts.
+# Loading the model once imports exactly what predict imports for it (smp only for smp models),
+# so the peak memory is that of 'satsynth predict' on this model, no more.
+import torch, rasterio  # noqa: F401
 from satsynth.predict.predict import predict_raster
+from satsynth.segmenter.model import load_segmenter
 args = json.loads(sys.argv[1])
+del load_segmenter(args['model'])[0]
 t = time.perf_counter()
 out = predict_raster(args['model'], args['image'], args['out'], tile=args['tile'],
                      overlap=args['overlap'], batch=args['batch'], device='cpu')

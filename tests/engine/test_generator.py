@@ -287,3 +287,31 @@ def test_cancel_request_from_another_thread_stops_training(tmp_path):
         progress.reset_cancel()
     assert res["interrupted"] and 0 < res["steps"] < 100_000
     assert json.loads((tmp_path / "m" / "config.json").read_text())["step"] == res["steps"]
+
+
+def test_min_snr_plus_one_keeps_full_weight_at_high_noise_where_min_snr_drops_it():
+    """A chip's class composition is decided at the highest noise levels: the default weighting
+    must train them (min-SNR's v-loss weight falls to SNR there, which biased class shares)."""
+    from satsynth.generator.train import snr_loss_weight
+
+    snr = torch.tensor([1e-4, 0.1, 1.0, 4.0, 100.0])
+    plus1 = snr_loss_weight(snr, 5.0, "min-snr+1", "v_prediction")
+    plain = snr_loss_weight(snr, 5.0, "min-snr", "v_prediction")
+    assert plus1[0] == pytest.approx(1.0) and plain[0] < 1e-3
+    assert torch.all(plus1 >= plain)
+    # both clamp the easy low-noise end the same way: gamma / (SNR + 1)
+    assert plus1[-1] == pytest.approx(5.0 / 101.0) and plain[-1] == pytest.approx(5.0 / 101.0)
+    # epsilon keeps Hang et al.'s min(SNR, gamma) / SNR
+    eps = snr_loss_weight(snr, 5.0, "min-snr", "epsilon")
+    assert torch.allclose(eps, torch.clamp(snr, max=5.0) / snr)
+
+
+def test_snr_weighting_defaults_per_target_and_rejects_min_snr_plus_one_for_epsilon():
+    from satsynth.generator.config import TrainOptions
+
+    assert TrainOptions.from_kwargs().snr_weighting == "min-snr+1"
+    assert TrainOptions.from_kwargs(prediction="epsilon").snr_weighting == "min-snr"
+    with pytest.raises(SatSynthError, match="needs --prediction v_prediction"):
+        TrainOptions.from_kwargs(prediction="epsilon", snr_weighting="min-snr+1")
+    with pytest.raises(SatSynthError, match="unknown SNR weighting"):
+        TrainOptions.from_kwargs(snr_weighting="p2")

@@ -19,8 +19,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.generator.train import run_training
 
     opts = {k: getattr(args, k) for k in (
-        "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma", "steps",
-        "minutes", "batch_size", "lr", "warmup", "ema_decay", "grad_accum", "mixed_precision",
+        "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma",
+        "snr_weighting", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay", "grad_accum", "mixed_precision",
         "class_balanced", "checkpoint_every", "resume", "seed", "device")}
     opts["augment"] = not args.no_augment
     if args.snr_gamma is not None and args.snr_gamma <= 0:
@@ -71,6 +71,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="noise schedule (default %(default)s)")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help=f"min-SNR-gamma loss weighting; 0 turns it off (default {d.snr_gamma})")
+    p.add_argument("--snr-weighting", choices=["auto", "min-snr", "min-snr+1"],
+                   default=d.snr_weighting,
+                   help="min-snr: clean-sample loss weight min(SNR, gamma); min-snr+1: "
+                        "min(SNR+1, gamma), full weight at the highest noise levels "
+                        "(v_prediction only); auto: min-snr+1 for v_prediction, min-snr for "
+                        "epsilon (default %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps,
                    help="optimizer steps (default %(default)s)")
     p.add_argument("--minutes", type=float, default=None,

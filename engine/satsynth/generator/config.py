@@ -20,6 +20,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PREDICTIONS = ("epsilon", "v_prediction")
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+#: loss weights over noise levels, as weights on the clean-sample error: ``min-snr`` is
+#: min(SNR, gamma) (Hang et al. 2023); ``min-snr+1`` is min(SNR + 1, gamma), which keeps full weight
+#: at the highest noise levels, where a sample's overall class composition is decided (v-prediction
+#: only); ``auto`` is min-snr+1 for v-prediction and min-snr for epsilon
+SNR_WEIGHTINGS = ("auto", "min-snr", "min-snr+1")
 
 
 @dataclass
@@ -78,6 +83,7 @@ class TrainOptions:
     prediction: str = "v_prediction"
     beta_schedule: str = "cosine"
     snr_gamma: float | None = 5.0
+    snr_weighting: str = "auto"
     steps: int = 2000
     minutes: float | None = None
     batch_size: int = 16
@@ -120,6 +126,14 @@ class TrainOptions:
             raise SatSynthError("--mixed-precision must be no, fp16 or bf16")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             self.snr_gamma = None
+        if self.snr_weighting not in SNR_WEIGHTINGS:
+            raise SatSynthError(f"unknown SNR weighting {self.snr_weighting!r}: use "
+                                f"{' or '.join(SNR_WEIGHTINGS)}")
+        if self.snr_weighting == "auto":
+            self.snr_weighting = "min-snr+1" if self.prediction == "v_prediction" else "min-snr"
+        if self.snr_weighting == "min-snr+1" and self.prediction != "v_prediction":
+            raise SatSynthError("--snr-weighting min-snr+1 needs --prediction v_prediction (with "
+                                "epsilon its weight grows without bound at high noise)")
         if self.checkpoint_every < 1:
             raise SatSynthError("--checkpoint-every must be at least 1")
 

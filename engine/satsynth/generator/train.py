@@ -146,6 +146,17 @@ def _lr_factor(step: int, frac: float, warmup: int) -> float:
 
 
 # --- log and plot ------------------------------------------------------------------------------
+def snr_loss_weight(snr: Any, gamma: float, weighting: str, prediction: str) -> Any:
+    """Per-sample loss weights for noise levels with signal-to-noise ratios ``snr``: the clean-
+    sample weight min(SNR, gamma) (``min-snr``) or min(SNR + 1, gamma) (``min-snr+1``),
+    expressed for the training target (epsilon or v)."""
+    import torch
+
+    base = snr + 1 if weighting == "min-snr+1" else snr
+    clipped = torch.clamp(base, max=gamma)
+    return clipped / snr if prediction == "epsilon" else clipped / (snr + 1)
+
+
 def _log_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
@@ -362,10 +373,8 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
                     w[:, cfg.bands:] = (mask != IGNORE_INDEX).to(device)[:, None].float()
                     per = (err * w).sum((1, 2, 3)) / w.sum((1, 2, 3)).clamp(min=1.0)
                     if opts.snr_gamma is not None:
-                        snr = compute_snr(sched, t)
-                        clipped = torch.clamp(snr, max=opts.snr_gamma)
-                        sw = clipped / snr if pred_type == "epsilon" else clipped / (snr + 1)
-                        per = per * sw
+                        per = per * snr_loss_weight(compute_snr(sched, t), opts.snr_gamma,
+                                                    opts.snr_weighting, pred_type)
                     loss = per.mean()
                     acc.backward(loss)
                     if acc.sync_gradients:
