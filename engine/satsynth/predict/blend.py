@@ -55,11 +55,13 @@ def _max_argmax(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class BlendAccumulator:
     """Sums weighted tile probabilities into the open cells of a :class:`TileGrid` and turns the
-    cells that become final into class indices and confidences, one row band at a time."""
+    cells that become final into class indices and confidences, one row band at a time
+    (``confidence=False`` skips the confidences when nobody writes them)."""
 
-    def __init__(self, grid: TileGrid, num_classes: int) -> None:
+    def __init__(self, grid: TileGrid, num_classes: int, confidence: bool = True) -> None:
         self.grid = grid
         self.k = num_classes
+        self.confidence = confidence
         self.sum_y = _weight_sums(grid.height, grid.tile_h, grid.rows.starts, grid.overlap)
         self.sum_x = _weight_sums(grid.width, grid.tile_w, grid.cols.starts, grid.overlap)
         self._cells: dict[tuple[int, int], np.ndarray] = {}
@@ -100,7 +102,8 @@ class BlendAccumulator:
             y0, y1 = g.rows.final_span(k)
             self._band_row = y0
             self._band_index = np.full((y1 - y0, g.width), IGNORE_INDEX, dtype=np.uint8)
-            self._band_conf = np.zeros((y1 - y0, g.width), dtype=np.uint8)
+            self._band_conf = (np.zeros((y1 - y0, g.width), dtype=np.uint8)
+                               if self.confidence else None)
         for cell in list(g.cells_final_after(k, j)):
             acc = self._cells.pop(cell, None)
             valid = self._valid.pop(cell, None)
@@ -108,18 +111,20 @@ class BlendAccumulator:
                 continue  # only skipped (empty) tiles covered it: stays nodata
             y0, y1, x0, x1 = g.cell_window(*cell)
             top, idx = _max_argmax(acc)
-            prob = top / np.outer(self.sum_y[y0:y1], self.sum_x[x0:x1])
-            conf = np.clip(np.rint(prob * 255.0), 1, 255).astype(np.uint8)
             idx[~valid] = IGNORE_INDEX
-            conf[~valid] = 0
             by = y0 - self._band_row
             self._band_index[by:by + y1 - y0, x0:x1] = idx
-            self._band_conf[by:by + y1 - y0, x0:x1] = conf
+            if self._band_conf is not None:
+                prob = top / np.outer(self.sum_y[y0:y1], self.sum_x[x0:x1])
+                conf = np.clip(np.rint(prob * 255.0), 1, 255).astype(np.uint8)
+                conf[~valid] = 0
+                self._band_conf[by:by + y1 - y0, x0:x1] = conf
 
-    def finish_row(self, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def finish_row(self, k: int) -> tuple[int, np.ndarray, np.ndarray | None]:
         """After the last tile of tile row ``k``: ``(first_row, class_indices, confidence)`` of
-        the rows that are now final; confidence is the top probability x 255 (1..255), and
-        index 255 / confidence 0 mark pixels without data."""
+        the rows that are now final; confidence is the top probability x 255 (1..255), or None
+        when made with ``confidence=False``, and index 255 / confidence 0 mark pixels without
+        data."""
         if self._band_index is None:  # a row of only skipped tiles
             self.finish_tile(k, len(self.grid.cols.starts) - 1)
         out = (self._band_row, self._band_index, self._band_conf)

@@ -301,7 +301,7 @@ def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, 
     import torch
 
     grid = TileGrid.for_region(region.height, region.width, tile, overlap, multiple)
-    acc = BlendAccumulator(grid, num_classes)
+    acc = BlendAccumulator(grid, num_classes, confidence=writer.wants_confidence)
     weight = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, overlap)).to(device)
     last_col = grid.shape[1] - 1
     pending: list[tuple[int, int, np.ndarray | None, np.ndarray | None]] = []

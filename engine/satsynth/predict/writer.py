@@ -127,6 +127,11 @@ class PredictionWriter:
         self._pending = [(ids[n:], conf[n:] if conf is not None else None)] if rest else []
         self._pending_rows = rest
 
+    @property
+    def wants_confidence(self) -> bool:
+        """Whether a confidence raster is being written."""
+        return self._conf is not None
+
     def close(self) -> None:
         """Close the datasets (all rows must have been added for a complete raster)."""
         for ds in self._dsets:
