@@ -59,7 +59,7 @@ import torch, rasterio  # noqa: F401
 from satsynth.predict.predict import predict_raster
 from satsynth.segmenter.model import load_segmenter
 args = json.loads(sys.argv[1])
-del load_segmenter(args['model'])[0]
+load_segmenter(args['model'])  # imports what this model needs; the copy is dropped
 t = time.perf_counter()
 out = predict_raster(args['model'], args['image'], args['out'], tile=args['tile'],
                      overlap=args['overlap'], batch=args['batch'], device='cpu')
