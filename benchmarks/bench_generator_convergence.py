@@ -24,33 +24,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DUBAI = ROOT / ".." / "shared" / "datasets" / "dubai-aerial"
 
-#: recipe name -> (training options, sampler, sampler steps); ``default`` is the product's default
-#: recipe (TrainOptions); ``fast-b16`` was the default before min-SNR+1 weighting, ``fast`` is it
-#: with the --batch-size of the benchmark (32)
+#: the v-prediction recipe with min-SNR weighting: the product's default until 2026-11-26
+MIN_SNR = {"snr_weighting": "min-snr"}
+#: recipe name -> (training options that differ from the product's defaults (TrainOptions),
+#: sampler, sampler steps); ``default`` is the product's default recipe as it stands
 RECIPES: dict[str, tuple[dict, str, int]] = {
     "reference": ({"prediction": "epsilon", "beta_schedule": "linear", "snr_gamma": None,
-                   "lr": 3e-4, "warmup": 0, "ema_decay": 0.995}, "ddim", 50),
-    "eps-minsnr": ({"prediction": "epsilon", "beta_schedule": "linear", "snr_gamma": 5.0,
-                    "snr_weighting": "min-snr", "lr": 1e-3, "warmup": 100, "ema_decay": 0.999}, "dpm", 20),
-    "fast": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": 5.0,
-              "snr_weighting": "min-snr", "lr": 1e-3, "warmup": 100, "ema_decay": 0.999}, "dpm", 20),
-    "fast-b16": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": 5.0,
-                  "snr_weighting": "min-snr", "lr": 1e-3, "warmup": 100, "ema_decay": 0.999,
-                  "batch_size": 16}, "dpm", 20),
-    "v-uniform": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": None,
-                   "lr": 1e-3, "warmup": 100, "ema_decay": 0.999, "batch_size": 16}, "dpm", 20),
-    "default": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": 5.0,
-                 "snr_weighting": "min-snr+1", "lr": 1e-3, "warmup": 100, "ema_decay": 0.999,
-                 "batch_size": 16}, "dpm", 20),
-    "default-b32": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": 5.0,
-                     "snr_weighting": "min-snr+1", "lr": 1e-3, "warmup": 100, "ema_decay": 0.999,
-                     "batch_size": 32}, "dpm", 20),
-    "default-lr5e-4": ({"prediction": "v_prediction", "beta_schedule": "cosine", "snr_gamma": 5.0,
-                        "snr_weighting": "min-snr+1", "lr": 5e-4, "warmup": 100,
-                        "ema_decay": 0.999, "batch_size": 16}, "dpm", 20),
-    "v-linear": ({"prediction": "v_prediction", "beta_schedule": "linear", "snr_gamma": 5.0,
-                  "snr_weighting": "min-snr", "lr": 1e-3, "warmup": 100, "ema_decay": 0.999},
-                 "dpm", 20),
+                   "lr": 3e-4, "warmup": 0, "ema_decay": 0.995, "batch_size": 32}, "ddim", 50),
+    "eps-minsnr": ({"prediction": "epsilon", "beta_schedule": "linear", "batch_size": 32},
+                   "dpm", 20),
+    "fast": ({**MIN_SNR, "batch_size": 32}, "dpm", 20),
+    "fast-b16": (MIN_SNR, "dpm", 20),
+    "v-linear": ({**MIN_SNR, "beta_schedule": "linear", "batch_size": 32}, "dpm", 20),
+    "v-uniform": ({"snr_gamma": None}, "dpm", 20),
+    "default": ({}, "dpm", 20),
+    "default-b32": ({"batch_size": 32}, "dpm", 20),
+    "default-lr5e-4": ({"lr": 5e-4}, "dpm", 20),
 }
 
 
@@ -70,7 +59,8 @@ def main() -> int:
     ap.add_argument("--recipes", default="reference,default",
                     help=f"comma-separated, from {', '.join(RECIPES)}")
     ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="chips per step for every recipe (default: each recipe's own)")
     ap.add_argument("--chip-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1 is much faster than 2 on a busy 2-core machine)")
@@ -83,6 +73,7 @@ def main() -> int:
     import torch
 
     from satsynth import progress
+    from satsynth.generator.config import TrainOptions
     from satsynth.generator.sample import synthesize
     from satsynth.generator.train import run_training
 
@@ -103,7 +94,8 @@ def main() -> int:
         opts, sampler, steps = RECIPES[name]
         model = work / f"model-{name}"
         t0 = time.monotonic()
-        opts = {"batch_size": args.batch_size, **opts}
+        if args.batch_size is not None:
+            opts = {**opts, "batch_size": args.batch_size}
         res = run_training(data, model, preset="tiny", steps=1_000_000, minutes=args.minutes,
                            checkpoint_every=1_000_000, seed=0, device="cpu", **opts)
         train_s = time.monotonic() - t0
@@ -115,7 +107,8 @@ def main() -> int:
         fig = Path(args.figures) / f"generator_convergence_{name}.png"
         fig.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out["grid"], fig)
-        row = {"recipe": name, "steps": res["steps"], "batch": opts["batch_size"], "train_s": round(train_s, 1),
+        row = {"recipe": name, "steps": res["steps"],
+               "batch": opts.get("batch_size", TrainOptions.batch_size), "train_s": round(train_s, 1),
                "sampler": f"{sampler}-{steps}", "tv": rep["tv_distance"],
                "invalid_code_share": round(rep["invalid_code_share"], 4),
                "sample_s": round(time.monotonic() - t1, 1), "grid": str(fig),

@@ -20,8 +20,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
     opts = {k: getattr(args, k) for k in (
         "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma",
-        "snr_weighting", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay", "grad_accum", "mixed_precision",
-        "class_balanced", "checkpoint_every", "resume", "seed", "device")}
+        "snr_weighting", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay",
+        "grad_accum", "mixed_precision", "class_balanced", "checkpoint_every", "resume", "seed",
+        "device")}
     opts["augment"] = not args.no_augment
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         opts["snr_gamma"] = None

@@ -145,7 +145,6 @@ def _lr_factor(step: int, frac: float, warmup: int) -> float:
     return w * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0))))
 
 
-# --- log and plot ------------------------------------------------------------------------------
 def snr_loss_weight(snr: Any, gamma: float, weighting: str, prediction: str) -> Any:
     """Per-sample loss weights for noise levels with signal-to-noise ratios ``snr``: the clean-
     sample weight min(SNR, gamma) (``min-snr``) or min(SNR + 1, gamma) (``min-snr+1``),
@@ -157,6 +156,7 @@ def snr_loss_weight(snr: Any, gamma: float, weighting: str, prediction: str) -> 
     return clipped / snr if prediction == "epsilon" else clipped / (snr + 1)
 
 
+# --- log and plot ------------------------------------------------------------------------------
 def _log_text(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_FIELDS)

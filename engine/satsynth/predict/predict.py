@@ -43,7 +43,8 @@ from satsynth.predict.writer import PredictionWriter, aux_xml, to_cog
 
 log = logging.getLogger("satsynth")
 
-#: GDAL block cache while predicting (MB): holds the input blocks of one tile row.
+#: GDAL block cache while predicting (MB): the input blocks a tile row spans (two block rows of a
+#: 16384-wide RGB image) plus the output rows being written.
 GDAL_CACHE_MB = 64
 #: Warn when the image's pixel size differs from the model's by more than this fraction.
 RESOLUTION_TOLERANCE = 0.25
@@ -63,7 +64,6 @@ class Region:
     @property
     def pixels(self) -> int:
         return self.height * self.width
-
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
