@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
     opts = {k: getattr(args, k) for k in (
         "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma",
-        "snr_weighting", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay",
+        "snr_weighting", "condition", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay",
         "grad_accum", "mixed_precision", "class_balanced", "checkpoint_every", "resume", "seed",
         "device")}
     opts["augment"] = not args.no_augment
@@ -38,11 +38,23 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in res.items()}
 
 
+def _favor(text: str) -> tuple[str, float]:
+    name, sep, factor = text.rpartition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CLASS=FACTOR (e.g. Water=3), got {text!r}"
+                                         ) from None
+
+
 def _synthesize(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.generator.sample import synthesize
 
     return synthesize(args.model, args.count, args.out, sampler=args.sampler, steps=args.steps,
-                      seed=args.seed, device=args.device, batch_size=args.batch_size)
+                      seed=args.seed, device=args.device, batch_size=args.batch_size,
+                      favor=dict(args.favor) if args.favor else None)
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -78,6 +90,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "min(SNR+1, gamma), full weight at the highest noise levels "
                         "(v_prediction only); auto: min-snr+1 for v_prediction, min-snr for "
                         "epsilon (default %(default)s)")
+    p.add_argument("--condition", choices=["none", "class-shares"], default=d.condition,
+                   help="none: the paper's unconditional model; class-shares: condition on each "
+                        "chip's class pixel shares, drawn from the real training chips when "
+                        "sampling, which keeps the synthetic class mix close to the real one "
+                        "(default %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps,
                    help="optimizer steps (default %(default)s)")
     p.add_argument("--minutes", type=float, default=None,
@@ -120,6 +137,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--steps", type=int, default=20,
                    help="sampling steps for ddim/dpm (default %(default)s)")
     s.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default %(default)s)")
+    s.add_argument("--favor", type=_favor, action="append", metavar="CLASS=FACTOR",
+                   help="draw chips made of CLASS (name or id) FACTOR times as often, e.g. "
+                        "Water=3 or Road=0.5; repeatable (generators trained with --condition "
+                        "class-shares)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     s.set_defaults(func=_synthesize)

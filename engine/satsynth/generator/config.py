@@ -25,6 +25,10 @@ BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 #: at the highest noise levels, where a sample's overall class composition is decided (v-prediction
 #: only); ``auto`` is min-snr+1 for v-prediction and min-snr for epsilon
 SNR_WEIGHTINGS = ("auto", "min-snr", "min-snr+1")
+#: what the UNet is conditioned on: ``none`` (the paper's unconditional model) or
+#: ``class-shares`` (each chip's class pixel shares, added to the timestep embedding; at sampling
+#: time drawn from the real training chips, or asked for by the user)
+CONDITIONS = ("none", "class-shares")
 
 
 @dataclass
@@ -84,6 +88,7 @@ class TrainOptions:
     beta_schedule: str = "cosine"
     snr_gamma: float | None = 5.0
     snr_weighting: str = "auto"
+    condition: str = "class-shares"
     steps: int = 2000
     minutes: float | None = None
     batch_size: int = 16
@@ -134,6 +139,9 @@ class TrainOptions:
         if self.snr_weighting == "min-snr+1" and self.prediction != "v_prediction":
             raise SatSynthError("--snr-weighting min-snr+1 needs --prediction v_prediction (with "
                                 "epsilon its weight grows without bound at high noise)")
+        if self.condition not in CONDITIONS:
+            raise SatSynthError(f"unknown condition {self.condition!r}: use "
+                                f"{' or '.join(CONDITIONS)}")
         if self.checkpoint_every < 1:
             raise SatSynthError("--checkpoint-every must be at least 1")
 
@@ -158,6 +166,7 @@ class GeneratorConfig:
     source_extent: list[float] | None = None  # minx, miny, maxx, maxy of the training chips
     y_up: bool = True  # chip transforms have negative e (north-up rasters)
     real_class_shares: list[float] = field(default_factory=list)
+    condition: str = "none"  # none | class-shares (CONDITIONS)
     dataset: str = ""
     model_id: str = ""
     step: int = 0

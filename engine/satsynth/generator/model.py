@@ -13,8 +13,12 @@ SAMPLERS = ("ddpm", "ddim", "dpm")
 
 
 def build_unet(cfg: GeneratorConfig) -> Any:
-    """A diffusers ``UNet2DModel`` over image bands + label channels (input = output channels)."""
+    """A diffusers ``UNet2DModel`` over image bands + label channels (input = output channels).
+
+    With ``condition == "class-shares"`` it takes ``class_labels``: a chip's K class pixel shares,
+    mapped by diffusers' ``TimestepEmbedding`` MLP and added to the timestep embedding."""
     from diffusers import UNet2DModel
+    from diffusers.models.embeddings import TimestepEmbedding
 
     widths = [int(w) for w in cfg.arch.block_widths]
     levels = len(widths)
@@ -29,11 +33,15 @@ def build_unet(cfg: GeneratorConfig) -> Any:
             down[i] = "AttnDownBlock2D"
             up[levels - 1 - i] = "AttnUpBlock2D"
     groups = max(1, min(32, min(widths) // 4))
-    return UNet2DModel(
+    conditioned = cfg.condition == "class-shares"
+    unet = UNet2DModel(
         sample_size=cfg.chip_size, in_channels=cfg.channels, out_channels=cfg.channels,
         block_out_channels=tuple(widths), layers_per_block=int(cfg.arch.layers_per_block),
         down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=groups,
-        attention_head_dim=8)
+        attention_head_dim=8, class_embed_type="identity" if conditioned else None)
+    if conditioned:  # "identity" passes class_labels through as an embedding; make it learned
+        unet.class_embedding = TimestepEmbedding(cfg.num_classes, widths[0] * 4)
+    return unet
 
 
 def noise_scheduler(cfg: GeneratorConfig) -> Any:
@@ -76,3 +84,11 @@ def load_generator(path: str | Path, device: Any = "cpu", weights: str = "ema"
         raise SatSynthError(f"{weights}.safetensors does not match config.json "
                             f"({str(exc).splitlines()[0]})", path) from None
     return model.to(device).eval(), cfg
+
+
+def load_conditions(path: str | Path) -> Any:
+    """The training chips' class shares (N, K) kept in a class-share-conditioned model folder."""
+    shares = load_tensors(path, "conditions").get("class_shares")
+    if shares is None or shares.ndim != 2 or not len(shares):
+        raise SatSynthError("conditions.safetensors holds no class shares", Path(path))
+    return shares.numpy()

@@ -47,14 +47,63 @@ def _noise(count: int, first: int, shape: tuple[int, ...], seed: int) -> Any:
     return out
 
 
+def draw_conditions(pool: np.ndarray, count: int, seed: int = 0,
+                    favor: np.ndarray | None = None) -> np.ndarray:
+    """``count`` class-share vectors drawn from ``pool`` (training chips' shares, (N, K)) by
+    systematic sampling over the chips ordered by dominant class, so the mean of the draw is
+    close to the pool's mean even for a few dozen samples; returned in random order.
+
+    ``favor`` (K factors, 1 = as in the data) draws each chip with a probability proportional to
+    1 + sum_k (favor_k - 1) * share_k: a factor of 3 for a class makes chips made only of it
+    three times as likely as chips without it."""
+    pool = np.asarray(pool, dtype=np.float32)
+    if pool.ndim != 2 or not len(pool):
+        raise SatSynthError("no class shares to draw sampling conditions from")
+    rng = np.random.default_rng([seed, 0xC0])
+    order = np.lexsort((-pool.max(1), pool.argmax(1)))
+    w = np.ones(len(pool)) if favor is None else \
+        1.0 + pool[order].astype(np.float64) @ (np.asarray(favor, np.float64) - 1.0)
+    cum = np.cumsum(np.maximum(w, 0.0))
+    pos = (rng.random() + np.arange(count)) / count * cum[-1]
+    picks = pool[order[np.minimum(np.searchsorted(cum, pos, side="right"), len(pool) - 1)]]
+    return picks[rng.permutation(count)]
+
+
+def favor_factors(favor: dict[str, float] | None, table: ClassTable) -> np.ndarray | None:
+    """Per-class draw factors from {class name or id: factor}, with a clear error for unknown
+    classes or factors that are not positive."""
+    if not favor:
+        return None
+    factors = np.ones(table.num_classes)
+    by_key = {c.name.lower(): i for i, c in enumerate(table.classes)}
+    by_key.update({str(c.id): i for i, c in enumerate(table.classes)})
+    for key, value in favor.items():
+        i = by_key.get(str(key).strip().lower())
+        if i is None:
+            raise SatSynthError(f"--favor: no class {key!r} in this generator (classes: "
+                                f"{', '.join(table.names)})")
+        if not float(value) > 0:
+            raise SatSynthError(f"--favor {key}: the factor must be positive, got {value}")
+        factors[i] = float(value)
+    return factors
+
+
 def generate(model: Any, cfg: GeneratorConfig, count: int, first: int = 0, sampler: str = "dpm",
-             steps: int = 20, seed: int = 0, device: Any = "cpu",
-             on_step: Any = None) -> tuple[np.ndarray, np.ndarray, int, int]:
+             steps: int = 20, seed: int = 0, device: Any = "cpu", on_step: Any = None,
+             conditions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Sample ``count`` pairs. Returns (images (N,C,S,S) float32 in [-1,1], labels (N,S,S) uint8
-    class indices, invalid-code pixel count, UNet evaluations per pair)."""
+    class indices, invalid-code pixel count, UNet evaluations per pair). A class-share-conditioned
+    model needs ``conditions``: the (N, K) class shares asked of each sample."""
     import torch
 
     from satsynth.generator.model import sampler_scheduler
+
+    cond = None
+    if cfg.condition == "class-shares":
+        if conditions is None or np.shape(conditions) != (count, cfg.num_classes):
+            raise SatSynthError(f"this generator is conditioned on class shares: give {count} "
+                                f"share vectors of {cfg.num_classes} classes")
+        cond = torch.as_tensor(np.asarray(conditions), dtype=torch.float32, device=device)
 
     sch = sampler_scheduler(cfg, sampler)
     n_steps = sch.config.num_train_timesteps if sampler == "ddpm" else int(steps)
@@ -69,7 +118,7 @@ def generate(model: Any, cfg: GeneratorConfig, count: int, first: int = 0, sampl
     with torch.inference_mode():
         for t in sch.timesteps:
             inp = sch.scale_model_input(x, t)
-            out = model(inp, t.to(device).expand(count)).sample
+            out = model(inp, t.to(device).expand(count), class_labels=cond).sample
             x = sch.step(out, t, x, **extra).prev_sample
             if on_step is not None:
                 on_step()
@@ -171,14 +220,16 @@ def _sha256(path: Path) -> str:
 
 
 def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str = "dpm",
-               steps: int = 20, seed: int = 0, device: str = "auto",
-               batch_size: int = 16) -> dict[str, Any]:
-    """Sample ``count`` georeferenced image-mask pairs from a generator folder into ``out``."""
+               steps: int = 20, seed: int = 0, device: str = "auto", batch_size: int = 16,
+               favor: dict[str, float] | None = None) -> dict[str, Any]:
+    """Sample ``count`` georeferenced image-mask pairs from a generator folder into ``out``.
+    ``favor`` ({class name or id: factor}) asks a class-share-conditioned generator for more
+    (factor > 1) or less of some classes (see :func:`draw_conditions`)."""
     import rasterio
     from rasterio.transform import Affine
 
     from satsynth.device import resolve_device
-    from satsynth.generator.model import SAMPLERS, load_generator
+    from satsynth.generator.model import SAMPLERS, load_conditions, load_generator
     from satsynth.generator.report import (
         class_shares,
         plot_class_shares,
@@ -203,10 +254,18 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
     model_sha = _sha256(model_dir / "ema.safetensors")[:16]
     model_id = cfg.model_id or model_sha
     transforms, placement = _grid_transforms(cfg, count)
+    if favor and cfg.condition != "class-shares":
+        raise SatSynthError("--favor needs a generator trained with --condition class-shares",
+                            model_dir)
+    conditions = draw_conditions(load_conditions(model_dir), count, seed,
+                                 favor_factors(favor, table)) \
+        if cfg.condition == "class-shares" else None
+    cond_tv = 0.0
     crs_wkt = _crs_wkt(cfg.crs)
     extra = {"model_dir": str(model_dir.resolve()), "model_id": model_id,
              "weights_sha256": model_sha, "model_step": cfg.step, "seed": seed,
-             "sampler": sampler, "steps": steps if sampler != "ddpm" else None}
+             "sampler": sampler, "steps": steps if sampler != "ddpm" else None,
+             "favor": favor or None}
     meta = StoreMeta(classes=table, bands=cfg.bands, dtype=cfg.dtype, chip_size=cfg.chip_size,
                      normalizer=norm, crs=cfg.crs,
                      pixel_size=tuple(cfg.pixel_size) if cfg.pixel_size else None,
@@ -232,11 +291,16 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
         for bi in range(batches):
             first = bi * batch_size
             n = min(batch_size, count - first)
+            asked = conditions[first:first + n] if conditions is not None else None
             imgs, labs, inv, evals = generate(
                 model, cfg, n, first, sampler, steps, seed, dev,
-                on_step=lambda msg=f"batch {bi + 1}/{batches}": bar.update(1, message=msg))
+                on_step=lambda msg=f"batch {bi + 1}/{batches}": bar.update(1, message=msg),
+                conditions=asked)
             invalid += inv
             counts += np.bincount(labs.ravel(), minlength=k)[:k]
+            if asked is not None:
+                got = np.stack([np.bincount(lab.ravel(), minlength=k)[:k] for lab in labs])
+                cond_tv += float(0.5 * np.abs(got / (s * s) - asked).sum())
             if sum(len(g) for g in grid_imgs) < GRID_SAMPLES:
                 grid_imgs.append(imgs[:GRID_SAMPLES])
                 grid_labs.append(labs[:GRID_SAMPLES])
@@ -280,6 +344,13 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
             "pairs_per_s": round(count / max(elapsed, 1e-9), 4),
             "device": str(dev),
             "tv_distance": round(tv, 5) if tv is not None else None,
+            "condition": cfg.condition, "favor": favor or None,
+            "asked_class_shares": [round(float(v), 6) for v in class_shares(conditions.sum(0))]
+            if conditions is not None else None,
+            "conditions_tv_distance": round(tv_distance(real, conditions.sum(0)), 5)
+            if conditions is not None and real.sum() > 0 else None,
+            "per_sample_condition_tv": round(cond_tv / count, 5)
+            if conditions is not None else None,
             "invalid_codes": int(invalid),
             "invalid_code_share": float(invalid / max(count * s * s, 1)),
             "classes": [{"index": i, "id": c.id, "name": c.name,

@@ -37,6 +37,11 @@ log = logging.getLogger("satsynth")
 LOG_NAME = "train_log.csv"
 PLOT_NAME = "loss.png"
 LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "steps_per_s")
+#: options fixed by the architecture or the data encoding: a resumed run keeps the checkpoint's
+KEPT_ON_RESUME = ("preset", "block_widths", "encoding", "prediction", "beta_schedule", "condition")
+#: at most this many training chips' class shares are kept in a class-share-conditioned model
+#: folder (``conditions.safetensors``), to draw conditions from at sampling time
+MAX_STORED_CONDITIONS = 65536
 
 
 # --- dataset facts ---------------------------------------------------------------------------
@@ -61,14 +66,19 @@ def _extent(store: ChipStore) -> tuple[list[float] | None, bool]:
             float(b[:, 3].max())], y_up
 
 
-def _chip_weights(labels: np.ndarray, num_classes: int, block: int = 512) -> np.ndarray:
-    """Class-balanced sampling weights: each chip's pixel mix weighted by 1/sqrt(class share)."""
+def chip_class_counts(labels: np.ndarray, num_classes: int, block: int = 512) -> np.ndarray:
+    """(N, K) labelled-pixel counts per chip and class (ignored pixels are not counted)."""
     n = labels.shape[0]
     counts = np.zeros((n, num_classes), np.float64)
     for k in range(0, n, block):
         lab = np.asarray(labels[k:k + block]).reshape(min(block, n - k), -1)
         for c in range(num_classes):
             counts[k:k + len(lab), c] = (lab == c).sum(1)
+    return counts
+
+
+def _chip_weights(counts: np.ndarray) -> np.ndarray:
+    """Class-balanced sampling weights: each chip's pixel mix weighted by 1/sqrt(class share)."""
     share = counts.sum(0) / max(counts.sum(), 1.0)
     inv = np.where(share > 0, 1.0 / np.sqrt(np.maximum(share, 1e-12)), 0.0)
     frac = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
@@ -102,7 +112,7 @@ def _new_config(store: ChipStore, opts: TrainOptions) -> GeneratorConfig:
         chip_size=meta.chip_size, crs=meta.crs,
         pixel_size=list(meta.pixel_size) if meta.pixel_size else None,
         source_extent=extent, y_up=y_up,
-        real_class_shares=[float(v) for v in meta.class_shares("train")],
+        real_class_shares=[float(v) for v in meta.class_shares("train")], condition=opts.condition,
         dataset=str(Path(store.path).resolve()), model_id=f"gen-{uuid.uuid4().hex[:10]}")
 
 
@@ -239,7 +249,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
         _check_compatible(cfg, store, out)
         resume_state = raw.get("training_state") or {}
         prev = cfg.training or {}
-        for key in ("preset", "block_widths", "encoding", "prediction", "beta_schedule"):
+        for key in KEPT_ON_RESUME:
             if key in prev and key in options and options[key] is not None \
                     and options[key] != prev[key]:
                 log.warning("--resume keeps the checkpoint's %s=%s (ignoring %s)", key, prev[key],
@@ -288,7 +298,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
 
     cfg.training = {k: v for k, v in opts.to_dict().items() if k not in ("resume",)}
     if resume_state is not None:
-        for key in ("preset", "block_widths", "encoding", "prediction", "beta_schedule"):
+        for key in KEPT_ON_RESUME:
             cfg.training[key] = (resume_state.get("options") or {}).get(key, cfg.training[key])
 
     model, optimizer = acc.prepare(model, optimizer)
@@ -299,11 +309,18 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
 
     data = ChipDataset(store, "train")
     n_chips = len(data)
-    weights = _chip_weights(store.split("train").labels, cfg.num_classes) \
-        if opts.class_balanced else None
+    counts = chip_class_counts(store.split("train").labels, cfg.num_classes) \
+        if opts.class_balanced or cfg.condition == "class-shares" else None
+    weights = _chip_weights(counts) if opts.class_balanced else None
+    shares = None
+    stored_shares: dict[str, Any] = {}
+    if cfg.condition == "class-shares":
+        shares = torch.from_numpy(counts / np.maximum(counts.sum(1, keepdims=True), 1.0)).float()
+        keep = np.random.default_rng(opts.seed).permutation(n_chips)[:MAX_STORED_CONDITIONS]
+        stored_shares = {"conditions": {"class_shares": shares[np.sort(keep)].clone()}}
     rank, world = acc.process_index, acc.num_processes
 
-    def batch(step_i: int, micro: int) -> tuple[Any, Any, Any, Any]:
+    def batch(step_i: int, micro: int) -> tuple[Any, Any, Any, Any, Any]:
         seq = [opts.seed, step_i, micro, rank]
         rng = np.random.default_rng(seq)
         idx = rng.choice(n_chips, opts.batch_size, replace=n_chips < opts.batch_size, p=weights) \
@@ -315,7 +332,8 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
             img, mask = random_dihedral_batch(img, mask, generator=g)
         noise = torch.randn((img.shape[0], cfg.channels, *img.shape[2:]), generator=g)
         t = torch.randint(0, T, (img.shape[0],), generator=g)
-        return img, mask, noise, t
+        cond = shares[np.sort(idx)] if shares is not None else None  # dihedral moves keep shares
+        return img, mask, noise, t, cond
 
     def save(final: bool) -> None:
         if main:
@@ -330,7 +348,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
                                         "options": cfg.training, "final": final}
             save_model_dir(out, "generator", config,
                            {"model": unwrapped.state_dict(), "ema": ema_sd,
-                            "optimizer": opt_tensors},
+                            "optimizer": opt_tensors, **stored_shares},
                            extra_files={LOG_NAME: _log_text(rows)})
         acc.wait_for_everyone()
 
@@ -360,14 +378,16 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(opts.grad_accum):
-                img, mask, noise, t = batch(step, micro)
+                img, mask, noise, t, cond = batch(step, micro)
                 with acc.accumulate(model):
                     x0 = torch.cat([img, enc.encode(mask)], 1).to(device)
                     noise, t = noise.to(device), t.to(device)
                     xt = sched.add_noise(x0, noise, t)
                     target = noise if pred_type == "epsilon" else sched.get_velocity(x0, noise, t)
+                    if cond is not None:
+                        cond = cond.to(device)
                     with acc.autocast():
-                        pred = model(xt, t).sample
+                        pred = model(xt, t, class_labels=cond).sample
                     err = (pred.float() - target) ** 2
                     w = torch.ones_like(err[:1, :, :1, :1]).expand_as(err).clone()
                     w[:, cfg.bands:] = (mask != IGNORE_INDEX).to(device)[:, None].float()
