@@ -36,12 +36,14 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from satsynth.generator.model import load_generator
+    from satsynth.generator.model import load_conditions, load_generator
     from satsynth.generator.report import tv_distance
-    from satsynth.generator.sample import generate
+    from satsynth.generator.sample import draw_conditions, generate
 
     torch.set_num_threads(args.threads)
     model, cfg = load_generator(args.model, "cpu")
+    conditions = draw_conditions(load_conditions(args.model), args.count) \
+        if cfg.condition == "class-shares" else None
     want = set(args.samplers.split(","))
     rows = []
     for sampler, steps in SAMPLERS:
@@ -52,7 +54,9 @@ def main() -> int:
         t0 = time.perf_counter()
         for first in range(0, args.count, args.batch_size):
             n = min(args.batch_size, args.count - first)
-            _, labels, inv, evals = generate(model, cfg, n, first, sampler, steps, seed=0)
+            asked = conditions[first:first + n] if conditions is not None else None
+            _, labels, inv, evals = generate(model, cfg, n, first, sampler, steps, seed=0,
+                                             conditions=asked)
             counts += np.bincount(labels.ravel(), minlength=cfg.num_classes)[:cfg.num_classes]
             invalid += inv
         total = time.perf_counter() - t0
