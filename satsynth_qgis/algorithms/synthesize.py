@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingOutputRasterLayer,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
 )
 
 from .. import compat
@@ -19,6 +20,21 @@ from ..styling import ClassStylePostProcessor
 from .base import SatSynthAlgorithm
 
 SAMPLERS = ["dpm", "ddim", "ddpm"]
+
+
+def favor_items(text: str) -> list[str]:
+    """'Water=3; Road=0.5' -> ['Water=3', 'Road=0.5']; ValueError names a malformed item."""
+    items = [t.strip() for t in (text or "").split(";") if t.strip()]
+    for item in items:
+        name, sep, factor = item.rpartition("=")
+        try:
+            ok = bool(sep and name.strip()) and float(factor) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"Favor classes: '{item}' is not CLASS=FACTOR with a positive "
+                             "factor (e.g. Water=3)")
+    return items
 
 
 class Synthesize(SatSynthAlgorithm):
@@ -35,6 +51,10 @@ class Synthesize(SatSynthAlgorithm):
         "the synthetic images and their labels, styled by class.\n\n"
         "Sampler: dpm (DPM-Solver++, good in 20 steps), ddim, or ddpm (all 1000 steps, slow, the "
         "reference). Steps applies to dpm and ddim.\n\n"
+        "Favor classes (advanced; generators trained with class-share conditioning, the "
+        "default): ask for more or less of some classes, as CLASS=FACTOR items separated by "
+        "semicolons, e.g. 'Water=3; Road=0.5' (class names or ids). A factor of 3 makes chips "
+        "made only of that class three times as likely.\n\n"
         "Outputs: the synthetic folder, both mosaics, a sample grid (PNG) and a report (JSON) "
         "comparing the class shares of real and synthetic labels."
     )
@@ -53,6 +73,8 @@ class Synthesize(SatSynthAlgorithm):
         self.addParameter(compat.advanced(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Pairs per batch (0 = engine default)"), compat.NUMBER_INTEGER,
             0, minValue=0)))
+        self.addParameter(compat.advanced(QgsProcessingParameterString(
+            "FAVOR", self.tr("Favor classes (e.g. Water=3; Road=0.5)"), optional=True)))
         self.addParameter(QgsProcessingParameterFolderDestination(
             "OUTPUT", self.tr("Synthetic folder")))
         self.addOutput(QgsProcessingOutputFolder("SYNTHETIC", self.tr("Synthetic folder")))
@@ -66,6 +88,10 @@ class Synthesize(SatSynthAlgorithm):
         ok, msg = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, msg
+        try:
+            favor_items(self.parameterAsString(parameters, "FAVOR", context))
+        except ValueError as exc:
+            return False, str(exc)
         return self.folder_checks(parameters, context, {"GENERATOR": "generator"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
@@ -78,6 +104,8 @@ class Synthesize(SatSynthAlgorithm):
                 "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
         if self.enum_value(parameters, "SAMPLER", context) == "ddpm":
             feedback.pushInfo("The ddpm sampler runs all 1000 steps (Sampling steps is ignored).")
+        for item in favor_items(self.parameterAsString(parameters, "FAVOR", context)):
+            args += ["--favor", item]
         batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
         if batch:
             args += ["--batch-size", str(batch)]

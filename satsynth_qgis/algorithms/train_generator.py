@@ -18,6 +18,7 @@ from .. import compat
 from .base import SatSynthAlgorithm
 
 PRESETS = ["tiny", "small", "base"]
+CONDITIONS = ["class-shares", "none"]
 
 
 class TrainGenerator(SatSynthAlgorithm):
@@ -34,6 +35,9 @@ class TrainGenerator(SatSynthAlgorithm):
         "GPU). Steps: optimizer steps (0 = the engine's default of 2000); Time budget: stop "
         "cleanly after this many minutes (0 = no limit), whichever comes first. Training on a CPU "
         "is slow: use tiny and a few hundred steps to try things out.\n\n"
+        "Conditioning (advanced): class-shares (default) also teaches the model each chip's class "
+        "mix, so that synthesized pairs keep the real class mix and 'Favor classes' can ask for "
+        "more of a rare class; none is the paper's unconditional model.\n\n"
         "Outputs: the generator folder, the training log (CSV) and a loss plot (PNG)."
     )
 
@@ -50,6 +54,8 @@ class TrainGenerator(SatSynthAlgorithm):
             "BATCH_SIZE", self.tr("Batch size (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
         self.addParameter(self.device_param())
+        self.addParameter(compat.advanced(self.enum_param(
+            "CONDITION", "Conditioning", CONDITIONS, CONDITIONS[0])))
         self.addParameter(compat.advanced(QgsProcessingParameterNumber(
             "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0, minValue=0)))
         self.addParameter(QgsProcessingParameterFolderDestination(
@@ -71,7 +77,8 @@ class TrainGenerator(SatSynthAlgorithm):
         out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
         args = ["train-generator", self.parameterAsFile(parameters, "DATASET", context),
                 "--out", out, "--preset", self.enum_value(parameters, "PRESET", context),
-                "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
+                "--seed", str(self.parameterAsInt(parameters, "SEED", context)),
+                "--condition", self.enum_value(parameters, "CONDITION", context)]
         for name, flag in (("STEPS", "--steps"), ("BATCH_SIZE", "--batch-size")):
             value = self.parameterAsInt(parameters, name, context)
             if value:

@@ -115,6 +115,24 @@ def test_synthesize_loads_image_and_styled_label_mosaics(synthetic):
     assert len(labels.renderer().classes()) == 3
 
 
+def test_synthesize_favors_a_class_when_asked_and_rejects_a_malformed_request(
+        generator, provider, tmp_path):
+    gen = generator[0]["GENERATOR"]
+    config = json.loads((Path(gen) / "config.json").read_text())
+    assert config["condition"] == "class-shares", "the toolbox trains conditioned generators"
+    results, _ = run_alg("satsynth:synthesize", {
+        "GENERATOR": gen, "COUNT": 8, "STEPS": 2, "DEVICE": "cpu", "FAVOR": " 2=4 ; 1=0.5",
+        "OUTPUT": str(tmp_path / "syn")})
+    report = json.loads(Path(results["REPORT"]).read_text())
+    assert report["favor"] == {"2": 4.0, "1": 0.5}
+    real = [c["real_share"] for c in report["classes"]]
+    assert report["asked_class_shares"][2] > real[2] and report["asked_class_shares"][1] < real[1]
+    alg = QgsApplication.processingRegistry().createAlgorithmById("satsynth:synthesize")
+    ok, msg = alg.checkParameterValues({"GENERATOR": gen, "COUNT": 2, "FAVOR": "Water:3",
+                                        "OUTPUT": str(tmp_path / "x")}, QgsProcessingContext())
+    assert not ok and "'Water:3' is not CLASS=FACTOR" in msg, msg
+
+
 def test_train_segmenter_on_real_and_synthetic(segmenter):
     assert (Path(segmenter["MODEL"]) / "model.safetensors").is_file()
     metrics = json.loads(Path(segmenter["METRICS"]).read_text())
