@@ -39,18 +39,19 @@ def synthetic_store(path: Path, n: int, size: int, k: int = 6) -> Path:
 
 
 def bare_steps(model, batch, steps: int) -> float:
-    """Seconds per bare step: forward + MSE + backward + AdamW on one fixed batch."""
+    """Seconds per bare step: forward + MSE + backward + AdamW on one fixed batch (with class
+    shares for a class-share-conditioned model, as the pipeline has)."""
     import torch
 
-    x, t = batch
+    x, t, cond = batch
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for _ in range(2):  # warm-up
-        (model(x, t).sample - x).pow(2).mean().backward()
+        (model(x, t, class_labels=cond).sample - x).pow(2).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     for _ in range(steps):
-        (model(x, t).sample - x).pow(2).mean().backward()
+        (model(x, t, class_labels=cond).sample - x).pow(2).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return (time.perf_counter() - t0) / steps
@@ -82,16 +83,19 @@ def main() -> int:
         model = build_unet(cfg).train()
         x = torch.randn(args.batch_size, cfg.channels, args.chip_size, args.chip_size)
         t = torch.randint(0, 1000, (args.batch_size,))
-        bare1 = bare_steps(model, (x, t), args.steps)
+        cond = torch.softmax(torch.randn(args.batch_size, cfg.num_classes), 1) \
+            if cfg.condition == "class-shares" else None
+        bare1 = bare_steps(model, (x, t, cond), args.steps)
         res = run_training(ds, Path(tmp) / "m", preset=args.preset, steps=args.steps + 3,
                            batch_size=args.batch_size, device="cpu", checkpoint_every=10**6)
         with open(res["log"], encoding="utf-8") as fh:
             el = [float(r["elapsed_s"]) for r in csv.DictReader(fh)]
         pipe = (el[-1] - el[2]) / (len(el) - 3)  # skip 3 warm-up steps
-        bare2 = bare_steps(model, (x, t), args.steps)
+        bare2 = bare_steps(model, (x, t, cond), args.steps)
     bare = (bare1 + bare2) / 2
     print(f"machine: {torch.get_num_threads()} torch thread(s), CPU; preset {args.preset}, "
-          f"batch {args.batch_size}, {args.chip_size} px chips, {args.steps} steps each")
+          f"condition {cfg.condition}, batch {args.batch_size}, {args.chip_size} px chips, "
+          f"{args.steps} steps each")
     print(f"bare step      : {args.batch_size / bare:8.1f} samples/s  ({bare * 1000:.0f} ms/step; "
           f"runs {bare1 * 1000:.0f} and {bare2 * 1000:.0f} ms)")
     print(f"pipeline step  : {args.batch_size / pipe:8.1f} samples/s  ({pipe * 1000:.0f} ms/step)")
