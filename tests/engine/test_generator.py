@@ -378,6 +378,7 @@ def test_favor_asks_for_more_of_a_class_and_rejects_what_it_cannot_do(overfit, t
     table = ClassTable.from_values(IDS)
     factors = favor_factors({"30": 3, "10": 0.5}, table)
     assert factors.tolist() == [0.5, 1.0, 3.0]
+    assert favor_factors({table.names[1].upper(): 2}, table).tolist() == [1.0, 2.0, 1.0]
     mix = draw_conditions(pool, 100, 0, factors).mean(0)
     # weights 70*0.5 : 20 : 10*3 -> 35 : 20 : 30 of 85
     np.testing.assert_allclose(mix, [35 / 85, 20 / 85, 30 / 85], atol=0.015)

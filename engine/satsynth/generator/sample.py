@@ -75,13 +75,15 @@ def favor_factors(favor: dict[str, float] | None, table: ClassTable) -> np.ndarr
     if not favor:
         return None
     factors = np.ones(table.num_classes)
-    by_key = {c.name.lower(): i for i, c in enumerate(table.classes)}
-    by_key.update({str(c.id): i for i, c in enumerate(table.classes)})
+    ids = [str(v) for v in table.ids]
     for key, value in favor.items():
-        i = by_key.get(str(key).strip().lower())
-        if i is None:
-            raise SatSynthError(f"--favor: no class {key!r} in this generator (classes: "
-                                f"{', '.join(table.names)})")
+        try:
+            i = table.index_of_name(str(key).strip())
+        except KeyError:
+            if str(key).strip() not in ids:
+                raise SatSynthError(f"--favor: no class {key!r} in this generator (classes: "
+                                    f"{', '.join(table.names)})") from None
+            i = ids.index(str(key).strip())
         if not float(value) > 0:
             raise SatSynthError(f"--favor {key}: the factor must be positive, got {value}")
         factors[i] = float(value)
@@ -297,9 +299,9 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
                 on_step=lambda msg=f"batch {bi + 1}/{batches}": bar.update(1, message=msg),
                 conditions=asked)
             invalid += inv
-            counts += np.bincount(labs.ravel(), minlength=k)[:k]
+            got = np.stack([np.bincount(lab.ravel(), minlength=k)[:k] for lab in labs])
+            counts += got.sum(0)
             if asked is not None:
-                got = np.stack([np.bincount(lab.ravel(), minlength=k)[:k] for lab in labs])
                 cond_tv += float(0.5 * np.abs(got / (s * s) - asked).sum())
             if sum(len(g) for g in grid_imgs) < GRID_SAMPLES:
                 grid_imgs.append(imgs[:GRID_SAMPLES])
