@@ -565,14 +565,15 @@ _PEAK_RSS = (
 def test_memory_is_bounded_on_a_large_raster(tmp_path):
     """8192 x 8192 x 3: the whole raster as float32 would be 805 MB and its class probabilities
     another 537 MB. The streamed run stays within a few hundred MB of the bare imports, and a
-    raster twice as tall (same width) needs about the same memory: no array grows with the area.
-    (Resident memory rises over the first ~8000 rows, while GDAL's 64 MB block cache and the
+    raster four times as tall (same width) needs about the same memory: no array grows with the
+    area. (Resident memory rises over the first ~8000 rows, while GDAL's 64 MB block cache and the
     allocator warm up, then stays flat: shorter rasters compared with this one showed 40-70 MB
-    of warm-up that is not growth.)"""
+    of warm-up that is not growth. Once warm, the peak still varies by up to ~50 MB from run to
+    run, so the taller raster makes any growth with the rows stand well above that.)"""
     table = ClassTable.from_dict([{"id": 0, "name": "a"}, {"id": 1, "name": "b"}])
     model_dir, _ = make_model(tmp_path / "seg", encoder="w1d0", table=table)  # one 1x1 conv
     with rasterio.Env(GDAL_CACHEMAX=64):
-        _procedural_raster(tmp_path / "tall.tif", 8192, height=16384)
+        _procedural_raster(tmp_path / "tall.tif", 8192, height=32768)
         _procedural_raster(tmp_path / "short.tif", 8192)
 
     def peak(name: str | None) -> float:
@@ -591,11 +592,12 @@ def test_memory_is_bounded_on_a_large_raster(tmp_path):
 
     base, short, tall = peak(None), peak("short"), peak("tall")
     with rasterio.open(tmp_path / "tall_pred.tif") as ds:
-        assert ds.shape == (16384, 8192)
-        assert ds.read(1, window=rasterio.windows.Window(4000, 15000, 8, 8)).max() < 255
-    msg = f"peak RSS: imports + model {base:.0f} MB, 8192^2 {short:.0f} MB, 8192x16384 {tall:.0f} MB"
+        assert ds.shape == (32768, 8192)
+        assert ds.read(1, window=rasterio.windows.Window(4000, 32000, 8, 8)).max() < 255
+    msg = f"peak RSS: imports + model {base:.0f} MB, 8192^2 {short:.0f} MB, 8192x32768 {tall:.0f} MB"
     print(msg)
     assert tall - base < 300, msg
-    # twice the area, same width: nothing may grow with the rows (+81-108 MB from 8192x1024 to
-    # 8192^2 before the malloc arenas were capped, from the reader thread's fragmented arena)
-    assert tall - short < 48, msg
+    # four times the area, same width: nothing may grow with the rows. One byte per pixel kept
+    # would add 201 MB here (+81-108 MB from 8192x1024 to 8192^2 before the malloc arenas were
+    # capped, from the reader thread's fragmented arena); run-to-run noise is up to ~50 MB
+    assert tall - short < 96, msg
