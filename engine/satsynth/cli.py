@@ -17,6 +17,7 @@ from typing import Any
 
 from satsynth import __version__, progress
 from satsynth.errors import Cancelled, SatSynthError
+from satsynth.outputs import check_output, output_lock
 
 log = logging.getLogger("satsynth")
 
@@ -28,6 +29,15 @@ COMMAND_MODULES = (
     "satsynth.predict.cli",
     "satsynth.demo",
 )
+
+
+#: Arguments naming outputs: each is locked while a command runs (one writer per output).
+OUTPUT_ARGS = ("out", "confidence", "vector")
+
+
+def _check_output(args: argparse.Namespace) -> dict[str, Any]:
+    check_output(args.path, args.kind, inputs=args.input, into=args.into)
+    return {"ok": True}
 
 
 def _check(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", parents=[common],
                        help="report the engine's version, torch, device and GPU")
     p.set_defaults(func=_check)
+    p = sub.add_parser("check-output", parents=[common],
+                       help="check that a stage may write PATH (used by the QGIS plugin)",
+                       description="Exit 0 when a stage may write PATH as an output of KIND "
+                                   "with these inputs, else one line saying why (exit 2).")
+    p.add_argument("path", help="the output path")
+    p.add_argument("--kind", required=True,
+                   help="file, dataset, synthetic, generator, segmenter, evaluation, "
+                        "experiment, demo")
+    p.add_argument("--input", action="append", default=[], help="an input of the run (repeat)")
+    p.add_argument("--into", action="store_true",
+                   help="the stage writes into an existing folder of its kind")
+    p.set_defaults(func=_check_output)
     return parser
 
 
@@ -82,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     progress.setup_logging(getattr(args, "verbose", False))
     progress.install_signal_handlers()
     try:
-        outputs = args.func(args) or {}
+        with output_lock(*(getattr(args, k, None) for k in OUTPUT_ARGS)):
+            outputs = args.func(args) or {}
     except SatSynthError as exc:
         progress.emit({"event": "error", "message": str(exc)})
         print(f"satsynth: error: {exc}", file=sys.stderr)

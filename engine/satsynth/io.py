@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
+def temp_name(path: Path, tag: str = "partial", is_file: bool = False) -> str:
+    """A hidden sibling name for a temporary of ``path`` that carries this process's PID:
+    ``.NAME.PID-XXXXXXXX.TAG`` (folders), ``.STEM.PID-XXXXXXXX.TAG.SUFFIX`` (files), so a later
+    run can remove a dead writer's leftovers (:func:`satsynth.outputs.clean_stale`)."""
+    mark = f"{os.getpid()}-{secrets.token_hex(4)}.{tag}"
+    return f".{path.stem}.{mark}{path.suffix}" if is_file else f".{path.name}.{mark}"
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
-                                dir=path.parent)
-    os.close(fd)
-    os.unlink(name)
-    return Path(name)
+    while True:
+        tmp = path.parent / temp_name(path, is_file=not is_dir)
+        if not is_dir:
+            if not tmp.exists():
+                return tmp
+            continue
+        try:
+            tmp.mkdir()  # the umask applies (tempfile.mkdtemp would make it 0700)
+        except FileExistsError:
+            continue
+        return tmp
 
 
 @contextmanager
