@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.satsynth-installed
 DEMO_OUT    ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-engine test-plugin lint package bench venv qgis clean
+.PHONY: demo test test-engine test-plugin test-setup lint package bench venv qgis clean
 
 ## Engine environment: a venv with the engine installed (editable) and its test tools.
 $(STAMP): pyproject.toml constraints.txt
@@ -37,6 +37,13 @@ test-engine: $(STAMP)
 
 test-plugin: $(STAMP) qgis
 	QT_QPA_PLATFORM=offscreen SATSYNTH_PYTHON=$(abspath $(ENGINE_PY)) $(QGIS_PYTHON) -m pytest -q tests/plugin $(PYTEST_ARGS)
+
+## Set up engine for real (opt-in, minutes, a few GB): a new environment in a temporary folder from
+## the package index this machine reaches, then Check engine through it. SATSYNTH_TORCH_INDEX
+## (a pip index URL, or "pypi") and SATSYNTH_TORCH_PACKAGES choose another torch source.
+test-setup: qgis
+	SATSYNTH_TEST_SETUP=1 QT_QPA_PLATFORM=offscreen $(QGIS_PYTHON) -m pytest -q -s -p no:cacheprovider \
+	  -m setup_real tests/plugin/test_setup_engine_real.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine satsynth_qgis tests benchmarks scripts

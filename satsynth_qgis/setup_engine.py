@@ -3,8 +3,12 @@
 QGIS's own Python is never touched: a Python >= 3.10 found on the system (or chosen by the user)
 creates a virtual environment, pip installs a torch build that fits the machine (CUDA when
 ``nvidia-smi`` reports a GPU, the CPU build otherwise) and then the engine source carried in the
-plugin zip (``engine_src/``). Re-running it repairs or upgrades the same environment. Every step is
-an argument list (never a shell), so paths with spaces work; a failing step is named in the error
+plugin zip (``engine_src/``). The environment is built in a staging folder beside the chosen one
+and moved into place only once the engine inside it has passed ``satsynth check``: a failed or
+cancelled set-up (no network, a full disk, a Python that is too old) leaves the chosen folder as it
+was and removes the staging folder, and the engine setting is recorded only on success. Re-running it
+repairs or upgrades the environment (pip's cache makes the second download cheap). Every step is an
+argument list (never a shell), so paths with spaces work; a failing step is named in the error
 together with what to do about it.
 
 The plan (:func:`build_plan`) is plain data, so it can be shown to the user and tested without
@@ -31,6 +35,15 @@ TORCH_INDEX = "https://download.pytorch.org/whl"
 #: CUDA builds published on the PyTorch index, oldest first; the newest one the driver supports wins.
 CUDA_BUILDS = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8))
 TORCH_PACKAGES = ("torch", "torchvision")
+#: Free disk space the set-up asks for before it starts (the environment, pip's unpacking and its
+#: cache): torch's CPU build makes an environment of about 1.5 GB, a CUDA build 5-6 GB.
+FREE_BYTES_CPU = 4 * 1024**3
+FREE_BYTES_CUDA = 12 * 1024**3
+#: Environment variables that point the set-up to another torch source (a company mirror or a
+#: local wheelhouse): a pip index URL, or "pypi" for pip's own configuration; and the torch
+#: requirements to install (space separated, e.g. "torch==2.5.1 torchvision==0.20.1").
+TORCH_INDEX_ENV = "SATSYNTH_TORCH_INDEX"
+TORCH_PACKAGES_ENV = "SATSYNTH_TORCH_PACKAGES"
 PLUGIN_DIR = Path(__file__).resolve().parent
 
 LineSink = Callable[[str], None]
@@ -258,6 +271,8 @@ class SetupPlan:
     torch_index: str | None
     gpu: GpuInfo | None
     steps: list[Step] = field(default_factory=list)
+    #: where the environment is built before it is moved to ``venv_dir`` (None: built in place)
+    staging_dir: Path | None = None
 
     @property
     def engine_python(self) -> Path:
@@ -271,21 +286,68 @@ class SetupPlan:
         return "\n".join([
             f"Python used to create the environment: {self.python.path} "
             f"({self.python.version_text})",
-            f"Engine environment: {self.venv_dir}",
+            f"Engine environment: {self.venv_dir}"
+            + (f" (built in {self.staging_dir}, moved there when complete)"
+               if self.staging_dir else ""),
             f"Engine source: {self.engine_src}",
             f"Torch build: {device}; index {self.torch_index or 'PyPI'}",
             "Steps: " + ", ".join(s.name for s in self.steps),
         ])
 
 
+def staging_dir_for(venv_dir: Path) -> Path:
+    """The folder the environment is built in before it replaces ``venv_dir`` (a hidden sibling,
+    so the final move is a rename on the same disk)."""
+    return venv_dir.with_name(f".{venv_dir.name}.satsynth-setup")
+
+
+def torch_source(gpu: GpuInfo | None, platform: str = sys.platform,
+                 environ: dict[str, str] | None = None) -> tuple[str | None, list[str]]:
+    """The pip index (None: pip's own configuration) and the requirements for torch: what
+    :func:`torch_index_url` chooses, unless :data:`TORCH_INDEX_ENV` / :data:`TORCH_PACKAGES_ENV`
+    say otherwise."""
+    env = os.environ if environ is None else environ
+    index = torch_index_url(gpu, platform)
+    chosen = env.get(TORCH_INDEX_ENV, "").strip()
+    if chosen:
+        index = None if chosen.lower() == "pypi" else chosen
+    packages = env.get(TORCH_PACKAGES_ENV, "").split() or list(TORCH_PACKAGES)
+    return index, packages
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk_space(folder: Path, needed: int) -> None:
+    """Raise :class:`SetupError` when the disk that will hold ``folder`` has less than ``needed``
+    bytes free."""
+    where = _nearest_existing(folder)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        raise SetupError("check free disk space", f"cannot read the free space of {where} "
+                         f"({exc}).", "Choose an environment folder on a local disk.") from None
+    if free < needed:
+        raise SetupError("check free disk space",
+                         f"{where} has {free / 1024**3:.1f} GB free; the engine's environment "
+                         f"needs about {needed / 1024**3:.0f} GB.",
+                         "Free some space, or choose an environment folder on another disk.")
+
+
 def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
                python: PythonInfo | None = None, gpu: GpuInfo | None | str = "detect",
-               platform: str = sys.platform, build_dir: str | Path | None = None) -> SetupPlan:
+               platform: str = sys.platform, build_dir: str | Path | None = None,
+               environ: dict[str, str] | None = None) -> SetupPlan:
     """Plan the set-up: which Python, which torch index, and every command in order.
 
     ``gpu="detect"`` asks ``nvidia-smi``; pass a :class:`GpuInfo` or None to decide yourself.
     ``build_dir`` is where the engine source is copied before pip builds it (a fresh temporary
-    folder by default), so the plugin folder stays clean.
+    folder by default), so the plugin folder stays clean. The environment itself is built in
+    :func:`staging_dir_for` and moved to ``venv_dir`` by the last step. ``environ`` (default
+    ``os.environ``) may override the torch source (:func:`torch_source`).
     """
     venv_dir = Path(venv_dir).expanduser().absolute()
     src = Path(engine_src) if engine_src else default_engine_src()
@@ -293,25 +355,36 @@ def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
         raise SetupError("find the engine source", f"{src} has no pyproject.toml.",
                          "Reinstall the plugin from its zip (it carries the engine in "
                          "engine_src/), or point the set-up to a SatSynth source checkout.")
+    if venv_dir.exists() and not venv_dir.is_dir():
+        raise SetupError("choose the environment folder", f"{venv_dir} is a file.",
+                         "Choose a folder (it is created when missing).")
     py = python or find_python()
     gpu_info = detect_gpu() if gpu == "detect" else gpu
     assert not isinstance(gpu_info, str)
-    index = torch_index_url(gpu_info, platform)
-    vpy = str(venv_python(venv_dir, platform))
+    index, packages = torch_source(gpu_info, platform, environ)
+    staging = staging_dir_for(venv_dir)
+    vpy = str(venv_python(staging, platform))
     build = Path(build_dir) if build_dir else Path(tempfile.gettempdir()) / "satsynth-engine-build"
     build_src = build / "satsynth-src"
-    broken = venv_dir.exists() and not venv_python(venv_dir, platform).exists()
+    needed = FREE_BYTES_CUDA if (gpu_info is not None and index and "/cu" in index) \
+        else FREE_BYTES_CPU
 
-    venv_args = [py.path, "-m", "venv"] + (["--clear"] if broken else []) + [str(venv_dir)]
+    # --clear: a staging folder left by a crashed QGIS is started afresh
+    venv_args = [py.path, "-m", "venv", "--clear", str(staging)]
     torch_args = [vpy, "-m", "pip", "install", "--upgrade"]
     if index:
         torch_args += ["--index-url", index]
-    torch_args += list(TORCH_PACKAGES)
+    torch_args += packages
 
     def copy_source() -> None:
         _copy_engine_source(src, build_src)
 
+    def put_in_place() -> None:
+        move_into_place(staging, venv_dir, platform)
+
     steps = [
+        Step("check free disk space", action=lambda: check_disk_space(venv_dir, needed),
+             weight=1),
         Step("create the environment", venv_args, weight=5,
              advice="On Debian/Ubuntu install the venv module ('apt install python3-venv'); "
                     "check that the folder is writable and the disk has a few GB free."),
@@ -319,8 +392,8 @@ def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
              advice="Check the internet connection (pypi.org must be reachable, also through "
                     "a proxy: set HTTPS_PROXY before starting QGIS)."),
         Step("install torch", torch_args, weight=60,
-             advice="Check the internet connection to download.pytorch.org and that a few GB "
-                    "are free; re-run the set-up (it resumes where it failed)."),
+             advice=f"Check the internet connection to {index or 'the package index'} and that "
+                    "a few GB are free, then re-run the set-up (pip keeps what it downloaded)."),
         Step("copy the engine source", action=copy_source, weight=1,
              advice="Check that the temporary folder is writable."),
         Step("install the SatSynth engine",
@@ -330,9 +403,44 @@ def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
                     "package failed."),
         Step("check the engine", [vpy, "-m", "satsynth", "check", "--progress", "json"],
              weight=4,
-             advice="The environment is incomplete: re-run the set-up, which repairs it."),
+             advice="The new environment is incomplete and was not used: re-run the set-up."),
+        Step("put the environment in place", action=put_in_place, weight=1,
+             advice="Check that the environment folder is writable and no program is using it."),
     ]
-    return SetupPlan(py, venv_dir, src, index, gpu_info, steps)
+    return SetupPlan(py, venv_dir, src, index, gpu_info, steps, staging)
+
+
+def move_into_place(staging: Path, venv_dir: Path, platform: str = sys.platform) -> None:
+    """Replace ``venv_dir`` by the finished environment in ``staging``: the old one (if any) is
+    renamed aside first and removed only once the new one is in place. Console scripts (pip,
+    satsynth) name their Python by absolute path, so their first line is rewritten."""
+    venv_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = venv_dir.with_name(f".{venv_dir.name}.satsynth-old")
+    if old.exists():
+        shutil.rmtree(old)
+    if venv_dir.exists():
+        venv_dir.rename(old)
+    try:
+        staging.rename(venv_dir)
+    except OSError:
+        if old.exists():
+            old.rename(venv_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    _retarget_scripts(venv_dir, staging, platform)
+
+
+def _retarget_scripts(venv_dir: Path, staging: Path, platform: str) -> None:
+    scripts = venv_dir / ("Scripts" if platform == "win32" else "bin")
+    old_prefix, new_prefix = str(staging).encode(), str(venv_dir).encode()
+    for f in scripts.iterdir() if scripts.is_dir() else []:
+        if f.is_symlink() or not f.is_file():
+            continue
+        data = f.read_bytes()
+        if old_prefix not in data or (platform == "win32" and f.suffix == ".exe"):
+            continue
+        if data.startswith(b"#!") or f.name.startswith("activate"):
+            f.write_bytes(data.replace(old_prefix, new_prefix))
 
 
 def _copy_engine_source(src: Path, dest: Path) -> None:
@@ -358,9 +466,20 @@ def run_plan(plan: SetupPlan, on_line: LineSink | None = None,
              on_progress: ProgressSink | None = None,
              is_cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Execute the plan; returns the engine's ``check`` report. Raises :class:`SetupError` naming
-    the failing step, or :class:`SetupCancelled`."""
+    the failing step, or :class:`SetupCancelled`; either way the staging folder is removed, so
+    no half-built environment is left behind."""
     log = on_line or (lambda _s: None)
-    progress = on_progress or (lambda _f, _m: None)
+    try:
+        return _run_steps(plan, log, on_progress or (lambda _f, _m: None), is_cancelled)
+    except BaseException:
+        if plan.staging_dir is not None and plan.staging_dir.exists():
+            log(f"Removing the unfinished environment {plan.staging_dir}")
+            shutil.rmtree(plan.staging_dir, ignore_errors=True)
+        raise
+
+
+def _run_steps(plan: SetupPlan, log: LineSink, progress: ProgressSink,
+               is_cancelled: Callable[[], bool]) -> dict[str, Any]:
     total = sum(s.weight for s in plan.steps) or 1.0
     done = 0.0
     report: dict[str, Any] = {}
@@ -374,7 +493,8 @@ def run_plan(plan: SetupPlan, on_line: LineSink | None = None,
             try:
                 step.action()
             except OSError as exc:
-                raise SetupError(step.name, str(exc), step.advice) from None
+                problem = ("the disk is full." if _is_disk_full(str(exc)) else str(exc))
+                raise SetupError(step.name, problem, step.advice) from None
         else:
             assert step.argv is not None
             lines = _stream(step, log, is_cancelled,
@@ -385,6 +505,28 @@ def run_plan(plan: SetupPlan, on_line: LineSink | None = None,
         done += step.weight
     progress(1.0, "engine ready")
     return report
+
+
+#: pip's and the OS's words for "no network" and "disk full", and what the user is told instead
+_NETWORK_WORDS = ("Failed to establish a new connection", "Temporary failure in name resolution",
+                  "Name or service not known", "Network is unreachable", "Connection refused",
+                  "No route to host", "Max retries exceeded", "ConnectTimeoutError",
+                  "Read timed out", "getaddrinfo failed", "ProxyError")
+
+
+def _is_disk_full(text: str) -> bool:
+    return "No space left on device" in text or "[Errno 28]" in text \
+        or "There is not enough space on the disk" in text
+
+
+def _diagnosis(lines: list[str]) -> str:
+    """One sentence on what pip's output says went wrong ('' when it says nothing known)."""
+    text = "\n".join(lines[-200:])
+    if _is_disk_full(text):
+        return "The disk is full (No space left on device)."
+    if any(w in text for w in _NETWORK_WORDS):
+        return "The package index could not be reached: no network connection, or a proxy is needed."
+    return ""
 
 
 def _stream(step: Step, log: LineSink, is_cancelled: Callable[[], bool],
@@ -427,8 +569,9 @@ def _stream(step: Step, log: LineSink, is_cancelled: Callable[[], bool],
     if rc != 0:
         tail = next((ln for ln in reversed(lines) if ln.strip().lower().startswith("error")),
                     lines[-1] if lines else "no output")
-        raise SetupError(step.name, f"'{step.describe()}' exited with code {rc}: {tail}",
-                         step.advice)
+        diagnosis = _diagnosis(lines)
+        raise SetupError(step.name, (f"{diagnosis} " if diagnosis else "")
+                         + f"'{step.describe()}' exited with code {rc}: {tail}", step.advice)
     return lines
 
 
