@@ -3,7 +3,8 @@
 Chips are ``size`` x ``size`` windows every ``stride`` pixels, plus one last chip flush with the
 right/bottom edge so that every pixel is covered. Chips are read tile by tile (a window holding
 many chips, bounded in memory). The split holds out whole spatial blocks of chips for validation
-and then drops every training chip whose footprint overlaps a validation chip.
+(and, when asked, for a test split) and then drops every training chip whose footprint overlaps
+a validation or test chip, and every validation chip overlapping a test chip.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 
 log = logging.getLogger("satsynth")
 
-TRAIN, VAL = 0, 1
-SPLIT_NAMES = ("train", "val")
+TRAIN, VAL, TEST = 0, 1, 2
+SPLIT_NAMES = ("train", "val", "test")  # indexed by TRAIN, VAL, TEST
 
 
 def chip_offsets(n: int, size: int, stride: int) -> np.ndarray:
@@ -93,40 +94,53 @@ def plan_tiles(height: int, width: int, size: int, stride: int, max_span: int) -
 
 
 def assign_split(sources: np.ndarray, rows: np.ndarray, cols: np.ndarray, val_fraction: float,
-                 block: int, val_source_mask: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """Split per chip (``TRAIN``/``VAL``) by spatial blocks of ``block`` pixels.
+                 block: int, val_source_mask: np.ndarray | None = None, seed: int = 0,
+                 test_fraction: float = 0.0, test_source_mask: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """Split per chip (``TRAIN``/``VAL``/``TEST``) by spatial blocks of ``block`` pixels.
 
-    Chips of sources flagged in ``val_source_mask`` all go to validation (and then no blocks are
-    held out elsewhere); otherwise randomly chosen blocks go to validation until about
-    ``val_fraction`` of the chips are there, always leaving at least one block for training.
+    Chips of sources flagged in ``test_source_mask`` all go to test, those flagged in
+    ``val_source_mask`` to validation (then no blocks are held out elsewhere for that split);
+    otherwise randomly chosen blocks of the remaining chips go to test until about
+    ``test_fraction`` of the chips are there, then to validation until about ``val_fraction``,
+    always leaving at least one block for training.
     """
     n = len(sources)
     split = np.full(n, TRAIN, dtype=np.int8)
     if n == 0:
         return split
-    if val_source_mask is not None and val_source_mask.any():
-        split[val_source_mask[sources]] = VAL
-        return split
-    if val_fraction <= 0:
+    by_source = {TEST: test_source_mask is not None and test_source_mask.any(),
+                 VAL: val_source_mask is not None and val_source_mask.any()}
+    if by_source[TEST]:
+        split[test_source_mask[sources]] = TEST
+    if by_source[VAL]:
+        split[val_source_mask[sources] & (split == TRAIN)] = VAL
+    wanted = [(s, f) for s, f in ((TEST, test_fraction), (VAL, val_fraction))
+              if not by_source[s] and f > 0]
+    if not wanted:
         return split
     block = max(int(block), 1)
-    keys = np.stack([sources, rows // block, cols // block], axis=1)
+    free = np.flatnonzero(split == TRAIN)
+    keys = np.stack([sources[free], rows[free] // block, cols[free] // block], axis=1)
     uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     if len(uniq) < 2:
         return split
     sizes = np.bincount(inverse, minlength=len(uniq))
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    target = val_fraction * n
-    chosen, got = [], 0
-    for b in order:
-        if got >= target:
-            break
-        if got + sizes[b] >= n:  # keep something for training
-            continue
-        chosen.append(b)
-        got += sizes[b]
-    split[np.isin(inverse, chosen)] = VAL
+    order = list(np.random.default_rng(seed).permutation(len(uniq)))
+    left = len(free)
+    for which, fraction in wanted:
+        target = fraction * n
+        chosen, got, rest = [], 0, []
+        for b in order:
+            if got >= target or left - sizes[b] <= 0:  # keep something for training
+                rest.append(b)
+                continue
+            chosen.append(b)
+            got += sizes[b]
+            left -= sizes[b]
+        order = rest
+        split[free[np.isin(inverse, chosen)]] = which
     return split
 
 
@@ -138,16 +152,18 @@ def footprint_boxes(transforms: np.ndarray, size: int) -> np.ndarray:
     return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
 
 
-def overlapping_train(boxes: np.ndarray, groups: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """Mask of training chips whose footprint overlaps (with area) a validation chip of the same
-    group (chips of different groups, e.g. sources in pixel space, never overlap)."""
+def overlapping_train(boxes: np.ndarray, groups: np.ndarray, split: np.ndarray,
+                      kept: int = TRAIN, held: tuple[int, ...] = (VAL, TEST)) -> np.ndarray:
+    """Mask of ``kept``-split chips (default training) whose footprint overlaps (with area) a
+    chip of a ``held`` split (default validation or test) of the same group (chips of different
+    groups, e.g. sources in pixel space, never overlap)."""
     import shapely
 
     bad = np.zeros(len(split), dtype=bool)
     for g in np.unique(groups):
         sel = groups == g
-        tr = np.flatnonzero(sel & (split == TRAIN))
-        va = np.flatnonzero(sel & (split == VAL))
+        tr = np.flatnonzero(sel & (split == kept))
+        va = np.flatnonzero(sel & np.isin(split, held))
         if len(tr) == 0 or len(va) == 0:
             continue
         vbox = shapely.box(*boxes[va].T)
@@ -164,17 +180,20 @@ def overlapping_train(boxes: np.ndarray, groups: np.ndarray, split: np.ndarray) 
 
 
 def cap_chips(split: np.ndarray, max_chips: int, seed: int = 0) -> np.ndarray:
-    """Keep-mask with at most ``max_chips`` chips, keeping the train/val proportion."""
+    """Keep-mask with at most ``max_chips`` chips, keeping the train/val/test proportion."""
     n = len(split)
     keep = np.ones(n, dtype=bool)
     if max_chips is None or n <= max_chips:
         return keep
     rng = np.random.default_rng(seed + 1)
     keep[:] = False
-    n_val = int(round(max_chips * float((split == VAL).sum()) / n))
-    if (split == VAL).any() and max_chips >= 2:
-        n_val = max(n_val, 1)
-    for s, k in ((VAL, n_val), (TRAIN, max_chips - n_val)):
+    held = {}
+    for s in (VAL, TEST):
+        held[s] = int(round(max_chips * float((split == s).sum()) / n))
+        if (split == s).any() and max_chips >= 2:
+            held[s] = max(held[s], 1)
+    for s, k in ((VAL, held[VAL]), (TEST, held[TEST]),
+                 (TRAIN, max_chips - held[VAL] - held[TEST])):
         idx = np.flatnonzero(split == s)
         if len(idx):
             keep[rng.choice(idx, size=min(k, len(idx)), replace=False)] = True

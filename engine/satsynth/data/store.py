@@ -9,7 +9,10 @@ Layout of a dataset folder::
     <split>.sources.npy     (N,) int32 index into ``sources``
     chips.gpkg              one footprint polygon per chip: split, source, class pixel counts
 
-Splits are ``train`` and ``val``; a synthetic store has only ``train``.
+Splits are ``train``, ``val`` (model selection) and optionally ``test`` (the final report); a
+synthetic store has only ``train``. The ``test`` split is locked: :meth:`ChipStore.split` opens it
+only for a caller that says it is the final evaluation, so no training or selection code can read
+it by accident.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_dir, read_json, write_json
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+#: The split held out for the final evaluation (never read during training or selection).
+TEST_SPLIT = "test"
 STORE_FORMAT = "satsynth-chips"
 
 
@@ -142,8 +147,16 @@ class ChipStore:
     def has_split(self, split: str) -> bool:
         return (self.path / f"{split}.images.npy").is_file()
 
-    def split(self, split: str) -> ChipSplit:
-        """Open (memory-map) one split; a clear error if it is missing or damaged."""
+    def split(self, split: str, *, final_evaluation: bool = False) -> ChipSplit:
+        """Open (memory-map) one split; a clear error if it is missing or damaged.
+
+        The ``test`` split opens only with ``final_evaluation=True``: the caller reports final
+        scores of a model whose training and selection are over (or copies the split unread)."""
+        if split == TEST_SPLIT and not final_evaluation:
+            raise SatSynthError(
+                "the 'test' split is held out for the final evaluation and cannot be read for "
+                "training or model selection (evaluate with --split test once training is over)",
+                self.path)
         if split not in self._splits:
             arrays = {}
             for part in ("images", "labels", "transforms", "sources"):
@@ -161,8 +174,19 @@ class ChipStore:
             self._splits[split] = s
         return self._splits[split]
 
+    def count(self, split: str) -> int:
+        """Chips in ``split`` (0 when absent), from the labels array's shape alone (allowed for
+        the test split: no chip is read)."""
+        f = self.path / f"{split}.labels.npy"
+        if not f.is_file():
+            return 0
+        try:
+            return int(np.load(f, mmap_mode="r", allow_pickle=False).shape[0])
+        except (ValueError, OSError) as exc:
+            raise SatSynthError(f"damaged chip array ({exc})", f) from None
+
     def __len__(self) -> int:
-        return sum(len(self.split(s)) for s in SPLITS if self.has_split(s))
+        return sum(self.count(s) for s in SPLITS)
 
 
 def _col_name(name: str, used: set[str]) -> str:
@@ -328,4 +352,5 @@ def copy_store(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-__all__ = ["ChipSplit", "ChipStore", "ChipStoreWriter", "IGNORE_INDEX", "SPLITS", "StoreMeta"]
+__all__ = ["ChipSplit", "ChipStore", "ChipStoreWriter", "IGNORE_INDEX", "SPLITS", "StoreMeta",
+           "TEST_SPLIT"]
