@@ -42,6 +42,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--folder", metavar="DIR",
                      help="folder with images/ and masks/ sub-folders (searched recursively), "
                           "masks matched by file name")
+    from satsynth.data.layouts import LAYOUTS
+
+    src.add_argument("--layout", choices=tuple(LAYOUTS),
+                     help="--folder is this published dataset as downloaded: its folder "
+                          "structure, file names, label coding, class table and official "
+                          "train/val split are used (see docs/data.md)")
     p.add_argument("--classes", metavar="FILE",
                    help="class table (JSON/YAML: id, name, colour; ignore_ids/ignore_colors); "
                         "default DIR/classes.json for --folder, else inferred from the labels")
@@ -81,7 +87,7 @@ def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
         background=None if args.background_ignore else args.background)
     out = prepare_dataset(args.out, images=args.image, labels=args.labels, vectors=args.vector,
                           folder=args.folder, classes=args.classes, layer=args.layer,
-                          class_field=args.class_field, config=cfg)
+                          class_field=args.class_field, config=cfg, layout=args.layout)
     store = ChipStore(out)
     return {"dataset": str(out), "chips": str(out / "chips.gpkg"),
             "train": store.meta.counts.get("train", 0), "val": store.meta.counts.get("val", 0),

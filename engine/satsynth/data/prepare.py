@@ -417,6 +417,10 @@ def _split(sources: list[_Source], cfg: PrepareConfig) -> tuple[np.ndarray, ...]
         val_mask = np.asarray([s.val_source for s in sources], dtype=bool)
         log.info("validation = the sources matching --val-sources (%d of %d); no blocks of the "
                  "other sources are held out", int(val_mask.sum()), len(sources))
+    elif any(s.spec.split for s in sources):
+        val_mask = np.asarray([s.val_source for s in sources], dtype=bool)
+        log.info("validation = the dataset's official validation split (%d of %d sources)",
+                 int(val_mask.sum()), len(sources))
     block = cfg.block_size * cfg.chip_size
     split = assign_split(src, rows, cols, cfg.val_fraction, block, val_mask, cfg.seed)
     if val_mask is None and cfg.val_fraction > 0 and not (split == VAL).any() and n >= 2:
@@ -543,28 +547,43 @@ def prepare_dataset(
     layer: str | None = None,
     class_field: str | None = None,
     config: PrepareConfig | None = None,
+    layout: str | None = None,
     **options: Any,
 ) -> Path:
     """Cut labeled rasters into a chip store at ``out`` and return its path.
 
     Labels come one way: ``labels`` (class-id rasters, one per image), ``vectors`` (one vector
     file per image or one for all, with ``class_field``) or ``folder`` (images/ + masks/ folders
-    of colour masks, matched by name; ``classes`` defaults to ``folder/classes.json``).
-    ``options`` are :class:`PrepareConfig` fields (chip_size, stride, val_fraction, ...).
+    of colour masks, matched by name; ``classes`` defaults to ``folder/classes.json``), or
+    ``folder`` holding a published dataset as downloaded, with ``layout`` naming it (see
+    :mod:`satsynth.data.layouts`: its class table and official split are used). ``options`` are :class:`PrepareConfig` fields (chip_size, stride, val_fraction, ...).
     """
     import rasterio
 
     # GDAL's block cache would otherwise grow with the rasters read (5% of RAM by default);
     # every tile is read once per pass, so a small cache costs nothing
-    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+    env: dict[str, Any] = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+    pairs = None
+    if layout is not None:
+        from satsynth.data.layouts import find_layout_pairs, needs_pixel_space
+
+        if images or labels or vectors or classes is not None or folder is None:
+            raise SatSynthError("--layout reads a downloaded dataset from --folder, with its own "
+                                "class table: give only --folder (no --image, --labels, --vector "
+                                "or --classes)")
+        pairs, lay = find_layout_pairs(layout, folder)
+        classes = lay.table()
+        if needs_pixel_space(lay, pairs):
+            env["GDAL_GEOREF_SOURCES"] = "NONE"  # GDAL then reads no georeference at all
     with rasterio.Env(**env):
         return _prepare(out, images, labels, vectors, folder, classes, layer, class_field, config,
-                        options)
+                        options, pairs)
 
 
 def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: PathLike | None,
              classes: Any, layer: str | None, class_field: str | None,
-             config: PrepareConfig | None, options: dict[str, Any]) -> Path:
+             config: PrepareConfig | None, options: dict[str, Any],
+             pairs: list[PairSpec] | None = None) -> Path:
     cfg = config or PrepareConfig(**options)
     if config is not None and options:
         cfg = PrepareConfig(**{**asdict(config), **options})
@@ -575,12 +594,14 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
         classes = folder_p / "classes.json"
         log.info("class table: %s", classes)
     table = _load_table(classes)
-    specs = _pair_specs(_as_list(images), _as_list(labels), _as_list(vectors), folder_p, layer)
+    specs = pairs if pairs is not None else \
+        _pair_specs(_as_list(images), _as_list(labels), _as_list(vectors), folder_p, layer)
     sources = _open_images(specs, cfg, lenient=folder_p is not None)
     try:
         for s in sources:
             s.val_source = any(p in str(s.spec.image) or p in str(s.spec.labels)
-                               for p in cfg.val_sources)
+                               for p in cfg.val_sources) if cfg.val_sources or not s.spec.split \
+                else s.spec.split == "val"
         if cfg.val_sources:
             n_val = sum(s.val_source for s in sources)
             if n_val == 0:

@@ -42,6 +42,7 @@ class PairSpec:
     labels: Path
     kind: str  # one of LABEL_KINDS; "auto" for folder masks (decided when opened)
     layer: str | None = None
+    split: str | None = None  # a published dataset's own split ("train"/"val"), see layouts
 
     def describe(self) -> str:
         return f"{self.image.name} + {self.labels.name}"

@@ -1,0 +1,275 @@
+"""The paper's datasets as they are downloaded: folder structure, file naming, label coding.
+
+A *layout* is a declarative description (its class table with names, colours and ignore values,
+the kind of masks) plus the discovery of its image/mask pairs and their official split. The pairs
+are then read by the ordinary readers of :mod:`satsynth.data.labels` like any other
+``PairSpec``: class-id masks (``raster``) or colour masks (``colors``).
+
+- ``loveda``: ``{Train,Val,Test}/{Urban,Rural}/images_png/N.png`` + ``masks_png/N.png``, masks of
+  class ids 1..7, 0 = no-data (Test has no published masks).
+- ``openearthmap``: ``<region>/images/<region>_N.tif`` + ``<region>/labels/<region>_N.tif``,
+  class ids 1..8, 0 = unknown; the official split in ``train.txt``/``val.txt``/``test.txt`` where
+  present (file names, one a line).
+- ``isaid``: ``{train,val}/.../P0000.png`` + ``.../P0000_instance_color_RGB.png`` (the semantic
+  masks, colour coded; the ``_instance_id_RGB`` masks are instance ids and are not read); 15
+  classes plus background.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from satsynth.data.classes import ClassTable
+from satsynth.data.sources import PairSpec
+from satsynth.errors import SatSynthError
+
+log = logging.getLogger("satsynth")
+
+# LoveDA (Wang et al., NeurIPS 2021 Datasets): label values and colours as in the authors' repo
+# Junjue-Wang/LoveDA (COLOR_MAP of Semantic_Segmentation) and mmsegmentation's
+# mmseg/datasets/loveda.py (same names and palette; 0 is the ignore index); TorchGeo's
+# torchgeo/datasets/loveda.py: "No-data regions assigned with 0 and should be ignored".
+LOVEDA_CLASSES = {
+    "classes": [
+        {"id": 1, "name": "background", "color": "#ffffff"},
+        {"id": 2, "name": "building", "color": "#ff0000"},
+        {"id": 3, "name": "road", "color": "#ffff00"},
+        {"id": 4, "name": "water", "color": "#0000ff"},
+        {"id": 5, "name": "barren", "color": "#9f81b7"},
+        {"id": 6, "name": "forest", "color": "#00ff00"},
+        {"id": 7, "name": "agriculture", "color": "#ffc380"},
+    ],
+    "ignore_ids": [0],
+}
+
+# OpenEarthMap (Xia et al., WACV 2023): label values 0..8 and colours as in the authors' repo
+# bao18/open_earth_map (oem/utils.py class_grey_oem / class_rgb_oem, whose early names Grass,
+# Pavement, Cropland are the paper's rangeland, developed space, agriculture land); 0 = unknown.
+OPENEARTHMAP_CLASSES = {
+    "classes": [
+        {"id": 1, "name": "bareland", "color": "#800000"},
+        {"id": 2, "name": "rangeland", "color": "#00ff24"},
+        {"id": 3, "name": "developed space", "color": "#949494"},
+        {"id": 4, "name": "road", "color": "#ffffff"},
+        {"id": 5, "name": "tree", "color": "#226126"},
+        {"id": 6, "name": "water", "color": "#0045ff"},
+        {"id": 7, "name": "agriculture land", "color": "#4bb549"},
+        {"id": 8, "name": "building", "color": "#de1f07"},
+    ],
+    "ignore_ids": [0],
+}
+
+# iSAID (Waqas Zamir et al., CVPRW 2019), semantic masks *_instance_color_RGB.png: the RGB colour
+# of each class as in mmsegmentation's tools/dataset_converters/isaid.py (iSAID_palette, read with
+# channel_order='rgb') and mmseg/mmdet's iSAIDDataset (class order; background is a class there,
+# reduce_zero_label=False). Ids are the converter's label values.
+ISAID_CLASSES = {
+    "classes": [
+        {"id": 0, "name": "background", "color": "#000000"},
+        {"id": 1, "name": "ship", "color": "#00003f"},
+        {"id": 2, "name": "storage tank", "color": "#003f3f"},
+        {"id": 3, "name": "baseball diamond", "color": "#003f00"},
+        {"id": 4, "name": "tennis court", "color": "#003f7f"},
+        {"id": 5, "name": "basketball court", "color": "#003fbf"},
+        {"id": 6, "name": "ground track field", "color": "#003fff"},
+        {"id": 7, "name": "bridge", "color": "#007f3f"},
+        {"id": 8, "name": "large vehicle", "color": "#007f7f"},
+        {"id": 9, "name": "small vehicle", "color": "#00007f"},
+        {"id": 10, "name": "helicopter", "color": "#0000bf"},
+        {"id": 11, "name": "swimming pool", "color": "#0000ff"},
+        {"id": 12, "name": "roundabout", "color": "#00bf7f"},
+        {"id": 13, "name": "soccer ball field", "color": "#007fbf"},
+        {"id": 14, "name": "plane", "color": "#007fff"},
+        {"id": 15, "name": "harbor", "color": "#00649b"},
+    ],
+}
+
+#: How the published split names map onto the splits prepare writes.
+OFFICIAL_SPLITS = {"train": "train", "val": "val"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One published dataset: its class table, mask kind and how to find its pairs."""
+
+    name: str
+    title: str
+    classes: dict[str, Any]
+    mask_kind: str  # "raster" (class ids) or "colors"
+    find: Callable[[Path], list[PairSpec]]
+    #: drop the georeference when the images do not share one CRS (tiles from many regions)
+    pixel_space_if_mixed_crs: bool = False
+
+    def table(self) -> ClassTable:
+        """The built-in class table."""
+        return ClassTable.from_dict(self.classes, where=f"{self.title} class table")
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() in suffixes} if folder.is_dir() else {}
+
+
+def _pair_up(images: dict[str, Path], masks: dict[str, Path], split: str | None, kind: str,
+             where: Path) -> list[PairSpec]:
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        log.warning("%s: %d images without a mask skipped (e.g. %s)", where, len(missing),
+                    images[missing[0]].name)
+    return [PairSpec(images[k], masks[k], kind, split=split) for k in sorted(images) if k in masks]
+
+
+def _official_split(name: str) -> str | None:
+    """Our split for a published split name, or None (logged) when prepare has no such split."""
+    return OFFICIAL_SPLITS.get(name.lower())
+
+
+def _find_loveda(root: Path) -> list[PairSpec]:
+    pairs: list[PairSpec] = []
+    for split_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+        for scene in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            images = _files(scene / "images_png", (".png",))
+            if not images:
+                continue
+            masks = _files(scene / "masks_png", (".png",))
+            split = _official_split(split_dir.name)
+            if not masks or split is None:
+                log.info("%s: %d images %s; not used", scene, len(images),
+                         "without published masks" if not masks else
+                         f"of the official '{split_dir.name}' split, which prepare does not keep")
+                continue
+            pairs += _pair_up(images, masks, split, "raster", scene)
+    return pairs
+
+
+def _read_list(path: Path) -> set[str]:
+    return {Path(line.strip()).stem for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()}
+
+
+def _find_openearthmap(root: Path) -> list[PairSpec]:
+    lists = {name: _read_list(root / f"{name}.txt") for name in ("train", "val", "test")
+             if (root / f"{name}.txt").is_file()}
+    if lists:
+        log.info("official split from %s", ", ".join(f"{n}.txt ({len(v)} files)"
+                                                    for n, v in lists.items()))
+    pairs: list[PairSpec] = []
+    unlisted = dropped = 0
+    for region in sorted(d for d in root.iterdir() if d.is_dir()):
+        images = _files(region / "images", (".tif", ".tiff"))
+        if not images:
+            continue
+        masks = _files(region / "labels", (".tif", ".tiff"))
+        for spec in _pair_up(images, masks, None, "raster", region):
+            if lists:
+                name = next((n for n, v in lists.items() if spec.image.stem in v), None)
+                if name is None:
+                    unlisted += 1
+                    continue
+                spec.split = _official_split(name)
+                if spec.split is None:
+                    dropped += 1
+                    continue
+            pairs.append(spec)
+    if unlisted:
+        log.info("%d image/label pairs are in none of the split lists; not used", unlisted)
+    if dropped:
+        log.info("%d pairs of the official test split not used (prepare keeps train and val)",
+                 dropped)
+    return pairs
+
+
+ISAID_MASK_SUFFIX = "_instance_color_RGB"
+
+
+def _find_isaid(root: Path) -> list[PairSpec]:
+    pairs: list[PairSpec] = []
+    for split_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+        images: dict[str, Path] = {}
+        masks: dict[str, Path] = {}
+        for d, _, files in os.walk(split_dir, followlinks=True):
+            for f in sorted(files):
+                p = Path(d) / f
+                if p.suffix.lower() != ".png":
+                    continue
+                if p.stem.endswith(ISAID_MASK_SUFFIX):
+                    masks.setdefault(p.stem[:-len(ISAID_MASK_SUFFIX)], p)
+                elif "_instance_" not in p.stem:
+                    images.setdefault(p.stem, p)
+        if not images:
+            continue
+        split = _official_split(split_dir.name)
+        if not masks or split is None:
+            log.info("%s: %d images %s; not used", split_dir, len(images),
+                     "without semantic masks" if not masks else
+                     f"of the official '{split_dir.name}' split, which prepare does not keep")
+            continue
+        pairs += _pair_up(images, masks, split, "colors", split_dir)
+    return pairs
+
+
+LAYOUTS: dict[str, Layout] = {
+    "loveda": Layout("loveda", "LoveDA", LOVEDA_CLASSES, "raster", _find_loveda),
+    "openearthmap": Layout("openearthmap", "OpenEarthMap", OPENEARTHMAP_CLASSES, "raster",
+                           _find_openearthmap, pixel_space_if_mixed_crs=True),
+    "isaid": Layout("isaid", "iSAID", ISAID_CLASSES, "colors", _find_isaid),
+}
+
+EXPECTED = {
+    "loveda": "Train/ and Val/ folders with Urban/ and Rural/ scenes, each holding images_png/ "
+              "and masks_png/",
+    "openearthmap": "one folder per region holding images/ and labels/ GeoTIFFs (and train.txt, "
+                    "val.txt at the top)",
+    "isaid": "train/ and val/ folders holding P0000.png images and P0000_instance_color_RGB.png "
+             "semantic masks (the unzipped images and Semantic_masks archives)",
+}
+
+
+def get_layout(name: str) -> Layout:
+    """The layout called ``name``, with a clear error listing the known ones."""
+    try:
+        return LAYOUTS[name.lower()]
+    except KeyError:
+        raise SatSynthError(f"unknown dataset layout {name!r}: use one of "
+                            f"{', '.join(LAYOUTS)}") from None
+
+
+def find_layout_pairs(name: str, root: str | Path) -> tuple[list[PairSpec], Layout]:
+    """The image/mask pairs of a downloaded dataset ``root`` in layout ``name``, each with its
+    official split (``PairSpec.split``), and the layout."""
+    layout = get_layout(name)
+    root = Path(root)
+    if not root.is_dir():
+        raise SatSynthError("dataset folder not found", root)
+    pairs = layout.find(root)
+    if not pairs:
+        raise SatSynthError(f"no {layout.title} image/mask pairs found: expected "
+                            f"{EXPECTED[layout.name]}", root)
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.split or "unsplit"] = counts.get(p.split or "unsplit", 0) + 1
+    log.info("%s layout: %s", layout.title, ", ".join(f"{n} {k} pairs" for k, n in counts.items()))
+    return pairs, layout
+
+
+def needs_pixel_space(layout: Layout, pairs: list[PairSpec]) -> bool:
+    """True when the layout's images span several CRSs (one dataset holds one CRS): their chips
+    are then kept in pixel space, as the dataset's own loaders read them."""
+    if not layout.pixel_space_if_mixed_crs:
+        return False
+    from satsynth.data.sources import open_raster
+
+    crss = set()
+    for p in pairs:
+        with open_raster(p.image, "image") as src:
+            crss.add(src.crs.to_wkt() if src.crs else None)
+        if len(crss) > 1:
+            log.info("%s: the images are in different CRSs (tiles from many regions); chips are "
+                     "kept in pixel space, without georeference", layout.title)
+            return True
+    return False
