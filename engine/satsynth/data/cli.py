@@ -59,6 +59,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--val-sources", metavar="PATTERNS", default="",
                    help="comma-separated parts of source paths that go wholly to validation, "
                         "e.g. 'Tile 6,Tile 7' (then --val-fraction is not used)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="share of chips held out for the final test, by spatial blocks (default "
+                        "0: no test split); the test split is read only by the final evaluation")
+    p.add_argument("--test-sources", metavar="PATTERNS", default="",
+                   help="comma-separated parts of source paths that go wholly to the test split, "
+                        "e.g. 'Tile 7' (then --test-fraction is not used)")
     p.add_argument("--block-size", type=int, default=4,
                    help="side of a spatial split block, in chips (default 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
@@ -81,7 +87,8 @@ def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = PrepareConfig(
         chip_size=args.chip_size, stride=args.stride, val_fraction=args.val_fraction,
-        val_sources=args.val_sources, block_size=args.block_size, seed=args.seed,
+        val_sources=args.val_sources, test_fraction=args.test_fraction,
+        test_sources=args.test_sources, block_size=args.block_size, seed=args.seed,
         min_labeled=args.min_labeled, max_chips=args.max_chips, line_buffer=args.line_buffer,
         all_touched=args.all_touched,
         background=None if args.background_ignore else args.background)
@@ -91,6 +98,7 @@ def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
     store = ChipStore(out)
     return {"dataset": str(out), "chips": str(out / "chips.gpkg"),
             "train": store.meta.counts.get("train", 0), "val": store.meta.counts.get("val", 0),
+            "test": store.meta.counts.get("test", 0),
             "classes": store.meta.classes.num_classes}
 
 

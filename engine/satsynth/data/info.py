@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from satsynth.data.store import ChipStore
+from satsynth.data.store import SPLITS, ChipStore
 
 
 def _crs_text(crs: str | None) -> str:
@@ -25,7 +25,7 @@ def dataset_info(path: str | Path) -> dict[str, Any]:
     """Size, bands, chip size, CRS, pixel size and classes with their pixel shares per split."""
     store = ChipStore(path)
     m = store.meta
-    counts = {s: len(store.split(s)) for s in ("train", "val") if store.has_split(s)}
+    counts = {s: store.count(s) for s in SPLITS if store.has_split(s)}
     size = sum(f.stat().st_size for f in store.path.iterdir() if f.is_file())
     shares = {s: m.class_shares(s) for s in counts}
     classes = []

@@ -25,6 +25,8 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.data.chipping import (
+    SPLIT_NAMES,
+    TEST,
     TRAIN,
     VAL,
     assign_split,
@@ -75,6 +77,8 @@ class PrepareConfig:
     stride: int | None = None  # default: chip_size (no overlap)
     val_fraction: float = 0.2
     val_sources: tuple[str, ...] = ()
+    test_fraction: float = 0.0  # share of chips held out for the final test, as spatial blocks
+    test_sources: tuple[str, ...] = ()
     block_size: int = 4  # spatial split block, in chips
     seed: int = 0
     min_labeled: float = 0.5
@@ -89,6 +93,10 @@ class PrepareConfig:
         if isinstance(self.val_sources, str):
             self.val_sources = tuple(s.strip() for s in self.val_sources.split(",") if s.strip())
         self.val_sources = tuple(self.val_sources)
+        if isinstance(self.test_sources, str):
+            self.test_sources = tuple(s.strip() for s in self.test_sources.split(",")
+                                      if s.strip())
+        self.test_sources = tuple(self.test_sources)
         if self.chip_size < 8:
             raise SatSynthError(f"chip size must be at least 8 px, got {self.chip_size}")
         if not 1 <= self.stride <= self.chip_size:
@@ -96,6 +104,13 @@ class PrepareConfig:
                                 f"got {self.stride}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise SatSynthError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise SatSynthError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        held = (0.0 if self.val_sources else self.val_fraction) + \
+            (0.0 if self.test_sources else self.test_fraction)
+        if held >= 1.0:
+            raise SatSynthError(f"--val-fraction and --test-fraction add up to {held:g}: nothing "
+                                "would be left for training")
         if not 0.0 <= self.min_labeled <= 1.0:
             raise SatSynthError(f"--min-labeled must be in [0, 1], got {self.min_labeled}")
         if self.block_size < 1:
@@ -114,6 +129,7 @@ class _Source:
     grid: Grid
     reader: Any = None
     val_source: bool = False
+    test_source: bool = False
     hist: Counter = field(default_factory=Counter)
     tiles: list = field(default_factory=list)
     # kept candidate chips: (row, col, labeled fraction)
@@ -421,22 +437,36 @@ def _split(sources: list[_Source], cfg: PrepareConfig) -> tuple[np.ndarray, ...]
         val_mask = np.asarray([s.val_source for s in sources], dtype=bool)
         log.info("validation = the dataset's official validation split (%d of %d sources)",
                  int(val_mask.sum()), len(sources))
+    test_mask = None
+    if cfg.test_sources:
+        test_mask = np.asarray([s.test_source for s in sources], dtype=bool)
+        log.info("test = the sources matching --test-sources (%d of %d)", int(test_mask.sum()),
+                 len(sources))
     block = cfg.block_size * cfg.chip_size
-    split = assign_split(src, rows, cols, cfg.val_fraction, block, val_mask, cfg.seed)
-    if val_mask is None and cfg.val_fraction > 0 and not (split == VAL).any() and n >= 2:
+    split = assign_split(src, rows, cols, cfg.val_fraction, block, val_mask, cfg.seed,
+                         cfg.test_fraction, test_mask)
+    wanted = [(s, f) for s, f, m in ((VAL, cfg.val_fraction, val_mask),
+                                     (TEST, cfg.test_fraction, test_mask)) if m is None and f > 0]
+    if any(not (split == s).any() for s, _ in wanted) and n >= 2:
         log.warning("too few %d-chip blocks for a spatial split; holding out single chips instead "
                     "(lower --block-size to silence this)", cfg.block_size)
-        split = assign_split(src, rows, cols, cfg.val_fraction, cfg.stride, None, cfg.seed)
-    # no training chip may overlap a validation chip (overlapping strides, edge chips, or
-    # overlapping georeferenced sources)
+        split = assign_split(src, rows, cols, cfg.val_fraction, cfg.stride, val_mask, cfg.seed,
+                             cfg.test_fraction, test_mask)
+    # no training chip may overlap a validation or test chip, nor a validation chip a test chip
+    # (overlapping strides, edge chips, or overlapping georeferenced sources)
     tf = np.asarray([tuple(_chip_transform(sources[i].grid, r, c))[:6]
                      for i, r, c in zip(src, rows, cols, strict=True)], dtype=np.float64)
     geo = sources[0].grid.georeferenced
     groups = np.zeros(n, dtype=np.int64) if geo else src
-    drop = overlapping_train(footprint_boxes(tf, cfg.chip_size), groups, split)
+    boxes = footprint_boxes(tf, cfg.chip_size)
+    drop = overlapping_train(boxes, groups, split)
     if drop.any():
-        log.info("%d training chips overlapping validation chips dropped", int(drop.sum()))
-    keep = ~drop
+        log.info("%d training chips overlapping validation or test chips dropped",
+                 int(drop.sum()))
+    drop_val = overlapping_train(boxes, groups, split, kept=VAL, held=(TEST,))
+    if drop_val.any():
+        log.info("%d validation chips overlapping test chips dropped", int(drop_val.sum()))
+    keep = ~(drop | drop_val)
     src, rows, cols, split = src[keep], rows[keep], cols[keep], split[keep]
     if cfg.max_chips is not None and len(src) > cfg.max_chips:
         keep = cap_chips(split, cfg.max_chips, cfg.seed)
@@ -447,6 +477,8 @@ def _split(sources: list[_Source], cfg: PrepareConfig) -> tuple[np.ndarray, ...]
                             "check --val-sources and --val-fraction")
     if not (split == VAL).any() and (cfg.val_fraction > 0 or cfg.val_sources):
         log.warning("no validation chips: the labeled area is too small for a held-out block")
+    if not (split == TEST).any() and (cfg.test_fraction > 0 or cfg.test_sources):
+        log.warning("no test chips: the labeled area is too small for a held-out block")
     return src, rows, cols, split
 
 
@@ -464,6 +496,9 @@ def _write(out: Path, sources: list[_Source], table: ClassTable, maps: dict[str,
     dtype = first.src.dtypes[0]
     bands = first.src.count
     n_train, n_val = int((split == TRAIN).sum()), int((split == VAL).sum())
+    capacity = {"train": n_train, "val": n_val}
+    if (split == TEST).any() or cfg.test_fraction > 0 or cfg.test_sources:
+        capacity["test"] = int((split == TEST).sum())
     g = first.grid
     pixel_size = (abs(g.transform.a), abs(g.transform.e)) if g.georeferenced else None
     if g.georeferenced:
@@ -484,7 +519,7 @@ def _write(out: Path, sources: list[_Source], table: ClassTable, maps: dict[str,
     lookup = {}
     for k, (i, r, c) in enumerate(zip(src_idx, rows, cols, strict=True)):
         lookup[(int(i), int(r), int(c))] = k
-    with ChipStoreWriter(out, meta, {"train": n_train, "val": n_val}) as writer, \
+    with ChipStoreWriter(out, meta, capacity) as writer, \
             progress.task("prepare: writing chips", total=len(src_idx), unit="chip") as t:
         for s in sources:
             for tile in s.tiles:
@@ -501,7 +536,7 @@ def _write(out: Path, sources: list[_Source], table: ClassTable, maps: dict[str,
                     y, x = r - tile.row_off, c - tile.col_off
                     img = data[:, y:y + s_, x:x + s_]
                     lab = labels[y:y + s_, x:x + s_]
-                    name = "train" if split[k] == TRAIN else "val"
+                    name = SPLIT_NAMES[split[k]]
                     writer.add(name, img, lab, tuple(_chip_transform(s.grid, r, c))[:6],
                                source=s.index, col=c, row=r)
                     if split[k] == TRAIN:
@@ -532,7 +567,8 @@ def _source_meta(s: _Source, splits: np.ndarray) -> dict[str, Any]:
         "crs": crs_to_string(s.grid.crs),
         "transform": list(tuple(s.grid.transform)[:6]),
         "val_source": s.val_source,
-        "chips": {"train": int((splits == TRAIN).sum()), "val": int((splits == VAL).sum())},
+        "test_source": s.test_source,
+        "chips": {name: int((splits == k).sum()) for k, name in enumerate(SPLIT_NAMES)},
     }
 
 
@@ -602,6 +638,21 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
             s.val_source = any(p in str(s.spec.image) or p in str(s.spec.labels)
                                for p in cfg.val_sources) if cfg.val_sources or not s.spec.split \
                 else s.spec.split == "val"
+        for s in sources:
+            s.test_source = any(p in str(s.spec.image) or p in str(s.spec.labels)
+                                for p in cfg.test_sources)
+        if cfg.test_sources:
+            n_test = sum(s.test_source for s in sources)
+            if n_test == 0:
+                raise SatSynthError(f"--test-sources {','.join(cfg.test_sources)} matches none "
+                                    f"of the {len(sources)} sources")
+            both = [s.spec.image.name for s in sources if s.test_source and s.val_source]
+            if both:
+                raise SatSynthError(f"{', '.join(both[:5])} match both --val-sources and "
+                                    "--test-sources: a source is either validation or test")
+            if n_test + sum(s.val_source for s in sources) == len(sources):
+                raise SatSynthError("--val-sources and --test-sources match every source: "
+                                    "nothing would be left for training")
         if cfg.val_sources:
             n_val = sum(s.val_source for s in sources)
             if n_val == 0:
@@ -630,9 +681,9 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
                 s.reader.close()
             s.src.close()
     split = chosen[3]
-    log.info("dataset %s: %d training and %d validation chips of %d px, %d classes", out,
-             int((split == TRAIN).sum()), int((split == VAL).sum()), cfg.chip_size,
-             table.num_classes)
+    log.info("dataset %s: %d training, %d validation and %d test chips of %d px, %d classes",
+             out, int((split == TRAIN).sum()), int((split == VAL).sum()),
+             int((split == TEST).sum()), cfg.chip_size, table.num_classes)
     return out
 
 
