@@ -15,27 +15,51 @@ def _widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from satsynth.generator.train import run_training
+#: recipe options shared by train-generator and train-upsampler (TrainOptions fields)
+RECIPE_OPTIONS = (
+    "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma",
+    "snr_weighting", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay",
+    "grad_accum", "mixed_precision", "class_balanced", "checkpoint_every", "resume", "seed",
+    "device")
 
-    opts = {k: getattr(args, k) for k in (
-        "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma",
-        "snr_weighting", "condition", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay",
-        "grad_accum", "mixed_precision", "class_balanced", "checkpoint_every", "resume", "seed",
-        "device")}
+
+def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    opts = {k: getattr(args, k) for k in names}
     opts["augment"] = not args.no_augment
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         opts["snr_gamma"] = None
     elif args.snr_gamma is None:
         opts.pop("snr_gamma")
-    for key in ("block_widths", "minutes"):
-        if opts[key] is None:
+    for key in ("block_widths", "minutes", "size"):
+        if key in opts and opts[key] is None:
             opts.pop(key)
+    return opts
+
+
+def _outputs(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in res.items()}
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.generator.train import run_training
+
+    opts = _options(args, (*RECIPE_OPTIONS, "condition", "size"))
     try:
         res = run_training(args.dataset, args.out, **opts)
     except TypeError as exc:
         raise SatSynthError(str(exc)) from None
-    return {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in res.items()}
+    return _outputs(res)
+
+
+def _train_upsampler(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.generator.upsampler import run_upsampler_training
+
+    try:
+        res = run_upsampler_training(args.dataset, args.out, args.base_size, args.factor,
+                                     **_options(args, RECIPE_OPTIONS))
+    except TypeError as exc:
+        raise SatSynthError(str(exc)) from None
+    return _outputs(res)
 
 
 def _favor(text: str) -> tuple[str, float]:
@@ -54,22 +78,14 @@ def _synthesize(args: argparse.Namespace) -> dict[str, Any]:
 
     return synthesize(args.model, args.count, args.out, sampler=args.sampler, steps=args.steps,
                       seed=args.seed, device=args.device, batch_size=args.batch_size,
-                      favor=dict(args.favor) if args.favor else None)
+                      favor=dict(args.favor) if args.favor else None, upsampler=args.upsampler)
 
 
-def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``train-generator`` and ``synthesize``."""
+def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The training recipe's options, shared by train-generator and train-upsampler."""
     from satsynth.generator.config import TrainOptions
 
     d = TrainOptions()
-    p = subparsers.add_parser(
-        "train-generator", parents=[common],
-        help="learn the joint distribution of image chips and label masks (diffusion model)",
-        description="Train a joint image-mask diffusion model on a prepared chip store. Runs on "
-                    "CPU or GPU; for several GPUs or nodes start it with 'accelerate launch "
-                    "--num_processes N -m satsynth train-generator ...'.")
-    p.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
-    p.add_argument("--out", required=True, help="model folder to write (checkpoints go here)")
     p.add_argument("--preset", choices=["tiny", "small", "base"], default=d.preset,
                    help="UNet size: tiny (~1 M parameters, CPU demos), small, base (GPU, paper "
                         "scale) (default %(default)s)")
@@ -90,11 +106,6 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "min(SNR+1, gamma), full weight at the highest noise levels "
                         "(v_prediction only); auto: min-snr+1 for v_prediction, min-snr for "
                         "epsilon (default %(default)s)")
-    p.add_argument("--condition", choices=["none", "class-shares"], default=d.condition,
-                   help="none: the paper's unconditional model; class-shares: condition on each "
-                        "chip's class pixel shares, drawn from the real training chips when "
-                        "sampling, which keeps the synthetic class mix close to the real one "
-                        "(default %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps,
                    help="optimizer steps (default %(default)s)")
     p.add_argument("--minutes", type=float, default=None,
@@ -121,7 +132,52 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="continue from the checkpoint in --out")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``train-generator``, ``train-upsampler`` and ``synthesize``."""
+    from satsynth.generator.config import TrainOptions
+
+    d = TrainOptions()
+    p = subparsers.add_parser(
+        "train-generator", parents=[common],
+        help="learn the joint distribution of image chips and label masks (diffusion model)",
+        description="Train a joint image-mask diffusion model on a prepared chip store. Runs on "
+                    "CPU or GPU; for several GPUs or nodes start it with 'accelerate launch "
+                    "--num_processes N -m satsynth train-generator ...'.")
+    p.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
+    p.add_argument("--out", required=True, help="model folder to write (checkpoints go here)")
+    _add_recipe_arguments(p)
+    p.add_argument("--condition", choices=["none", "class-shares"], default=d.condition,
+                   help="none: the paper's unconditional model; class-shares: condition on each "
+                        "chip's class pixel shares, drawn from the real training chips when "
+                        "sampling, which keeps the synthetic class mix close to the real one "
+                        "(default %(default)s)")
+    p.add_argument("--size", type=int, default=None,
+                   help="train at this chip size in px, on the chips area-downsampled (masks: "
+                        "the majority class), e.g. 32 on 64 or 128 px chips: the base of a "
+                        "super-resolution cascade (see train-upsampler); default: the chips' size")
     p.set_defaults(func=_train)
+
+    u = subparsers.add_parser(
+        "train-upsampler", parents=[common],
+        help="learn to add detail to low-resolution image-mask pairs (the super-resolution "
+             "stage of the cascade)",
+        description="Train the cascade's super-resolution diffusion model on a prepared chip "
+                    "store: it learns pairs of BASE_SIZE x FACTOR px given the same pair at "
+                    "BASE_SIZE px (area-downsampled image, majority-class mask, upsampled "
+                    "bilinearly). Use it with a generator trained with --size BASE_SIZE on the "
+                    "same chips: 'satsynth synthesize GENERATOR --upsampler UPSAMPLER'. Same "
+                    "recipe options, checkpoints, --resume and Accelerate as train-generator.")
+    u.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
+    u.add_argument("--out", required=True, help="upsampler folder to write (checkpoints go here)")
+    u.add_argument("--base-size", type=int, required=True,
+                   help="the low-resolution pair size in px (the generator's --size)")
+    u.add_argument("--factor", type=int, choices=[2, 4], default=2,
+                   help="upsampling factor; the output is BASE_SIZE x FACTOR px, which must "
+                        "divide the chips' size (default %(default)s)")
+    _add_recipe_arguments(u)
+    u.set_defaults(func=_train_upsampler)
 
     s = subparsers.add_parser(
         "synthesize", parents=[common],
@@ -141,6 +197,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="draw chips made of CLASS (name or id) FACTOR times as often, e.g. "
                         "Water=3 or Road=0.5; repeatable (generators trained with --condition "
                         "class-shares)")
+    s.add_argument("--upsampler", default=None,
+                   help="upsampler folder made by 'satsynth train-upsampler': sample each pair "
+                        "at the generator's size, then at the upsampler's (the size written)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     s.set_defaults(func=_synthesize)

@@ -89,6 +89,7 @@ class TrainOptions:
     snr_gamma: float | None = 5.0
     snr_weighting: str = "auto"
     condition: str = "class-shares"
+    size: int | None = None  # train at this many px: chips area-downsampled (None = as stored)
     steps: int = 2000
     minutes: float | None = None
     batch_size: int = 16
@@ -144,6 +145,8 @@ class TrainOptions:
                                 f"{' or '.join(CONDITIONS)}")
         if self.checkpoint_every < 1:
             raise SatSynthError("--checkpoint-every must be at least 1")
+        if self.size is not None and self.size < 8:
+            raise SatSynthError(f"--size must be at least 8 px, got {self.size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,13 +163,16 @@ class GeneratorConfig:
     normalization: dict[str, Any]  # Normalizer.to_dict()
     bands: int
     dtype: str
-    chip_size: int
+    chip_size: int  # the model's pair size in px
     crs: str | None = None
     pixel_size: list[float] | None = None
     source_extent: list[float] | None = None  # minx, miny, maxx, maxy of the training chips
     y_up: bool = True  # chip transforms have negative e (north-up rasters)
     real_class_shares: list[float] = field(default_factory=list)
     condition: str = "none"  # none | class-shares (CONDITIONS)
+    #: the training chips' size when the model works at a lower resolution (``--size``: chips
+    #: area-downsampled, ``pixel_size`` scaled to match); None = the same as ``chip_size``
+    source_chip_size: int | None = None
     dataset: str = ""
     model_id: str = ""
     step: int = 0
@@ -185,6 +191,11 @@ class GeneratorConfig:
     @property
     def channels(self) -> int:
         return self.bands + self.label_channels
+
+    @property
+    def in_channels(self) -> int:
+        """UNet input channels: the noisy pair (and, for an upsampler, its condition)."""
+        return self.channels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,7 +35,7 @@ def build_unet(cfg: GeneratorConfig) -> Any:
     groups = max(1, min(32, min(widths) // 4))
     conditioned = cfg.condition == "class-shares"
     unet = UNet2DModel(
-        sample_size=cfg.chip_size, in_channels=cfg.channels, out_channels=cfg.channels,
+        sample_size=cfg.chip_size, in_channels=cfg.in_channels, out_channels=cfg.channels,
         block_out_channels=tuple(widths), layers_per_block=int(cfg.arch.layers_per_block),
         down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=groups,
         attention_head_dim=8, class_embed_type="identity" if conditioned else None)
@@ -71,11 +71,13 @@ def sampler_scheduler(cfg: GeneratorConfig, sampler: str) -> Any:
     raise SatSynthError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
 
 
-def load_generator(path: str | Path, device: Any = "cpu", weights: str = "ema"
+def load_generator(path: str | Path, device: Any = "cpu", weights: str = "ema",
+                   kind: str = "generator", config_type: type[GeneratorConfig] = GeneratorConfig
                    ) -> tuple[Any, GeneratorConfig]:
-    """Load a generator folder (config.json + ``weights``.safetensors) in eval mode."""
+    """Load a generator folder (config.json + ``weights``.safetensors) in eval mode; ``kind`` and
+    ``config_type`` load the other models of the cascade (an ``upsampler``)."""
     path = Path(path)
-    cfg = GeneratorConfig.from_dict(load_config(path, "generator"))
+    cfg = config_type.from_dict(load_config(path, kind))
     model = build_unet(cfg)
     state = load_tensors(path, weights)
     try:

@@ -92,10 +92,12 @@ def favor_factors(favor: dict[str, float] | None, table: ClassTable) -> np.ndarr
 
 def generate(model: Any, cfg: GeneratorConfig, count: int, first: int = 0, sampler: str = "dpm",
              steps: int = 20, seed: int = 0, device: Any = "cpu", on_step: Any = None,
-             conditions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int, int]:
+             conditions: np.ndarray | None = None, cond_input: Any = None
+             ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Sample ``count`` pairs. Returns (images (N,C,S,S) float32 in [-1,1], labels (N,S,S) uint8
     class indices, invalid-code pixel count, UNet evaluations per pair). A class-share-conditioned
-    model needs ``conditions``: the (N, K) class shares asked of each sample."""
+    model needs ``conditions``: the (N, K) class shares asked of each sample. ``cond_input``: input
+    channels concatenated to the noisy pair at every step (an upsampler's low-resolution pair)."""
     import torch
 
     from satsynth.generator.model import sampler_scheduler
@@ -120,6 +122,8 @@ def generate(model: Any, cfg: GeneratorConfig, count: int, first: int = 0, sampl
     with torch.inference_mode():
         for t in sch.timesteps:
             inp = sch.scale_model_input(x, t)
+            if cond_input is not None:
+                inp = torch.cat([inp, cond_input], 1)
             out = model(inp, t.to(device).expand(count), class_labels=cond).sample
             x = sch.step(out, t, x, **extra).prev_sample
             if on_step is not None:
@@ -223,10 +227,13 @@ def _sha256(path: Path) -> str:
 
 def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str = "dpm",
                steps: int = 20, seed: int = 0, device: str = "auto", batch_size: int = 16,
-               favor: dict[str, float] | None = None) -> dict[str, Any]:
+               favor: dict[str, float] | None = None, upsampler: str | Path | None = None
+               ) -> dict[str, Any]:
     """Sample ``count`` georeferenced image-mask pairs from a generator folder into ``out``.
     ``favor`` ({class name or id: factor}) asks a class-share-conditioned generator for more
-    (factor > 1) or less of some classes (see :func:`draw_conditions`)."""
+    (factor > 1) or less of some classes (see :func:`draw_conditions`). ``upsampler`` (a folder
+    from ``train-upsampler``) runs the cascade: each pair is sampled at the generator's size,
+    then at the upsampler's, which is the size (and pixel size) written."""
     import rasterio
     from rasterio.transform import Affine
 
@@ -248,14 +255,22 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     model, cfg = load_generator(model_dir, dev)
+    geo = cfg  # the output's size and georeference: the upsampler's in a cascade
+    sr_model = None
+    if upsampler is not None:
+        from satsynth.generator.upsampler import check_cascade, load_upsampler, upsample_pairs
+
+        upsampler = Path(upsampler)
+        sr_model, geo = load_upsampler(upsampler, dev)
+        check_cascade(cfg, geo, upsampler)
     out = Path(out)
     table = ClassTable.from_dict(cfg.classes)
-    norm = Normalizer.from_dict(cfg.normalization)
+    norm = Normalizer.from_dict(geo.normalization)
     k = table.num_classes
     lut = table.index_to_id_lut()
     model_sha = _sha256(model_dir / "ema.safetensors")[:16]
     model_id = cfg.model_id or model_sha
-    transforms, placement = _grid_transforms(cfg, count)
+    transforms, placement = _grid_transforms(geo, count)
     if favor and cfg.condition != "class-shares":
         raise SatSynthError("--favor needs a generator trained with --condition class-shares",
                             model_dir)
@@ -268,36 +283,49 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
              "weights_sha256": model_sha, "model_step": cfg.step, "seed": seed,
              "sampler": sampler, "steps": steps if sampler != "ddpm" else None,
              "favor": favor or None}
-    meta = StoreMeta(classes=table, bands=cfg.bands, dtype=cfg.dtype, chip_size=cfg.chip_size,
+    if sr_model is not None:
+        extra.update(upsampler_dir=str(upsampler.resolve()), upsampler_id=geo.model_id,
+                     upsampler_step=geo.step,
+                     upsampler_sha256=_sha256(upsampler / "ema.safetensors")[:16])
+    meta = StoreMeta(classes=table, bands=cfg.bands, dtype=cfg.dtype, chip_size=geo.chip_size,
                      normalizer=norm, crs=cfg.crs,
-                     pixel_size=tuple(cfg.pixel_size) if cfg.pixel_size else None,
+                     pixel_size=tuple(geo.pixel_size) if geo.pixel_size else None,
                      sources=[{"image": "images.vrt", "label": "labels.vrt", "synthetic": True,
                                "model": str(model_dir.resolve())}],
                      synthetic=True, extra=extra)
     tags = {"SATSYNTH_SYNTHETIC": "yes", "SATSYNTH_MODEL_ID": model_id,
             "SATSYNTH_MODEL_SHA256": model_sha, "SATSYNTH_SEED": str(seed),
             "SATSYNTH_STEP": str(cfg.step), "SATSYNTH_SAMPLER": sampler}
+    if sr_model is not None:
+        tags.update(SATSYNTH_UPSAMPLER_ID=geo.model_id, SATSYNTH_UPSAMPLER_STEP=str(geo.step))
     counts = np.zeros(k, np.int64)
     invalid = 0
     evals = 0
     grid_imgs, grid_labs = [], []
     names: list[str] = []
-    s = cfg.chip_size
+    s = geo.chip_size
     batches = math.ceil(count / batch_size)
     n_steps = 1000 if sampler == "ddpm" else steps
+    stages = 1 if sr_model is None else 2
     t0 = time.monotonic()
     with ChipStoreWriter(out, meta, {"train": count}) as w, \
-            progress.task("synthesize", total=batches * n_steps, unit="step") as bar:
+            progress.task("synthesize", total=batches * n_steps * stages, unit="step") as bar:
         (w.tmp / "images").mkdir()
         (w.tmp / "labels").mkdir()
         for bi in range(batches):
             first = bi * batch_size
             n = min(batch_size, count - first)
             asked = conditions[first:first + n] if conditions is not None else None
-            imgs, labs, inv, evals = generate(
-                model, cfg, n, first, sampler, steps, seed, dev,
-                on_step=lambda msg=f"batch {bi + 1}/{batches}": bar.update(1, message=msg),
-                conditions=asked)
+
+            def tick(msg: str = f"batch {bi + 1}/{batches}") -> None:
+                bar.update(1, message=msg)
+
+            imgs, labs, inv, evals = generate(model, cfg, n, first, sampler, steps, seed, dev,
+                                              on_step=tick, conditions=asked)
+            if sr_model is not None:  # the cascade: the same pairs at the upsampler's size
+                imgs, labs, inv, sr_evals = upsample_pairs(sr_model, geo, cfg, imgs, labs, first,
+                                                           sampler, steps, seed, dev, tick)
+                evals += sr_evals
             invalid += inv
             got = np.stack([np.bincount(lab.ravel(), minlength=k)[:k] for lab in labs])
             counts += got.sum(0)
@@ -342,6 +370,10 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
         report = {
             "count": count, "sampler": sampler, "steps": n_steps, "seed": seed,
             "model_id": model_id, "model_step": cfg.step, "weights_sha256": model_sha,
+            "chip_size": s,
+            "upsampler": {"dir": extra["upsampler_dir"], "id": geo.model_id, "step": geo.step,
+                          "base_size": cfg.chip_size, "factor": s // cfg.chip_size}
+            if sr_model is not None else None,
             "unet_evals_per_pair": evals, "seconds": round(elapsed, 3),
             "pairs_per_s": round(count / max(elapsed, 1e-9), 4),
             "device": str(dev),

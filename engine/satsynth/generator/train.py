@@ -14,6 +14,8 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,8 @@ LOG_NAME = "train_log.csv"
 PLOT_NAME = "loss.png"
 LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "steps_per_s")
 #: options fixed by the architecture or the data encoding: a resumed run keeps the checkpoint's
-KEPT_ON_RESUME = ("preset", "block_widths", "encoding", "prediction", "beta_schedule", "condition")
+KEPT_ON_RESUME = ("preset", "block_widths", "encoding", "prediction", "beta_schedule", "condition",
+                  "size")
 #: at most this many training chips' class shares are kept in a class-share-conditioned model
 #: folder (``conditions.safetensors``), to draw conditions from at sampling time
 MAX_STORED_CONDITIONS = 65536
@@ -99,18 +102,23 @@ def _open_dataset(dataset: str | Path) -> ChipStore:
     return store
 
 
-def _new_config(store: ChipStore, opts: TrainOptions) -> GeneratorConfig:
+def new_config(store: ChipStore, opts: TrainOptions) -> GeneratorConfig:
+    """A fresh base-generator config for a dataset and the run's options."""
+    from satsynth.generator.resample import check_factor
+
     meta = store.meta
     arch = ArchConfig.preset(opts.preset, opts.block_widths)
     diff = DiffusionConfig(beta_schedule=opts.beta_schedule, prediction_type=opts.prediction)
     diff.check()
     LabelEncoding(opts.encoding, meta.classes.num_classes)  # validates
     extent, y_up = _extent(store)
+    size = opts.size or meta.chip_size
+    f = check_factor(meta.chip_size, size, "--size")
     return GeneratorConfig(
         arch=arch, diffusion=diff, encoding=opts.encoding, classes=meta.classes.to_dict(),
         normalization=meta.normalizer.to_dict(), bands=meta.bands, dtype=meta.dtype,
-        chip_size=meta.chip_size, crs=meta.crs,
-        pixel_size=list(meta.pixel_size) if meta.pixel_size else None,
+        chip_size=size, source_chip_size=meta.chip_size if f > 1 else None, crs=meta.crs,
+        pixel_size=[float(p) * f for p in meta.pixel_size] if meta.pixel_size else None,
         source_extent=extent, y_up=y_up,
         real_class_shares=[float(v) for v in meta.class_shares("train")], condition=opts.condition,
         dataset=str(Path(store.path).resolve()), model_id=f"gen-{uuid.uuid4().hex[:10]}")
@@ -121,8 +129,9 @@ def _check_compatible(cfg: GeneratorConfig, store: ChipStore, where: Path) -> No
     problems = []
     if meta.bands != cfg.bands:
         problems.append(f"the dataset has {meta.bands} bands, the model {cfg.bands}")
-    if meta.chip_size != cfg.chip_size:
-        problems.append(f"the dataset's chips are {meta.chip_size} px, the model's {cfg.chip_size} px")
+    if meta.chip_size != (cfg.source_chip_size or cfg.chip_size):
+        problems.append(f"the dataset's chips are {meta.chip_size} px, the model was trained on "
+                        f"{cfg.source_chip_size or cfg.chip_size} px chips")
     if meta.classes.ids != [c["id"] for c in cfg.classes["classes"]]:
         problems.append(f"the class tables differ (dataset ids {meta.classes.ids})")
     if problems:
@@ -217,14 +226,40 @@ def plot_loss(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 # --- training ------------------------------------------------------------------------------------
+def resized_pair(cfg: GeneratorConfig, image: Any, mask: Any) -> tuple[Any, Any, Any]:
+    """The base generator's training pair: real chips at the model's size (area-downsampled
+    images, majority-class masks when ``--size`` is below the chips' size); no extra input."""
+    from satsynth.generator.resample import downsample_pair
+
+    return (*downsample_pair(image, mask, cfg.chip_size, cfg.num_classes), None)
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    """Which model of the cascade the training loop trains (the base generator by default).
+
+    ``new_config(store, opts)`` makes a fresh config; ``inputs(cfg, image, mask)`` turns a batch
+    of real chips (model-space images, class-index masks, at the dataset's chip size) into the
+    pair to learn at the model's size plus extra input channels concatenated to the noisy pair
+    (None: none); ``kind`` is the model folder's kind and ``task`` the progress task's name."""
+
+    kind: str = "generator"
+    task: str = "train-generator"
+    config_type: type[GeneratorConfig] = GeneratorConfig
+    new_config: Callable[[ChipStore, TrainOptions], GeneratorConfig] = new_config
+    inputs: Callable[[GeneratorConfig, Any, Any], tuple[Any, Any, Any]] = resized_pair
+
+
 def train_generator(dataset: str | Path, out: str | Path, **options: Any) -> Path:
     """Train (or with ``resume=True`` continue training) a generator on a chip store; returns the
     model folder. ``options`` are the fields of :class:`TrainOptions`."""
     return run_training(dataset, out, **options)["model"]
 
 
-def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
-    """Like :func:`train_generator`, returning all outputs (model, log, loss plot, steps)."""
+def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None = None,
+                 **options: Any) -> dict[str, Any]:
+    """Like :func:`train_generator`, returning all outputs (model, log, loss plot, steps);
+    ``stage`` trains another model of the cascade (see :class:`TrainStage`)."""
     import torch
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel, compute_snr
@@ -234,6 +269,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
     from satsynth.device import resolve_device
     from satsynth.generator.model import build_unet, noise_scheduler
 
+    stage = stage or TrainStage()
     opts = TrainOptions.from_kwargs(**options)
     out = Path(out)
     store = _open_dataset(dataset)
@@ -244,8 +280,8 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
         if not (out / "config.json").is_file():
             raise SatSynthError("--resume: no checkpoint here to continue from (config.json "
                                 "missing); train without --resume first", out)
-        raw = load_config(out, "generator")
-        cfg = GeneratorConfig.from_dict(raw)
+        raw = load_config(out, stage.kind)
+        cfg = stage.config_type.from_dict(raw)
         _check_compatible(cfg, store, out)
         resume_state = raw.get("training_state") or {}
         prev = cfg.training or {}
@@ -255,7 +291,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
                 log.warning("--resume keeps the checkpoint's %s=%s (ignoring %s)", key, prev[key],
                             options[key])
     else:
-        cfg = _new_config(store, opts)
+        cfg = stage.new_config(store, opts)
     enc = LabelEncoding(cfg.encoding, cfg.num_classes)
 
     dev = resolve_device(opts.device)
@@ -320,7 +356,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
         stored_shares = {"conditions": {"class_shares": shares[np.sort(keep)].clone()}}
     rank, world = acc.process_index, acc.num_processes
 
-    def batch(step_i: int, micro: int) -> tuple[Any, Any, Any, Any, Any]:
+    def batch(step_i: int, micro: int) -> tuple[Any, Any, Any, Any, Any, Any]:
         seq = [opts.seed, step_i, micro, rank]
         rng = np.random.default_rng(seq)
         idx = rng.choice(n_chips, opts.batch_size, replace=n_chips < opts.batch_size, p=weights) \
@@ -330,10 +366,11 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         if opts.augment:
             img, mask = random_dihedral_batch(img, mask, generator=g)
+        img, mask, extra = stage.inputs(cfg, img, mask)
         noise = torch.randn((img.shape[0], cfg.channels, *img.shape[2:]), generator=g)
         t = torch.randint(0, T, (img.shape[0],), generator=g)
         cond = shares[np.sort(idx)] if shares is not None else None  # dihedral moves keep shares
-        return img, mask, noise, t, cond
+        return img, mask, noise, t, cond, extra
 
     def save(final: bool) -> None:
         if main:
@@ -346,7 +383,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
             config["training_state"] = {"optimizer": groups, "ema_step": ema.optimization_step,
                                         "elapsed_s": prev_elapsed + (time.monotonic() - t_start),
                                         "options": cfg.training, "final": final}
-            save_model_dir(out, "generator", config,
+            save_model_dir(out, stage.kind, config,
                            {"model": unwrapped.state_dict(), "ema": ema_sd,
                             "optimizer": opt_tensors, **stored_shares},
                            extra_files={LOG_NAME: _log_text(rows)})
@@ -357,7 +394,7 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
     t_start = time.monotonic()
     first_step = step
     model.train()
-    bar = progress.task("train-generator", total=opts.steps, unit="step") if main else None
+    bar = progress.task(stage.task, total=opts.steps, unit="step") if main else None
     if bar is not None and step:
         bar.n = step
     try:
@@ -378,16 +415,17 @@ def run_training(dataset: str | Path, out: str | Path, **options: Any) -> dict[s
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(opts.grad_accum):
-                img, mask, noise, t, cond = batch(step, micro)
+                img, mask, noise, t, cond, extra = batch(step, micro)
                 with acc.accumulate(model):
                     x0 = torch.cat([img, enc.encode(mask)], 1).to(device)
                     noise, t = noise.to(device), t.to(device)
                     xt = sched.add_noise(x0, noise, t)
+                    inp = xt if extra is None else torch.cat([xt, extra.to(device)], 1)
                     target = noise if pred_type == "epsilon" else sched.get_velocity(x0, noise, t)
                     if cond is not None:
                         cond = cond.to(device)
                     with acc.autocast():
-                        pred = model(xt, t, class_labels=cond).sample
+                        pred = model(inp, t, class_labels=cond).sample
                     err = (pred.float() - target) ** 2
                     w = torch.ones_like(err[:1, :, :1, :1]).expand_as(err).clone()
                     w[:, cfg.bands:] = (mask != IGNORE_INDEX).to(device)[:, None].float()

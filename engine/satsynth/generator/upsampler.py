@@ -1,0 +1,170 @@
+"""The super-resolution stage of the cascade (the paper's G_SR): ``satsynth train-upsampler``.
+
+An upsampler is a joint image-mask diffusion model like the base generator, at ``factor`` times
+the base generator's size, whose UNet also sees the low-resolution pair: the noisy
+high-resolution pair concatenated (channels) with the low-resolution pair (image bands and label
+code) upsampled bilinearly. It is trained on real chips: the target is the chip (area-downsampled
+to ``base_size * factor`` when the chips are larger), the condition the same chip area-downsampled
+to ``base_size`` (the majority class for the mask), so that a base generator trained with
+``train-generator --size base_size`` on the same chips and an upsampler cover the same ground.
+
+``synthesize GENERATOR --upsampler UPSAMPLER`` samples low-resolution pairs from the base, then
+each pair's high-resolution version from the upsampler, with the same sampler and steps.
+
+The upsampler is conditioned on the low-resolution pair only, not on class shares: the
+low-resolution mask already fixes each chip's class mix (the paper's G_SR is conditioned the same
+way); class-share requests (``--favor``) act through the base generator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from satsynth.data.normalize import Normalizer
+from satsynth.data.store import ChipStore
+from satsynth.errors import SatSynthError
+from satsynth.generator.config import GeneratorConfig, TrainOptions
+from satsynth.generator.encoding import LabelEncoding
+
+log = logging.getLogger("satsynth")
+
+KIND = "upsampler"
+FACTORS = (2, 4)
+
+
+@dataclass
+class UpsamplerConfig(GeneratorConfig):
+    """A generator config (``chip_size`` = the output size) plus the low-resolution input size."""
+
+    base_size: int = 0
+
+    @property
+    def factor(self) -> int:
+        return self.chip_size // max(self.base_size, 1)
+
+    @property
+    def in_channels(self) -> int:
+        """The noisy high-resolution pair and the upsampled low-resolution pair."""
+        return 2 * self.channels
+
+
+def condition_input(cfg: UpsamplerConfig, images: Any, labels: Any) -> Any:
+    """The upsampler's extra input: (N,C,b,b) model-space images in [-1,1] and (N,b,b) class
+    indices at ``base_size`` -> (N, channels, S, S), encoded and upsampled bilinearly."""
+    import torch
+
+    from satsynth.generator.resample import upsample_condition
+
+    enc = LabelEncoding(cfg.encoding, cfg.num_classes)
+    images = torch.as_tensor(images, dtype=torch.float32)
+    labels = torch.as_tensor(np.asarray(labels)).long()
+    pair = torch.cat([images, enc.encode(labels.to(images.device))], 1)
+    return upsample_condition(pair, cfg.chip_size)
+
+
+def training_inputs(cfg: UpsamplerConfig, image: Any, mask: Any) -> tuple[Any, Any, Any]:
+    """Real chips -> (target images, target masks at the output size, condition input)."""
+    from satsynth.generator.resample import downsample_pair
+
+    k = cfg.num_classes
+    img, lab = downsample_pair(image, mask, cfg.chip_size, k)
+    low_img, low_lab = downsample_pair(image, mask, cfg.base_size, k)
+    return img, lab, condition_input(cfg, low_img, low_lab)
+
+
+def _stage(base_size: int, factor: int) -> Any:
+    from satsynth.generator.resample import check_factor
+    from satsynth.generator.train import TrainStage, new_config
+
+    def make_config(store: ChipStore, opts: TrainOptions) -> UpsamplerConfig:
+        check_factor(store.meta.chip_size, base_size * factor,
+                     f"--base-size {base_size} x --factor {factor} =")
+        cfg = new_config(store, opts)
+        kw = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+        kw["model_id"] = "sr-" + cfg.model_id.removeprefix("gen-")
+        return UpsamplerConfig(**kw, base_size=base_size)
+
+    return TrainStage(kind=KIND, task="train-upsampler", config_type=UpsamplerConfig,
+                      new_config=make_config, inputs=training_inputs)
+
+
+def run_upsampler_training(dataset: str | Path, out: str | Path, base_size: int, factor: int,
+                           **options: Any) -> dict[str, Any]:
+    """Train (or with ``resume=True`` continue) an upsampler from ``base_size`` px pairs to
+    ``base_size * factor`` px on a chip store; ``options`` are :class:`TrainOptions` fields
+    (``size`` and ``condition`` are set by the stage). Returns the outputs of
+    :func:`~satsynth.generator.train.run_training`."""
+    from satsynth.generator.train import run_training
+
+    if factor not in FACTORS:
+        raise SatSynthError(f"--factor must be {' or '.join(map(str, FACTORS))}, got {factor}")
+    if base_size < 8:
+        raise SatSynthError(f"--base-size must be at least 8 px, got {base_size}")
+    for key in ("size", "condition"):
+        if options.pop(key, None) is not None:
+            raise SatSynthError(f"an upsampler sets {key} itself (from --base-size and --factor; "
+                                "it is conditioned on the low-resolution pair)")
+    from satsynth.outputs import check_output
+
+    check_output(out, KIND, inputs=[dataset])
+    if options.get("resume") and (Path(out) / "config.json").is_file():
+        from satsynth.checkpoint import load_config
+
+        prev = UpsamplerConfig.from_dict(load_config(out, KIND))
+        if (prev.base_size, prev.factor) != (base_size, factor):
+            raise SatSynthError(f"--resume: this upsampler goes from {prev.base_size} px by "
+                                f"{prev.factor}x, not from {base_size} px by {factor}x", out)
+    return run_training(dataset, out, stage=_stage(base_size, factor),
+                        size=base_size * factor, condition="none", **options)
+
+
+def load_upsampler(path: str | Path, device: Any = "cpu", weights: str = "ema"
+                   ) -> tuple[Any, UpsamplerConfig]:
+    """Load an upsampler folder in eval mode."""
+    from satsynth.generator.model import load_generator
+
+    model, cfg = load_generator(path, device, weights, kind=KIND, config_type=UpsamplerConfig)
+    return model, cast(UpsamplerConfig, cfg)
+
+
+def check_cascade(base: GeneratorConfig, up: UpsamplerConfig, where: Path) -> None:
+    """A clear error when a base generator's pairs cannot feed an upsampler."""
+    problems = []
+    if base.chip_size != up.base_size:
+        problems.append(f"the upsampler takes {up.base_size} px pairs, the generator makes "
+                        f"{base.chip_size} px pairs (train the generator with --size "
+                        f"{up.base_size})")
+    if base.bands != up.bands:
+        problems.append(f"the generator has {base.bands} bands, the upsampler {up.bands}")
+    ids = [c["id"] for c in base.classes["classes"]]
+    if ids != [c["id"] for c in up.classes["classes"]]:
+        problems.append(f"the class tables differ (generator ids {ids})")
+    if (base.crs or None) != (up.crs or None):
+        problems.append(f"the generator's CRS ({base.crs}) is not the upsampler's ({up.crs})")
+    if problems:
+        raise SatSynthError("this upsampler does not fit the generator: " + "; ".join(problems),
+                            where)
+
+
+def upsample_pairs(model: Any, cfg: UpsamplerConfig, base_cfg: GeneratorConfig, images: np.ndarray,
+                   labels: np.ndarray, first: int = 0, sampler: str = "dpm", steps: int = 20,
+                   seed: int = 0, device: Any = "cpu", on_step: Any = None
+                   ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """High-resolution versions of low-resolution pairs from the base generator (images in the
+    base's model space, labels as class indices); returns what
+    :func:`~satsynth.generator.sample.generate` returns, at the upsampler's size. The
+    upsampler's noise is a stream of its own, so each pair depends only on (seed, index)."""
+    from satsynth.generator.sample import generate
+
+    if base_cfg.normalization != cfg.normalization:  # trained on stores with other statistics
+        images = Normalizer.from_dict(cfg.normalization).to_model(
+            Normalizer.from_dict(base_cfg.normalization).from_model(images))
+    cond = condition_input(cfg, images, labels).to(device)
+    sr_seed = int(np.random.SeedSequence([seed, 0x5352]).generate_state(1)[0])
+    return generate(model, cfg, len(images), first, sampler, steps, sr_seed, device,
+                    on_step=on_step, cond_input=cond)
