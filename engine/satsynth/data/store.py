@@ -7,7 +7,10 @@ Layout of a dataset folder::
     <split>.labels.npy      (N, S, S) uint8 class indices, 255 = ignore
     <split>.transforms.npy  (N, 6) affine (a, b, c, d, e, f) of each chip
     <split>.sources.npy     (N,) int32 index into ``sources``
+    <split>.scores.npy      (N, 2) float32 pair-consistency scores (synthetic stores, once
+                            scored; see ``SCORE_COLUMNS``), optional
     chips.gpkg              one footprint polygon per chip: split, source, class pixel counts
+                            (and, once scored, the scores and the rank of each pair)
 
 Splits are ``train``, ``val`` (model selection) and optionally ``test`` (the final report); a
 synthetic store has only ``train``. The ``test`` split is locked: :meth:`ChipStore.split` opens it
@@ -37,6 +40,11 @@ SPLITS = ("train", "val", "test")
 #: The split held out for the final evaluation (never read during training or selection).
 TEST_SPLIT = "test"
 STORE_FORMAT = "satsynth-chips"
+#: Columns of ``<split>.scores.npy``: how well a segmenter trained on real chips agrees with each
+#: synthetic pair's mask when it segments the pair's image (the pair's mIoU over the classes in
+#: the mask or the prediction, and its pixel accuracy). The rank (1 = most consistent) orders by
+#: the first column, then the second; NaN (no labeled pixel) ranks last.
+SCORE_COLUMNS = ("miou", "pixel_accuracy")
 
 
 @dataclass
@@ -117,6 +125,7 @@ class ChipSplit:
     labels: np.ndarray  # (N, S, S)
     transforms: np.ndarray  # (N, 6)
     sources: np.ndarray  # (N,)
+    scores: np.ndarray | None = None  # (N, len(SCORE_COLUMNS)) float32, when scored
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -167,12 +176,24 @@ class ChipStore:
                     arrays[part] = np.load(f, mmap_mode="r", allow_pickle=False)
                 except (ValueError, OSError) as exc:
                     raise SatSynthError(f"damaged chip array ({exc})", f) from None
-            s = ChipSplit(**arrays)
+            s = ChipSplit(**arrays, scores=self._load_scores(split))
             n = len(s)
             if not (s.labels.shape[0] == s.transforms.shape[0] == s.sources.shape[0] == n):
                 raise SatSynthError(f"split '{split}' arrays disagree in length", self.path)
+            if s.scores is not None and s.scores.shape != (n, len(SCORE_COLUMNS)):
+                raise SatSynthError(f"{split}.scores.npy holds {s.scores.shape[0]} rows for {n} "
+                                    f"chips (score the pairs again)", self.path)
             self._splits[split] = s
         return self._splits[split]
+
+    def _load_scores(self, split: str) -> np.ndarray | None:
+        f = self.path / f"{split}.scores.npy"
+        if not f.is_file():
+            return None
+        try:
+            return np.load(f, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise SatSynthError(f"damaged score array ({exc})", f) from None
 
     def count(self, split: str) -> int:
         """Chips in ``split`` (0 when absent), from the labels array's shape alone (allowed for
@@ -187,6 +208,46 @@ class ChipStore:
 
     def __len__(self) -> int:
         return sum(self.count(s) for s in SPLITS)
+
+
+def score_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of each row of a ``SCORE_COLUMNS`` array: 1 = most consistent (highest first column,
+    ties broken by the second); rows with NaN scores rank last."""
+    sc = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-1.0)
+    order = np.lexsort(tuple(-sc[:, j] for j in reversed(range(sc.shape[1]))))
+    ranks = np.empty(len(sc), np.int64)
+    ranks[order] = np.arange(1, len(sc) + 1)
+    return ranks
+
+
+def score_attributes(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """The footprint attributes of scored chips: one column per score and the rank."""
+    sc = np.asarray(scores, dtype=np.float64)
+    cols = {name: np.round(sc[:, j], 5) for j, name in enumerate(SCORE_COLUMNS)}
+    cols["rank"] = score_ranks(sc)
+    return cols
+
+
+def write_scored_index(src: str | Path, dst: str | Path, split: str, scores: np.ndarray) -> Path:
+    """Write the footprint GeoPackage ``src`` to ``dst`` (a new file) with the scores and ranks
+    of ``split``'s chips as attributes (chips of other splits get empty values)."""
+    import geopandas as gpd
+    import pandas as pd
+
+    gdf = gpd.read_file(src, layer="chips")
+    rows = np.nonzero((gdf["split"] == split).to_numpy())[0]
+    chip = gdf["chip"].to_numpy()[rows].astype(np.int64)
+    if len(rows) != len(scores) or (len(chip) and chip.max() >= len(scores)):
+        raise SatSynthError(f"the footprints hold {len(rows)} '{split}' chips, the scores "
+                            f"{len(scores)}", src)
+    for name, values in score_attributes(scores).items():
+        col = pd.Series(pd.NA, index=gdf.index, dtype="Int64" if name == "rank" else "Float64")
+        col.iloc[rows] = values[chip]
+        gdf[name] = col
+    with warnings.catch_warnings():  # pixel-space stores have no CRS on purpose
+        warnings.filterwarnings("ignore", message=".*'crs' was not provided.*")
+        gdf.to_file(dst, layer="chips", driver="GPKG")
+    return Path(dst)
 
 
 def _col_name(name: str, used: set[str]) -> str:
@@ -227,6 +288,7 @@ class ChipStoreWriter:
             }
         self._px = {split: np.zeros(meta.classes.num_classes, np.int64) for split in capacity}
         self._rows: list[dict[str, Any]] = []
+        self._scores: dict[str, np.ndarray] = {}
 
     def __enter__(self) -> ChipStoreWriter:
         return self
@@ -239,6 +301,11 @@ class ChipStoreWriter:
 
     def count(self, split: str) -> int:
         return self._n[split]
+
+    def set_scores(self, split: str, scores: np.ndarray) -> None:
+        """Pair-consistency scores (``SCORE_COLUMNS``) of every chip of ``split``, in order; saved
+        as ``<split>.scores.npy`` and as footprint attributes when the store is closed."""
+        self._scores[split] = np.asarray(scores, dtype=np.float32).reshape(-1, len(SCORE_COLUMNS))
 
     def add(self, split: str, image: np.ndarray, label: np.ndarray,
             transform: tuple[float, ...] | Any, source: int = 0, col: int = 0,
@@ -310,6 +377,11 @@ class ChipStoreWriter:
                 src_file.unlink()
             np.save(self.tmp / f"{split}.transforms.npy", arrays["transforms"][:n])
             np.save(self.tmp / f"{split}.sources.npy", arrays["sources"][:n])
+            if split in self._scores:
+                if len(self._scores[split]) != n:
+                    raise SatSynthError(f"{len(self._scores[split])} scores for {n} '{split}' "
+                                        f"chips", self.path)
+                np.save(self.tmp / f"{split}.scores.npy", self._scores[split])
         self.meta.counts = dict(self._n)
         self.meta.class_pixels = {k: v.tolist() for k, v in self._px.items()}
         if self.write_index:
@@ -337,6 +409,9 @@ class ChipStoreWriter:
                    "image": str(src.get("image", "")), "col_off": r["col_off"],
                    "row_off": r["row_off"]}
             rec.update(dict(zip(cols, r["counts"], strict=True)))
+            if r["split"] in self._scores:
+                rec.update({k: v[r["chip"]].item() for k, v in score_attributes(
+                    self._scores[r["split"]]).items()})
             records.append(rec)
         if not records:
             return
@@ -352,5 +427,5 @@ def copy_store(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-__all__ = ["ChipSplit", "ChipStore", "ChipStoreWriter", "IGNORE_INDEX", "SPLITS", "StoreMeta",
-           "TEST_SPLIT"]
+__all__ = ["ChipSplit", "ChipStore", "ChipStoreWriter", "IGNORE_INDEX", "SCORE_COLUMNS", "SPLITS",
+           "StoreMeta", "TEST_SPLIT", "score_attributes", "score_ranks", "write_scored_index"]
