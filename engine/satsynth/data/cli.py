@@ -73,6 +73,24 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-chips", type=int, help="keep at most this many chips (quick runs)")
     p.set_defaults(func=prepare_command)
 
+    r = subparsers.add_parser(
+        "subset", parents=[common],
+        help="a low-data dataset: a seeded random share of the training chips",
+        description="Write a dataset holding a random share (or number) of DATASET's training "
+                    "chips, chosen reproducibly by --seed (the chips train-segmenter "
+                    "--real-fraction picks for that seed), with val and test copied whole or "
+                    "capped. Train the generator and the segmenter on it.")
+    r.add_argument("dataset", metavar="DATASET", help="dataset folder written by 'prepare'")
+    r.add_argument("--out", required=True, metavar="SUBSET", help="dataset folder to write")
+    pick = r.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--train-fraction", type=float, help="share of the training chips, e.g. "
+                      "0.025")
+    pick.add_argument("--max-train-chips", type=int, help="number of training chips")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random pick (default 0)")
+    r.add_argument("--max-val-chips", type=int, help="keep at most this many validation chips")
+    r.add_argument("--max-test-chips", type=int, help="keep at most this many test chips")
+    r.set_defaults(func=subset_command)
+
     q = subparsers.add_parser("info", parents=[common],
                               help="describe a dataset: chips, bands, CRS, class shares")
     q.add_argument("dataset", metavar="DATASET", help="dataset folder written by 'prepare'")
@@ -100,6 +118,15 @@ def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
             "train": store.meta.counts.get("train", 0), "val": store.meta.counts.get("val", 0),
             "test": store.meta.counts.get("test", 0),
             "classes": store.meta.classes.num_classes}
+
+
+def subset_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``satsynth subset``."""
+    from satsynth.data.subset import subset_dataset
+
+    return subset_dataset(args.dataset, args.out, train_fraction=args.train_fraction,
+                          max_train_chips=args.max_train_chips, seed=args.seed,
+                          max_val_chips=args.max_val_chips, max_test_chips=args.max_test_chips)
 
 
 def info_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from satsynth.data.store import ChipSplit, ChipStore
+from satsynth.data.subset import real_subset
 from satsynth.errors import SatSynthError
 
 log = logging.getLogger("satsynth")
@@ -26,17 +27,6 @@ def synthetic_count(n_real: int, ratio: float) -> int:
     if ratio < 0 or not np.isfinite(ratio):
         raise SatSynthError(f"--ratio must be a number >= 0, got {ratio}")
     return int(round(ratio * n_real))
-
-
-def real_subset(n: int, fraction: float, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a random ``fraction`` of ``n`` real chips (all of them for 1.0)."""
-    if not 0 < fraction <= 1:
-        raise SatSynthError(f"--real-fraction must be in (0, 1], got {fraction}")
-    if fraction >= 1:
-        return np.arange(n)
-    k = max(1, int(round(fraction * n)))
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=k, replace=False))
 
 
 def draw_synthetic(pool: int, count: int, seed: int = 0) -> np.ndarray:
@@ -175,7 +165,40 @@ def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, num_shards:
                   shard: int = 0) -> list[np.ndarray]:
     """Shuffled batches over ``n`` entries; a trailing batch of one chip is dropped (batch norm
     needs two), and each of ``num_shards`` processes gets the same number of batches."""
-    perm = rng.permutation(n)
+    return order_batches(rng.permutation(n), batch_size, num_shards, shard)
+
+
+class PairedOrder:
+    """Epoch orders over a mix's entries (real rows first, then synthetic, as
+    :meth:`TrainingMix.entries`) in which the real chips come in an order that depends on the
+    seed alone: runs of one seed with and without synthetic chips visit the real chips in the
+    same sequence (the synthetic chips are slotted in between by separate generators)."""
+
+    def __init__(self, seed: int) -> None:
+        self.real = np.random.default_rng([seed, 0])
+        self.synthetic = np.random.default_rng([seed, 1])
+        self.slots = np.random.default_rng([seed, 2])
+
+    def epoch(self, n_real: int, n_synthetic: int) -> np.ndarray:
+        """One epoch's order of the ``n_real + n_synthetic`` entries."""
+        real = self.real.permutation(n_real)
+        if n_synthetic == 0:
+            return real
+        n = n_real + n_synthetic
+        is_syn = np.zeros(n, dtype=bool)
+        is_syn[self.slots.choice(n, size=n_synthetic, replace=False)] = True
+        order = np.empty(n, dtype=np.int64)
+        order[~is_syn] = real
+        order[is_syn] = n_real + self.synthetic.permutation(n_synthetic)
+        return order
+
+
+def order_batches(order: np.ndarray, batch_size: int, num_shards: int = 1,
+                  shard: int = 0) -> list[np.ndarray]:
+    """Batches over entries in ``order``; a trailing batch of one chip is dropped (batch norm
+    needs two), and each of ``num_shards`` processes gets the same number of batches."""
+    n = len(order)
+    perm = order
     batches = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
     if batches and len(batches[-1]) < 2:
         batches.pop()

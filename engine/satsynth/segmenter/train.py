@@ -1,14 +1,17 @@
 """Training a segmenter on real chips plus R |D| synthetic pairs, under Accelerate.
 
 Cross-entropy with the ignore index (optionally + Dice, optionally class-weighted), dihedral and
-mild photometric augmentation, AdamW with warm-up and a cosine schedule, early stopping on the
-validation mIoU (real chips only), mixed precision on GPU. The best epoch's weights are saved.
+mild photometric augmentation, AdamW with warm-up and a cosine schedule laid over the run's budget
+(steps or wall time: :mod:`satsynth.segmenter.schedule`), early stopping on the validation mIoU
+(real chips only; validated every epoch or every N optimizer steps), mixed precision on GPU.
+Synthetic pairs are mixed in (``mix``), trained on first and then fine-tuned away from
+(``pretrain``), or trained on alone (``synthetic_only``: train on synthetic, test on real). The
+weights of the best validation are saved. The dataset's ``test`` split is never opened here.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +24,13 @@ from satsynth.checkpoint import save_model_dir
 from satsynth.data.classes import IGNORE_INDEX
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
-from satsynth.segmenter.mixing import TrainingMix, build_mix, epoch_batches, open_synthetic
+from satsynth.segmenter.mixing import (
+    PairedOrder,
+    TrainingMix,
+    build_mix,
+    open_synthetic,
+    order_batches,
+)
 from satsynth.segmenter.model import (
     ARCHITECTURES,
     TINY_ARCH,
@@ -33,6 +42,11 @@ log = logging.getLogger("satsynth")
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CLASS_WEIGHTS = ("none", "auto")
+#: How synthetic pairs enter training: mixed into every epoch, or a pre-training phase on them
+#: followed by fine-tuning on the real chips (each phase gets its share of the step budget).
+SYNTHETIC_MODES = ("mix", "pretrain")
+#: The clock of time budgets (a test can replace it).
+_now = time.monotonic
 
 
 @dataclass
@@ -59,6 +73,11 @@ class TrainOptions:
     mixed_precision: str = "no"
     augment: bool = True
     val_batch_size: int = 32
+    synthetic_mode: str = "mix"
+    synthetic_only: bool = False  # TSTR: train on the synthetic pairs alone, validate on real
+    val_every: int | None = None  # optimizer steps between validations (None: every epoch)
+    patience_steps: int | None = None  # with val_every: stop after this many steps w/o gain
+    lr_schedule: str = "cosine"
 
     def check(self) -> None:
         """Raise a clear error for impossible values."""
@@ -80,7 +99,22 @@ class TrainOptions:
         if self.minutes is not None and not self.minutes > 0:
             raise SatSynthError(f"--minutes must be > 0, got {self.minutes}")
         if not 0 < self.real_fraction <= 1:
-            raise SatSynthError(f"--real-fraction must be in (0, 1], got {self.real_fraction}")
+            raise SatSynthError(f"--real-fraction must be in (0, 1], got {self.real_fraction} "
+                                "(to train on synthetic pairs only use --synthetic-only)")
+        if self.synthetic_mode not in SYNTHETIC_MODES:
+            raise SatSynthError(f"--synthetic-mode must be one of {', '.join(SYNTHETIC_MODES)}, "
+                                f"got {self.synthetic_mode!r}")
+        if self.val_every is not None and self.val_every < 1:
+            raise SatSynthError(f"--val-every must be >= 1 step, got {self.val_every}")
+        if self.patience_steps is not None and self.patience_steps < 0:
+            raise SatSynthError(f"--patience-steps must be >= 0, got {self.patience_steps}")
+        if self.patience_steps and not self.val_every:
+            raise SatSynthError("--patience-steps counts optimizer steps between validations: "
+                                "give --val-every N too")
+        from satsynth.segmenter.schedule import LR_SCHEDULES
+
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SatSynthError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass
@@ -193,16 +227,6 @@ def make_loss(num_classes: int, dice: bool, weights: list[float] | None, device:
     return loss_fn
 
 
-def _lr_lambda(total: int, warmup: int) -> Any:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    return f
-
-
 def make_accelerator(device: str, mixed_precision: str) -> Any:
     """An Accelerator on the asked device (``accelerate launch`` picks the processes)."""
     from accelerate import Accelerator
@@ -258,6 +282,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
 
     from satsynth.segmenter.evaluate import evaluate_chips
     from satsynth.segmenter.metrics import SegmentationMetrics
+    from satsynth.segmenter.schedule import BudgetSchedule
 
     try:
         opts = TrainOptions(**options)
@@ -274,6 +299,9 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
         ratio = 1.0 if syn_paths else 0.0
     if ratio > 0 and not syn_paths:
         raise SatSynthError(f"--ratio {ratio} needs synthetic chips: pass --synthetic SYN_DIR")
+    if opts.synthetic_only and not ratio > 0:
+        raise SatSynthError("--synthetic-only trains on synthetic pairs alone: pass --synthetic "
+                            "SYN_DIR (and a --ratio above 0)")
     syn_stores = open_synthetic(syn_paths, real) if ratio > 0 else []
     if syn_paths and ratio == 0:
         log.info("--ratio 0: training on real chips only; the synthetic chips are not used")
@@ -283,6 +311,8 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                     candidates=train_keep)
     if len(mix) < 2:
         raise SatSynthError("fewer than 2 training chips after --real-fraction", real.path)
+    mode = "synthetic-only" if opts.synthetic_only else (
+        opts.synthetic_mode if mix.n_synthetic else "mix")
 
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed % (2**32))
@@ -298,94 +328,157 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     weights = class_weights_from_store(real) if opts.class_weights == "auto" else None
     loss_fn = make_loss(k, opts.dice, weights, device)
 
-    rng = np.random.default_rng(opts.seed)
     entries = mix.entries()
-    steps_per_epoch = len(epoch_batches(len(entries), opts.batch_size, np.random.default_rng(0),
-                                        acc.num_processes, acc.process_index))
-    if steps_per_epoch == 0:
-        raise SatSynthError(f"not enough training chips ({len(entries)}) for one batch per process")
-    if opts.max_steps:
-        total = int(opts.max_steps)
-        n_epochs = math.ceil(total / steps_per_epoch)
-    else:
-        total, n_epochs = steps_per_epoch * opts.epochs, opts.epochs
+    real_rows, syn_rows = np.arange(mix.n_real), mix.n_real + np.arange(mix.n_synthetic)
+    # phases: (name, rows of entries, real rows, synthetic rows); real rows come first in each
+    phases = {"mix": [("mix", mix.n_real, mix.n_synthetic)],
+              "pretrain": [("synthetic pre-training", 0, mix.n_synthetic),
+                           ("real fine-tuning", mix.n_real, 0)],
+              "synthetic-only": [("synthetic only", 0, mix.n_synthetic)]}[mode]
+
+    def phase_rows(n_r: int, n_s: int) -> np.ndarray:
+        return np.concatenate([real_rows[:n_r], syn_rows[:n_s]]) if n_r else syn_rows[:n_s]
+
+    def steps_per_epoch(n: int) -> int:
+        return len(order_batches(np.arange(n), opts.batch_size, acc.num_processes,
+                                 acc.process_index))
+
+    n_train = sum(r + s_ for _, r, s_ in phases)
+    if any(steps_per_epoch(r + s_) == 0 for _, r, s_ in phases):
+        raise SatSynthError(f"not enough training chips ({n_train}) for one batch per process")
+    # the budget: planned steps (--max-steps, or --epochs over the chips trained on) and time;
+    # pre-training gets the synthetic chips' share of both, fine-tuning the real chips' share
+    total = int(opts.max_steps) if opts.max_steps else opts.epochs * steps_per_epoch(n_train)
+    shares = [(r + s_) / n_train for _, r, s_ in phases]
+    phase_steps = [max(1, int(round(total * sh))) for sh in shares]
+    phase_steps[-1] = max(1, total - sum(phase_steps[:-1]))
+    seconds_budget = opts.minutes * 60 if opts.minutes else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total, max(1, int(opts.warmup_fraction * total))))
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    raw_optimizer = optimizer
+    model, optimizer = acc.prepare(model, optimizer)
     pipeline = BatchPipeline(mix, meta.normalizer, opts.augment, opts.seed)
     metrics = SegmentationMetrics(k, device)
     val_chips = real.split(val_split)
+    order = PairedOrder(opts.seed)
 
-    log.info("training %s/%s on %d real + %d synthetic chips (R=%g), validating on %d real "
-             "chips, %d epochs x %d steps on %s", opts.arch, opts.encoder, mix.n_real,
-             mix.n_synthetic, ratio, len(val_chips) if val_idx is None else len(val_idx),
-             n_epochs, steps_per_epoch, device)
-    start = time.monotonic()
-    deadline = start + opts.minutes * 60 if opts.minutes else None
+    log.info("training %s/%s on %d real + %d synthetic chips (R=%g, %s), validating on %d real "
+             "chips, %d steps (%s) on %s", opts.arch, opts.encoder, mix.n_real,
+             mix.n_synthetic, ratio, mode, len(val_chips) if val_idx is None else len(val_idx),
+             total, " + ".join(f"{n}: {t}" for (n, _, _), t in zip(phases, phase_steps,
+                                                                     strict=True)), device)
+    start = _now()
     history: list[EpochRecord] = []
-    best: dict[str, Any] = {"miou": -1.0, "epoch": 0, "state": None, "metrics": None}
+    best: dict[str, Any] = {"miou": -1.0, "epoch": 0, "step": 0, "state": None,
+                            "metrics": None}
     stopped = "completed"
+    step = 0
+    epoch = 0
+    schedule: BudgetSchedule | None = None
+    pending: dict[str, Any] = {"losses": [], "chips": 0, "t0": _now(), "train_s": 0.0}
+
+    def validate(phase: str) -> None:
+        nonlocal best
+        t_val = _now()
+        metrics.reset()
+        evaluate_chips(model, val_chips, meta.normalizer, metrics, opts.val_batch_size,
+                       device, indices=val_idx, shard=(acc.num_processes, acc.process_index))
+        scores = metrics.compute(meta.classes.names)
+        losses, train_s = pending["losses"], pending["train_s"]
+        rec = EpochRecord(epoch, len(losses), float(np.mean(losses)) if losses else float("nan"),
+                          scores["miou"], scores["overall_accuracy"],
+                          round(_now() - pending["t0"], 2), float(schedule.get_last_lr()[0]),
+                          {"train_seconds": round(train_s, 3), "chips": pending["chips"],
+                           "chips_per_s": round(pending["chips"] / max(train_s, 1e-9), 2),
+                           "step": step, "phase": phase,
+                           "val_seconds": round(_now() - t_val, 3)})
+        history.append(rec)
+        log.info("epoch %d, step %d (%s): loss %.4f, val mIoU %.4f, accuracy %.4f, lr %.2e",
+                 epoch, step, phase, rec.loss, rec.val_miou, rec.val_accuracy, rec.lr)
+        progress.emit({"event": "progress", "stage": "train-segmenter",
+                       "fraction": round(step / total, 4),
+                       "message": f"step {step}: val mIoU {rec.val_miou:.3f}",
+                       "epoch": epoch, "val_miou": rec.val_miou, "loss": rec.loss})
+        if scores["miou"] > best["miou"]:
+            state = acc.unwrap_model(model).state_dict()
+            best = {"miou": scores["miou"], "epoch": epoch, "step": step, "metrics": scores,
+                    "state": {n: t.detach().cpu().clone() for n, t in state.items()}}
+        pending.update(losses=[], chips=0, t0=_now(), train_s=0.0)
+
     with progress.task("train-segmenter", total=total, unit="step") as bar:
-        step = 0
-        for epoch in range(1, n_epochs + 1):
-            t0 = time.monotonic()
-            model.train()
-            losses = []
-            batches = epoch_batches(len(entries), opts.batch_size, rng, acc.num_processes,
-                                    acc.process_index)
-            for rows in batches[:total - step]:
-                x, y = pipeline(entries[rows])
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with acc.autocast():
-                    logits = forward_logits(model, x)
-                    loss = loss_fn(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                bar.update(1, message=f"epoch {epoch}/{n_epochs}", epoch=epoch,
-                           loss=losses[-1])
-                if deadline and time.monotonic() > deadline:
-                    stopped = "time limit"
-                    break
-            train_seconds = time.monotonic() - t0
-            chips_seen = int(sum(len(b) for b in batches[:len(losses)]))
-            metrics.reset()
-            evaluate_chips(model, val_chips, meta.normalizer, metrics, opts.val_batch_size,
-                           device, indices=val_idx, shard=(acc.num_processes, acc.process_index))
-            scores = metrics.compute(meta.classes.names)
-            rec = EpochRecord(epoch, len(losses), float(np.mean(losses)) if losses else float("nan"),
-                              scores["miou"], scores["overall_accuracy"],
-                              round(time.monotonic() - t0, 2), float(scheduler.get_last_lr()[0]),
-                              {"train_seconds": round(train_seconds, 3), "chips": chips_seen,
-                               "chips_per_s": round(chips_seen / max(train_seconds, 1e-9), 2)})
-            history.append(rec)
-            log.info("epoch %d: loss %.4f, val mIoU %.4f, accuracy %.4f (%.1f s)", epoch,
-                     rec.loss, rec.val_miou, rec.val_accuracy, rec.seconds)
-            progress.emit({"event": "progress", "stage": "train-segmenter",
-                           "fraction": round(step / total, 4),
-                           "message": f"epoch {epoch}: val mIoU {rec.val_miou:.3f}",
-                           "epoch": epoch, "val_miou": rec.val_miou, "loss": rec.loss})
-            if scores["miou"] > best["miou"]:
-                state = acc.unwrap_model(model).state_dict()
-                best = {"miou": scores["miou"], "epoch": epoch, "metrics": scores,
-                        "state": {n: t.detach().cpu().clone() for n, t in state.items()}}
-            if stopped == "time limit":
-                break
-            if opts.patience and epoch - best["epoch"] >= opts.patience:
-                stopped = f"early stop (no better val mIoU for {opts.patience} epochs)"
-                break
-    seconds = round(time.monotonic() - start, 1)
+        for p_i, ((phase, n_r, n_s), p_steps) in enumerate(zip(phases, phase_steps,
+                                                                 strict=True)):
+            last_phase = p_i == len(phases) - 1
+            rows_of_phase = phase_rows(n_r, n_s)
+            schedule = BudgetSchedule(
+                raw_optimizer, opts.lr_schedule, opts.warmup_fraction, p_steps,
+                seconds_budget * shares[p_i] if seconds_budget else None, clock=_now)
+            phase_start, phase_epoch0 = step, epoch
+            best_in_phase = {"step": step, "epoch": epoch, "miou": best["miou"]}
+            end = None
+            while end is None:
+                epoch += 1
+                model.train()
+                batches = order_batches(rows_of_phase[order.epoch(n_r, n_s)], opts.batch_size,
+                                        acc.num_processes, acc.process_index)
+                for rows in batches:
+                    t_step = _now()
+                    x, y = pipeline(entries[rows])
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with acc.autocast():
+                        logits = forward_logits(model, x)
+                        loss = loss_fn(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                    optimizer.step()
+                    p = schedule.progress(schedule.step_done + 1)
+                    if acc.num_processes > 1:  # one learning rate for every process
+                        p = float(acc.reduce(torch.tensor([p], device=device), "max").item())
+                    schedule.step(p)
+                    pending["losses"].append(float(loss.detach()))
+                    pending["chips"] += len(rows)
+                    pending["train_s"] += _now() - t_step
+                    step += 1
+                    bar.update(1, message=f"{phase}: epoch {epoch}", epoch=epoch,
+                               loss=pending["losses"][-1])
+                    if schedule.finished():
+                        end = "time limit" if schedule.out_of_time() and \
+                            step - phase_start < p_steps else "completed"
+                        break
+                    if opts.val_every and step % opts.val_every == 0:
+                        validate(phase)
+                        if best["miou"] > best_in_phase["miou"]:
+                            best_in_phase = {"step": step, "epoch": epoch, "miou": best["miou"]}
+                        if opts.patience_steps and \
+                                step - best_in_phase["step"] >= opts.patience_steps:
+                            end = (f"early stop (no better val mIoU for "
+                                   f"{opts.patience_steps} steps)")
+                            break
+                if end is None and not opts.val_every:
+                    validate(phase)
+                    if best["miou"] > best_in_phase["miou"]:
+                        best_in_phase = {"step": step, "epoch": epoch, "miou": best["miou"]}
+                    if opts.patience and epoch - max(best_in_phase["epoch"], phase_epoch0) \
+                            >= opts.patience:
+                        end = f"early stop (no better val mIoU for {opts.patience} epochs)"
+            if pending["losses"] or not history:
+                validate(phase)
+            if len(phases) > 1:
+                log.info("%s: %s after %d steps", phase, end, step - phase_start)
+            if last_phase:
+                stopped = end
+    seconds = round(_now() - start, 1)
     training = {
         "options": asdict(opts), "ratio": ratio, "dataset": str(real.path),
-        "synthetic": [str(s.path) for s in syn_stores], "real_chips": mix.n_real,
+        "synthetic_mode": mode, "phases": [
+            {"phase": n, "real_chips": r, "synthetic_chips": s_, "planned_steps": t}
+            for (n, r, s_), t in zip(phases, phase_steps, strict=True)],
+        "synthetic": [str(s.path) for s in syn_stores],
+        "real_chips": 0 if opts.synthetic_only else mix.n_real,
         "synthetic_chips": mix.n_synthetic, "validation_chips": int(
             len(val_chips) if val_idx is None else len(val_idx)),
         "validation": "val split" if val_idx is None else "10% of train held out",
-        "class_weights": weights, "best_epoch": best["epoch"], "epochs_run": len(history),
+        "class_weights": weights, "best_epoch": best["epoch"], "best_step": best["step"],
+        "epochs_run": epoch, "validations": len(history),
         "stopped": stopped, "steps": step, "seconds": seconds, "device": str(device),
         "processes": acc.num_processes,
         "history": [asdict(h) for h in history],
@@ -393,8 +486,10 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     cfg.metrics = {"split": "val" if val_idx is None else "train-holdout", **best["metrics"]}
     cfg.training = training
     metrics_doc = {"miou": best["miou"], "best_epoch": best["epoch"], "validation": cfg.metrics,
-                   "history": training["history"], "ratio": ratio, "real_chips": mix.n_real,
-                   "synthetic_chips": mix.n_synthetic, "seconds": seconds, "stopped": stopped}
+                   "history": training["history"], "ratio": ratio,
+                   "real_chips": training["real_chips"], "synthetic_chips": mix.n_synthetic,
+                   "synthetic_mode": mode, "best_step": best["step"], "steps": step,
+                   "seconds": seconds, "stopped": stopped}
     acc.wait_for_everyone()
     if acc.is_main_process:
         import json
