@@ -15,6 +15,7 @@ from typing import Any
 
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path, write_json
+from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
@@ -58,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.segmenter.evaluate import evaluate
     from satsynth.segmenter.train import train_segmenter
 
-    out = Path(args.out).resolve()
+    out = check_output(Path(args.out).resolve(), "demo", inputs=[args.data], into=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     timings: dict[str, float] = {}

@@ -247,8 +247,9 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[PathLike | None] =
                         f"is {_describe(found)}, not {_describe(kind)}; SatSynth replaces only an "
                         "earlier output of the same kind: choose another output folder", given)
                 raise SatSynthError(
-                    f"is a non-empty folder that is not {_describe(kind)}; SatSynth replaces "
-                    "only its own earlier outputs: choose a new or empty folder", given)
+                    f"is a non-empty folder, not a SatSynth {kind} folder; SatSynth replaces "
+                    "only its own earlier outputs of the same kind: choose a new or empty "
+                    "folder", given)
     _probe_writable(path.parent, given)
     if not is_file and into and path.is_dir():
         _probe_writable(path, given)

@@ -59,6 +59,7 @@ from satsynth.data.sources import (
 )
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
+from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
@@ -85,6 +86,7 @@ class PrepareConfig:
     max_chips: int | None = None
     line_buffer: float = 0.0  # metres (buffer distance) for vector lines and points
     all_touched: bool = False
+    labels_on_image_grid: bool = False  # label rasters drawn on the image's pixels, no georef
     background: str | None = "background"  # None: pixels no feature covers are ignored
     tile_span: int = 2048  # largest window side read at once (memory bound)
 
@@ -179,16 +181,6 @@ def _load_table(classes: PathLike | ClassTable | dict | None) -> ClassTable | No
     if isinstance(classes, (dict, list)):
         return ClassTable.from_dict(classes)
     return ClassTable.load(classes)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise SatSynthError("output exists and is a file; choose a folder name for the dataset",
-                                out)
-        if any(out.iterdir()) and not (out / "dataset.json").is_file():
-            raise SatSynthError("output folder exists and is not a SatSynth dataset; choose a new "
-                                "or empty folder (nothing was overwritten)", out)
 
 
 def _open_images(specs: list[PairSpec], cfg: PrepareConfig, lenient: bool) -> list[_Source]:
@@ -414,7 +406,8 @@ def _make_readers(sources: list[_Source], table: ClassTable | None, class_field:
                                          bg)
     for s in sources:
         if s.reader is None:
-            s.reader = RasterLabelReader(s.spec.labels, s.spec.image, s.grid, s.spec.kind)
+            s.reader = RasterLabelReader(s.spec.labels, s.spec.image, s.grid, s.spec.kind,
+                                         cfg.labels_on_image_grid)
     return table
 
 
@@ -623,8 +616,9 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
     cfg = config or PrepareConfig(**options)
     if config is not None and options:
         cfg = PrepareConfig(**{**asdict(config), **options})
-    out = Path(out)
-    _check_out(out)
+    out = check_output(out, "dataset", inputs=[
+        *_as_list(images), *_as_list(labels), *_as_list(vectors), folder,
+        classes if isinstance(classes, (str, Path)) else None])
     folder_p = Path(folder) if folder is not None else None
     if classes is None and folder_p is not None and (folder_p / "classes.json").is_file():
         classes = folder_p / "classes.json"

@@ -27,6 +27,7 @@ from satsynth.errors import SatSynthError
 from satsynth.generator.config import GeneratorConfig
 from satsynth.generator.encoding import LabelEncoding
 from satsynth.io import write_json
+from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
@@ -252,6 +253,7 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
         raise SatSynthError(f"--count must be at least 1, got {count}")
     if batch_size < 1:
         raise SatSynthError(f"--batch-size must be at least 1, got {batch_size}")
+    check_output(out, "synthetic", inputs=[model_dir, upsampler])
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     model, cfg = load_generator(model_dir, dev)

@@ -33,6 +33,7 @@ from satsynth.generator.config import (
     TrainOptions,
 )
 from satsynth.generator.encoding import LabelEncoding
+from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
@@ -271,7 +272,7 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
 
     stage = stage or TrainStage()
     opts = TrainOptions.from_kwargs(**options)
-    out = Path(out)
+    out = check_output(out, stage.kind, inputs=[dataset])
     store = _open_dataset(dataset)
 
     # --- configuration: new, or from the checkpoint being resumed

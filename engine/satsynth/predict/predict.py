@@ -9,6 +9,7 @@ its area. Outputs appear at their final paths only when complete.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import tempfile
 import threading
@@ -25,10 +26,12 @@ from satsynth import progress
 from satsynth.data.classes import ClassTable, write_qml
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path
+from satsynth.outputs import check_output
 from satsynth.predict.aoi import AreaOfInterest, bounds_to_window, parse_extent, tile_bounds
 from satsynth.predict.blend import BlendAccumulator, blend_window
 from satsynth.predict.source import (
     TileReader,
+    check_values,
     crs_label,
     ground_resolution,
     matched_vrt,
@@ -105,7 +108,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     image, out = Path(image), Path(out)
     conf_path = Path(confidence) if confidence else None
     vec_path = Path(vector) if vector else None
-    _check_paths(image, out, conf_path, vec_path)
+    _check_paths(image, out, conf_path, vec_path, inputs=(model_dir, image, mask))
     if simplify < 0 or min_area < 0:
         raise SatSynthError("--simplify and --min-area must not be negative")
     box = parse_extent(extent)
@@ -123,9 +126,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
         src = stack.enter_context(open_image(image))
         indexes = select_bands(src, cfg.in_channels, image)
-        if src.dtypes[0] != normalizer.dtype:
-            log.warning("%s is %s, the model was trained on %s images: check that the values "
-                        "mean the same", image.name, src.dtypes[0], normalizer.dtype)
+        check_values(src, indexes, normalizer, image)
         aoi = AreaOfInterest(mask, src.crs) if mask else None
         region = _region(src, box, aoi, image)
         scale = _resolution_scale(src, cfg, image, match_resolution)
@@ -143,7 +144,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         tmp_conf = stack.enter_context(atomic_path(conf_path)) if conf_path else None
         tmp_vec = stack.enter_context(atomic_path(vec_path)) if vec_path else None
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(
-            prefix=f".{out.stem}.", suffix=".work", dir=out.parent)))
+            prefix=f".{out.stem}.{os.getpid()}-", suffix=".work", dir=out.parent)))
 
         vectorizer = None
         if tmp_vec is not None:
@@ -192,10 +193,9 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     return outputs
 
 
-def _check_paths(image: Path, out: Path, conf: Path | None, vec: Path | None) -> None:
+def _check_paths(image: Path, out: Path, conf: Path | None, vec: Path | None,
+                 inputs: Sequence[str | Path | None]) -> None:
     finals = [p.resolve() for p in (out, conf, vec) if p is not None]
-    if image.resolve() in finals:
-        raise SatSynthError("an output path is the input image itself", image)
     if len(set(finals)) != len(finals):
         raise SatSynthError("--out, --confidence and --vector must be different files")
     if out.suffix.lower() not in (".tif", ".tiff"):
@@ -204,9 +204,9 @@ def _check_paths(image: Path, out: Path, conf: Path | None, vec: Path | None) ->
         raise SatSynthError("the confidence raster is written as GeoTIFF: use a .tif name", conf)
     if vec is not None and vec.suffix.lower() != ".gpkg":
         raise SatSynthError("polygons are written to a GeoPackage: use a .gpkg name", vec)
-    for p in (out, conf, vec):
-        if p is not None and p.is_dir():
-            raise SatSynthError("output path is a folder", p)
+    for p in (out, out.with_suffix(".qml"), conf, vec):
+        if p is not None:
+            check_output(p, "file", inputs=inputs)
 
 
 def _model_tables(cfg: Any, model_dir: Path) -> tuple[ClassTable, Any]:

@@ -23,6 +23,7 @@ from satsynth import progress
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path, read_json, write_json
+from satsynth.outputs import check_output
 from satsynth.segmenter.mixing import check_compatible, epoch_batches, real_subset
 
 log = logging.getLogger("satsynth")
@@ -142,7 +143,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
         raise SatSynthError(f"--budget must be steps or epochs, got {cfg.budget!r}")
     if cfg.seeds < 1:
         raise SatSynthError(f"--seeds must be >= 1, got {cfg.seeds}")
-    out = Path(out)
+    out = check_output(out, "experiment", inputs=[dataset, generator], into=True)
     real = ChipStore(dataset)
     n_real = len(real_subset(len(real.split("train")), cfg.real_fraction, 0))
     max_steps = None

@@ -21,6 +21,7 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.checkpoint import save_model_dir
+from satsynth.outputs import check_output
 from satsynth.data.classes import IGNORE_INDEX
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
@@ -198,8 +199,8 @@ def forward_logits(model: Any, x: Any) -> Any:
 
 def check_chip_size(model: Any, chip_size: int, arch: str, encoder: str) -> None:
     """Encoders downsample by up to 32: chips must be a multiple of that."""
-    encoder = getattr(model, "encoder", None)
-    stride = int(getattr(encoder, "output_stride", 32) or 32) if encoder is not None else 1
+    enc = getattr(model, "encoder", None)
+    stride = int(getattr(enc, "output_stride", 32) or 32) if enc is not None else 1
     if chip_size % stride:
         raise SatSynthError(f"{arch} with {encoder} needs chips whose size is a multiple of "
                             f"{stride} px, these are {chip_size} px (prepare with --chip-size "
@@ -291,10 +292,11 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     opts.arch = opts.arch.lower()
     opts.check()
     out = Path(out)
-    real = _open_real(dataset)
-    meta = real.meta
     syn_paths = [] if synthetic is None else (
         [synthetic] if isinstance(synthetic, (str, Path)) else list(synthetic))
+    check_output(out, "segmenter", inputs=[dataset, *syn_paths, opts.encoder_weights])
+    real = _open_real(dataset)
+    meta = real.meta
     if ratio is None:
         ratio = 1.0 if syn_paths else 0.0
     if ratio > 0 and not syn_paths:
