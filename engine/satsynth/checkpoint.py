@@ -44,12 +44,36 @@ def load_config(path: str | Path, kind: str) -> dict[str, Any]:
         raise SatSynthError("config.json is not a SatSynth model config", path / "config.json")
     if cfg["kind"] != kind:
         raise SatSynthError(f"this is a {cfg['kind']} model folder, a {kind} is needed", path)
+    validate_model_config(cfg, path / "config.json")
     if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
         raise SatSynthError(
             f"model written by SatSynth {cfg.get('satsynth_version')} (format "
             f"{cfg.get('format_version')}); this SatSynth {__version__} reads format "
             f"{FORMAT_VERSION} or older: upgrade SatSynth", path)
     return cfg
+
+
+#: Whole-number fields of model configs and their smallest valid value.
+CONFIG_INTS = {"format_version": 0, "in_channels": 1, "bands": 1, "chip_size": 1,
+               "source_chip_size": 1, "step": 0}
+
+
+def validate_model_config(cfg: dict[str, Any], where: str | Path) -> None:
+    """Check a model config against the schema every model kind shares: the class table and the
+    normalization as for class files and datasets, whole-number sizes. One-line errors."""
+    from satsynth.data.classes import ClassTable, strict_int
+    from satsynth.data.normalize import Normalizer
+
+    try:
+        for key, low in CONFIG_INTS.items():
+            if cfg.get(key) is not None:
+                strict_int(cfg[key], key, low)
+        if "classes" in cfg:
+            ClassTable.from_dict(cfg["classes"], where="classes")
+        if "normalization" in cfg:
+            Normalizer.from_dict(cfg["normalization"])
+    except SatSynthError as exc:
+        raise SatSynthError(f"not a valid model config: {exc}", where) from None
 
 
 def load_tensors(path: str | Path, name: str = "model", device: str = "cpu") -> dict[str, Any]:

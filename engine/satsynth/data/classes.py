@@ -31,10 +31,33 @@ def parse_color(value: Any, where: str = "class table") -> tuple[int, int, int]:
             except ValueError:
                 pass
     elif isinstance(value, Sequence) and len(value) >= 3:
-        rgb = tuple(int(v) for v in value[:3])
+        try:
+            rgb = tuple(strict_int(v, "colour") for v in value[:3])
+        except SatSynthError:
+            rgb = (-1, -1, -1)
         if all(0 <= v <= 255 for v in rgb):
             return rgb  # type: ignore[return-value]
     raise SatSynthError(f"bad colour {value!r} in {where}: use '#RRGGBB' or [r, g, b]")
+
+
+def strict_int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
+    """An integer from JSON/YAML (an int, a whole float like 3.0, or digits), else a clear error:
+    ``1.7``, ``"one"`` and ``true`` are refused, never rounded or guessed."""
+    if isinstance(value, bool):
+        v = None
+    elif isinstance(value, int):
+        v = value
+    elif isinstance(value, float) and value.is_integer():
+        v = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        v = int(value)
+    else:
+        v = None
+    if v is None:
+        raise SatSynthError(f"{what} must be a whole number, got {value!r}")
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise SatSynthError(f"{what} must be in {low}..{high}, got {v}")
+    return v
 
 
 def default_color(i: int) -> tuple[int, int, int]:
@@ -140,33 +163,58 @@ class ClassTable:
     @classmethod
     def from_dict(cls, data: Any, where: str = "class table") -> ClassTable:
         """Build from our JSON form, a bare list, a {name: colour} mapping, or a palette file
-        like the Dubai dataset's (``{"ignore_color": ..., "classes": [...]}``)."""
+        like the Dubai dataset's (``{"ignore_color": ..., "classes": [...]}``), checked against
+        one schema wherever a table comes from (class files, dataset.json, model configs): ids
+        whole numbers in 0..254 and unique, names non-empty text and unique (ignoring case),
+        colours '#RRGGBB' or [r, g, b]. Problems raise one :class:`SatSynthError` line."""
+        try:
+            return cls._from_dict(data, where)
+        except SatSynthError as exc:
+            raise SatSynthError(str(exc), where) from None
+
+    @classmethod
+    def _from_dict(cls, data: Any, where: str) -> ClassTable:
         ignore_ids: list[int] = []
         ignore_colors: list[tuple[int, int, int]] = []
         if isinstance(data, dict) and "classes" in data:
             items = data["classes"]
-            ignore_ids = [int(v) for v in data.get("ignore_ids", []) or []]
+            raw_ids = data.get("ignore_ids", []) or []
+            if not isinstance(raw_ids, list):
+                raise SatSynthError(f"ignore_ids must be a list of label values, got {raw_ids!r}")
+            ignore_ids = [strict_int(v, "an ignore id", 0, 255) for v in raw_ids]
             if "ignore_id" in data and data["ignore_id"] is not None:
-                ignore_ids.append(int(data["ignore_id"]))
-            raw_colors = list(data.get("ignore_colors", []) or [])
+                ignore_ids.append(strict_int(data["ignore_id"], "ignore_id", 0, 255))
+            raw_colors = data.get("ignore_colors", []) or []
+            if not isinstance(raw_colors, list):
+                raise SatSynthError(f"ignore_colors must be a list of colours, got {raw_colors!r}")
+            raw_colors = list(raw_colors)
             if data.get("ignore_color"):
                 raw_colors.append(data["ignore_color"])
-            ignore_colors = [parse_color(c, where) for c in raw_colors]
+            ignore_colors = [parse_color(c, "ignore_colors") for c in raw_colors]
         elif isinstance(data, dict):
             items = [{"name": k, "color": v} for k, v in data.items()]
         else:
             items = data
         if not isinstance(items, list) or not items:
-            raise SatSynthError(f"{where}: expected a non-empty list of classes")
+            raise SatSynthError(f"expected a non-empty list of classes, got {str(items)[:60]!r}")
         classes = []
+        seen: dict[str, int] = {}
         for n, item in enumerate(items):
             if isinstance(item, str):
                 item = {"name": item}
             if not isinstance(item, dict):
-                raise SatSynthError(f"{where}: class entry {n} is not an object: {item!r}")
-            cid = int(item.get("id", item.get("value", n)))
-            name = str(item.get("name", f"class {cid}"))
-            color = parse_color(item["color"], where) if item.get("color") else default_color(n)
+                raise SatSynthError(f"class entry {n} is not an object: {str(item)[:60]!r}")
+            cid = strict_int(item.get("id", item.get("value", n)), f"class entry {n}: id", 0, 254)
+            name = item.get("name", f"class {cid}")
+            if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip():
+                raise SatSynthError(f"class entry {n}: name must be non-empty text, got {name!r}")
+            name = str(name).strip()
+            if name.lower() in seen:
+                raise SatSynthError(f"class name {name!r} is used twice (entries {seen[name.lower()]}"
+                                    f" and {n}): names must be unique")
+            seen[name.lower()] = n
+            color = (parse_color(item["color"], f"class entry {n}") if item.get("color")
+                     else default_color(n))
             classes.append(ClassInfo(cid, name, color))
         return cls(classes, ignore_ids, ignore_colors)
 
@@ -188,10 +236,7 @@ class ClassTable:
                 data = json.loads(text)
         except Exception as exc:  # noqa: BLE001 - any parser error is the file's fault
             raise SatSynthError(f"cannot parse class table ({exc})", path) from None
-        try:
-            return cls.from_dict(data, where=str(path))
-        except SatSynthError as exc:
-            raise SatSynthError(str(exc), path) from None
+        return cls.from_dict(data, where=str(path))
 
     @classmethod
     def from_values(cls, values: Iterable[int], names: dict[int, str] | None = None) -> ClassTable:

@@ -48,6 +48,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                      help="--folder is this published dataset as downloaded: its folder "
                           "structure, file names, label coding, class table and official "
                           "train/val split are used (see docs/data.md)")
+    src.add_argument("--labels-on-image-grid", action="store_true",
+                     help="the label rasters were drawn on the image's pixels (same size, e.g. "
+                          "an annotation tool's export without georeference): take the image's "
+                          "grid for them (refused when the sizes differ)")
     p.add_argument("--classes", metavar="FILE",
                    help="class table (JSON/YAML: id, name, colour; ignore_ids/ignore_colors); "
                         "default DIR/classes.json for --folder, else inferred from the labels")
@@ -108,7 +112,7 @@ def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
         val_sources=args.val_sources, test_fraction=args.test_fraction,
         test_sources=args.test_sources, block_size=args.block_size, seed=args.seed,
         min_labeled=args.min_labeled, max_chips=args.max_chips, line_buffer=args.line_buffer,
-        all_touched=args.all_touched,
+        all_touched=args.all_touched, labels_on_image_grid=args.labels_on_image_grid,
         background=None if args.background_ignore else args.background)
     out = prepare_dataset(args.out, images=args.image, labels=args.labels, vectors=args.vector,
                           folder=args.folder, classes=args.classes, layer=args.layer,

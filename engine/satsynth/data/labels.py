@@ -148,14 +148,50 @@ def check_georef_match(image_path: Path, image_grid: Grid, label_path: Path, lab
             f"{crs_name(label_crs)}: give both the same georeference", label_path)
 
 
+def check_label_grid(image_path: Path, image_grid: Grid, label_path: Path, label_grid: Grid,
+                     on_image_grid: bool = False) -> float | None:
+    """How a label raster meets its image (the rules of prepare and evaluate): None when it lies
+    on the image grid (read as it is), else the fraction of the image it covers (it must be
+    warped onto the image grid). Refuses pairs that cannot be aligned or do not overlap.
+
+    ``on_image_grid``: the labels were drawn on the image's pixels (an annotation tool's export
+    without georeference): taken on the image grid when the sizes are equal, refused otherwise.
+    """
+    if on_image_grid:
+        if label_grid.shape != image_grid.shape:
+            raise SatSynthError(
+                f"--labels-on-image-grid needs labels of the image's size: the labels are "
+                f"{label_grid.width}x{label_grid.height} px, the image {image_path.name} "
+                f"{image_grid.width}x{image_grid.height} px", label_path)
+        return None
+    if (image_grid.georeferenced and not label_grid.georeferenced
+            and label_grid.shape == image_grid.shape):
+        raise SatSynthError(
+            f"the labels have no CRS (not georeferenced) but the image {image_path.name} is in "
+            f"{crs_name(image_grid.crs)}; they have the image's size: if they were drawn on its "
+            "pixels, add --labels-on-image-grid", label_path)
+    check_georef_match(image_path, image_grid, label_path, label_grid.crs)
+    if label_grid.same_as(image_grid):
+        return None
+    if not image_grid.georeferenced:
+        raise SatSynthError(
+            f"labels are {label_grid.width}x{label_grid.height} px but the image "
+            f"{image_path.name} is {image_grid.width}x{image_grid.height} px, and neither is "
+            "georeferenced, so they cannot be aligned: the sizes must match", label_path)
+    return _check_overlap(image_grid, label_grid, image_path, label_path)
+
+
 class RasterLabelReader:
-    """Class-id rasters and colour masks, aligned to the image grid (warped if needed)."""
+    """Class-id rasters and colour masks, aligned to the image grid (warped if needed).
+
+    ``on_image_grid``: see :func:`check_label_grid`."""
 
     def __init__(self, label_path: str | Path, image_path: str | Path, image_grid: Grid,
-                 kind: str = "raster") -> None:
+                 kind: str = "raster", on_image_grid: bool = False) -> None:
         self.path = Path(label_path)
         self.image_path = Path(image_path)
         self.grid = image_grid
+        self.on_image_grid = on_image_grid
         self._src = open_raster(self.path, "label raster")
         self._vrt = None
         self._lut: np.ndarray | None = None
@@ -199,15 +235,9 @@ class RasterLabelReader:
 
         lab = grid_of(self._src)
         img = self.grid
-        check_georef_match(self.image_path, img, self.path, self._src.crs)
-        if lab.same_as(img):
+        cover = check_label_grid(self.image_path, img, self.path, lab, self.on_image_grid)
+        if cover is None:
             return
-        if not img.georeferenced:
-            raise SatSynthError(
-                f"labels are {lab.width}x{lab.height} px but the image {self.image_path.name} is "
-                f"{img.width}x{img.height} px, and neither is georeferenced, so they cannot be "
-                "aligned: the sizes must match", self.path)
-        cover = _check_overlap(img, lab, self.image_path, self.path)
         self._vrt = WarpedVRT(self._src, crs=img.crs, transform=img.transform, width=img.width,
                               height=img.height, resampling=Resampling.nearest, add_alpha=True)
         log.warning(

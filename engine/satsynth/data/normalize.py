@@ -47,8 +47,21 @@ class Normalizer:
                 "dtype": self.dtype, "method": "percentile-2-98"}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
-        return cls([float(v) for v in d["low"]], [float(v) for v in d["high"]], d.get("dtype", "uint8"))
+    def from_dict(cls, d: Any) -> Normalizer:
+        """From :meth:`to_dict`'s form; a malformed one raises one :class:`SatSynthError` line."""
+        from satsynth.errors import SatSynthError
+
+        try:
+            low = [float(v) for v in d["low"]]
+            high = [float(v) for v in d["high"]]
+            dtype = str(np.dtype(d.get("dtype", "uint8")))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise SatSynthError("normalization must hold per-band 'low' and 'high' numbers and a "
+                                f"data type, got {str(d)[:80]!r}") from None
+        if not low or len(low) != len(high) or not all(np.isfinite(low + high)):
+            raise SatSynthError(f"normalization: 'low' and 'high' must be finite numbers, one "
+                                f"per band, got {low} and {high}")
+        return cls(low, high, dtype)
 
     @classmethod
     def fit(cls, samples: np.ndarray, dtype: str, p_low: float = 2.0, p_high: float = 98.0) -> Normalizer:

@@ -47,6 +47,48 @@ def open_image(path: str | Path) -> Any:
                             f"({exc})", path) from None
 
 
+#: Side of the decimated read that compares an image's values with the model's training values.
+VALUE_SAMPLE_SIDE = 256
+#: Largest ratio between an image's and the training images' value spreads taken as one scale.
+VALUE_SCALE_RATIO = 8.0
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+
+
+def check_values(src: Any, indexes: list[int], normalizer: Normalizer, path: Path) -> None:
+    """Refuse an image of another data type whose values are on another scale than the model's
+    training images (12-bit counts, reflectances 0..1 for a model trained on 0..255): the model's
+    normalization would squash them to one end and predict one class everywhere. A different
+    type holding values of the training scale (a uint8 image stored as uint16) is used as is."""
+    if src.dtypes[0] == normalizer.dtype:
+        return
+    h, w = min(src.height, VALUE_SAMPLE_SIDE), min(src.width, VALUE_SAMPLE_SIDE)
+    with quiet_georef_warnings():
+        data = src.read(indexes, out_shape=(len(indexes), h, w), masked=True)
+    dt = np.dtype(normalizer.dtype)
+    for b in range(len(indexes)):
+        vals = data[b].compressed().astype(np.float64)
+        vals = vals[np.isfinite(vals)]
+        if vals.size == 0:
+            continue
+        p2, p98 = (float(v) for v in np.percentile(vals, [2, 98]))
+        lo, hi = normalizer.low[b], normalizer.high[b]
+        ratio = max(p98 - p2, 1e-9) / max(hi - lo, 1e-9)
+        outside = np.issubdtype(dt, np.integer) and (p98 > np.iinfo(dt).max
+                                                     or p2 < np.iinfo(dt).min)
+        if outside or not 1 / VALUE_SCALE_RATIO <= ratio <= VALUE_SCALE_RATIO:
+            raise SatSynthError(
+                f"the image is {src.dtypes[0]} with values {p2:.6g}..{p98:.6g} in band {b + 1}, "
+                f"the model was trained on {normalizer.dtype} images with {lo:.6g}..{hi:.6g}: "
+                "the values are on another scale (the prediction would be one class); convert "
+                "the image the way the training images were made, e.g. gdal_translate -ot "
+                f"{_GDAL_TYPES.get(normalizer.dtype, normalizer.dtype)} -scale {p2:.6g} "
+                f"{p98:.6g} {lo:.6g} {hi:.6g} IN.tif OUT.tif, or train on images like this one",
+                path)
+    log.info("%s is %s, the model was trained on %s images; the values are on the training "
+             "scale, used as they are", path.name, src.dtypes[0], normalizer.dtype)
+
+
 def select_bands(src: Any, needed: int, path: Path) -> list[int]:
     """Band indexes to feed the model: all bands, or all but a trailing alpha band."""
     from rasterio.enums import ColorInterp

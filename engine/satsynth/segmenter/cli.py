@@ -67,6 +67,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--image", help="image raster to segment")
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--labels", help="reference label raster for --image (class ids or colours)")
+    p.add_argument("--labels-on-image-grid", action="store_true",
+                   help="--labels was drawn on the image's pixels (same size, no georeference): "
+                        "take the image's grid for it (refused when the sizes differ)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=16, help="chips per step (default 16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -116,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     return evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
                     image=args.image, labels=args.labels, device=args.device,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, labels_on_image_grid=args.labels_on_image_grid)
 
 
 def _experiment(args: argparse.Namespace) -> dict[str, Any]:

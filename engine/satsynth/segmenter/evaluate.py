@@ -16,6 +16,7 @@ from satsynth.data.classes import IGNORE_INDEX, ClassTable
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipSplit, ChipStore
 from satsynth.errors import SatSynthError
+from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
@@ -57,9 +58,10 @@ def _check_same_classes(model_table: ClassTable, data_table: ClassTable, where: 
 
 def evaluate(model_dir: str | Path, out: str | Path, dataset: str | Path | None = None,
              split: str = "val", image: str | Path | None = None,
-             labels: str | Path | None = None, device: str = "auto", batch_size: int = 16
-             ) -> dict[str, Any]:
-    """Score a segmenter on ``dataset``'s ``split`` or on the raster pair ``image``/``labels``;
+             labels: str | Path | None = None, device: str = "auto", batch_size: int = 16,
+             labels_on_image_grid: bool = False) -> dict[str, Any]:
+    """Score a segmenter on ``dataset``'s ``split`` or on the raster pair ``image``/``labels``
+    (aligned by prepare's rules, see :func:`satsynth.data.labels.check_label_grid`);
     write report.json/.md/.html and confusion.png into ``out``."""
     from satsynth.device import resolve_device
     from satsynth.segmenter.metrics import SegmentationMetrics
@@ -70,6 +72,7 @@ def evaluate(model_dir: str | Path, out: str | Path, dataset: str | Path | None 
         raise SatSynthError("give either --dataset or --image with --labels")
     if image is not None and labels is None:
         raise SatSynthError("--image needs --labels (the reference label raster)")
+    check_output(out, "evaluation", inputs=[model_dir, dataset, image, labels], into=True)
     dev = resolve_device(device)
     model, cfg = load_segmenter(model_dir, dev)
     table = cfg.class_table
@@ -94,7 +97,7 @@ def evaluate(model_dir: str | Path, out: str | Path, dataset: str | Path | None 
         info.update(dataset=str(store.path), split=split, chips=len(chips), method="chips")
     else:
         info.update(_evaluate_pair(model, cfg, model_dir, Path(image), Path(labels), metrics, dev,
-                                   device, batch_size))
+                                   device, batch_size, labels_on_image_grid))
     scores = metrics.compute(table.names)
     out = Path(out)
     paths = write_eval_report(scores, out, table, info)
@@ -107,11 +110,15 @@ def evaluate(model_dir: str | Path, out: str | Path, dataset: str | Path | None 
 # raster pairs
 
 
-def label_lut_reader(src: Any, table: ClassTable, path: Path) -> Any:
+def label_lut_reader(src: Any, table: ClassTable, path: Path, masked: bool = False) -> Any:
     """A function ``window -> (H,W) uint8 class indices`` for a label raster: one band of class
-    ids, or an RGB(A) colour-coded mask matched against the class colours."""
+    ids, or an RGB(A) colour-coded mask matched against the class colours. ``masked``: pixels
+    outside the raster's mask (e.g. beyond a warped label raster's footprint) are ignored."""
     ignore_ids = set(table.ignore_ids)
     nodata = src.nodata
+
+    def outside(window: Any) -> np.ndarray | None:
+        return src.read_masks(1, window=window) == 0 if masked else None
     if src.count >= 3 and src.dtypes[0] == "uint8":
         colours = {((r << 16) | (g << 8) | b): i for i, (r, g, b) in
                    enumerate(c.color for c in table.classes)}
@@ -121,9 +128,10 @@ def label_lut_reader(src: Any, table: ClassTable, path: Path) -> Any:
             rgb = src.read([1, 2, 3], window=window).astype(np.int32)
             packed = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
             outp = np.full(packed.shape, IGNORE_INDEX, np.uint8)
-            known = np.zeros(packed.shape, bool)
+            off = outside(window)
+            known = np.zeros(packed.shape, bool) if off is None else off
             for code, i in colours.items():
-                m = packed == code
+                m = packed == code if off is None else (packed == code) & ~off
                 outp[m] = i
                 known |= m
             for code in ign:
@@ -138,11 +146,15 @@ def label_lut_reader(src: Any, table: ClassTable, path: Path) -> Any:
     lut = table.id_to_index_lut()
     allowed = np.zeros(256, bool)
     allowed[table.ids] = True
-    for v in ignore_ids | ({int(nodata)} if nodata is not None and 0 <= nodata < 256 else set()):
+    for v in ignore_ids | {IGNORE_INDEX} | (
+            {int(nodata)} if nodata is not None and 0 <= nodata < 256 else set()):
         allowed[v] = True
 
     def read_ids(window: Any) -> np.ndarray:
         v = src.read(1, window=window)
+        off = outside(window)
+        if off is not None:
+            v[off] = IGNORE_INDEX
         if v.dtype != np.uint8:
             if np.issubdtype(v.dtype, np.floating):
                 v = np.nan_to_num(v, nan=255)
@@ -157,6 +169,8 @@ def label_lut_reader(src: Any, table: ClassTable, path: Path) -> Any:
         outp = lut[v]
         if nodata is not None and 0 <= nodata < 256:
             outp[v == int(nodata)] = IGNORE_INDEX
+        if off is not None:
+            outp[off] = IGNORE_INDEX
         return outp
 
     return read_ids
@@ -176,22 +190,29 @@ def _open_raster(path: Path, what: str) -> Any:
 
 
 def _evaluate_pair(model: Any, cfg: Any, model_dir: str | Path, image: Path, labels: Path,
-                   metrics: Any, dev: Any, device: str, batch_size: int) -> dict[str, Any]:
+                   metrics: Any, dev: Any, device: str, batch_size: int,
+                   on_image_grid: bool = False) -> dict[str, Any]:
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from satsynth.data.labels import check_label_grid
+    from satsynth.data.sources import grid_of
+
     img = _open_raster(image, "image")
     lbl = _open_raster(labels, "label")
     with img, lbl:
-        if (img.width, img.height) != (lbl.width, lbl.height):
-            raise SatSynthError(f"label raster is {lbl.width}x{lbl.height} px, the image "
-                                f"{img.width}x{img.height} px: they must cover the same grid",
-                                labels)
         if img.count != cfg.in_channels:
             raise SatSynthError(f"the image has {img.count} band(s), the model expects "
                                 f"{cfg.in_channels}", image)
-        if img.crs and lbl.crs and (img.crs != lbl.crs or not img.transform.almost_equals(
-                lbl.transform)):
-            log.warning("%s and %s have different georeference; comparing pixel by pixel",
-                        image, labels)
-        read_labels = label_lut_reader(lbl, cfg.class_table, labels)
+        # prepare's rules: the same grid, or warped onto the image's grid where they overlap
+        cover = check_label_grid(image, grid_of(img), labels, grid_of(lbl), on_image_grid)
+        ref = lbl
+        if cover is not None:
+            ref = WarpedVRT(lbl, crs=img.crs, transform=img.transform, width=img.width,
+                            height=img.height, resampling=Resampling.nearest, add_alpha=True)
+            log.warning("%s: label grid differs from the image's: warped onto it with nearest "
+                        "neighbour; they cover %.0f%% of the image", labels.name, 100 * cover)
+        read_labels = label_lut_reader(ref, cfg.class_table, labels, masked=cover is not None)
         predict_mod = _predict_module()
         if predict_mod is not None:
             return _pair_through_prediction(predict_mod, model_dir, image, img, read_labels,

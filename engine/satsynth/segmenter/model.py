@@ -109,16 +109,27 @@ def _load_encoder_weights(model: Any, path: Path) -> None:
 
     if not path.is_file():
         raise SatSynthError("encoder weights file not found", path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        try:
+            state = load_file(str(path))
+        else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise SatSynthError(f"cannot read encoder weights ({exc})", path) from None
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    except Exception:  # noqa: BLE001 - torch/safetensors raise many types; never echo them:
+        # torch's message advises turning the safe loader off, which a user must not do
+        raise SatSynthError(
+            "cannot read encoder weights: not a tensor file SatSynth can load safely (a "
+            "pickled object or a damaged file); give a .safetensors file or a .pth holding only "
+            "a state dict of tensors", path) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise SatSynthError("the encoder weights file holds no state dict of tensors", path)
+    try:
+        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: one line per tensor
+        raise SatSynthError(f"encoder weights do not fit this encoder "
+                            f"({str(exc).splitlines()[-1].strip()[:160]})", path) from None
     if len(missing) == len(list(model.encoder.state_dict())):
         raise SatSynthError("no encoder weight matched this encoder (wrong file or encoder?)", path)
 
