@@ -21,10 +21,10 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.checkpoint import save_model_dir
-from satsynth.outputs import check_output
 from satsynth.data.classes import IGNORE_INDEX
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
+from satsynth.outputs import check_output
 from satsynth.segmenter.mixing import (
     PairedOrder,
     TrainingMix,
