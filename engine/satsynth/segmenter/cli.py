@@ -51,7 +51,24 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     _train_args(p)
     p.add_argument("--max-steps", type=int, default=None,
                    help="train for this many optimizer steps in total instead of --epochs")
-    p.add_argument("--minutes", type=float, default=None, help="stop training after M minutes")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget in minutes: the learning rate anneals by then and training "
+                        "stops there")
+    p.add_argument("--synthetic-mode", choices=["mix", "pretrain"], default="mix",
+                   help="mix (default): synthetic pairs mixed into every epoch; pretrain: first "
+                        "the synthetic pairs, then fine-tuning on the real chips (each phase "
+                        "gets its chips' share of the steps and minutes)")
+    p.add_argument("--synthetic-only", action="store_true",
+                   help="train on the synthetic pairs alone (R |D| of them) and validate on the "
+                        "real chips: train-on-synthetic, test-on-real (TSTR)")
+    p.add_argument("--val-every", type=int, default=None, metavar="N",
+                   help="validate every N optimizer steps (default: after every epoch)")
+    p.add_argument("--patience-steps", type=int, default=None, metavar="P",
+                   help="with --val-every: stop after P optimizer steps without a better "
+                        "validation mIoU (0 = never)")
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                   help="after the 5%% warm-up: cosine to 0 by the end of the budget (default) "
+                        "or constant")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                    help="mixed precision on a CUDA GPU")
@@ -93,10 +110,19 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="dpm", help="generator sampler (default dpm)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     p.add_argument("--keep-models", action="store_true", help="keep every run's segmenter")
-    p.add_argument("--budget", choices=["steps", "epochs"], default="steps",
+    p.add_argument("--budget", choices=["steps", "epochs", "converge"], default="steps",
                    help="steps (default): every run makes the optimizer steps of --epochs over "
                         "the real chips alone, so R changes the data, not the compute; epochs: "
-                        "--epochs passes over real + synthetic (R>0 runs train longer)")
+                        "--epochs passes over real + synthetic (R>0 runs train longer); "
+                        "converge: every run trains until val mIoU stops improving for "
+                        "--patience validations (every --val-every steps, the same for all R)")
+    p.add_argument("--variants", default="mix",
+                   help="how synthetic pairs are used, comma separated: mix (default), pretrain "
+                        "(synthetic first, then real fine-tuning), tstr (synthetic only, at the "
+                        "largest R); each is compared with R=0 of the same seed")
+    p.add_argument("--val-every", type=int, default=None, metavar="N",
+                   help="steps between validations for the steps/converge budgets (default: "
+                        "one pass over the real chips)")
     _add_model_args(p, epochs=30)
     _train_args(p)
     p.set_defaults(func=_experiment)
@@ -111,7 +137,10 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, dice=args.dice,
         class_weights=args.class_weights, patience=args.patience,
         real_fraction=args.real_fraction, minutes=args.minutes, seed=args.seed,
-        device=args.device, mixed_precision=args.mixed_precision)
+        device=args.device, mixed_precision=args.mixed_precision,
+        synthetic_mode=args.synthetic_mode, synthetic_only=args.synthetic_only,
+        val_every=args.val_every, patience_steps=args.patience_steps,
+        lr_schedule=args.lr_schedule)
 
 
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,4 +160,5 @@ def _experiment(args: argparse.Namespace) -> dict[str, Any]:
         encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         dice=args.dice, class_weights=args.class_weights, patience=args.patience,
         minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
-        device=args.device, keep_models=args.keep_models, budget=args.budget)
+        device=args.device, keep_models=args.keep_models, budget=args.budget,
+        variants=args.variants, val_every=args.val_every)

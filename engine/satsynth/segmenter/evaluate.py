@@ -86,7 +86,9 @@ def evaluate(model_dir: str | Path, out: str | Path, dataset: str | Path | None 
                                 f"{cfg.in_channels}", store.path)
         if not store.has_split(split):
             raise SatSynthError(f"the dataset has no '{split}' split", store.path)
-        chips = store.split(split)
+        # asking for a split's scores here is the final evaluation (this is how the test split
+        # is opened; training and selection never can)
+        chips = store.split(split, final_evaluation=True)
         if len(chips) == 0:
             raise SatSynthError(f"the '{split}' split is empty", store.path)
         if store.meta.synthetic:

@@ -1,5 +1,7 @@
-"""The augmentation experiment (the paper's figure 5): for each ratio R and seed, train a
-segmenter on real + R |D| synthetic pairs and score it on the real validation chips.
+"""The augmentation experiment (the paper's figure 5): for each ratio R, variant and seed, train
+a segmenter on real + R |D| synthetic pairs, select it on the real validation chips and report it
+on the held-out test chips, as a paired difference to the real-only run of the same seed
+(:mod:`satsynth.segmenter.protocol`).
 
 Resumable: synthetic pairs are cached in ``EXP_DIR/synthetic/`` and every finished run is
 recorded in ``EXP_DIR/runs.json``; running the same command again only does what is missing.
@@ -25,8 +27,24 @@ from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path, read_json, write_json
 from satsynth.outputs import check_output
 from satsynth.segmenter.mixing import check_compatible, epoch_batches, real_subset
+from satsynth.segmenter.protocol import (
+    BASELINE,
+    PoolContext,
+    Variant,
+    final_scores,
+    paired_summary,
+    parse_variants,
+)
 
 log = logging.getLogger("satsynth")
+
+#: ``--budget`` choices: ``steps`` (every run makes the optimizer steps of --epochs over the real
+#: chips alone), ``epochs`` (--epochs passes over real + synthetic), ``converge`` (every run trains
+#: until the val mIoU has not improved for --patience validations, validated every N steps with
+#: the same N for every R, at a constant learning rate after warm-up; at most --epochs passes).
+BUDGETS = ("steps", "epochs", "converge")
+#: Version of the run protocol (runs of an older protocol are not mixed in).
+PROTOCOL = 2
 
 
 @dataclass
@@ -40,7 +58,9 @@ class ExperimentConfig:
     arch: str = "fpn"
     encoder: str = "resnet18"
     epochs: int = 30
-    budget: str = "steps"  # "steps": equal optimizer steps for every R; "epochs": equal epochs
+    budget: str = "steps"  # one of BUDGETS
+    variants: list[str] = field(default_factory=lambda: ["mix"])
+    val_every: int | None = None  # steps between validations (default: one pass over real chips)
     batch_size: int = 16
     lr: float = 1e-3
     dice: bool = False
@@ -56,8 +76,9 @@ class ExperimentConfig:
     def train_key(self) -> str:
         """A short hash of every option that affects training."""
         keys = ("real_fraction", "arch", "encoder", "epochs", "budget", "batch_size", "lr",
-                "dice", "class_weights", "patience", "minutes_per_run")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+                "dice", "class_weights", "patience", "minutes_per_run", "val_every")
+        blob = json.dumps({"protocol": PROTOCOL, **{k: getattr(self, k) for k in keys}},
+                          sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -130,27 +151,40 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
                    **options: Any) -> dict[str, Any]:
     """Run (or resume) the experiment; ``options`` are :class:`ExperimentConfig` fields.
     Returns ``{"results": json, "table": md, "plot": png}``."""
-    from satsynth.segmenter.report import experiment_markdown, plot_experiment, summarize_runs
+    from satsynth.segmenter.report import experiment_markdown, plot_experiment
     from satsynth.segmenter.train import train_segmenter
 
     if "ratios" in options:
         options["ratios"] = parse_ratios(options["ratios"])
+    if isinstance(options.get("variants"), str):
+        options["variants"] = [v.name for v in parse_variants(options["variants"])]
     try:
         cfg = ExperimentConfig(**options)
     except TypeError as exc:
         raise SatSynthError(f"bad experiment option: {exc}") from None
-    if cfg.budget not in ("steps", "epochs"):
-        raise SatSynthError(f"--budget must be steps or epochs, got {cfg.budget!r}")
+    if cfg.budget not in BUDGETS:
+        raise SatSynthError(f"--budget must be one of {', '.join(BUDGETS)}, got {cfg.budget!r}")
     if cfg.seeds < 1:
         raise SatSynthError(f"--seeds must be >= 1, got {cfg.seeds}")
+    variants = parse_variants(cfg.variants)
     out = check_output(out, "experiment", inputs=[dataset, generator], into=True)
     real = ChipStore(dataset)
-    n_real = len(real_subset(len(real.split("train")), cfg.real_fraction, 0))
-    max_steps = None
-    if cfg.budget == "steps":  # the steps of --epochs over the real chips alone
-        max_steps = cfg.epochs * len(epoch_batches(n_real, cfg.batch_size,
-                                                   np.random.default_rng(0)))
+    n_real = len(real_subset(real.count("train"), cfg.real_fraction, 0))
+    # the same validation cadence N (optimizer steps) for every R and variant: by default one
+    # pass over the real chips alone, so R > 0 runs are not checked less often
+    real_epoch = len(epoch_batches(n_real, cfg.batch_size, np.random.default_rng(0)))
+    every = cfg.val_every or real_epoch
     max_r = max(cfg.ratios)
+    train_opts: dict[str, Any] = {"epochs": cfg.epochs}
+    if cfg.budget == "steps":  # the steps of --epochs over the real chips alone
+        train_opts.update(max_steps=cfg.epochs * real_epoch, val_every=every,
+                          patience_steps=cfg.patience * every)
+    elif cfg.budget == "converge":
+        train_opts.update(max_steps=int(math.ceil(cfg.epochs * real_epoch * (1 + max_r))),
+                          val_every=every, patience_steps=max(cfg.patience, 1) * every,
+                          lr_schedule="constant")
+    else:
+        train_opts.update(patience=cfg.patience)
     per_real = cfg.count_per_real if cfg.count_per_real is not None else max_r
     if max_r > 0 and per_real < max_r:
         log.warning("--count-per-real %g < largest ratio %g: synthetic chips will repeat",
@@ -170,50 +204,83 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     key = cfg.train_key()
     gen_fp = _generator_fingerprint(Path(generator)) if max_r > 0 and generator else None
     records: list[dict[str, Any]] = read_json(runs_path) if runs_path.is_file() else []
-    plan = [(seed, r) for seed in range(cfg.seeds) for r in cfg.ratios]
+    by_name = {v.name: v for v in variants}
+    plan: list[tuple[int, str, float]] = []
+    for seed in range(cfg.seeds):
+        plan.append((seed, BASELINE, 0.0))
+        for v in variants:
+            rs = [max_r] if v.max_ratio_only else [r for r in cfg.ratios if r > 0]
+            plan += [(seed, v.name, r) for r in rs if r > 0]
+    keep_baseline = cfg.keep_models or any(v.needs_baseline_model for v in variants)
 
-    def find(seed: int, r: float) -> dict[str, Any] | None:
+    def run_key(variant: str) -> str:
+        v = by_name.get(variant)
+        return key + (f"-{v.key}" if v is not None and v.key else "")
+
+    def find(seed: int, variant: str, r: float) -> dict[str, Any] | None:
         for rec in records:
-            if (rec["seed"] == seed and float(rec["ratio"]) == r and rec["train_key"] == key
+            if (rec["seed"] == seed and float(rec["ratio"]) == r
+                    and rec.get("variant", "mix" if r > 0 else BASELINE) == variant
+                    and rec["train_key"] == run_key(variant)
                     and (r == 0 or rec.get("generator_fingerprint") == gen_fp)):
                 return rec
         return None
 
-    todo = [(s, r) for s, r in plan if find(s, r) is None]
-    log.info("experiment: %d runs, %d already done, %d to do (%d real chips, R in %s)",
-             len(plan), len(plan) - len(todo), len(todo), n_real, cfg.ratios)
+    def model_dir(seed: int, variant: str, r: float) -> Path:
+        return out / "runs" / f"{variant}-R{r:g}-seed{seed}-{run_key(variant)}"
+
+    todo = [p for p in plan if find(*p) is None]
+    log.info("experiment: %d runs, %d already done, %d to do (%d real chips, R in %s, variants "
+             "%s, budget %s)", len(plan), len(plan) - len(todo), len(todo), n_real, cfg.ratios,
+             ", ".join(cfg.variants), cfg.budget)
     with progress.task("experiment", total=len(plan), unit="run") as bar:
         bar.update(len(plan) - len(todo), message="resumed")
-        for seed, r in todo:
-            name = f"R{r:g}-seed{seed}-{key}"
-            model_dir = out / "runs" / name
+        for seed, variant, r in todo:
+            v: Variant | None = by_name.get(variant)
+            stores = [str(s) for s in syn_stores] if r > 0 else None
+            if v is not None and v.pool is not None:
+                base_dir = model_dir(seed, BASELINE, 0.0)
+                stores = v.pool(PoolContext(real.path, stores or [], out, seed, r,
+                                            base_dir if base_dir.is_dir() else None))
+            mode = v.mode if v is not None else "mix"
+            mdir = model_dir(seed, variant, r)
             res = train_segmenter(
-                real.path, model_dir, synthetic=[str(s) for s in syn_stores] if r > 0 else None,
-                ratio=r, arch=cfg.arch, encoder=cfg.encoder, epochs=cfg.epochs,
-                max_steps=max_steps,
-                batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
-                class_weights=cfg.class_weights, patience=cfg.patience,
-                real_fraction=cfg.real_fraction, minutes=cfg.minutes_per_run, seed=seed,
-                device=cfg.device)
+                real.path, mdir, synthetic=stores, ratio=r, arch=cfg.arch,
+                encoder=cfg.encoder, batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
+                class_weights=cfg.class_weights, real_fraction=cfg.real_fraction,
+                minutes=cfg.minutes_per_run, seed=seed, device=cfg.device,
+                synthetic_mode="pretrain" if mode == "pretrain" else "mix",
+                synthetic_only=mode == "synthetic-only", **train_opts)
             m = read_json(res["metrics"])
-            rec = {"ratio": r, "seed": seed, "train_key": key, "generator_fingerprint":
-                   gen_fp if r > 0 else None, "miou": m["miou"],
-                   "iou": m["validation"]["iou"], "overall_accuracy":
-                   m["validation"]["overall_accuracy"], "real_chips": m["real_chips"],
-                   "synthetic_chips": m["synthetic_chips"], "best_epoch": m["best_epoch"],
-                   "epochs_run": len(m["history"]), "steps": sum(h["steps"] for h in m["history"]),
-                   "seconds": m["seconds"],
-                   "stopped": m["stopped"], "model": str(model_dir) if cfg.keep_models else None}
+            # the final evaluation: this run's training and selection are over
+            scores, reported_on = final_scores(mdir, real.path, cfg.device)
+            rec = {"variant": variant, "mode": mode, "ratio": r, "seed": seed,
+                   "train_key": run_key(variant),
+                   "generator_fingerprint": gen_fp if r > 0 else None,
+                   "miou": scores["miou"], "iou": scores["iou"],
+                   "overall_accuracy": scores["overall_accuracy"], "reported_on": reported_on,
+                   "val_miou": m["miou"], "val_iou": m["validation"]["iou"],
+                   "real_chips": m["real_chips"], "synthetic_chips": m["synthetic_chips"],
+                   "best_epoch": m["best_epoch"], "best_step": m.get("best_step"),
+                   "epochs_run": len(m["history"]), "steps": m.get("steps", sum(
+                       h["steps"] for h in m["history"])),
+                   "seconds": m["seconds"], "stopped": m["stopped"],
+                   "model": str(mdir) if cfg.keep_models else None}
             records.append(rec)
             write_json(runs_path, records)
-            if not cfg.keep_models:
-                shutil.rmtree(model_dir, ignore_errors=True)
-            bar.update(1, message=f"R={r:g} seed {seed}: mIoU {rec['miou']:.3f}")
-    done = [find(s, r) for s, r in plan]
+            if not (cfg.keep_models or (keep_baseline and variant == BASELINE)):
+                shutil.rmtree(mdir, ignore_errors=True)
+            bar.update(1, message=f"{variant} R={r:g} seed {seed}: {reported_on} mIoU "
+                                  f"{rec['miou']:.3f}")
+    if keep_baseline and not cfg.keep_models:
+        for seed in range(cfg.seeds):
+            shutil.rmtree(model_dir(seed, BASELINE, 0.0), ignore_errors=True)
+    done = [d for d in (find(*p) for p in plan) if d is not None]
     names = real.classes.names
-    summary = summarize_runs([d for d in done if d is not None], names)
+    summary = paired_summary(done, names)
     settings = {**asdict(cfg), "generator": str(generator) if generator else None,
-                "dataset": str(real.path), "train_key": key}
+                "dataset": str(real.path), "train_key": key, "protocol": PROTOCOL,
+                "val_every": every if cfg.budget != "epochs" else None}
     results = out / "results.json"
     write_json(results, {"settings": settings, "classes": names, "summary": summary,
                          "runs": done})

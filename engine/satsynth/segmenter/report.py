@@ -120,40 +120,15 @@ def write_eval_report(scores: dict[str, Any], out: Path, table: ClassTable,
 # experiment
 
 
-def summarize_runs(runs: list[dict[str, Any]], class_names: list[str]) -> list[dict[str, Any]]:
-    """Per ratio: mIoU mean, standard error, per-class IoU means and deltas against R=0."""
-    by_r: dict[float, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_r.setdefault(float(r["ratio"]), []).append(r)
-    rows = []
-    for ratio in sorted(by_r):
-        rs = by_r[ratio]
-        m = np.array([r["miou"] for r in rs], dtype=float)
-        per_class = []
-        for k in range(len(class_names)):
-            vals = [r["iou"][k] for r in rs if r["iou"][k] is not None]
-            per_class.append(float(np.mean(vals)) if vals else None)
-        rows.append({"ratio": ratio, "runs": len(rs), "seeds": sorted(r["seed"] for r in rs),
-                     "miou_mean": float(m.mean()),
-                     "miou_se": float(m.std(ddof=1) / math.sqrt(len(m))) if len(m) > 1 else None,
-                     "miou_runs": m.tolist(), "iou_mean": per_class,
-                     "synthetic_chips": rs[0].get("synthetic_chips"),
-                     "real_chips": rs[0].get("real_chips")})
-    base = next((r for r in rows if r["ratio"] == 0.0), None)
-    for r in rows:
-        if base is None:
-            r["iou_delta"] = [None] * len(class_names)
-            r["miou_delta"] = None
-            continue
-        r["miou_delta"] = r["miou_mean"] - base["miou_mean"]
-        r["iou_delta"] = [None if a is None or b is None else a - b
-                          for a, b in zip(r["iou_mean"], base["iou_mean"], strict=True)]
-    return rows
+def _ci(ci: list[float | None] | None) -> str:
+    return "n/a (1 seed)" if not ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
 def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
                         settings: dict[str, Any]) -> str:
-    """The experiment table: mIoU mean +- SE per R and per-class IoU deltas against R=0."""
+    """The experiment table (one row per variant and R, from
+    :func:`satsynth.segmenter.protocol.paired_summary`): reported mIoU, the paired difference to
+    R=0 with its 95 % interval, the selection (val) mIoU, and per-class IoU differences."""
     def pm(r: dict[str, Any]) -> str:
         se = r["miou_se"]
         return f"{r['miou_mean']:.4f} ± {se:.4f}" if se is not None else f"{r['miou_mean']:.4f}"
@@ -161,51 +136,86 @@ def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
     def sgn(v: float | None) -> str:
         return "n/a" if v is None else f"{v:+.4f}"
 
-    lines = ["| R | real chips | synthetic chips | runs | mIoU (mean ± SE) | Δ mIoU vs R=0 |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    split = summary[0]["reported_on"] if summary else "test"
+    lines = [f"mIoU on the **{split}** split (selection of epochs / early stopping on val"
+             + (")." if split == "test" else "; the dataset has no test split, so the reported "
+                "split is also the selection split)."), "",
+             f"| variant | R | real chips | synthetic chips | seeds | {split} mIoU (mean ± SE) | "
+             "paired Δ vs R=0 | 95 % interval (t) | val mIoU | steps |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in summary:
-        lines.append(f"| {r['ratio']:g} | {r['real_chips']} | {r['synthetic_chips']} | "
-                     f"{r['runs']} | {pm(r)} | {sgn(r['miou_delta'])} |")
-    lines += ["", "Per-class IoU change against R=0 (mean over seeds):", "",
-              "| R | " + " | ".join(class_names) + " |",
-              "|---:|" + "---:|" * len(class_names)]
+        lines.append(f"| {r['variant']} | {r['ratio']:g} | {r['real_chips']} | "
+                     f"{r['synthetic_chips']} | {r['runs']} | {pm(r)} | "
+                     + ("" if r["variant"] == "real" else sgn(r["miou_delta"])) + " | "
+                     + ("" if r["variant"] == "real" else _ci(r["miou_delta_ci"])) + " | "
+                     + f"{_fmt(r['val_miou_mean'], 4)} | {r['steps_mean']:.0f} |")
+    tstr = [r for r in summary if r.get("ratio_to_real") is not None]
+    for r in tstr:
+        lines += ["", f"TSTR ({r['variant']}, R={r['ratio']:g}: synthetic pairs only, scored on "
+                  f"real chips): {r['ratio_to_real']:.1%} of the real-only mIoU"
+                  + (f" (95 % interval {r['ratio_to_real_ci'][0]:.1%} to "
+                     f"{r['ratio_to_real_ci'][1]:.1%})" if r.get("ratio_to_real_ci") else "")
+                  + "."]
+    lines += ["", "Per-class IoU change against R=0 (mean paired difference over seeds):", "",
+              "| variant | R | " + " | ".join(class_names) + " |",
+              "|---|---:|" + "---:|" * len(class_names)]
     for r in summary:
-        lines.append(f"| {r['ratio']:g} | " + " | ".join(sgn(v) for v in r["iou_delta"]) + " |")
-    base = next((r for r in summary if r["ratio"] == 0.0), None)
+        if r["variant"] != "real":
+            lines.append(f"| {r['variant']} | {r['ratio']:g} | "
+                         + " | ".join(sgn(v) for v in r["iou_delta"]) + " |")
+    base = next((r for r in summary if r["variant"] == "real"), None)
     if base:
         lines += ["", "Per-class IoU at R=0: " + ", ".join(
             f"{n} {_fmt(v)}" for n, v in zip(class_names, base["iou_mean"], strict=True)) + "."]
     keys = ("arch", "encoder", "epochs", "budget", "batch_size", "real_fraction", "seeds",
-            "generator")
+            "variants", "val_every", "generator")
     lines += ["", "Settings: " + ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
               + ".", ""]
     return "\n".join(lines)
 
 
 def plot_experiment(summary: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """mIoU against the synthetic ratio R with standard-error bars; R=0 as a dashed line."""
+    """Left: reported mIoU against R per variant (individual seeds in grey, R=0 dashed). Right:
+    the paired difference to R=0 with its 95 % interval, per variant and R."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    xs = [r["ratio"] for r in summary]
-    ys = [r["miou_mean"] * 100 for r in summary]
-    es = [(r["miou_se"] or 0.0) * 100 for r in summary]
-    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label="real + synthetic")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    base = next((r for r in summary if r["variant"] == "real"), None)
+    variants = [v for v in dict.fromkeys(r["variant"] for r in summary) if v != "real"]
+    split = summary[0]["reported_on"] if summary else "test"
+    for k, v in enumerate(variants):
+        rows = [r for r in summary if r["variant"] == v]
+        if base is not None:
+            rows = [base] + rows
+        xs = [r["ratio"] for r in rows]
+        ax.errorbar(xs, [r["miou_mean"] * 100 for r in rows],
+                    yerr=[(r["miou_se"] or 0.0) * 100 for r in rows], marker="o", capsize=4,
+                    label=v)
+        own = [r for r in rows if r["variant"] == v and r["miou_delta"] is not None]
+        off = (k - (len(variants) - 1) / 2) * 0.08
+        for r in own:
+            lo, hi = r["miou_delta_ci"] or (r["miou_delta"], r["miou_delta"])
+            bx.errorbar([r["ratio"] + off], [r["miou_delta"] * 100],
+                        yerr=[[(r["miou_delta"] - lo) * 100], [(hi - r["miou_delta"]) * 100]],
+                        marker="o", capsize=4, color=f"C{k}", label=v if r is own[0] else None)
     for r in summary:
-        ax.scatter([r["ratio"]] * len(r["miou_runs"]), [v * 100 for v in r["miou_runs"]],
+        ax.scatter([r["ratio"]] * len(r["miou_runs"]), [x * 100 for x in r["miou_runs"]],
                    s=10, color="grey", alpha=0.6, zorder=1)
-    base = next((r for r in summary if r["ratio"] == 0.0), None)
     if base:
         ax.axhline(base["miou_mean"] * 100, ls="--", color="k", lw=1, label="real only (R=0)")
+    bx.axhline(0, color="k", lw=1)
     ax.set_xlabel("synthetic pairs per real pair (R)")
-    ax.set_ylabel("validation mIoU (%)")
-    ax.set_xticks(xs)
+    ax.set_ylabel(f"{split} mIoU (%)")
     ax.set_title(title or "Augmentation with synthetic pairs")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    bx.set_xlabel("synthetic pairs per real pair (R)")
+    bx.set_ylabel("paired Δ mIoU vs R=0 (points, 95 % t-interval)")
+    bx.set_title("paired difference to real only")
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+        a.legend(loc="best", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

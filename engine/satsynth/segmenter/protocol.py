@@ -1,0 +1,169 @@
+"""The experiment's protocol: named variants (how synthetic pairs are used), the final evaluation on
+the held-out test split, and paired differences to the real-only run of the same seed.
+
+Seed ``s`` of every variant and ratio shares with the real-only run (R=0) of seed ``s`` the real
+subset, the initialisation and the order in which the real chips are visited (see
+:class:`satsynth.segmenter.mixing.PairedOrder`), so the difference of their scores measures what
+the synthetic pairs changed. Differences are summarized per (variant, R) by their mean over seeds
+with a Student-t 95 % interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satsynth.data.store import TEST_SPLIT, ChipStore
+from satsynth.errors import SatSynthError
+
+log = logging.getLogger("satsynth")
+
+#: The real-only arm every variant is compared with (ratio 0).
+BASELINE = "real"
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """What a variant's pool hook gets to choose the synthetic stores of one run."""
+
+    dataset: Path
+    pool: list[str]  # the experiment's synthetic stores
+    out: Path  # the experiment folder (a hook may cache what it derives there)
+    seed: int
+    ratio: float
+    baseline_model: Path | None  # the R=0 segmenter of this seed (kept when a variant needs it)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of using synthetic pairs, run for each R > 0 and compared with R=0.
+
+    ``mode``: ``mix``, ``pretrain`` (see ``train-segmenter --synthetic-mode``) or
+    ``synthetic-only`` (TSTR). ``max_ratio_only``: run at the largest R alone. ``pool``: a hook
+    returning the synthetic stores of a run (e.g. a filtered pool; default the experiment's).
+    ``needs_baseline_model``: the hook reads the R=0 segmenter of the same seed. ``key``: extra
+    identity of the variant's runs (change it when the hook's settings change).
+    """
+
+    name: str
+    mode: str = "mix"
+    max_ratio_only: bool = False
+    pool: Callable[[PoolContext], list[str]] | None = None
+    needs_baseline_model: bool = False
+    key: str = ""
+
+
+#: Variants ``experiment --variants`` knows; other stages add theirs with :func:`register_variant`.
+VARIANTS: dict[str, Variant] = {
+    "mix": Variant("mix"),
+    "pretrain": Variant("pretrain", mode="pretrain"),
+    "tstr": Variant("tstr", mode="synthetic-only", max_ratio_only=True),
+}
+
+
+def register_variant(variant: Variant) -> None:
+    """Make ``variant`` available to ``experiment --variants`` under its name."""
+    VARIANTS[variant.name] = variant
+
+
+def parse_variants(text: str | list[str]) -> list[Variant]:
+    """'mix,pretrain,tstr' -> the registered variants, in that order."""
+    names = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise SatSynthError(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose "
+                            f"from {', '.join(VARIANTS)}")
+    return [VARIANTS[n] for n in dict.fromkeys(names)]
+
+
+def final_scores(model_dir: str | Path, dataset: str | Path, device: str = "auto",
+                 batch_size: int = 32) -> tuple[dict[str, Any], str]:
+    """Scores of a trained segmenter on the dataset's ``test`` split (the final evaluation: its
+    training and selection are over), or on ``val`` when the dataset has no test split.
+    Returns (scores, split reported on)."""
+    from satsynth.device import resolve_device
+    from satsynth.segmenter.evaluate import evaluate_chips
+    from satsynth.segmenter.metrics import SegmentationMetrics
+    from satsynth.segmenter.model import load_segmenter
+
+    store = ChipStore(dataset)
+    split = TEST_SPLIT if store.count(TEST_SPLIT) > 0 else "val"
+    chips = store.split(split, final_evaluation=True)
+    dev = resolve_device(device)
+    model, cfg = load_segmenter(model_dir, dev)
+    metrics = SegmentationMetrics(cfg.num_classes, dev)
+    evaluate_chips(model, chips, cfg.normalizer, metrics, batch_size, dev)
+    return metrics.compute(cfg.class_table.names), split
+
+
+def t_interval(values: list[float] | np.ndarray, level: float = 0.95) -> dict[str, Any]:
+    """Mean of ``values`` with its standard error and Student-t ``level`` interval (bounds None
+    for fewer than two values)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return {"mean": None, "se": None, "low": None, "high": None, "n": 0}
+    mean = float(v.mean())
+    if n < 2:
+        return {"mean": mean, "se": None, "low": None, "high": None, "n": 1}
+    se = float(v.std(ddof=1) / math.sqrt(n))
+    h = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
+    return {"mean": mean, "se": se, "low": mean - h, "high": mean + h, "n": n}
+
+
+def paired_summary(runs: list[dict[str, Any]], class_names: list[str]) -> list[dict[str, Any]]:
+    """One row per (variant, R): reported mIoU mean ± SE, the paired difference to R=0 of the
+    same seeds (mean, 95 % t-interval), per-class IoU differences, and for synthetic-only runs
+    the ratio to real-only."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r.get("variant", BASELINE), float(r["ratio"])), []).append(r)
+    base = {r["seed"]: r for r in groups.get((BASELINE, 0.0), [])}
+    order = [BASELINE] + [v for v in dict.fromkeys(k[0] for k in groups) if v != BASELINE]
+    rows = []
+    for variant in order:
+        for ratio in sorted(r for v, r in groups if v == variant):
+            rs = sorted(groups[(variant, ratio)], key=lambda r: r["seed"])
+            m = t_interval([r["miou"] for r in rs])
+            row: dict[str, Any] = {
+                "variant": variant, "ratio": ratio, "mode": rs[0].get("mode", "mix"),
+                "runs": len(rs), "seeds": [r["seed"] for r in rs],
+                "miou_mean": m["mean"], "miou_se": m["se"], "miou_runs": [r["miou"] for r in rs],
+                "val_miou_mean": t_interval([r.get("val_miou") for r in rs])["mean"],
+                "steps_mean": float(np.mean([r.get("steps", 0) for r in rs])),
+                "real_chips": rs[0].get("real_chips"),
+                "synthetic_chips": rs[0].get("synthetic_chips"),
+                "reported_on": rs[0].get("reported_on", "val"),
+                "iou_mean": [_mean([r["iou"][k] for r in rs]) for k in range(len(class_names))]}
+            paired = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
+            d = t_interval([a["miou"] - b["miou"] for a, b in paired])
+            row["paired_seeds"] = [a["seed"] for a, _ in paired]
+            row["miou_delta"] = d["mean"]
+            row["miou_delta_ci"] = [d["low"], d["high"]] if d["low"] is not None else None
+            row["iou_delta"] = [_mean([None if a["iou"][k] is None or b["iou"][k] is None
+                                       else a["iou"][k] - b["iou"][k] for a, b in paired])
+                                for k in range(len(class_names))]
+            if row["mode"] == "synthetic-only":
+                q = t_interval([a["miou"] / b["miou"] for a, b in paired if b["miou"] > 0])
+                row["ratio_to_real"] = q["mean"]
+                row["ratio_to_real_ci"] = [q["low"], q["high"]] if q["low"] is not None else None
+            rows.append(row)
+    return rows
+
+
+def _mean(values: list[float | None]) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+__all__ = ["BASELINE", "VARIANTS", "PoolContext", "Variant", "final_scores", "paired_summary",
+           "parse_variants", "register_variant", "t_interval"]
