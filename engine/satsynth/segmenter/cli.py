@@ -127,6 +127,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     _train_args(p)
     p.set_defaults(func=_experiment)
 
+    from satsynth.segmenter import scoring_cli
+
+    scoring_cli.register(subparsers, common)  # score-pairs, filter-pairs, synthesize --score-with
+
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.segmenter.train import train_segmenter

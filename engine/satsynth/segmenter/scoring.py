@@ -411,6 +411,8 @@ def filter_pairs(synthetic: str | Path | list[str | Path], out: str | Path,
         for sub in ("images", "labels"):
             _filtered_vrt(paths[0] / f"{sub}.vrt", w.tmp / f"{sub}.vrt",
                           [f"{sub}/{n}" for n in names], transforms, size)
+        if len(paths) == 1 and (paths[0] / SCORED_GRID).is_file():  # the pool's ends
+            shutil.copyfile(paths[0] / SCORED_GRID, w.tmp / SCORED_GRID)
         if (paths[0] / "labels.qml").is_file():
             shutil.copyfile(paths[0] / "labels.qml", w.tmp / "labels.qml")
         report = read_json(paths[0] / "report.json") if (paths[0] / "report.json").is_file() \
@@ -504,9 +506,10 @@ def fid_kid(synthetic: ChipStore, real: ChipStore, weights: str | Path | None = 
                           if weights is not None else {"feature": feature})
     try:
         fid = FrechetInceptionDistance(**kw).to(device)
-        kid = KernelInceptionDistance(subset_size=min(100, n), **kw).to(device)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch-fidelity/torch raise many kinds on a bad file
         raise SatSynthError(f"cannot build the feature extractor ({exc})", weights) from None
+    # KID takes no weights path: it shares FID's extractor, so nothing is ever downloaded
+    kid = KernelInceptionDistance(feature=fid.inception, subset_size=min(100, n)).to(device)
     norm = real.normalizer
     with progress.task("fid-kid", total=len(real_idx) + len(syn), unit="chip") as bar:
         for arr, idx, is_real in ((tr, real_idx, True), (syn, np.arange(len(syn)), False)):

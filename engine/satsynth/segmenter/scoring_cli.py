@@ -1,0 +1,131 @@
+"""Sub-commands ``score-pairs`` and ``filter-pairs``, and ``synthesize --score-with``.
+
+The generator stage cannot know the segmenter (imports go downwards only), so the scoring options
+of ``synthesize`` are added here, at the segmenter's floor, around the generator's own command:
+``synthesize ... --score-with SEG_DIR [--keep F | --min-score S]`` samples as usual, then scores
+the pairs and, when asked, keeps the most consistent ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _filter_args(p: Any, note: str = "") -> None:
+    p.add_argument("--keep", type=float, default=None, metavar="FRACTION",
+                   help="keep this fraction of the pairs, the most consistent (e.g. 0.5)" + note)
+    p.add_argument("--min-score", type=float, default=None, metavar="S",
+                   help="keep the pairs whose pair mIoU is at least S (with --keep: both)" + note)
+
+
+def _fid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fid-weights", metavar="PATH", default=None,
+                   help="also compute FID/KID with this local InceptionV3 weights file (the "
+                        "torch-fidelity FID Inception; nothing is downloaded; needs the "
+                        "'fid' extra)")
+    p.add_argument("--real", metavar="DATASET", default=None,
+                   help="real chips for FID/KID (default: the segmenter's training dataset)")
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``score-pairs`` and ``filter-pairs``; give ``synthesize`` (when present) the scoring
+    options."""
+    p = subparsers.add_parser(
+        "score-pairs", parents=[common],
+        help="score each synthetic pair by how well a real-trained segmenter agrees with its mask",
+        description="Segment every synthetic image with a segmenter trained on real chips and "
+                    "score the pair by the agreement with its mask (per-pair mIoU and pixel "
+                    "accuracy). The scores are stored in the synthetic folder (train.scores.npy), "
+                    "as attributes of its footprints (chips.gpkg: miou, pixel_accuracy, rank), in "
+                    "report.json and as pairs_by_score.png. The folder is updated in place, "
+                    "atomically.")
+    p.add_argument("synthetic", metavar="SYN_DIR", help="synthetic folder (satsynth synthesize)")
+    p.add_argument("--segmenter", required=True, metavar="SEG_DIR",
+                   help="segmenter trained on real chips (satsynth train-segmenter)")
+    p.add_argument("--batch-size", type=int, default=32, help="chips per step (default 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _fid_args(p)
+    p.set_defaults(func=_score)
+
+    p = subparsers.add_parser(
+        "filter-pairs", parents=[common],
+        help="keep the most consistent synthetic pairs as a new synthetic folder",
+        description="Write the most consistent pairs of scored synthetic folders (satsynth "
+                    "score-pairs) into a new synthetic folder: GeoTIFF chips laid out in rank "
+                    "order, VRT mosaics, footprints with the scores and a report; "
+                    "train-segmenter reads it like any synthetic folder.")
+    p.add_argument("synthetic", metavar="SYN_DIR", nargs="+", help="scored synthetic folder(s)")
+    p.add_argument("--out", required=True, help="filtered synthetic folder to write")
+    _filter_args(p)
+    p.set_defaults(func=_filter)
+
+    s = subparsers.choices.get("synthesize")
+    if s is not None:
+        g = s.add_argument_group("pair consistency (segmenter stage)")
+        g.add_argument("--score-with", metavar="SEG_DIR", default=None,
+                       help="score every pair with this real-trained segmenter (as score-pairs)")
+        _filter_args(g, "; needs --score-with, and --out then holds only the kept pairs")
+        g.add_argument("--fid-weights", metavar="PATH", default=None,
+                       help="with --score-with: also FID/KID with this local InceptionV3 "
+                            "weights file (see score-pairs)")
+        s.set_defaults(func=_scored_synthesis(s.get_default("func")))
+
+
+def _score(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.segmenter.scoring import score_pairs
+
+    return score_pairs(args.synthetic, args.segmenter, device=args.device,
+                       batch_size=args.batch_size, fid_weights=args.fid_weights, real=args.real)
+
+
+def _filter(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.segmenter.scoring import filter_pairs, select_pairs
+
+    select_pairs(np.zeros((0, 2)), args.keep, args.min_score)  # option errors first
+    return filter_pairs(args.synthetic, args.out, keep=args.keep, min_score=args.min_score)
+
+
+def _scored_synthesis(synthesize: Any) -> Any:
+    """``synthesize`` followed by scoring (and filtering) when --score-with is given."""
+
+    def run(args: argparse.Namespace) -> dict[str, Any]:
+        from satsynth.errors import SatSynthError
+        from satsynth.segmenter.scoring import filter_pairs, score_pairs, select_pairs
+
+        filtering = args.keep is not None or args.min_score is not None
+        if args.score_with is None:
+            if filtering or args.fid_weights:
+                raise SatSynthError("--keep, --min-score and --fid-weights need --score-with "
+                                    "SEG_DIR (a segmenter trained on real chips)")
+            return synthesize(args)
+        if filtering:
+            select_pairs(np.zeros((0, 2)), args.keep, args.min_score)
+        seg = Path(args.score_with)
+        if not (seg / "config.json").is_file():
+            raise SatSynthError("segmenter folder not found (no config.json)", seg)
+        if not filtering:
+            outputs = synthesize(args)
+            outputs.update(score_pairs(args.out, seg, device=args.device,
+                                       fid_weights=args.fid_weights))
+            return outputs
+        out = Path(args.out)
+        pool = out.with_name(f".{out.name}.pool-{os.getpid()}")
+        args.out = str(pool)
+        try:
+            synthesize(args)
+            scored = score_pairs(pool, seg, device=args.device, fid_weights=args.fid_weights)
+            outputs = filter_pairs(pool, out, keep=args.keep, min_score=args.min_score)
+        finally:
+            args.out = str(out)
+            shutil.rmtree(pool, ignore_errors=True)
+        outputs.update({k: scored[k] for k in ("pair_miou_mean", "pair_miou_median", "fid",
+                                               "kid_mean") if k in scored})
+        return outputs
+
+    return run
