@@ -23,14 +23,24 @@ def test_demo_runs_every_stage_and_reports(tmp_path):
     assert all(e["event"] in ("progress", "done") for e in events)
     outputs = events[-1]["outputs"]
     for key in ("dataset", "chips", "generator", "synthetic", "synthetic_grid", "segmenter_real",
-                "segmenter_real_synthetic", "prediction", "prediction_style", "confidence",
-                "report"):
+                "segmenter_real_synthetic", "segmenter_real_synthetic_filtered",
+                "synthetic_filtered", "synthetic_scores", "synthetic_by_score", "prediction",
+                "prediction_style", "confidence", "report"):
         assert (out / outputs[key]).exists(), key
     with rasterio.open(outputs["scene_image"]) as src, rasterio.open(outputs["prediction"]) as pred:
         assert pred.crs == src.crs and pred.transform == src.transform
         assert (pred.width, pred.height) == (src.width, src.height)
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["runs"]) == {"real", "real+synthetic"}
+    assert set(summary["runs"]) == {"real", "real+synthetic", "real+synthetic (filtered)"}
     assert 0.0 <= summary["runs"]["real"]["miou"] <= 1.0
+    # the real-only segmenter scored every pair; the filtered run used the better half of them
+    assert summary["pair_consistency"]["summary"]["pairs"] == 8
+    assert summary["filter"]["kept_pairs"] == 4 and summary["filter"]["pool_pairs"] == 8
+    assert summary["runs"]["real+synthetic (filtered)"]["ratio"] == pytest.approx(
+        summary["ratio"] / 2, abs=1e-3)
     html = (out / "report.html").read_text()
-    assert "real+synthetic" in html and "samples.png" in html
+    assert "real+synthetic (filtered)" in html and "samples.png" in html
+    assert "Pair consistency" in html and "pairs_by_score.png" in html
+    # the report states the outcome with the measured figures
+    real, filt = summary["runs"]["real"]["miou"], summary["runs"]["real+synthetic (filtered)"]
+    assert f"Real only: {real:.3f}" in html and f"{filt['miou'] - real:+.3f}" in html
