@@ -16,6 +16,7 @@ import traceback
 from typing import Any
 
 from satsynth import __version__, progress
+from satsynth.distributed import launch_rank
 from satsynth.errors import Cancelled, SatSynthError
 from satsynth.outputs import check_output, output_lock
 
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     progress.setup_logging(getattr(args, "verbose", False))
     progress.install_signal_handlers()
     try:
-        with output_lock(*(getattr(args, k, None) for k in OUTPUT_ARGS)):
+        # one writer per output: under accelerate launch / torchrun the run's main process
+        locked = OUTPUT_ARGS if launch_rank() == 0 else ()
+        with output_lock(*(getattr(args, k, None) for k in locked)):
             outputs = args.func(args) or {}
     except SatSynthError as exc:
         progress.emit({"event": "error", "message": str(exc)})

@@ -24,10 +24,12 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.data.classes import ClassTable, write_qml
+from satsynth.distributed import Processes, processes
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path
 from satsynth.outputs import check_output
 from satsynth.predict.aoi import AreaOfInterest, bounds_to_window, parse_extent, tile_bounds
+from satsynth.predict.bands import run_bands
 from satsynth.predict.blend import BlendAccumulator, blend_window
 from satsynth.predict.source import (
     TileReader,
@@ -101,7 +103,6 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     import rasterio
     import torch
 
-    from satsynth.device import resolve_device
     from satsynth.segmenter.model import TINY_ARCH, load_segmenter
 
     start = time.monotonic()
@@ -113,7 +114,8 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         raise SatSynthError("--simplify and --min-area must not be negative")
     box = parse_extent(extent)
 
-    dev = resolve_device(device)
+    procs = processes(device)  # one, or those of accelerate launch / torchrun: bands of rows
+    dev = procs.device
     model, cfg = load_segmenter(model_dir, dev)
     table, normalizer = _model_tables(cfg, Path(model_dir))
     multiple = 1 if cfg.arch.lower() == TINY_ARCH else 32
@@ -135,6 +137,16 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
                 rasterio.windows.Window(region.col, region.row, region.width, region.height))
         log.info("%s: %d x %d px (%s), predicting %d x %d px", image.name, src.width,
                  src.height, crs_label(src.crs), region.width, region.height)
+        lut = table.index_to_id_lut()
+        run = dict(model=model, device=dev, amp=amp, num_classes=len(table), tile=tile,
+                   overlap=overlap, batch=batch, multiple=multiple, lut=lut, aoi=aoi)
+        scratch = stack.enter_context(procs.scratch(out, "bands")) if procs.distributed else None
+        if not procs.is_main:  # another process of a distributed run: its band of rows only
+            with torch.inference_mode(), procs.progress_on_main():
+                _predict_region(src, indexes, normalizer, image, region, out_transform, scale,
+                                None, None, procs, scratch, **run)
+            procs.barrier()  # until the main process has written the outputs
+            return {"prediction": str(out), "process": procs.rank, "processes": procs.world}
 
         # temporary outputs, renamed onto the final paths only when everything is done
         tmp_out = stack.enter_context(atomic_path(out))
@@ -157,16 +169,9 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
                                   crs=src.crs, transform=out_transform, table=table,
                                   confidence_path=conf_target, aoi=aoi, vectorizer=vectorizer)
         stack.callback(writer.close)
-        lut = table.index_to_id_lut()
-        run = dict(model=model, device=dev, amp=amp, num_classes=len(table), tile=tile,
-                   overlap=overlap, batch=batch, multiple=multiple, lut=lut, aoi=aoi)
         with torch.inference_mode():
-            if scale is None:
-                reader = TileReader(src, indexes, normalizer, image)
-                _run_tiles(reader, region, writer, **run)
-            else:
-                _predict_resampled(src, indexes, normalizer, image, region, out_transform, scale,
-                                   writer, work, want_conf=conf_target is not None, **run)
+            _predict_region(src, indexes, normalizer, image, region, out_transform, scale,
+                            writer, work, procs, scratch, **run)
         writer.close()
         if not writer.complete:
             raise RuntimeError("the prediction raster was not completely written")
@@ -183,6 +188,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         for leftover in (tmp_out.with_name(tmp_out.name + ".aux.xml"),):
             leftover.unlink(missing_ok=True)
 
+    procs.barrier()  # the other processes of a distributed run return now
     outputs: dict[str, Any] = {"prediction": str(out), "style": str(qml)}
     if conf_path:
         outputs["confidence"] = str(conf_path)
@@ -296,11 +302,14 @@ def _forward(model: Any, x: np.ndarray, weight: Any, device: Any, amp: bool) -> 
 def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, model: Any,
                device: Any, amp: bool, num_classes: int, tile: int, overlap: int, batch: int,
                multiple: int, lut: np.ndarray, aoi: AreaOfInterest | None,
-               stage: str = "predict") -> None:
-    """Sliding-window prediction of ``region`` of the reader's dataset into ``writer``."""
+               stage: str = "predict", tile_rows: range | None = None) -> None:
+    """Sliding-window prediction of ``region`` of the reader's dataset into ``writer`` (only the
+    tile rows ``tile_rows``, in a distributed run: see :mod:`satsynth.predict.bands`)."""
     import torch
 
     grid = TileGrid.for_region(region.height, region.width, tile, overlap, multiple)
+    tile_rows = tile_rows if tile_rows is not None else range(grid.shape[0])
+    total = len(tile_rows) * grid.shape[1]
     acc = BlendAccumulator(grid, num_classes, confidence=writer.wants_confidence)
     weight = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, overlap)).to(device)
     last_col = grid.shape[1] - 1
@@ -309,7 +318,7 @@ def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, 
     log.debug("%d tiles of %d x %d px (%d x %d)", len(grid), grid.tile_w, grid.tile_h,
               *grid.shape)
 
-    with progress.task(stage, total=len(grid), unit="tile") as task:
+    with progress.task(stage, total=total, unit="tile") as task:
 
         def flush() -> None:
             nonlocal pending, n_run
@@ -327,10 +336,11 @@ def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, 
             done = len(pending)
             n_run += len(arrays)
             pending = []
-            task.update(done, message=f"{int(task.n) + done}/{len(grid)} tiles",
+            task.update(done, message=f"{int(task.n) + done}/{total} tiles",
                         tiles_run=n_run)
 
-        with _prefetch(_read_tiles(grid, region, reader, aoi), depth=2 * batch) as tiles:
+        with _prefetch(_read_tiles(grid, region, reader, aoi, tile_rows),
+                       depth=2 * batch) as tiles:
             for item in tiles:
                 pending.append(item)
                 if (sum(p[2] is not None for p in pending) >= batch
@@ -344,11 +354,13 @@ Tile = tuple[int, int, "np.ndarray | None", "np.ndarray | None"]
 
 
 def _read_tiles(grid: TileGrid, region: Region, reader: TileReader,
-                aoi: AreaOfInterest | None) -> Iterator[Tile]:
-    """``(k, j, data, valid)`` per tile in order; data ``None`` for tiles with nothing to
-    predict (outside the mask or all nodata), which are not read or not run."""
+                aoi: AreaOfInterest | None, tile_rows: range) -> Iterator[Tile]:
+    """``(k, j, data, valid)`` per tile of ``tile_rows`` in order; data ``None`` for tiles with
+    nothing to predict (outside the mask or all nodata), which are not read or not run."""
     ds_transform = reader.ds.transform
     for k, j, y, x in grid.tiles():
+        if k not in tile_rows:
+            continue
         h, w = min(grid.tile_h, region.height - y), min(grid.tile_w, region.width - x)
         row, col = region.row + y, region.col + x
         if aoi is not None and not aoi.intersects_box(*tile_bounds(ds_transform, row, col, h, w)):
@@ -405,10 +417,25 @@ def _prefetch(items: Iterator[Tile], depth: int) -> Iterator[Iterator[Tile]]:
                 thread.join(timeout=0.05)
 
 
+def _predict_region(src: Any, indexes: list[int], normalizer: Any, image: Path, region: Region,
+                    out_transform: Any, scale: tuple[float, float] | None,
+                    writer: PredictionWriter | None, work: Path | None, procs: Processes,
+                    scratch: Path | None, **run: Any) -> None:
+    """The model over ``region`` into ``writer``, on the image grid or resampled; in a
+    distributed run every process does its band of rows and the main one assembles them
+    (``writer`` and ``work`` are None on the others)."""
+    if scale is None:
+        run_bands(_run_tiles, TileReader(src, indexes, normalizer, image), region, writer, procs,
+                  scratch, **run)
+    else:
+        _predict_resampled(src, indexes, normalizer, image, region, out_transform, scale, writer,
+                           work, procs, scratch, **run)
+
+
 def _predict_resampled(src: Any, indexes: list[int], normalizer: Any, image: Path,
                        region: Region, out_transform: Any, scale: tuple[float, float],
-                       writer: PredictionWriter, work: Path, *, want_conf: bool,
-                       **run: Any) -> None:
+                       writer: PredictionWriter | None, work: Path | None, procs: Processes,
+                       scratch: Path | None, **run: Any) -> None:
     """--match-resolution: predict on a WarpedVRT at the model's pixel size, then bring the
     result back onto the image grid (nearest neighbour) into ``writer``."""
     import rasterio
@@ -427,14 +454,21 @@ def _predict_resampled(src: Any, indexes: list[int], normalizer: Any, image: Pat
         vtransform = vrt.window_transform(Window(vregion.col, vregion.row, vregion.width,
                                                  vregion.height))
         log.info("resampled grid: %d x %d px", vregion.width, vregion.height)
-        tmp_cls, tmp_conf = work / "model_grid.tif", work / "model_grid_conf.tif"
-        inner = PredictionWriter(tmp_cls, width=vregion.width, height=vregion.height,
-                                 crs=src.crs, transform=vtransform,
-                                 confidence_path=tmp_conf if want_conf else None)
+        want_conf = writer is not None and writer.wants_confidence
+        inner = None
+        if writer is not None and work is not None:
+            tmp_cls, tmp_conf = work / "model_grid.tif", work / "model_grid_conf.tif"
+            inner = PredictionWriter(tmp_cls, width=vregion.width, height=vregion.height,
+                                     crs=src.crs, transform=vtransform,
+                                     confidence_path=tmp_conf if want_conf else None)
         try:
-            _run_tiles(TileReader(vrt, indexes, normalizer, image), vregion, inner, **run)
+            run_bands(_run_tiles, TileReader(vrt, indexes, normalizer, image), vregion, inner,
+                      procs, scratch, **run)
         finally:
-            inner.close()
+            if inner is not None:
+                inner.close()
+    if writer is None:
+        return
 
     step = 512
     opened = [rasterio.open(tmp_cls)] + ([rasterio.open(tmp_conf)] if want_conf else [])

@@ -138,3 +138,23 @@ class TileGrid:
     def cell_window(self, r: int, c: int) -> tuple[int, int, int, int]:
         """``(y0, y1, x0, x1)`` of cell ``(r, c)`` in region pixels."""
         return (*self.rows.segment(r), *self.cols.segment(c))
+
+
+def rows_for_rank(grid: TileGrid, rank: int, world: int) -> tuple[range, int, int]:
+    """Process ``rank``'s part of a distributed prediction: ``(tile_rows, y0, y1)``.
+
+    Each process owns a contiguous band of tile rows and writes the region rows ``[y0, y1)`` that
+    become final in them (from the start of its first tile row to the start of the next
+    process's). It also runs, before its band, the earlier tile rows that overlap row ``y0``, so
+    every pixel it writes is blended from the same tiles, in the same order, as in a
+    single-process run. A process with no tile row gets ``y0 == y1``."""
+    from satsynth.distributed import share
+
+    starts = grid.rows.starts
+    own = share(len(starts), rank, world)
+    if not own:
+        return range(0), 0, 0
+    y0 = starts[own.start]
+    y1 = starts[own.stop] if own.stop < len(starts) else grid.height
+    first = next(t for t, s in enumerate(starts) if s + grid.tile_h > y0)
+    return range(first, own.stop), y0, y1

@@ -72,6 +72,23 @@ def register_variant(variant: Variant) -> None:
     VARIANTS[variant.name] = variant
 
 
+#: Share of the pool the ``filtered`` variants keep: the pairs that the real-only run (R=0) of the
+#: same seed finds most consistent (:func:`satsynth.segmenter.scoring.filtered_pool`).
+FILTER_KEEP = 0.5
+
+
+def _filtered_pool(ctx: PoolContext) -> list[str]:
+    from satsynth.segmenter.scoring import filtered_pool
+
+    return filtered_pool(ctx.pool, ctx.out, ctx.seed, ctx.baseline_model, FILTER_KEEP)
+
+
+register_variant(Variant("filtered", pool=_filtered_pool, needs_baseline_model=True,
+                         key=f"keep{FILTER_KEEP:g}"))
+register_variant(Variant("filtered-pretrain", mode="pretrain", pool=_filtered_pool,
+                         needs_baseline_model=True, key=f"keep{FILTER_KEEP:g}"))
+
+
 def parse_variants(text: str | list[str]) -> list[Variant]:
     """'mix,pretrain,tstr' -> the registered variants, in that order."""
     names = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)

@@ -43,6 +43,7 @@ from satsynth.data.store import (
 )
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_dir, atomic_path, read_json, write_json
+from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
@@ -335,12 +336,13 @@ def _filtered_vrt(src: Path, dst: Path, files: list[str], transforms: list[tuple
 
 def filter_pairs(synthetic: str | Path | list[str | Path], out: str | Path,
                  keep: float | None = None, min_score: float | None = None,
-                 scores: list[np.ndarray] | None = None) -> dict[str, Any]:
+                 scores: list[np.ndarray] | None = None, note: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Write the most consistent pairs of one or more scored synthetic stores into ``out``: a
     synthetic store like one ``synthesize`` writes (GeoTIFF chips on a compact grid at the first
     pool's origin, most consistent first; VRT mosaics; footprints with the scores; report).
     ``scores`` (one array per store) replaces the stored scores (e.g. those of another
-    segmenter)."""
+    segmenter); ``note`` is added to the filter record (``dataset.json`` extra and report)."""
     import rasterio
     from rasterio.transform import Affine
 
@@ -349,6 +351,7 @@ def filter_pairs(synthetic: str | Path | list[str | Path], out: str | Path,
     paths = [Path(p) for p in ([synthetic] if isinstance(synthetic, (str, Path)) else synthetic)]
     if not paths:
         raise SatSynthError("no synthetic folder to filter")
+    check_output(out, "synthetic", inputs=paths)
     stores = [ChipStore(p) for p in paths]
     first = stores[0]
     for s in stores[1:]:
@@ -379,7 +382,8 @@ def filter_pairs(synthetic: str | Path | list[str | Path], out: str | Path,
     filt = {"from": [str(p.resolve()) for p in paths], "keep": keep, "min_score": min_score,
             "pool_pairs": int(len(pool)), "kept_pairs": int(len(chosen)),
             "threshold_miou": round(float(np.nan_to_num(pool[chosen[-1], 0], nan=-1)), 5),
-            "pool_scores": summarize_scores(pool), "kept_scores": summarize_scores(pool[chosen])}
+            "pool_scores": summarize_scores(pool), "kept_scores": summarize_scores(pool[chosen]),
+            **(note or {})}
     meta.extra = {**meta.extra, "filter": filt}
     meta.sources = [{**(meta.sources[0] if meta.sources else {}), "image": "images.vrt",
                      "label": "labels.vrt", "synthetic": True}]
@@ -449,6 +453,41 @@ def filter_pairs(synthetic: str | Path | list[str | Path], out: str | Path,
             "grid": str(out / "samples.png"), "kept": int(len(chosen)),
             "pool": int(len(pool)), "threshold_miou": filt["threshold_miou"],
             "tv_distance": tv}
+
+
+def _model_fingerprint(model_dir: Path) -> str:
+    import hashlib
+
+    f = model_dir / "model.safetensors"
+    st = f.stat()
+    with f.open("rb") as fh:
+        head = fh.read(1 << 20)
+    return hashlib.sha1(head + f"{st.st_size}".encode()).hexdigest()[:16]
+
+
+def filtered_pool(pool: list[str], out: Path, seed: int, baseline_model: Path | None,
+                  keep: float, device: str = "auto") -> list[str]:
+    """The experiment's filtered pool for one seed: the ``keep`` fraction of the pool's pairs
+    that the real-only segmenter of that seed finds most consistent, written once per seed as
+    ``out/synthetic/filtered-keep<F>-seed<S>`` (rewritten when that segmenter changed)."""
+    folder = out / "synthetic" / f"filtered-keep{keep:g}-seed{seed}"
+    cached = None
+    if (folder / "dataset.json").is_file():
+        cached = ChipStore(folder).meta.extra.get("filter", {})
+    fp = _model_fingerprint(baseline_model) if baseline_model is not None else None
+    pool_ids = [str(Path(p).resolve()) for p in pool]
+    if cached is None or cached.get("from") != pool_ids or (
+            fp is not None and cached.get("scored_by") != fp):
+        if baseline_model is None:
+            raise SatSynthError(f"the filtered variant needs the real-only segmenter of seed "
+                                f"{seed} to score the pool, and it was not kept: run the "
+                                f"experiment again with --keep-models", out)
+        model, cfg, dev = _load_scorer(baseline_model, ChipStore(pool[0]), device)
+        scores = [pair_scores(model, ChipStore(p).split("train"), cfg.normalizer,
+                              cfg.num_classes, 32, dev) for p in pool]
+        filter_pairs(pool, folder, keep=keep, scores=scores,
+                     note={"scored_by": fp, "segmenter": str(baseline_model)})
+    return [str(folder)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,5 +565,5 @@ def fid_kid(synthetic: ChipStore, real: ChipStore, weights: str | Path | None = 
                     "from the same extractor, chip size and dataset"}
 
 
-__all__ = ["SCORED_GRID", "fid_kid", "filter_pairs", "pair_scores", "plot_scored_pairs",
+__all__ = ["SCORED_GRID", "fid_kid", "filter_pairs", "filtered_pool", "pair_scores", "plot_scored_pairs",
            "score_pairs", "select_pairs", "summarize_scores"]

@@ -114,7 +114,9 @@ def _scored_synthesis(synthesize: Any) -> Any:
             outputs.update(score_pairs(args.out, seg, device=args.device,
                                        fid_weights=args.fid_weights))
             return outputs
-        out = Path(args.out)
+        from satsynth.outputs import check_output
+
+        out = check_output(args.out, "synthetic", inputs=[args.model, seg])
         pool = out.with_name(f".{out.name}.pool-{os.getpid()}")
         args.out = str(pool)
         try:

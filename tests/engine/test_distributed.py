@@ -1,0 +1,139 @@
+"""synthesize and predict across processes (torchrun / accelerate launch; 2 CPU processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from test_predict import TABLE, brightness_image, make_model, write_raster
+
+from satsynth.distributed import Processes, share
+from satsynth.predict.bands import BandWriter
+from satsynth.predict.predict import Region, _run_tiles
+from satsynth.predict.source import TileReader
+from satsynth.predict.windows import TileGrid, rows_for_rank
+from satsynth.predict.writer import PredictionWriter
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def launch(*args: str, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node N -m satsynth ARGS``: N CPU processes (gloo).
+    (``accelerate launch --cpu --num_processes N`` starts N CPU processes only through mpirun;
+    without MPI it runs one.)"""
+    if not TORCHRUN.is_file():
+        pytest.skip("torchrun launcher absent")
+    return subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node", str(processes), "-m", "satsynth",
+         *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def test_share_and_rows_for_rank_cover_every_row_once():
+    assert [list(share(5, r, 2)) for r in range(2)] == [[0, 1], [2, 3, 4]]
+    assert [len(share(2, r, 3)) for r in range(3)] == [0, 1, 1]
+    for height, tile, overlap in ((1000, 128, 32), (517, 64, 32), (130, 128, 64), (64, 64, 0)):
+        grid = TileGrid.for_region(height, 300, tile, overlap)
+        for world in (1, 2, 3, 7):
+            bands = [rows_for_rank(grid, r, world) for r in range(world)]
+            owned = [(y0, y1) for _, y0, y1 in bands if y1 > y0]
+            assert owned[0][0] == 0 and owned[-1][1] == height
+            assert all(a[1] == b[0] for a, b in zip(owned, owned[1:], strict=False))
+            for rows, y0, y1 in bands:
+                if y1 > y0:  # every tile covering an owned row is run
+                    starts = grid.rows.starts
+                    need = {t for t, s in enumerate(starts) if s < y1 and s + grid.tile_h > y0}
+                    assert need <= set(rows)
+
+
+@pytest.mark.parametrize("world,tile,overlap,height", [(2, 64, 16, 300), (3, 48, 24, 211),
+                                                       (4, 32, 16, 100)])
+def test_bands_assemble_to_the_single_process_raster(tmp_path, world, tile, overlap, height):
+    """In-process check of the band plan on irregular tilings: every process's band, run over
+    its tile rows and written to its part, equals the same rows of a single run, bit for bit
+    (classes and confidences)."""
+    import torch
+
+    img, idx = brightness_image(height, 150, seed=world)
+    src_path = write_raster(tmp_path / "img.tif", img)
+    _, model = make_model(tmp_path / "m", fit_to=(img, idx))
+    from satsynth.segmenter.model import load_segmenter
+
+    model, cfg = load_segmenter(tmp_path / "m", torch.device("cpu"))
+    region = Region(0, 0, height, 150)
+    run = dict(model=model, device=torch.device("cpu"), amp=False, num_classes=len(TABLE),
+               tile=tile, overlap=overlap, batch=3, multiple=1,
+               lut=TABLE.index_to_id_lut(), aoi=None)
+    with rasterio.open(src_path) as src, torch.inference_mode():
+        reader = TileReader(src, [1, 2, 3], cfg.normalizer, src_path)
+        whole = PredictionWriter(tmp_path / "one.tif", width=150, height=height, crs=src.crs,
+                                 transform=src.transform, confidence_path=tmp_path / "one.c.tif")
+        _run_tiles(reader, region, whole, **run)
+        whole.close()
+        grid = TileGrid.for_region(height, 150, tile, overlap)
+        parts = []
+        for rank in range(world):
+            rows, y0, y1 = rows_for_rank(grid, rank, world)
+            if y1 == y0:
+                continue
+            band = BandWriter(tmp_path / f"part{rank}.tif", y0, y1, 150, confidence=True)
+            _run_tiles(reader, region, band, tile_rows=rows, **run)
+            band.close()
+            assert band.complete
+            parts.append((y0, y1, rank))
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "one.c.tif") as c:
+        ids, conf = a.read(1), c.read(1)
+    for y0, y1, rank in parts:
+        with rasterio.open(tmp_path / f"part{rank}.tif") as p, \
+                rasterio.open(tmp_path / f"part{rank}.conf.tif") as pc:
+            np.testing.assert_array_equal(p.read(1), ids[y0:y1])
+            np.testing.assert_array_equal(pc.read(1), conf[y0:y1])
+
+
+def test_single_process_needs_no_process_group():
+    from satsynth.distributed import processes
+
+    p = processes("cpu")
+    assert isinstance(p, Processes) and (p.rank, p.world, p.state) == (0, 1, None)
+    assert not p.distributed and p.shared(5) == 5
+
+
+@pytest.mark.slow
+def test_predict_two_processes_equals_one_process_byte_for_byte(tmp_path):
+    img, idx = brightness_image(420, 260, seed=3)
+    image = write_raster(tmp_path / "img.tif", img)
+    model, _ = make_model(tmp_path / "seg", fit_to=(img[:, :96, :96], idx[:96, :96]))
+    common = ["--image", str(image), "--tile", "128", "--overlap", "32", "--batch", "4",
+              "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "satsynth", "predict", str(model), *common,
+                          "--out", str(tmp_path / "one.tif"), "--confidence",
+                          str(tmp_path / "one_conf.tif"), "--vector", str(tmp_path / "one.gpkg"),
+                          "--progress", "quiet"], capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch("predict", str(model), *common, "--out", str(tmp_path / "two.tif"),
+                 "--confidence", str(tmp_path / "two_conf.tif"), "--vector",
+                 str(tmp_path / "two.gpkg"), "--progress", "json")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "process 0 of 2: rows 0-" in two.stderr and "process 1 of 2: rows " in two.stderr
+    for a, b in (("one.tif", "two.tif"), ("one_conf.tif", "two_conf.tif"),
+                 ("one.qml", "two.qml"), ("one.tif.aux.xml", "two.tif.aux.xml")):
+        assert (tmp_path / a).read_bytes() == (tmp_path / b).read_bytes(), a
+    import geopandas as gpd
+
+    p1, p2 = gpd.read_file(tmp_path / "one.gpkg"), gpd.read_file(tmp_path / "two.gpkg")
+    assert len(p1) == len(p2) > 3
+    assert p1.geometry.union_all().symmetric_difference(p2.geometry.union_all()).area == 0
+    assert sorted(p1["class_id"]) == sorted(p2["class_id"])
+    # one done event per process, no scratch or temporary left beside the outputs
+    events = [json.loads(x) for x in two.stdout.splitlines() if x.startswith("{")]
+    done = [e for e in events if e["event"] == "done"]
+    assert len(done) == 2 and {e["outputs"]["prediction"] for e in done} == {str(tmp_path / "two.tif")}
+    assert all(e.get("stage") != "predict" or e["fraction"] <= 1 for e in events)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
