@@ -181,6 +181,8 @@ class PairedOrder:
 
     def epoch(self, n_real: int, n_synthetic: int) -> np.ndarray:
         """One epoch's order of the ``n_real + n_synthetic`` entries."""
+        if n_real == 0:  # a synthetic-only phase leaves the real order untouched
+            return self.synthetic.permutation(n_synthetic)
         real = self.real.permutation(n_real)
         if n_synthetic == 0:
             return real

@@ -37,7 +37,9 @@ class PoolContext:
     out: Path  # the experiment folder (a hook may cache what it derives there)
     seed: int
     ratio: float
-    baseline_model: Path | None  # the R=0 segmenter of this seed (kept when a variant needs it)
+    # the R=0 segmenter of this seed, kept while the experiment runs when a variant needs it;
+    # None when it is gone (an experiment resumed after its R=0 runs finished)
+    baseline_model: Path | None
 
 
 @dataclass(frozen=True)

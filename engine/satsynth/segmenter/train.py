@@ -435,16 +435,15 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                     p = schedule.progress(schedule.step_done + 1)
                     if acc.num_processes > 1:  # one learning rate for every process
                         p = float(acc.reduce(torch.tensor([p], device=device), "max").item())
-                    schedule.step(p)
+                    schedule.step(p)  # at p = 1 the learning rate is at its end
                     pending["losses"].append(float(loss.detach()))
                     pending["chips"] += len(rows)
                     pending["train_s"] += _now() - t_step
                     step += 1
                     bar.update(1, message=f"{phase}: epoch {epoch}", epoch=epoch,
                                loss=pending["losses"][-1])
-                    if schedule.finished():
-                        end = "time limit" if schedule.out_of_time() and \
-                            step - phase_start < p_steps else "completed"
+                    if p >= 1.0:  # the planned steps are done or the time is up (every process)
+                        end = "time limit" if step - phase_start < p_steps else "completed"
                         break
                     if opts.val_every and step % opts.val_every == 0:
                         validate(phase)
