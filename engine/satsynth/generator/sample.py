@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -23,9 +24,11 @@ from satsynth import progress
 from satsynth.data.classes import ClassTable, write_qml
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStoreWriter, StoreMeta
+from satsynth.distributed import processes
 from satsynth.errors import SatSynthError
 from satsynth.generator.config import GeneratorConfig
 from satsynth.generator.encoding import LabelEncoding
+from satsynth.generator.shards import Batch, batch_size_for, sampled_batches
 from satsynth.io import write_json
 from satsynth.outputs import check_output
 
@@ -238,7 +241,6 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
     import rasterio
     from rasterio.transform import Affine
 
-    from satsynth.device import resolve_device
     from satsynth.generator.model import SAMPLERS, load_conditions, load_generator
     from satsynth.generator.report import (
         class_shares,
@@ -254,7 +256,8 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
     if batch_size < 1:
         raise SatSynthError(f"--batch-size must be at least 1, got {batch_size}")
     check_output(out, "synthetic", inputs=[model_dir, upsampler])
-    dev = resolve_device(device)
+    procs = processes(device)  # one, or those of torchrun / accelerate launch: shares of batches
+    dev = procs.device
     model_dir = Path(model_dir)
     model, cfg = load_generator(model_dir, dev)
     geo = cfg  # the output's size and georeference: the upsampler's in a cascade
@@ -306,28 +309,50 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
     grid_imgs, grid_labs = [], []
     names: list[str] = []
     s = geo.chip_size
+    if procs.distributed and batch_size_for(count, batch_size, procs.world) < batch_size:
+        batch_size = batch_size_for(count, batch_size, procs.world)
+        log.info("--batch-size %d so that each of the %d processes samples pairs", batch_size,
+                 procs.world)
     batches = math.ceil(count / batch_size)
     n_steps = 1000 if sampler == "ddpm" else steps
     stages = 1 if sr_model is None else 2
     t0 = time.monotonic()
-    with ChipStoreWriter(out, meta, {"train": count}) as w, \
-            progress.task("synthesize", total=batches * n_steps * stages, unit="step") as bar:
+
+    def sample(bi: int) -> Batch:
+        """The pairs of batch ``bi`` (noise and conditions depend only on their indices)."""
+        first = bi * batch_size
+        n = min(batch_size, count - first)
+        asked = conditions[first:first + n] if conditions is not None else None
+
+        def tick(msg: str = f"batch {bi + 1}/{batches}") -> None:
+            bar.update(procs.world, message=msg)  # the main process speaks for all
+
+        imgs, labs, inv, evals = generate(model, cfg, n, first, sampler, steps, seed, dev,
+                                          on_step=tick, conditions=asked)
+        if sr_model is not None:  # the cascade: the same pairs at the upsampler's size
+            imgs, labs, inv, sr_evals = upsample_pairs(sr_model, geo, cfg, imgs, labs, first,
+                                                       sampler, steps, seed, dev, tick)
+            evals += sr_evals
+        return imgs, labs, inv, evals
+
+    total = batches * n_steps * stages
+    if not procs.is_main:  # another process of a distributed run: its share of the batches
+        with procs.scratch(out, "pairs") as scratch, procs.progress_on_main(), \
+                progress.task("synthesize", total=total, unit="step") as bar:
+            for _ in sampled_batches(procs, batches, sample, scratch):
+                pass
+        procs.barrier()  # until the main process has written the output folder
+        return {"synthetic": str(out), "process": procs.rank, "processes": procs.world}
+    with (procs.scratch(out, "pairs") if procs.distributed else nullcontext()) as scratch, \
+            ChipStoreWriter(out, meta, {"train": count}) as w, \
+            progress.task("synthesize", total=total, unit="step") as bar:
         (w.tmp / "images").mkdir()
         (w.tmp / "labels").mkdir()
-        for bi in range(batches):
+        for bi, (imgs, labs, inv, evals) in enumerate(  # noqa: B007 - evals goes in the report
+                sampled_batches(procs, batches, sample, scratch)):
             first = bi * batch_size
             n = min(batch_size, count - first)
             asked = conditions[first:first + n] if conditions is not None else None
-
-            def tick(msg: str = f"batch {bi + 1}/{batches}") -> None:
-                bar.update(1, message=msg)
-
-            imgs, labs, inv, evals = generate(model, cfg, n, first, sampler, steps, seed, dev,
-                                              on_step=tick, conditions=asked)
-            if sr_model is not None:  # the cascade: the same pairs at the upsampler's size
-                imgs, labs, inv, sr_evals = upsample_pairs(sr_model, geo, cfg, imgs, labs, first,
-                                                           sampler, steps, seed, dev, tick)
-                evals += sr_evals
             invalid += inv
             got = np.stack([np.bincount(lab.ravel(), minlength=k)[:k] for lab in labs])
             counts += got.sum(0)
@@ -357,9 +382,9 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
                     dst.update_tags(**tags, SATSYNTH_INDEX=str(i),
                                     TIFFTAG_IMAGEDESCRIPTION=f"SatSynth synthetic labels {i}")
         elapsed = time.monotonic() - t0
-        _write_vrt(w.tmp / "images.vrt", [f"images/{n}" for n in names], transforms, cfg,
+        _write_vrt(w.tmp / "images.vrt", [f"images/{n}" for n in names], transforms, geo,
                    cfg.bands, cfg.dtype, None)
-        _write_vrt(w.tmp / "labels.vrt", [f"labels/{n}" for n in names], transforms, cfg, 1,
+        _write_vrt(w.tmp / "labels.vrt", [f"labels/{n}" for n in names], transforms, geo, 1,
                    "uint8", table)
         write_qml(w.tmp / "labels.qml", table)
         real = np.asarray(cfg.real_class_shares or [0.0] * k, dtype=np.float64)
@@ -378,7 +403,7 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
             if sr_model is not None else None,
             "unet_evals_per_pair": evals, "seconds": round(elapsed, 3),
             "pairs_per_s": round(count / max(elapsed, 1e-9), 4),
-            "device": str(dev),
+            "device": str(dev), "processes": procs.world,
             "tv_distance": round(tv, 5) if tv is not None else None,
             "condition": cfg.condition, "favor": favor or None,
             "asked_class_shares": [round(float(v), 6) for v in class_shares(conditions.sum(0))]
@@ -396,6 +421,7 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
             "placement": placement,
         }
         write_json(w.tmp / "report.json", report)
+    procs.barrier()  # the other processes of a distributed run return now
     log.info("synthesized %d pairs (TV distance to the real class shares: %s)", count,
              f"{tv:.3f}" if tv is not None else "n/a")
     return {"synthetic": str(out), "images_vrt": str(out / "images.vrt"),
