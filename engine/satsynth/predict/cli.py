@@ -6,6 +6,9 @@ import argparse
 import re
 from typing import Any
 
+from satsynth.predict.export import FORMATS
+from satsynth.predict.forward import RUNTIMES
+
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``predict`` sub-command."""
@@ -33,6 +36,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="pixels shared by neighbouring windows, blended smoothly (default 64)")
     p.add_argument("--batch", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="the forward pass: onnx (ONNX Runtime; exported into SEG_DIR once and "
+                        "reused while the weights are unchanged), torch, or auto (default: "
+                        "onnx on a CPU when onnxruntime is installed, else torch)")
     p.add_argument("--extent", metavar="XMIN,YMIN,XMAX,YMAX",
                    help="only predict this box (in the image's CRS)")
     p.add_argument("--mask", metavar="AOI.gpkg",
@@ -47,6 +54,32 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p._negative_number_matcher = re.compile(r"^-\.?\d")
     p.set_defaults(func=run)
 
+    p = subparsers.add_parser(
+        "export", parents=[common],
+        help="write a trained segmenter as an ONNX model (ONNX Runtime, Deepness, ...)",
+        description="Export the segmenter for TILE x TILE tiles and any batch size, checked "
+                    "against PyTorch on random input before it is kept. Input: tiles normalized "
+                    "as predict does; output: class probabilities. The file carries the class "
+                    "table, normalization, bands, pixel size, CRS and tile size, and the "
+                    "metadata Deepness reads (model_type, class_names, resolution in cm/px, "
+                    "tile size, overlap in percent, standardization).")
+    p.add_argument("model", metavar="SEG_DIR", help="trained segmenter folder")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="file format (onnx)")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx", help="file to write")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size the graph takes (default: predict's, 512)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="overlap recorded for Deepness, in pixels (default: predict's, 64)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``satsynth export`` from parsed arguments."""
+    from satsynth.predict.export import export_segmenter
+
+    return export_segmenter(args.model, args.out, fmt=args.format, tile=args.tile,
+                            overlap=args.overlap)
+
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``satsynth predict`` from parsed arguments."""
@@ -56,4 +89,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.model, args.image, args.out, confidence=args.confidence, vector=args.vector,
         tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device,
         extent=args.extent, mask=args.mask, match_resolution=args.match_resolution,
-        cog=args.cog, simplify=args.simplify, min_area=args.min_area)
+        cog=args.cog, simplify=args.simplify, min_area=args.min_area, runtime=args.runtime)

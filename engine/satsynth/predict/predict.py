@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from satsynth.outputs import check_output
 from satsynth.predict.aoi import AreaOfInterest, bounds_to_window, parse_extent, tile_bounds
 from satsynth.predict.bands import run_bands
 from satsynth.predict.blend import BlendAccumulator, blend_window
+from satsynth.predict.forward import Forward, TorchForward, select_forward
 from satsynth.predict.source import (
     TileReader,
     check_values,
@@ -91,15 +92,16 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
                    tile: int = 512, overlap: int = 64, batch: int = 8, device: str = "auto",
                    extent: str | Sequence[float] | None = None, mask: str | Path | None = None,
                    match_resolution: bool = False, cog: bool = False, simplify: float = 0.0,
-                   min_area: float = 0.0) -> dict[str, Any]:
+                   min_area: float = 0.0, runtime: str = "auto") -> dict[str, Any]:
     """Predict classes over ``image`` with the segmenter in ``model_dir`` and write ``out``.
 
     ``out`` is a tiled, compressed GeoTIFF (a COG with ``cog=True``) on the image's grid (cropped
     to ``extent``/``mask``) holding class ids, 255 where the image has no data or outside the
     mask, styled with the class table (colour table, class names, ``.aux.xml`` attribute table,
     ``.qml`` sidecar). ``confidence``: a uint8 raster of the top probability x 255 (0 = nodata).
-    ``vector``: class polygons in a GeoPackage. Returns the output paths, ``pixels`` and
-    ``seconds``."""
+    ``vector``: class polygons in a GeoPackage. ``runtime``: the forward's, ``torch``, ``onnx``
+    or ``auto`` (:func:`satsynth.predict.forward.select_forward`). Returns the output paths,
+    ``pixels``, ``seconds`` and ``runtime``."""
     import rasterio
     import torch
 
@@ -121,6 +123,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     multiple = 1 if cfg.arch.lower() == TINY_ARCH else 32
     check_tiling(tile, overlap, batch, multiple, cfg.arch)
     amp = dev.type == "cuda"
+    forward = select_forward(runtime, model_dir, model, cfg, dev, overlap)
     log.info("model: %s/%s, %d classes, %d bands; device %s", cfg.arch, cfg.encoder,
              len(table), cfg.in_channels, dev)
 
@@ -138,7 +141,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         log.info("%s: %d x %d px (%s), predicting %d x %d px", image.name, src.width,
                  src.height, crs_label(src.crs), region.width, region.height)
         lut = table.index_to_id_lut()
-        run = dict(model=model, device=dev, amp=amp, num_classes=len(table), tile=tile,
+        run = dict(model=forward, device=dev, amp=amp, num_classes=len(table), tile=tile,
                    overlap=overlap, batch=batch, multiple=multiple, lut=lut, aoi=aoi)
         scratch = stack.enter_context(procs.scratch(out, "bands")) if procs.distributed else None
         if not procs.is_main:  # another process of a distributed run: its band of rows only
@@ -196,6 +199,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         outputs["vector"] = str(vec_path)
     outputs["pixels"] = region.pixels
     outputs["seconds"] = round(time.monotonic() - start, 2)
+    outputs["runtime"] = forward.name
     return outputs
 
 
@@ -285,18 +289,14 @@ def _resolution_scale(src: Any, cfg: Any, image: Path, match: bool
 
 
 def _forward(model: Any, x: np.ndarray, weight: Any, device: Any, amp: bool) -> np.ndarray:
-    """Weighted class probabilities ``(N, K, h, w)`` of a batch of normalized tiles."""
-    import torch
-
-    xt = torch.from_numpy(x).to(device)
-    ctx = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
-    with ctx:
-        logits = model(xt)
-    if logits.shape[-2:] != xt.shape[-2:]:
-        raise SatSynthError(f"the model returned {tuple(logits.shape[-2:])} px for "
-                            f"{tuple(xt.shape[-2:])} px tiles; choose another --tile")
-    probs = torch.softmax(logits.float(), dim=1).mul_(weight)
-    return probs.cpu().numpy()
+    """Weighted class probabilities ``(N, K, h, w)`` of a batch of normalized tiles; ``model``
+    is a :class:`~satsynth.predict.forward.Forward` (a bare torch module runs on PyTorch)."""
+    forward = model if isinstance(model, Forward) else TorchForward(model, device, amp)
+    probs = forward(x)
+    if probs.shape[-2:] != x.shape[-2:]:
+        raise SatSynthError(f"the model returned {tuple(probs.shape[-2:])} px for "
+                            f"{tuple(x.shape[-2:])} px tiles; choose another --tile")
+    return probs.mul_(weight).cpu().numpy()
 
 
 def _run_tiles(reader: TileReader, region: Region, writer: PredictionWriter, *, model: Any,
