@@ -137,3 +137,48 @@ def test_predict_two_processes_equals_one_process_byte_for_byte(tmp_path):
     assert len(done) == 2 and {e["outputs"]["prediction"] for e in done} == {str(tmp_path / "two.tif")}
     assert all(e.get("stage") != "predict" or e["fraction"] <= 1 for e in events)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.slow
+def test_synthesize_two_processes_write_one_complete_georeferenced_folder(tmp_path):
+    from test_generator import TINY, _store
+
+    from satsynth.data.store import ChipStore
+    from satsynth.generator.train import run_training
+
+    model = run_training(_store(tmp_path / "ds"), tmp_path / "gen", steps=3,
+                         **dict(TINY, batch_size=2))["model"]
+    args = [str(model), "--count", "7", "--batch-size", "2", "--steps", "3", "--sampler", "ddim",
+            "--seed", "5", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "satsynth", "synthesize", *args, "--out",
+                          str(tmp_path / "one"), "--progress", "quiet"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch("synthesize", *args, "--out", str(tmp_path / "two"), "--progress", "json")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = ChipStore(tmp_path / "one"), ChipStore(tmp_path / "two")
+    assert b.meta.counts == {"train": 7} and b.meta.crs == "EPSG:32640"
+    imgs = np.asarray(b.split("train").images)
+    # distinct seeds and conditions: no two pairs alike; the set is the single-process one
+    assert len({im.tobytes() for im in imgs}) == 7
+    np.testing.assert_array_equal(imgs, np.asarray(a.split("train").images))
+    np.testing.assert_array_equal(b.split("train").labels, a.split("train").labels)
+    np.testing.assert_array_equal(b.split("train").transforms, a.split("train").transforms)
+    ra = json.loads((tmp_path / "one" / "report.json").read_text())
+    rb = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert rb["count"] == 7 and rb["processes"] == 2 and ra["processes"] == 1
+    assert rb["asked_class_shares"] == ra["asked_class_shares"]
+    names = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for sub in ("images", "labels"):
+        files = sorted((tmp_path / "two" / sub).iterdir())
+        assert [f.name for f in files] == [f"syn_{i:05d}.tif" for i in range(7)]
+        with rasterio.open(files[3]) as ds, rasterio.open(tmp_path / "one" / sub / files[3].name) \
+                as ref:
+            assert ds.crs == ref.crs and ds.transform == ref.transform
+            np.testing.assert_array_equal(ds.read(), ref.read())
+    with rasterio.open(tmp_path / "two" / "labels.vrt") as vrt, \
+            rasterio.open(tmp_path / "one" / "labels.vrt") as ref:
+        assert vrt.crs == ref.crs and vrt.transform == ref.transform
+        np.testing.assert_array_equal(vrt.read(), ref.read())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
