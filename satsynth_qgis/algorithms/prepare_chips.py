@@ -26,12 +26,16 @@ from ..styling import ChipSplitPostProcessor
 from .base import SatSynthAlgorithm
 
 MIN_CHIP = 16
+#: The engine's ``prepare --layout`` names (satsynth.data.layouts), "none" for image + labels.
+NO_LAYOUT = "none"
+LAYOUTS = [NO_LAYOUT, "loveda", "openearthmap", "isaid"]
 
 
-def add_label_inputs(alg: SatSynthAlgorithm) -> None:
+def add_label_inputs(alg: SatSynthAlgorithm, image_optional: bool = False) -> None:
     """Declare the image and its labels (a class-id raster, or polygons + class field, and an
     optional class table file): shared by Prepare training chips and Run full pipeline."""
-    alg.addParameter(QgsProcessingParameterRasterLayer("IMAGE", alg.tr("Image raster")))
+    alg.addParameter(QgsProcessingParameterRasterLayer("IMAGE", alg.tr("Image raster"),
+                                                       optional=image_optional))
     alg.addParameter(QgsProcessingParameterRasterLayer(
         "LABELS", alg.tr("Labels raster (class ids)"), optional=True))
     alg.addParameter(QgsProcessingParameterFeatureSource(
@@ -53,6 +57,8 @@ class PrepareChips(SatSynthAlgorithm):
     DISPLAY = "Prepare training chips"
     GROUP = "data"
     ICON = "prepare"
+    OUTPUT_KIND = "dataset"
+    OUTPUT_INPUTS = ("IMAGE", "LABELS", "VECTOR", "CLASSES", "DATASET_FOLDER")
     HELP = (
         "Cuts an image raster and its labels into square chips that keep their georeference, "
         "splits them into training and validation chips by spatial blocks, and writes a dataset "
@@ -62,11 +68,21 @@ class PrepareChips(SatSynthAlgorithm):
         "Without a class table file, classes are inferred from the label values or the field's "
         "values. Class table file: JSON or YAML, e.g. "
         '{"classes": [{"id": 1, "name": "water", "color": "#1f78b4"}]}.\n\n'
+        "Dataset layout: instead of an image and its labels, a published dataset folder as "
+        "downloaded (LoveDA: Train/Val x Urban/Rural x images_png + masks_png; OpenEarthMap: "
+        "region folders with images/ and labels/ GeoTIFFs and train.txt/val.txt; iSAID: "
+        "train/val with P0000.png images and P0000_instance_color_RGB.png semantic masks), read "
+        "with its own class table and official train/val split.\n\n"
         "Outputs: the dataset folder and a layer of chip footprints (train/val), which is loaded."
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        add_label_inputs(self)
+        add_label_inputs(self, image_optional=True)
+        self.addParameter(self.enum_param(
+            "DATASET_LAYOUT", "Dataset layout (a downloaded dataset instead of image + labels)",
+            LAYOUTS, NO_LAYOUT))
+        self.addParameter(self.folder_param(
+            "DATASET_FOLDER", "Dataset folder as downloaded (for a dataset layout)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 128,
             minValue=MIN_CHIP, maxValue=4096))
@@ -113,6 +129,17 @@ class PrepareChips(SatSynthAlgorithm):
         ok, msg = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, msg
+        layout = self.enum_value(parameters, "DATASET_LAYOUT", context)
+        if layout != NO_LAYOUT:
+            if not self.parameterAsFile(parameters, "DATASET_FOLDER", context):
+                return False, self.tr(f"Choose the downloaded {layout} folder (Dataset folder).")
+            if any(_given(parameters, n) for n in ("IMAGE", "LABELS", "VECTOR", "CLASSES")):
+                return False, self.tr("A dataset layout reads the images, masks and class table "
+                                      "from the dataset folder: leave Image raster, Labels, "
+                                      "Label polygons and Class table file empty.")
+            return True, ""
+        if not _given(parameters, "IMAGE"):
+            return False, self.tr("Choose an image raster (or a dataset layout and its folder).")
         has_labels = _given(parameters, "LABELS")
         has_vector = _given(parameters, "VECTOR")
         if has_labels == has_vector:
@@ -147,11 +174,48 @@ class PrepareChips(SatSynthAlgorithm):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        layout = self.enum_value(parameters, "DATASET_LAYOUT", context)
+        if layout != NO_LAYOUT:
+            args = ["prepare", "--folder",
+                    self.parameterAsFile(parameters, "DATASET_FOLDER", context), "--layout",
+                    layout, "--out", out]
+        else:
+            args = ["prepare", *self._label_args(parameters, context, feedback), "--out", out]
+        chip = self.parameterAsInt(parameters, "CHIP_SIZE", context)
+        args += ["--chip-size", str(chip)]
+        stride = self.parameterAsInt(parameters, "STRIDE", context)
+        if stride:
+            args += ["--stride", str(stride)]
+        args += ["--val-fraction", repr(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
+                 "--min-labeled", repr(self.parameterAsDouble(parameters, "MIN_LABELED", context)),
+                 "--block-size", str(self.parameterAsInt(parameters, "BLOCK_SIZE", context)),
+                 "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
+        max_chips = self.parameterAsInt(parameters, "MAX_CHIPS", context)
+        if max_chips:
+            args += ["--max-chips", str(max_chips)]
+
+        outputs = self.engine(args, feedback)
+        chips = str(outputs.get("chips") or "")
+        if chips:
+            self.load_on_completion(context, chips, self.tr("Chip footprints"), "CHIPS",
+                                    raster=False, post_processor=ChipSplitPostProcessor.create())
+        return {
+            "OUTPUT": out,
+            "DATASET": str(outputs.get("dataset") or out),
+            "CHIPS": chips,
+            "TRAIN_CHIPS": outputs.get("train"),
+            "VAL_CHIPS": outputs.get("val"),
+            "NUM_CLASSES": outputs.get("classes"),
+        }
+
+    def _label_args(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                    feedback: QgsProcessingFeedback) -> list[str]:
+        """The engine arguments for the image, its labels (raster or polygons) and class table."""
         image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
         if image is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, "IMAGE"))
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
-        args = ["prepare", "--image", layers.raster_to_file(image, context, feedback), "--out", out]
+        args = ["--image", layers.raster_to_file(image, context, feedback)]
         if _given(parameters, "LABELS"):
             labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
             if labels is None:
@@ -180,32 +244,7 @@ class PrepareChips(SatSynthAlgorithm):
         classes = self.parameterAsFile(parameters, "CLASSES", context)
         if classes:
             args += ["--classes", classes]
-        chip = self.parameterAsInt(parameters, "CHIP_SIZE", context)
-        args += ["--chip-size", str(chip)]
-        stride = self.parameterAsInt(parameters, "STRIDE", context)
-        if stride:
-            args += ["--stride", str(stride)]
-        args += ["--val-fraction", repr(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
-                 "--min-labeled", repr(self.parameterAsDouble(parameters, "MIN_LABELED", context)),
-                 "--block-size", str(self.parameterAsInt(parameters, "BLOCK_SIZE", context)),
-                 "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
-        max_chips = self.parameterAsInt(parameters, "MAX_CHIPS", context)
-        if max_chips:
-            args += ["--max-chips", str(max_chips)]
-
-        outputs = self.engine(args, feedback)
-        chips = str(outputs.get("chips") or "")
-        if chips:
-            self.load_on_completion(context, chips, self.tr("Chip footprints"), "CHIPS",
-                                    raster=False, post_processor=ChipSplitPostProcessor.create())
-        return {
-            "OUTPUT": out,
-            "DATASET": str(outputs.get("dataset") or out),
-            "CHIPS": chips,
-            "TRAIN_CHIPS": outputs.get("train"),
-            "VAL_CHIPS": outputs.get("val"),
-            "NUM_CLASSES": outputs.get("classes"),
-        }
+        return args
 
 
 def _given(parameters: dict[str, Any], name: str) -> bool:
