@@ -10,12 +10,14 @@ from .segment_raster import SegmentRaster
 from .synthesize import Synthesize
 from .train_generator import TrainGenerator
 from .train_segmenter import TrainSegmenter
+from .train_upsampler import TrainUpsampler
 
 #: Every algorithm class, in toolbox order.
 ALGORITHMS = [
     CheckEngine,
     PrepareChips,
     TrainGenerator,
+    TrainUpsampler,
     Synthesize,
     TrainSegmenter,
     EvaluateSegmenter,

@@ -166,6 +166,7 @@ FOLDER_KINDS = {
     "dataset": ("dataset.json", "a dataset folder made by 'Prepare training chips'"),
     "synthetic": ("dataset.json", "a synthetic folder made by 'Synthesize image-mask pairs'"),
     "generator": ("config.json", "a generator folder made by 'Train joint generator'"),
+    "upsampler": ("config.json", "an upsampler folder made by 'Train upsampler'"),
     "segmenter": ("config.json", "a segmenter folder made by 'Train segmenter'"),
 }
 

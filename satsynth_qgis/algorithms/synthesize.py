@@ -55,6 +55,10 @@ class Synthesize(SatSynthAlgorithm):
         "default): ask for more or less of some classes, as CLASS=FACTOR items separated by "
         "semicolons, e.g. 'Water=3; Road=0.5' (class names or ids). A factor of 3 makes chips "
         "made only of that class three times as likely.\n\n"
+        "Upsampler folder (advanced, optional; from 'Train upsampler'): the super-resolution "
+        "cascade. Each pair is drawn at the generator's size, then at the upsampler's, which is "
+        "the size written (the generator must have been trained at the upsampler's base size)."
+        "\n\n"
         "Outputs: the synthetic folder, both mosaics, a sample grid (PNG) and a report (JSON) "
         "comparing the class shares of real and synthetic labels."
     )
@@ -75,6 +79,8 @@ class Synthesize(SatSynthAlgorithm):
             0, minValue=0)))
         self.addParameter(compat.advanced(QgsProcessingParameterString(
             "FAVOR", self.tr("Favor classes (e.g. Water=3; Road=0.5)"), optional=True)))
+        self.addParameter(compat.advanced(self.folder_param(
+            "UPSAMPLER", "Upsampler folder (from Train upsampler)", optional=True)))
         self.addParameter(QgsProcessingParameterFolderDestination(
             "OUTPUT", self.tr("Synthetic folder")))
         self.addOutput(QgsProcessingOutputFolder("SYNTHETIC", self.tr("Synthetic folder")))
@@ -92,6 +98,9 @@ class Synthesize(SatSynthAlgorithm):
             favor_items(self.parameterAsString(parameters, "FAVOR", context))
         except ValueError as exc:
             return False, str(exc)
+        ok, msg = self.folder_checks(parameters, context, {"UPSAMPLER": "upsampler"})
+        if not ok:
+            return ok, msg
         return self.folder_checks(parameters, context, {"GENERATOR": "generator"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
@@ -106,6 +115,9 @@ class Synthesize(SatSynthAlgorithm):
             feedback.pushInfo("The ddpm sampler runs all 1000 steps (Sampling steps is ignored).")
         for item in favor_items(self.parameterAsString(parameters, "FAVOR", context)):
             args += ["--favor", item]
+        upsampler = self.parameterAsFile(parameters, "UPSAMPLER", context)
+        if upsampler:
+            args += ["--upsampler", upsampler]
         batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
         if batch:
             args += ["--batch-size", str(batch)]
