@@ -37,8 +37,8 @@ def _image(rng: np.random.Generator) -> np.ndarray:
 
 
 def _all_labels(store: ChipStore) -> np.ndarray:
-    return np.concatenate([store.split(s).labels.ravel() for s in ("train", "val")
-                           if store.meta.counts.get(s)])
+    return np.concatenate([store.split(s, final_evaluation=True).labels.ravel()
+                           for s in ("train", "val", "test") if store.meta.counts.get(s)])
 
 
 def _val_sources(store: ChipStore) -> set[str]:
@@ -99,9 +99,10 @@ def test_openearthmap_split_lists_codes_and_mixed_crs_in_pixel_space(tmp_path, c
     assert store.meta.classes.ids == list(range(1, 9))
     assert store.meta.crs is None  # two UTM zones: one dataset cannot hold both
     assert "different CRSs" in caplog.text
-    used = {Path(s["image"]).name for s in store.meta.sources}
-    assert "aachen_3.tif" not in used
     assert _val_sources(store) == {"austin/austin_2.tif"}
+    # test.txt: the locked test split, whole
+    tests = [Path(s["image"]).name for s in store.meta.sources if s["test_source"]]
+    assert tests == ["aachen_3.tif"] and store.count("test") == 4
     labels = _all_labels(store)
     # ids 1, 5, 8 are bareland, tree, building (indices 0, 4, 7); 0 = unknown is ignored
     assert set(np.unique(labels)) == {0, 4, 7, 255}

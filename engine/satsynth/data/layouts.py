@@ -9,7 +9,7 @@ are then read by the ordinary readers of :mod:`satsynth.data.labels` like any ot
   class ids 1..7, 0 = no-data (Test has no published masks).
 - ``openearthmap``: ``<region>/images/<region>_N.tif`` + ``<region>/labels/<region>_N.tif``,
   class ids 1..8, 0 = unknown; the official split in ``train.txt``/``val.txt``/``test.txt`` where
-  present (file names, one a line).
+  present (file names, one a line; the test pairs go to the locked test split).
 - ``isaid``: ``{train,val}/.../P0000.png`` + ``.../P0000_instance_color_RGB.png`` (the semantic
   masks, colour coded; the ``_instance_id_RGB`` masks are instance ids and are not read); 15
   classes plus background.
@@ -89,8 +89,9 @@ ISAID_CLASSES = {
     ],
 }
 
-#: How the published split names map onto the splits prepare writes.
-OFFICIAL_SPLITS = {"train": "train", "val": "val"}
+#: How the published split names map onto the splits prepare writes (the test split is held out
+#: for the final evaluation, see docs/data.md).
+OFFICIAL_SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,7 @@ def _find_openearthmap(root: Path) -> list[PairSpec]:
     if unlisted:
         log.info("%d image/label pairs are in none of the split lists; not used", unlisted)
     if dropped:
-        log.info("%d pairs of the official test split not used (prepare keeps train and val)",
-                 dropped)
+        log.info("%d pairs of an unknown split not used", dropped)
     return pairs
 
 

@@ -435,6 +435,10 @@ def _split(sources: list[_Source], cfg: PrepareConfig) -> tuple[np.ndarray, ...]
         test_mask = np.asarray([s.test_source for s in sources], dtype=bool)
         log.info("test = the sources matching --test-sources (%d of %d)", int(test_mask.sum()),
                  len(sources))
+    elif any(s.spec.split for s in sources):
+        test_mask = np.asarray([s.test_source for s in sources], dtype=bool)
+        log.info("test = the dataset's official test split (%d of %d sources)",
+                 int(test_mask.sum()), len(sources))
     block = cfg.block_size * cfg.chip_size
     split = assign_split(src, rows, cols, cfg.val_fraction, block, val_mask, cfg.seed,
                          cfg.test_fraction, test_mask)
@@ -634,7 +638,8 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
                 else s.spec.split == "val"
         for s in sources:
             s.test_source = any(p in str(s.spec.image) or p in str(s.spec.labels)
-                                for p in cfg.test_sources)
+                                for p in cfg.test_sources) if cfg.test_sources or not s.spec.split \
+                else s.spec.split == "test"
         if cfg.test_sources:
             n_test = sum(s.test_source for s in sources)
             if n_test == 0:
