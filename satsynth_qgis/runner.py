@@ -231,6 +231,10 @@ def _reader(stream: Any, name: str, out: queue.Queue) -> None:
         out.put((name, None))
 
 
+#: How the CLI's last line starts when its protocol "error" event carries the same message.
+CLI_ERROR_PREFIXES = ("satsynth: error: ", "satsynth: internal error: ", "satsynth: cancelled")
+
+
 class _Relay:
     """Turns protocol events and log lines into feedback calls."""
 
@@ -318,7 +322,11 @@ class _Relay:
         elif level in ("ERROR", "CRITICAL"):
             if hasattr(self.feedback, "reportError"):
                 self.feedback.reportError(rest, False)
-        else:  # library warnings, tracebacks, the CLI's own error line
+        elif line.startswith(CLI_ERROR_PREFIXES):
+            # the CLI's own error line repeats its "error" event, which becomes the exception
+            # that Processing shows (and logs): relaying it too printed the error again
+            pass
+        else:  # library warnings, tracebacks
             self._push("pushConsoleInfo", line)
 
 

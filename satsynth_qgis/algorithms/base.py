@@ -59,6 +59,12 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
     GROUP = "engine"
     ICON = "satsynth"
     HELP = ""
+    #: what the OUTPUT parameter receives (``satsynth check-output --kind``: dataset, generator,
+    #: file...) and the parameters naming the run's inputs; '' = no output check
+    OUTPUT_KIND = ""
+    OUTPUT_INPUTS: tuple[str, ...] = ()
+    #: the stage writes into an existing folder of its kind (evaluation, experiment)
+    OUTPUT_INTO = False
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate("SatSynth", text)
@@ -89,6 +95,60 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
 
     def helpUrl(self) -> str:
         return HELP_URL
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        """Processing's checks, then the engine's output rule for OUTPUT (see
+        :meth:`output_problem`)."""
+        ok, msg = super().checkParameterValues(parameters, context)
+        if not ok or not self.OUTPUT_KIND:
+            return ok, msg
+        problem = self.output_problem(parameters, context)
+        return (False, self.tr(problem)) if problem else (True, "")
+
+    def output_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """Why the engine would refuse OUTPUT ('' when it would not): the engine's own rule
+        (``satsynth check-output``; never an input, a folder holding or inside one, another kind
+        of output or a foreign folder; a writable place), asked before the run. Skipped for
+        temporary outputs and when no engine is set up (running then says what is missing)."""
+        out = self._path_value(parameters, "OUTPUT", context)
+        if not out or out.startswith(("TEMPORARY_OUTPUT", "memory:")):
+            return ""
+        args = ["check-output", out, "--kind", self.OUTPUT_KIND]
+        for name in self.OUTPUT_INPUTS:
+            value = self._path_value(parameters, name, context)
+            if value:
+                args += ["--input", value]
+        if self.OUTPUT_INTO:
+            args.append("--into")
+        try:
+            runner.run_engine(args, None)
+        except runner.EngineError as exc:
+            if exc.exit_code == 2:
+                return str(exc).split(" failed: ", 1)[-1]
+        except QgsProcessingException:  # no engine: the run itself will say so
+            pass
+        return ""
+
+    def _path_value(self, parameters: dict[str, Any], name: str,
+                    context: QgsProcessingContext) -> str:
+        """The file or folder a parameter names (a layer's source file for layer parameters)."""
+        param = self.parameterDefinition(name)
+        if param is None or parameters.get(name) in (None, ""):
+            return ""
+        kind = param.type()
+        if kind == "raster":
+            layer = self.parameterAsRasterLayer(parameters, name, context)
+            return layer.source().split("|")[0] if layer is not None else ""
+        if kind in ("source", "vector"):
+            layer = self.parameterAsVectorLayer(parameters, name, context)
+            return layer.source().split("|")[0] if layer is not None else ""
+        if kind == "rasterDestination":
+            return self.parameterAsOutputLayer(parameters, name, context)
+        if kind == "fileDestination":
+            return self.parameterAsFileOutput(parameters, name, context)
+        value = self.parameterAsString(parameters, name, context)
+        return self.folder_value(value) if kind == "folderDestination" else value
 
     # --- helpers for subclasses -------------------------------------------------------------
     def engine(self, args: list[str], feedback: QgsProcessingFeedback) -> dict[str, Any]:

@@ -26,6 +26,9 @@ class EvaluateSegmenter(SatSynthAlgorithm):
     DISPLAY = "Evaluate segmenter"
     GROUP = "segmenter"
     ICON = "evaluate"
+    OUTPUT_KIND = "evaluation"
+    OUTPUT_INPUTS = ("MODEL", "DATASET", "IMAGE", "LABELS")
+    OUTPUT_INTO = True
     HELP = (
         "Scores a trained segmenter against reference labels: mean IoU, per-class IoU and F1, "
         "overall accuracy and a confusion matrix, written as an HTML report (shown in the "

@@ -32,6 +32,8 @@ class SegmentRaster(SatSynthAlgorithm):
     DISPLAY = "Segment raster"
     GROUP = "prediction"
     ICON = "segment"
+    OUTPUT_KIND = "file"
+    OUTPUT_INPUTS = ("MODEL", "INPUT", "AOI")
     HELP = (
         "Applies a trained segmenter to a raster layer of any size with overlapping, smoothly "
         "blended windows (memory depends on the tile size, not on the raster's area). Writes a "

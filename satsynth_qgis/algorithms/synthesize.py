@@ -44,6 +44,8 @@ class Synthesize(SatSynthAlgorithm):
     DISPLAY = "Synthesize image-mask pairs"
     GROUP = "generator"
     ICON = "synthesize"
+    OUTPUT_KIND = "synthetic"
+    OUTPUT_INPUTS = ("GENERATOR", "UPSAMPLER", "SCORE_WITH")
     HELP = (
         "Samples new image chips together with their label masks from a trained joint generator. "
         "The pairs are written as a synthetic dataset (for 'Train segmenter'), as georeferenced "

@@ -28,6 +28,8 @@ class TrainGenerator(SatSynthAlgorithm):
     DISPLAY = "Train joint generator"
     GROUP = "generator"
     ICON = "train_generator"
+    OUTPUT_KIND = "generator"
+    OUTPUT_INPUTS = ("DATASET",)
     HELP = (
         "Trains a denoising diffusion model (SatSynth, CVPR 2024) on the image chips and their "
         "label masks together, so that it can later sample new, consistent image-mask pairs.\n\n"

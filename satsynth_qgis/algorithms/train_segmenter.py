@@ -28,6 +28,8 @@ class TrainSegmenter(SatSynthAlgorithm):
     DISPLAY = "Train segmenter"
     GROUP = "segmenter"
     ICON = "train_segmenter"
+    OUTPUT_KIND = "segmenter"
+    OUTPUT_INPUTS = ("DATASET", "SYNTHETIC", "ENCODER_WEIGHTS")
     HELP = (
         "Trains a semantic segmentation model on the real training chips of a dataset, "
         "optionally mixed with synthetic pairs: Ratio R adds R synthetic pairs per real pair "
