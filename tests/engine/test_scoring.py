@@ -154,7 +154,7 @@ def test_filter_keeps_the_top_fraction_as_a_georeferenced_set_train_segmenter_ac
     assert json.loads(Path(seg["metrics"]).read_text())["synthetic_chips"] == 4
 
 
-def test_synthesize_score_with_keep_writes_only_the_kept_pairs(world, tmp_path):
+def test_synthesize_score_with_keep_writes_only_the_kept_pairs(world, tmp_path, capsys):
     out = tmp_path / "syn"
     code = main(["synthesize", str(world["gen"]), "--count", "6", "--steps", "2", "--out",
                  str(out), "--device", "cpu", "--score-with", str(world["seg"]), "--keep",
@@ -163,8 +163,18 @@ def test_synthesize_score_with_keep_writes_only_the_kept_pairs(world, tmp_path):
     store = ChipStore(out)
     assert len(store.split("train")) == 3 and store.split("train").scores.shape == (3, 2)
     assert [p.name for p in tmp_path.iterdir()] == ["syn"]  # the full pool is gone
+    capsys.readouterr()
     assert json.loads((out / "report.json").read_text())["filter"]["pool_pairs"] == 6
     assert (out / SCORED_GRID).is_file() and (out / "images.vrt").is_file()
+    # without --keep every pair stays, scored
+    code = main(["synthesize", str(world["gen"]), "--count", "3", "--steps", "2", "--out",
+                 str(tmp_path / "all"), "--device", "cpu", "--score-with", str(world["seg"]),
+                 "--progress", "json"])
+    assert code == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[-1])["outputs"]
+    assert done["grid"].endswith("samples.png") and done["scored_grid"].endswith(SCORED_GRID)
+    assert ChipStore(tmp_path / "all").split("train").scores.shape == (3, 2)
+    assert sorted(gpd.read_file(tmp_path / "all" / "chips.gpkg")["rank"]) == [1, 2, 3]
 
 
 def test_filtering_and_scoring_errors_are_one_clear_line(world, tmp_path, capsys):

@@ -250,3 +250,23 @@ def test_training_is_cancelled_through_the_feedback(dataset, tmp_path, monkeypat
     assert cancelled_at, "training never started"
     assert started and started[0].poll() is not None, "the engine is still running"
     assert time.monotonic() - cancelled_at[0] < 5.0
+
+
+def test_synthesize_scores_pairs_with_a_segmenter_keeps_the_best_and_loads_their_scores(
+        generator, segmenter, provider, tmp_path):
+    gen = generator[0]["GENERATOR"]
+    results, fb = run_alg("satsynth:synthesize", {
+        "GENERATOR": gen, "COUNT": 4, "STEPS": 2, "DEVICE": "cpu",
+        "SCORE_WITH": segmenter["MODEL"], "KEEP": 0.5, "OUTPUT": str(tmp_path / "best")},
+        load=True)
+    layer = project_layer(results["FOOTPRINTS"])
+    assert layer is not None, "the pair footprints were not loaded"
+    assert layer.crs().authid() == f"EPSG:{EPSG}" and layer.featureCount() == 2
+    assert {"miou", "pixel_accuracy", "rank"} <= set(layer.fields().names())
+    assert sorted(f["rank"] for f in layer.getFeatures()) == [1, 2]
+    assert all(0.0 <= f["miou"] <= 1.0 for f in layer.getFeatures())
+    assert any("Pair consistency" in t for t in fb.infos), fb.infos
+    alg = QgsApplication.processingRegistry().createAlgorithmById("satsynth:synthesize")
+    ok, msg = alg.checkParameterValues({"GENERATOR": gen, "COUNT": 2, "KEEP": 0.5,
+                                        "OUTPUT": str(tmp_path / "x")}, QgsProcessingContext())
+    assert not ok and "needs a segmenter" in msg, msg

@@ -43,7 +43,7 @@ def _outputs(res: dict[str, Any]) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.generator.train import run_training
 
-    opts = _options(args, (*RECIPE_OPTIONS, "condition", "size"))
+    opts = _options(args, (*RECIPE_OPTIONS, "condition", "size", "recipe"))
     try:
         res = run_training(args.dataset, args.out, **opts)
     except TypeError as exc:
@@ -86,20 +86,22 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     from satsynth.generator.config import TrainOptions
 
     d = TrainOptions()
-    p.add_argument("--preset", choices=["tiny", "small", "base"], default=d.preset,
+    # options a --recipe sets default to None here, so that only explicit ones override it
+    p.add_argument("--preset", choices=["tiny", "small", "base"], default=None,
                    help="UNet size: tiny (~1 M parameters, CPU demos), small, base (GPU, paper "
-                        "scale) (default %(default)s)")
+                        f"scale) (default {d.preset}; base with --recipe paper)")
     p.add_argument("--block-widths", type=_widths, default=None,
                    help="explicit UNet level widths, e.g. 32,64,64 (overrides the preset's)")
-    p.add_argument("--encoding", choices=["bits", "onehot"], default=d.encoding,
+    p.add_argument("--encoding", choices=["bits", "onehot"], default=None,
                    help="label encoding: analog bits (ceil(log2 K) channels) or one-hot "
-                        "(default %(default)s)")
-    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], default=d.prediction,
-                   help="training target (default %(default)s)")
-    p.add_argument("--beta-schedule", choices=["linear", "cosine"], default=d.beta_schedule,
-                   help="noise schedule (default %(default)s)")
+                        f"(default {d.encoding})")
+    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], default=None,
+                   help=f"training target (default {d.prediction}; epsilon with --recipe paper)")
+    p.add_argument("--beta-schedule", choices=["linear", "cosine"], default=None,
+                   help=f"noise schedule (default {d.beta_schedule}; linear with --recipe paper)")
     p.add_argument("--snr-gamma", type=float, default=None,
-                   help=f"min-SNR-gamma loss weighting; 0 turns it off (default {d.snr_gamma})")
+                   help=f"min-SNR-gamma loss weighting; 0 turns it off (default {d.snr_gamma}; "
+                        "off with --recipe paper)")
     p.add_argument("--snr-weighting", choices=["auto", "min-snr", "min-snr+1"],
                    default=d.snr_weighting,
                    help="min-snr: clean-sample loss weight min(SNR, gamma); min-snr+1: "
@@ -136,7 +138,7 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``train-generator``, ``train-upsampler`` and ``synthesize``."""
-    from satsynth.generator.config import TrainOptions
+    from satsynth.generator.config import RECIPES, TrainOptions
 
     d = TrainOptions()
     p = subparsers.add_parser(
@@ -147,12 +149,18 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     "--num_processes N -m satsynth train-generator ...'.")
     p.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
     p.add_argument("--out", required=True, help="model folder to write (checkpoints go here)")
+    p.add_argument("--recipe", choices=list(RECIPES), default=d.recipe,
+                   help="paper: SatSynth (CVPR 2024) as published, in one switch: analog bits, "
+                        "epsilon prediction, linear beta schedule, no SNR loss weighting, no "
+                        "class conditioning, the base UNet, on 128 px chips (other sizes are "
+                        "refused), and synthesize samples it with DDPM by default; options given "
+                        "explicitly still win (default %(default)s)")
     _add_recipe_arguments(p)
-    p.add_argument("--condition", choices=["none", "class-shares"], default=d.condition,
+    p.add_argument("--condition", choices=["none", "class-shares"], default=None,
                    help="none: the paper's unconditional model; class-shares: condition on each "
                         "chip's class pixel shares, drawn from the real training chips when "
                         "sampling, which keeps the synthetic class mix close to the real one "
-                        "(default %(default)s)")
+                        f"(default {d.condition}; none with --recipe paper)")
     p.add_argument("--size", type=int, default=None,
                    help="train at this chip size in px, on the chips area-downsampled (masks: "
                         "the majority class), e.g. 32 on 64 or 128 px chips: the base of a "
@@ -187,9 +195,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("model", help="generator folder made by 'satsynth train-generator'")
     s.add_argument("--count", type=int, required=True, help="number of pairs to sample")
     s.add_argument("--out", required=True, help="output folder (replaced when done)")
-    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"], default="dpm",
+    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"], default=None,
                    help="ddpm (all 1000 steps, reference), ddim, or dpm (DPM-Solver++) "
-                        "(default %(default)s)")
+                        "(default: the model's recipe's, dpm; ddpm for --recipe paper models)")
     s.add_argument("--steps", type=int, default=20,
                    help="sampling steps for ddim/dpm (default %(default)s)")
     s.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default %(default)s)")

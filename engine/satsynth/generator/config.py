@@ -31,6 +31,46 @@ SNR_WEIGHTINGS = ("auto", "min-snr", "min-snr+1")
 CONDITIONS = ("none", "class-shares")
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A named training recipe: the :class:`TrainOptions` it sets (explicit options still win),
+    the chip size it is defined for (None: any), and the sampler ``synthesize`` uses by default
+    for a model trained with it."""
+
+    options: dict[str, Any]
+    sampler: str
+    chip_size: int | None = None
+    about: str = ""
+
+
+#: ``default``: the product's recipe (the :class:`TrainOptions` defaults, fastest to converge on
+#: 2 CPU cores); ``paper``: SatSynth (CVPR 2024) as published: analog bits, epsilon prediction,
+#: a linear beta schedule, no SNR loss weighting, no class conditioning, the base UNet, 128 x 128
+#: chips, sampled with DDPM's 1000 steps.
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe({}, "dpm", about="the product's recipe"),
+    "paper": Recipe({"preset": "base", "encoding": "bits", "prediction": "epsilon",
+                     "beta_schedule": "linear", "snr_gamma": None, "condition": "none"},
+                    "ddpm", 128, about="SatSynth (CVPR 2024) as published"),
+}
+
+
+def check_recipe_size(recipe: str, size: int, where: Any = None) -> None:
+    """Refuse to train ``recipe`` at a pair size it is not defined for (the paper's: 128 px)."""
+    want = RECIPES[recipe].chip_size
+    if want is not None and size != want:
+        raise SatSynthError(
+            f"--recipe {recipe} trains on {want} x {want} px chips as published, and these are "
+            f"{size} px: prepare the dataset with --chip-size {want}, or train --recipe default",
+            where)
+
+
+def default_sampler(training: dict[str, Any]) -> str:
+    """The sampler ``synthesize`` uses when none is asked for: the one of the recipe a model was
+    trained with (``training`` is its config's ``training`` section; older models: default)."""
+    return RECIPES.get(str(training.get("recipe") or "default"), RECIPES["default"]).sampler
+
+
 @dataclass
 class ArchConfig:
     """The UNet: widths of its resolution levels, residual blocks per level, attention."""
@@ -79,8 +119,10 @@ class DiffusionConfig:
 @dataclass
 class TrainOptions:
     """One training run. The defaults are the recipe that converged fastest on 2 CPU cores
-    (benchmarks/bench_generator_convergence.py)."""
+    (benchmarks/bench_generator_convergence.py). ``recipe`` (:data:`RECIPES`) replaces some of
+    them; options given explicitly win over the recipe."""
 
+    recipe: str = "default"
     preset: str = "tiny"
     block_widths: list[int] | None = None
     encoding: str = "bits"
@@ -113,7 +155,11 @@ class TrainOptions:
         unknown = sorted(set(kw) - known)
         if unknown:
             raise TypeError(f"unknown training option(s): {', '.join(unknown)}")
-        opts = cls(**{k: v for k, v in kw.items() if v is not None or k in ("snr_gamma", "minutes")})
+        recipe = kw.get("recipe") or "default"
+        if recipe not in RECIPES:
+            raise SatSynthError(f"unknown recipe {recipe!r}: use {' or '.join(RECIPES)}")
+        given = {k: v for k, v in kw.items() if v is not None or k in ("snr_gamma", "minutes")}
+        opts = cls(**{**RECIPES[recipe].options, **given, "recipe": recipe})
         opts.check()
         return opts
 

@@ -26,7 +26,7 @@ from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.distributed import processes
 from satsynth.errors import SatSynthError
-from satsynth.generator.config import GeneratorConfig
+from satsynth.generator.config import GeneratorConfig, default_sampler
 from satsynth.generator.encoding import LabelEncoding
 from satsynth.generator.shards import Batch, batch_size_for, sampled_batches
 from satsynth.io import write_json
@@ -229,7 +229,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str = "dpm",
+def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str | None = None,
                steps: int = 20, seed: int = 0, device: str = "auto", batch_size: int = 16,
                favor: dict[str, float] | None = None, upsampler: str | Path | None = None
                ) -> dict[str, Any]:
@@ -249,7 +249,7 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
         tv_distance,
     )
 
-    if sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS:
         raise SatSynthError(f"unknown sampler {sampler!r}: use {', '.join(SAMPLERS)}")
     if count < 1:
         raise SatSynthError(f"--count must be at least 1, got {count}")
@@ -260,6 +260,9 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str 
     dev = procs.device
     model_dir = Path(model_dir)
     model, cfg = load_generator(model_dir, dev)
+    if sampler is None:
+        sampler = default_sampler(cfg.training or {})
+        log.info("sampler: %s (the default for this model's recipe)", sampler)
     geo = cfg  # the output's size and georeference: the upsampler's in a cascade
     sr_model = None
     if upsampler is not None:

@@ -31,6 +31,7 @@ from satsynth.generator.config import (
     DiffusionConfig,
     GeneratorConfig,
     TrainOptions,
+    check_recipe_size,
 )
 from satsynth.generator.encoding import LabelEncoding
 from satsynth.outputs import check_output
@@ -42,7 +43,7 @@ PLOT_NAME = "loss.png"
 LOG_FIELDS = ("step", "loss", "lr", "elapsed_s", "steps_per_s")
 #: options fixed by the architecture or the data encoding: a resumed run keeps the checkpoint's
 KEPT_ON_RESUME = ("preset", "block_widths", "encoding", "prediction", "beta_schedule", "condition",
-                  "size")
+                  "size", "recipe")
 #: at most this many training chips' class shares are kept in a class-share-conditioned model
 #: folder (``conditions.safetensors``), to draw conditions from at sampling time
 MAX_STORED_CONDITIONS = 65536
@@ -294,6 +295,8 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
     else:
         cfg = stage.new_config(store, opts)
     enc = LabelEncoding(cfg.encoding, cfg.num_classes)
+    if resume_state is None:
+        check_recipe_size(opts.recipe, cfg.chip_size, store.path)
 
     dev = resolve_device(opts.device)
     mp = opts.mixed_precision

@@ -96,7 +96,12 @@ def _scored_synthesis(synthesize: Any) -> Any:
 
     def run(args: argparse.Namespace) -> dict[str, Any]:
         from satsynth.errors import SatSynthError
-        from satsynth.segmenter.scoring import filter_pairs, score_pairs, select_pairs
+        from satsynth.segmenter.scoring import (
+            SCORED_GRID,
+            filter_pairs,
+            score_pairs,
+            select_pairs,
+        )
 
         filtering = args.keep is not None or args.min_score is not None
         if args.score_with is None:
@@ -111,9 +116,8 @@ def _scored_synthesis(synthesize: Any) -> Any:
             raise SatSynthError("segmenter folder not found (no config.json)", seg)
         if not filtering:
             outputs = synthesize(args)
-            outputs.update(score_pairs(args.out, seg, device=args.device,
-                                       fid_weights=args.fid_weights))
-            return outputs
+            scored = score_pairs(args.out, seg, device=args.device, fid_weights=args.fid_weights)
+            return {**scored, **outputs, "scored_grid": scored["grid"]}
         from satsynth.outputs import check_output
 
         out = check_output(args.out, "synthetic", inputs=[args.model, seg])
@@ -128,6 +132,7 @@ def _scored_synthesis(synthesize: Any) -> Any:
             shutil.rmtree(pool, ignore_errors=True)
         outputs.update({k: scored[k] for k in ("pair_miou_mean", "pair_miou_median", "fid",
                                                "kid_mean") if k in scored})
+        outputs["scored_grid"] = str(out / SCORED_GRID)  # the pool's best and worst pairs
         return outputs
 
     return run
