@@ -85,11 +85,12 @@ def check_cancelled() -> None:
 class Task:
     """One stage of work with a known or unknown total; use as a context manager."""
 
-    def __init__(self, stage: str, total: float | None = None, unit: str = "it") -> None:
+    def __init__(self, stage: str, total: float | None = None, unit: str = "it",
+                 initial: float = 0.0) -> None:
         self.stage = stage
         self.total = total
         self.unit = unit
-        self.n = 0.0
+        self.n = float(initial)  # work already done before this task started (a resumed run)
         self._start = time.monotonic()
         self._last_emit = 0.0
         self._bar = None
@@ -97,7 +98,7 @@ class Task:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, leave=False,
-                             dynamic_ncols=True)
+                             dynamic_ncols=True, initial=initial)
         self._emit(force=True)
 
     def __enter__(self) -> Task:
@@ -152,9 +153,10 @@ def _short(v: Any) -> Any:
     return f"{v:.4g}" if isinstance(v, float) else v
 
 
-def task(stage: str, total: float | None = None, unit: str = "it") -> Task:
-    """Start a progress task (see :class:`Task`)."""
-    return Task(stage, total, unit)
+def task(stage: str, total: float | None = None, unit: str = "it",
+         initial: float = 0.0) -> Task:
+    """Start a progress task (see :class:`Task`); ``initial`` is the work already done."""
+    return Task(stage, total, unit, initial)
 
 
 def track(items: Iterable[T], stage: str, total: int | None = None, unit: str = "it") -> Iterator[T]:

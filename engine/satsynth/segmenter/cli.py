@@ -107,7 +107,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="synthetic pairs to make per real chip (default: the largest R)")
     p.add_argument("--minutes-per-run", type=float, default=None,
                    help="time limit of each training run")
-    p.add_argument("--sampler", default="dpm", help="generator sampler (default dpm)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"], default=None,
+                   help="generator sampler (default: the generator's recipe's, dpm; ddpm for "
+                        "--recipe paper generators)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     p.add_argument("--keep-models", action="store_true", help="keep every run's segmenter")
     p.add_argument("--budget", choices=["steps", "epochs", "converge"], default="steps",

@@ -67,7 +67,7 @@ class ExperimentConfig:
     class_weights: str = "none"
     patience: int = 8
     minutes_per_run: float | None = None
-    sampler: str = "dpm"
+    sampler: str | None = None  # None: the generator's recipe's (see synthesize)
     steps: int = 20
     synth_batch_size: int = 16
     device: str = "auto"
@@ -150,8 +150,8 @@ def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
 def run_experiment(dataset: str | Path, generator: str | Path | None, out: str | Path,
                    **options: Any) -> dict[str, Any]:
     """Run (or resume) the experiment; ``options`` are :class:`ExperimentConfig` fields.
-    Returns ``{"results": json, "table": md, "plot": png}``."""
-    from satsynth.segmenter.report import experiment_markdown, plot_experiment
+    Returns ``{"results": json, "table": md, "plot": png, "report_html": html}``."""
+    from satsynth.segmenter.report import experiment_html, experiment_markdown, plot_experiment
     from satsynth.segmenter.train import train_segmenter
 
     if "ratios" in options:
@@ -233,8 +233,8 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     log.info("experiment: %d runs, %d already done, %d to do (%d real chips, R in %s, variants "
              "%s, budget %s)", len(plan), len(plan) - len(todo), len(todo), n_real, cfg.ratios,
              ", ".join(cfg.variants), cfg.budget)
-    with progress.task("experiment", total=len(plan), unit="run") as bar:
-        bar.update(len(plan) - len(todo), message="resumed")
+    with progress.task("experiment", total=len(plan), unit="run",
+                       initial=len(plan) - len(todo)) as bar:
         for seed, variant, r in todo:
             v: Variant | None = by_name.get(variant)
             stores = [str(s) for s in syn_stores] if r > 0 else None
@@ -285,9 +285,14 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     write_json(results, {"settings": settings, "classes": names, "summary": summary,
                          "runs": done})
     table = out / "table.md"
+    markdown = experiment_markdown(summary, names, settings)
     with atomic_path(table) as tmp:
-        tmp.write_text(experiment_markdown(summary, names, settings), encoding="utf-8")
+        tmp.write_text(markdown, encoding="utf-8")
     title = (f"{cfg.arch}/{cfg.encoder}, {n_real} real chips"
              + (f" ({cfg.real_fraction:g} of train)" if cfg.real_fraction < 1 else ""))
     plot = plot_experiment(summary, out / "plot.png", title)
-    return {"results": str(results), "table": str(table), "plot": str(plot)}
+    report = out / "report.html"
+    with atomic_path(report) as tmp:
+        tmp.write_text(experiment_html(markdown, plot.name, title), encoding="utf-8")
+    return {"results": str(results), "table": str(table), "plot": str(plot),
+            "report_html": str(report)}

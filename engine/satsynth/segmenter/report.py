@@ -221,3 +221,65 @@ def plot_experiment(summary: list[dict[str, Any]], path: Path, title: str = "") 
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def _inline_html(text: str) -> str:
+    """Escaped text with the Markdown the reports use: **bold** and `code`."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def markdown_to_html(markdown: str) -> str:
+    """The reports' Markdown (paragraphs, pipe tables, **bold**, `code`) as HTML, so that the
+    HTML page shows exactly what table.md says."""
+    parts: list[str] = []
+    para: list[str] = []
+    rows: list[list[str]] = []
+
+    def flush() -> None:
+        if para:
+            parts.append("<p>" + _inline_html(" ".join(para)) + "</p>")
+            para.clear()
+        if rows:
+            head, body = rows[0], [r for r in rows[1:] if not all(
+                set(c.strip()) <= set("-:") for c in r)]
+            parts.append("<table><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in head)
+                         + "</tr>" + "".join("<tr>" + "".join(
+                             f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in body)
+                         + "</table>")
+            rows.clear()
+
+    for line in markdown.splitlines():
+        s = line.strip()
+        if s.startswith("|") and s.endswith("|"):
+            if para:
+                flush()
+            rows.append([c.strip() for c in s[1:-1].split("|")])
+        elif not s:
+            flush()
+        else:
+            if rows:
+                flush()
+            para.append(s.lstrip("# ") if s.startswith("#") else s)
+    flush()
+    return "\n".join(parts)
+
+
+def experiment_html(markdown: str, plot_png: str, title: str) -> str:
+    """The experiment's self-contained HTML report: the table (``markdown``, as in table.md) and
+    the plot, for QGIS's Results Viewer or a browser."""
+    e = html.escape
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>SatSynth experiment</title>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;
+text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>
+<h1>Does synthetic data help?</h1>
+<p>{e(title)}</p>
+<img src="{e(plot_png)}" alt="mIoU against the synthetic ratio R" style="max-width:100%">
+{markdown_to_html(markdown)}
+</body></html>
+"""
