@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -10,6 +11,7 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputFolder,
     QgsProcessingOutputRasterLayer,
+    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -57,12 +59,17 @@ class Synthesize(SatSynthAlgorithm):
         "default): ask for more or less of some classes, as CLASS=FACTOR items separated by "
         "semicolons, e.g. 'Water=3; Road=0.5' (class names or ids). A factor of 3 makes chips "
         "made only of that class three times as likely.\n\n"
+        "Score with segmenter (advanced): a segmenter trained on real chips only segments every "
+        "synthetic image, and each pair is scored by how well that agrees with its mask (pair "
+        "mIoU and pixel accuracy). The scores are attributes of the pair footprints (miou, "
+        "pixel_accuracy, rank; 1 = most consistent): sort the attribute table to look at the "
+        "best and worst pairs. Keep fraction (0 = all) keeps only the most consistent pairs.\n\n"
         "Upsampler folder (advanced, optional; from 'Train upsampler'): the super-resolution "
         "cascade. Each pair is drawn at the generator's size, then at the upsampler's, which is "
         "the size written (the generator must have been trained at the upsampler's base size)."
         "\n\n"
-        "Outputs: the synthetic folder, both mosaics, a sample grid (PNG) and a report (JSON) "
-        "comparing the class shares of real and synthetic labels."
+        "Outputs: the synthetic folder, both mosaics, the pair footprints, a sample grid (PNG) "
+        "and a report (JSON) comparing the class shares of real and synthetic labels."
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
@@ -83,9 +90,16 @@ class Synthesize(SatSynthAlgorithm):
             "FAVOR", self.tr("Favor classes (e.g. Water=3; Road=0.5)"), optional=True)))
         self.addParameter(compat.advanced(self.folder_param(
             "UPSAMPLER", "Upsampler folder (from Train upsampler)", optional=True)))
+        self.addParameter(compat.advanced(self.folder_param(
+            "SCORE_WITH", "Score with segmenter (trained on real chips)", optional=True)))
+        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
+            "KEEP", self.tr("Keep the most consistent fraction (0 = all; needs a segmenter)"),
+            compat.NUMBER_DOUBLE, 0.0, minValue=0.0, maxValue=1.0)))
         self.addParameter(QgsProcessingParameterFolderDestination(
             "OUTPUT", self.tr("Synthetic folder")))
         self.addOutput(QgsProcessingOutputFolder("SYNTHETIC", self.tr("Synthetic folder")))
+        self.addOutput(QgsProcessingOutputVectorLayer("FOOTPRINTS",
+                                                      self.tr("Synthetic pair footprints")))
         self.addOutput(QgsProcessingOutputRasterLayer("IMAGES", self.tr("Synthetic images")))
         self.addOutput(QgsProcessingOutputRasterLayer("LABELS", self.tr("Synthetic labels")))
         self.addOutput(QgsProcessingOutputFile("REPORT", self.tr("Class-share report (JSON)")))
@@ -100,10 +114,15 @@ class Synthesize(SatSynthAlgorithm):
             favor_items(self.parameterAsString(parameters, "FAVOR", context))
         except ValueError as exc:
             return False, str(exc)
+        keep = self.parameterAsDouble(parameters, "KEEP", context)
+        if keep > 0 and not self.parameterAsFile(parameters, "SCORE_WITH", context):
+            return False, self.tr("Keep fraction needs a segmenter to score the pairs (Score "
+                                  "with segmenter)")
         ok, msg = self.folder_checks(parameters, context, {"UPSAMPLER": "upsampler"})
         if not ok:
             return ok, msg
-        return self.folder_checks(parameters, context, {"GENERATOR": "generator"})
+        return self.folder_checks(parameters, context, {"GENERATOR": "generator",
+                                                        "SCORE_WITH": "segmenter"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -117,6 +136,12 @@ class Synthesize(SatSynthAlgorithm):
             feedback.pushInfo("The ddpm sampler runs all 1000 steps (Sampling steps is ignored).")
         for item in favor_items(self.parameterAsString(parameters, "FAVOR", context)):
             args += ["--favor", item]
+        score_with = self.parameterAsFile(parameters, "SCORE_WITH", context)
+        if score_with:
+            args += ["--score-with", score_with]
+            keep = self.parameterAsDouble(parameters, "KEEP", context)
+            if keep > 0:
+                args += ["--keep", repr(keep)]
         upsampler = self.parameterAsFile(parameters, "UPSAMPLER", context)
         if upsampler:
             args += ["--upsampler", upsampler]
@@ -134,10 +159,20 @@ class Synthesize(SatSynthAlgorithm):
             self.load_on_completion(context, labels, self.tr("Synthetic labels"), "LABELS",
                                     raster=True, post_processor=ClassStylePostProcessor.create(
                                         outputs.get("labels_qml")))
+        footprints = str(Path(outputs.get("synthetic") or out) / "chips.gpkg")
+        if Path(footprints).is_file():
+            self.load_on_completion(context, footprints, self.tr("Synthetic pair footprints"),
+                                    "FOOTPRINTS", raster=False)
+        else:
+            footprints = ""
+        if isinstance(outputs.get("pair_miou_mean"), (int, float)):
+            feedback.pushInfo(f"Pair consistency: mean pair mIoU {outputs['pair_miou_mean']:.3f}"
+                              f" (sort the footprints by 'rank' to see the best and worst pairs).")
         shares = outputs.get("tv_distance")
         if isinstance(shares, (int, float)):
             feedback.pushInfo(f"Class shares, synthetic vs real: total variation distance "
                               f"{shares:.3f} (0 = identical).")
         return {"OUTPUT": out, "SYNTHETIC": str(outputs.get("synthetic") or out),
-                "IMAGES": images, "LABELS": labels, "REPORT": str(outputs.get("report") or ""),
+                "IMAGES": images, "LABELS": labels, "FOOTPRINTS": footprints,
+                "REPORT": str(outputs.get("report") or ""),
                 "GRID": str(outputs.get("grid") or "")}
