@@ -188,12 +188,14 @@ def plot_experiment(summary: list[dict[str, Any]], path: Path, title: str = "") 
     split = summary[0]["reported_on"] if summary else "test"
     for k, v in enumerate(variants):
         rows = [r for r in summary if r["variant"] == v]
-        if base is not None:
+        alone = rows[0]["mode"] == "synthetic-only"  # not a curve from R=0: a point of its own
+        if base is not None and not alone:
             rows = [base] + rows
         xs = [r["ratio"] for r in rows]
         ax.errorbar(xs, [r["miou_mean"] * 100 for r in rows],
-                    yerr=[(r["miou_se"] or 0.0) * 100 for r in rows], marker="o", capsize=4,
-                    label=v)
+                    yerr=[(r["miou_se"] or 0.0) * 100 for r in rows], marker="s" if alone else "o",
+                    ls="none" if alone else "-", capsize=4, color=f"C{k}",
+                    label=f"{v} (synthetic only)" if alone else v)
         own = [r for r in rows if r["variant"] == v and r["miou_delta"] is not None]
         off = (k - (len(variants) - 1) / 2) * 0.08
         for r in own:
@@ -207,12 +209,14 @@ def plot_experiment(summary: list[dict[str, Any]], path: Path, title: str = "") 
     if base:
         ax.axhline(base["miou_mean"] * 100, ls="--", color="k", lw=1, label="real only (R=0)")
     bx.axhline(0, color="k", lw=1)
+    ax.set_xticks(sorted({r["ratio"] for r in summary}))
+    bx.set_xticks(sorted({r["ratio"] for r in summary if r["variant"] != "real"}))
     ax.set_xlabel("synthetic pairs per real pair (R)")
     ax.set_ylabel(f"{split} mIoU (%)")
     ax.set_title(title or "Augmentation with synthetic pairs")
     bx.set_xlabel("synthetic pairs per real pair (R)")
-    bx.set_ylabel("paired Δ mIoU vs R=0 (points, 95 % t-interval)")
-    bx.set_title("paired difference to real only")
+    bx.set_ylabel("Δ mIoU vs R=0 (points)")
+    bx.set_title("paired difference to real only, 95 % interval")
     for a in (ax, bx):
         a.grid(alpha=0.3)
         a.legend(loc="best", fontsize=8)
