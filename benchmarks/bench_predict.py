@@ -14,8 +14,19 @@ its own subprocess:
 Targets (issue 5): the 16384^2 run peaks at <= 1.5 GB and <= 1.25x the 4096^2 run; reading,
 blending and writing add <= 15% to the bare forward.
 
+The runtime is a dimension (``--runtimes torch onnx``, issue 15): per raster, end to end with
+each runtime and the bare forward of each (PyTorch eager; ONNX Runtime on the export ``predict``
+caches in the model folder, made before the clock starts), interleaved in one run (bare torch,
+bare onnx, end-to-end torch, end-to-end onnx, bare onnx, bare torch), each child on ``--threads``
+threads. It prints the speed-up of onnx over torch end to end and bare, the onnx pipeline's
+overhead over the bare onnx forward, and the share of pixels with the same class in both
+predictions. Targets: onnx end to end >= 2.5x faster for smp models, onnx overhead <= 10%,
+>= 99.99% identical pixels, 16384^2 peak <= 1.25x the 4096^2 run.
+
     .venv/bin/python benchmarks/bench_predict.py                      # tiny CPU model, both sizes
     .venv/bin/python benchmarks/bench_predict.py --real fpn:mobilenet_v2 --real-size 2048
+    .venv/bin/python benchmarks/bench_predict.py --runtimes torch onnx --sizes 4096 \
+        --real fpn:mobilenet_v2 unet:resnet18 --real-size 4096
 
 Large files go to /tmp and are deleted at the end. Models have random weights: this measures
 speed and memory, not accuracy.
@@ -60,9 +71,13 @@ from satsynth.predict.predict import predict_raster
 from satsynth.segmenter.model import load_segmenter
 args = json.loads(sys.argv[1])
 load_segmenter(args['model'])  # imports what this model needs; the copy is dropped
+if args['runtime'] == 'onnx':
+    import onnxruntime  # noqa: F401 - a library import, as torch above
 t = time.perf_counter()
 out = predict_raster(args['model'], args['image'], args['out'], tile=args['tile'],
-                     overlap=args['overlap'], batch=args['batch'], device='cpu')
+                     overlap=args['overlap'], batch=args['batch'], device='cpu',
+                     runtime=args['runtime'])
+assert out['runtime'] == args['runtime'], out
 dt = time.perf_counter() - t
 print(json.dumps({'seconds': dt, 'vmhwm_mb': vmhwm(),
                   'ru_maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -76,6 +91,10 @@ model, cfg = load_segmenter(args['model'])
 torch.manual_seed(0)
 x = torch.randn(args['batch'], cfg.in_channels, args['tile'], args['tile'])
 n = args['tiles']
+if args['runtime'] == 'onnx':  # the session predict opens on the export it caches
+    from satsynth.predict.onnx_runtime import OnnxForward
+    forward = OnnxForward(args['model'], model, cfg, torch.device('cpu'), 0)
+    model = lambda xb: forward(xb.numpy())  # noqa: E731
 with torch.inference_mode():
     t = time.perf_counter()  # no warm-up: the end-to-end run pays its first call too
     done = 0
@@ -161,9 +180,25 @@ save_model_dir({str(path)!r}, "segmenter", cfg.to_dict(), {{"model": m.state_dic
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+PREPARE_ONNX = """
+import json, sys
+import numpy as np, torch
+from satsynth.predict.onnx_runtime import OnnxForward
+from satsynth.segmenter.model import load_segmenter
+args = json.loads(sys.argv[1])
+model, cfg = load_segmenter(args['model'])
+OnnxForward(args['model'], model, cfg, torch.device('cpu'), args['overlap'])(
+    np.zeros((1, cfg.in_channels, args['tile'], args['tile']), np.float32))
+print(json.dumps({}))
+"""
+
+THREADS = 1
+
+
 def run_child(code: str, args: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     res = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
-                         text=True)
+                         text=True, env=env)
     if res.returncode != 0:
         raise SystemExit(f"child failed:\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -175,10 +210,70 @@ def tiles_for(size: int, tile: int, overlap: int, multiple: int) -> int:
     return len(TileGrid.for_region(size, size, tile, overlap, multiple))
 
 
+def agreement(a: Path, b: Path) -> float:
+    """Share of pixels with the same class in two predictions (read by block rows)."""
+    import rasterio
+
+    same = total = 0
+    with rasterio.open(a) as da, rasterio.open(b) as db:
+        for _, win in da.block_windows(1):
+            x, y = da.read(1, window=win), db.read(1, window=win)
+            same += int((x == y).sum())
+            total += x.size
+    return same / total
+
+
+def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, overlap: int,
+                   batch: int, multiple: int, work: Path) -> dict:
+    """Both runtimes on one raster, interleaved: bare torch, bare onnx, end-to-end torch and
+    onnx, bare onnx, bare torch."""
+    n = tiles_for(size, tile, overlap, multiple)
+    common = {"model": str(model), "tile": tile, "overlap": overlap, "batch": batch}
+    run_child(PREPARE_ONNX, common)  # the export predict caches; not timed
+    order = [("bare", "torch"), ("bare", "onnx"), ("e2e", "torch"), ("e2e", "onnx"),
+             ("bare", "onnx"), ("bare", "torch")]
+    got: dict = {}
+    for kind, rt in order:
+        if kind == "bare":
+            r = run_child(BARE, {**common, "tiles": n, "runtime": rt})
+        else:
+            r = run_child(E2E, {**common, "runtime": rt, "image": str(image),
+                                "out": str(work / f"pred_{size}_{rt}.tif")})
+        got.setdefault((kind, rt), []).append(r)
+    bare = {rt: sum(r["seconds"] for r in got[("bare", rt)]) / 2 for rt in ("torch", "onnx")}
+    e2e = {rt: got[("e2e", rt)][0] for rt in ("torch", "onnx")}
+    agree = agreement(work / f"pred_{size}_torch.tif", work / f"pred_{size}_onnx.tif")
+    res = {"size": size, "tiles": n, "threads": THREADS,
+           "e2e_s": {rt: e2e[rt]["seconds"] for rt in e2e},
+           "bare_s": bare,
+           "bare_runs_s": {rt: [r["seconds"] for r in got[("bare", rt)]] for rt in bare},
+           "speedup_e2e": e2e["torch"]["seconds"] / e2e["onnx"]["seconds"],
+           "speedup_bare": bare["torch"] / bare["onnx"],
+           "overhead": {rt: e2e[rt]["seconds"] / bare[rt] - 1.0 for rt in bare},
+           "agreement": agree,
+           "peak_vmhwm_mb": {rt: e2e[rt]["vmhwm_mb"] for rt in e2e},
+           "bare_peak_mb": {rt: got[("bare", rt)][0]["vmhwm_mb"] for rt in bare}}
+    print(f"  {size}^2: {n} tiles, {THREADS} thread(s); end to end torch "
+          f"{res['e2e_s']['torch']:.1f} s, onnx {res['e2e_s']['onnx']:.1f} s "
+          f"(onnx {res['speedup_e2e']:.2f}x faster); bare forward torch {bare['torch']:.1f} s "
+          f"(runs {' / '.join(f'{v:.1f}' for v in res['bare_runs_s']['torch'])}), onnx "
+          f"{bare['onnx']:.1f} s (runs {' / '.join(f'{v:.1f}' for v in res['bare_runs_s']['onnx'])}"
+          f"; {res['speedup_bare']:.2f}x); pipeline overhead torch "
+          f"{100 * res['overhead']['torch']:+.1f}%, onnx {100 * res['overhead']['onnx']:+.1f}%; "
+          f"identical pixels {100 * agree:.4f}%; peak RSS torch "
+          f"{res['peak_vmhwm_mb']['torch']:.0f} MB, onnx {res['peak_vmhwm_mb']['onnx']:.0f} MB "
+          f"(bare forward alone {res['bare_peak_mb']['torch']:.0f} / "
+          f"{res['bare_peak_mb']['onnx']:.0f} MB)", flush=True)
+    for rt in ("torch", "onnx"):
+        (work / f"pred_{size}_{rt}.tif").unlink(missing_ok=True)
+    return res
+
+
 def bench_size(model: Path, image: Path, size: int, gsd: float, tile: int, overlap: int,
                batch: int, multiple: int, work: Path) -> dict:
     n = tiles_for(size, tile, overlap, multiple)
-    common = {"model": str(model), "tile": tile, "overlap": overlap, "batch": batch}
+    common = {"model": str(model), "tile": tile, "overlap": overlap, "batch": batch,
+              "runtime": "torch"}
     bare1 = run_child(BARE, {**common, "tiles": n})
     e2e = run_child(E2E, {**common, "image": str(image), "out": str(work / f"pred_{size}.tif")})
     bare2 = run_child(BARE, {**common, "tiles": n})
@@ -200,19 +295,50 @@ def bench_size(model: Path, image: Path, size: int, gsd: float, tile: int, overl
     return res
 
 
+def summarize_runtimes(results: dict, by_size: dict) -> None:
+    """The issue-15 targets, per run, and the memory ratio per runtime."""
+    for r in results["runs"]:
+        smp = not r["model"].startswith("tiny")
+        sp = r["speedup_e2e"]
+        print(f"{r['model']} {r['size']}^2: onnx end to end {sp:.2f}x faster than torch"
+              + (f" (target >= 2.5x: {'met' if sp >= 2.5 else 'MISSED'})" if smp else "")
+              + f"; onnx overhead {100 * r['overhead']['onnx']:+.1f}% (target <= 10%: "
+              f"{'met' if r['overhead']['onnx'] <= 0.10 else 'MISSED'}); identical pixels "
+              f"{100 * r['agreement']:.4f}% (target >= 99.99%: "
+              f"{'met' if r['agreement'] >= 0.9999 else 'MISSED'})")
+    if 4096 in by_size and 16384 in by_size:
+        ratios = {rt: by_size[16384]["peak_vmhwm_mb"][rt] / by_size[4096]["peak_vmhwm_mb"][rt]
+                  for rt in ("torch", "onnx")}
+        results["memory_ratio"] = ratios
+        for rt, ratio in ratios.items():
+            print(f"memory {rt}: 16384^2 peak {by_size[16384]['peak_vmhwm_mb'][rt]:.0f} MiB, "
+                  f"{ratio:.3f}x the 4096^2 run (target <= 1.25: "
+                  f"{'met' if ratio <= 1.25 else 'MISSED'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     ap.add_argument("--model", default="tiny:w16d2", help="arch:encoder for the size runs")
-    ap.add_argument("--real", default=None, metavar="ARCH:ENCODER",
-                    help="also measure the overhead with this smp model on --real-size")
+    ap.add_argument("--real", nargs="+", default=[], metavar="ARCH:ENCODER",
+                    help="also measure the overhead with these smp models on --real-size")
     ap.add_argument("--real-size", type=int, default=2048)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--gsd", type=float, default=0.5, help="nominal metres per pixel")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--runtimes", nargs="+", choices=["torch", "onnx"], default=["torch"],
+                    help="torch (default: the PyTorch-only benchmark) or torch onnx (both, "
+                         "interleaved, compared)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads per child (default: all; 1 with --runtimes torch onnx)")
     a = ap.parse_args()
+    global THREADS
+    both = len(set(a.runtimes)) == 2
+    THREADS = a.threads or (1 if both else os.cpu_count() or 1)
+    if not both and a.runtimes != ["torch"]:
+        ap.error("--runtimes: torch, or torch onnx")
 
     work = Path(tempfile.mkdtemp(prefix="satsynth-bench-predict-", dir="/tmp"))
     print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; work dir {work}")
@@ -221,7 +347,7 @@ def main() -> None:
         patches = _dubai_patches() if DUBAI.is_dir() else []
         print(f"imagery: {len(patches)} Dubai patches" if patches else
               "imagery: procedural (dubai-aerial absent)")
-        specs = [(a.model, a.sizes)] + ([(a.real, [a.real_size])] if a.real else [])
+        specs = [(a.model, a.sizes)] + [(spec, [a.real_size]) for spec in a.real]
         for spec, sizes in specs:
             arch, encoder = spec.split(":")
             multiple = 1 if arch == "tiny" else 32
@@ -236,11 +362,13 @@ def main() -> None:
                     build_raster(image, size, a.gsd, patches)
                     print(f"  built {image.name} ({image.stat().st_size / 2**20:.0f} MB JPEG "
                           f"GeoTIFF) in {time.perf_counter() - t:.0f} s", flush=True)
-                r = bench_size(model, image, size, a.gsd, a.tile, a.overlap, a.batch, multiple,
-                               work)
+                bench = bench_runtimes if both else bench_size
+                r = bench(model, image, size, a.gsd, a.tile, a.overlap, a.batch, multiple, work)
                 results["runs"].append({"model": spec, **r})
         by_size = {r["size"]: r for r in results["runs"] if r["model"] == a.model}
-        if 4096 in by_size and 16384 in by_size:
+        if both:
+            summarize_runtimes(results, by_size)
+        elif 4096 in by_size and 16384 in by_size:
             small, big = by_size[4096], by_size[16384]
             ratio = big["peak_vmhwm_mb"] / small["peak_vmhwm_mb"]
             print(f"memory: 16384^2 peak {big['peak_vmhwm_mb']:.0f} MiB (target <= 1536 MiB = 1.5 GiB: "
@@ -248,7 +376,7 @@ def main() -> None:
                   f"{ratio:.3f}x the 4096^2 run (target <= 1.25: "
                   f"{'met' if ratio <= 1.25 else 'MISSED'})")
             results["memory_ratio"] = ratio
-        for r in results["runs"]:
+        for r in results["runs"] if not both else []:
             ok = "met" if r["overhead"] <= 0.15 else "MISSED"
             print(f"overhead {r['model']} {r['size']}^2: {100 * r['overhead']:+.1f}% "
                   f"(target <= 15%: {ok})")
