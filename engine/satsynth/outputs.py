@@ -190,7 +190,13 @@ def clean_stale(out: str | Path, inside: bool = False) -> list[Path]:
 
     With ``inside=True`` also those directly inside the folder ``out`` (stages that write into
     an existing folder). Temporaries of live processes are never touched. Returns what went.
+    In a distributed run (torchrun / accelerate launch) only the main process cleans: a process
+    on another node cannot tell whether the main process's PID is alive.
     """
+    from satsynth.distributed import launch_rank
+
+    if launch_rank() != 0:
+        return []
     out = Path(out)
     places = [(out.parent, lambda base: _matches(base, out))]
     if inside and out.is_dir():
