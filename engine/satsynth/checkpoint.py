@@ -12,7 +12,7 @@ from typing import Any
 
 from satsynth import FORMAT_VERSION, __version__
 from satsynth.errors import SatSynthError
-from satsynth.io import atomic_dir, read_json, write_json
+from satsynth.io import atomic_dir, read_json, umask_mode, write_json
 
 
 def save_model_dir(path: str | Path, kind: str, config: dict[str, Any],
@@ -28,6 +28,7 @@ def save_model_dir(path: str | Path, kind: str, config: dict[str, Any],
         for name, state in tensors.items():
             flat = {k: v.detach().cpu().contiguous() for k, v in state.items()}
             save_file(flat, str(tmp / f"{name}.safetensors"))
+            umask_mode(tmp / f"{name}.safetensors")  # safetensors creates 0600 files
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         write_json(tmp / "config.json", cfg)

@@ -32,7 +32,8 @@ COMMAND_MODULES = (
 )
 
 
-#: Arguments naming outputs: each is locked while a command runs (one writer per output).
+#: Options naming an output (a single path; prepare's repeatable --vector inputs are lists, not
+#: locked): each is locked while a command runs, so two runs never write one output.
 OUTPUT_ARGS = ("out", "confidence", "vector")
 
 
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # one writer per output: under accelerate launch / torchrun the run's main process
         locked = OUTPUT_ARGS if launch_rank() == 0 else ()
-        with output_lock(*(getattr(args, k, None) for k in locked)):
+        outs = [v for v in (getattr(args, k, None) for k in locked) if isinstance(v, str)]
+        with output_lock(*outs):
             outputs = args.func(args) or {}
     except SatSynthError as exc:
         progress.emit({"event": "error", "message": str(exc)})
@@ -123,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         progress.emit({"event": "error", "message": msg})
         print(f"satsynth: {msg}", file=sys.stderr)
         return 1
+    if outputs.get("interrupted") is True:  # stopped on request after a resumable checkpoint
+        msg = f"cancelled; the checkpoint in {outputs.get('model')} continues with --resume"
+        progress.emit({"event": "error", "message": msg, "cancelled": True})
+        print(f"satsynth: {msg}", file=sys.stderr)
+        return 130
     _report_outputs(outputs)
     return 0
 

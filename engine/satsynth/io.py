@@ -69,6 +69,14 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def umask_mode(path: str | Path, mode: int = 0o666) -> None:
+    """Give a file written by a library that ignores the umask (safetensors writes 0600) the
+    permissions of a normal new file: ``mode`` less the user's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, mode & ~mask)
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     path = Path(path)

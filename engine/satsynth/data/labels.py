@@ -24,6 +24,7 @@ from satsynth.data.sources import (
     Grid,
     band_has_mask,
     crs_name,
+    fmt_bounds,
     grid_of,
     open_raster,
     read_masks,
@@ -116,23 +117,20 @@ def _check_overlap(img: Grid, lab: Grid, image_path: Path, label_path: Path) -> 
 
     try:
         lb = transform_bounds(lab.crs, img.crs, *lab.bounds, densify_pts=21)
-    except Exception as exc:  # noqa: BLE001 - a failed transform means the CRSs do not meet
+    except Exception:  # noqa: BLE001 - a failed transform means the CRSs do not meet; the
+        # library's message may hold a whole WKT/PROJJSON definition: name the CRSs instead
         raise SatSynthError(
             f"cannot transform the labels' extent from {crs_name(lab.crs)} to the image's "
-            f"{crs_name(img.crs)} ({exc})", label_path) from None
+            f"{crs_name(img.crs)}", label_path) from None
     ib = img.bounds
     w = min(ib[2], lb[2]) - max(ib[0], lb[0])
     h = min(ib[3], lb[3]) - max(ib[1], lb[1])
     if w <= 0 or h <= 0 or not np.isfinite(w * h):
         raise SatSynthError(
             f"the labels do not overlap the image {image_path.name} at all (labels cover "
-            f"{_fmt_bounds(lb)}, image covers {_fmt_bounds(ib)} in {crs_name(img.crs)})",
+            f"{fmt_bounds(lb)}, image covers {fmt_bounds(ib)} in {crs_name(img.crs)})",
             label_path)
     return float(min(1.0, w * h / max((ib[2] - ib[0]) * (ib[3] - ib[1]), 1e-30)))
-
-
-def _fmt_bounds(b: tuple[float, ...]) -> str:
-    return f"x {b[0]:.6g}..{b[2]:.6g}, y {b[1]:.6g}..{b[3]:.6g}"
 
 
 def check_georef_match(image_path: Path, image_grid: Grid, label_path: Path, label_crs: Any,

@@ -57,7 +57,7 @@ class Normalizer:
             dtype = str(np.dtype(d.get("dtype", "uint8")))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise SatSynthError("normalization must hold per-band 'low' and 'high' numbers and a "
-                                f"data type, got {str(d)[:80]!r}") from None
+                                "data type") from None
         if not low or len(low) != len(high) or not all(np.isfinite(low + high)):
             raise SatSynthError(f"normalization: 'low' and 'high' must be finite numbers, one "
                                 f"per band, got {low} and {high}")

@@ -103,9 +103,25 @@ def crs_name(crs: Any) -> str:
         auth = pc.to_authority(min_confidence=95)
         if auth:
             return f"{auth[0]}:{auth[1]} ({pc.name})"
-        return f"custom CRS '{pc.name}' (no EPSG code)"
-    except Exception:  # noqa: BLE001 - naming is best effort
-        return str(crs)[:80]
+        if pc.name and pc.name.lower() != "unknown":
+            return f"custom CRS '{pc.name}' (no EPSG code)"
+        op = pc.coordinate_operation
+        what = ", ".join(n for n in (op.method_name if op else None,
+                                     pc.datum.name if pc.datum else None) if n)
+        return f"custom CRS ({what or 'unnamed'}; no EPSG code)"
+    except Exception:  # noqa: BLE001 - naming is best effort; never dump WKT or PROJJSON
+        return "custom CRS (no EPSG code)"
+
+
+def fmt_coord(v: float) -> str:
+    """A coordinate with enough digits to read: 2600090.25 (not 2.60009e+06), 55.274183."""
+    text = f"{v:.{2 if abs(v) >= 1000 else 6}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def fmt_bounds(b: tuple[float, ...]) -> str:
+    """(left, bottom, right, top) as 'x LEFT..RIGHT, y BOTTOM..TOP'."""
+    return f"x {fmt_coord(b[0])}..{fmt_coord(b[2])}, y {fmt_coord(b[1])}..{fmt_coord(b[3])}"
 
 
 def crs_to_string(crs: Any) -> str | None:

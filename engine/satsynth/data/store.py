@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from satsynth import FORMAT_VERSION, __version__
-from satsynth.data.classes import IGNORE_INDEX, ClassTable
+from satsynth.data.classes import IGNORE_INDEX, ClassTable, strict_int
 from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_dir, read_json, write_json
@@ -90,17 +90,31 @@ class StoreMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str | Path = "dataset.json") -> StoreMeta:
-        if d.get("format") != STORE_FORMAT:
+        """Read ``dataset.json``'s form; a damaged or incomplete one is one clear error."""
+        if not isinstance(d, dict) or d.get("format") != STORE_FORMAT:
             raise SatSynthError("not a SatSynth chip store (run 'satsynth prepare' first)", where)
-        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+        try:
+            return cls._from_dict(d, where)
+        except SatSynthError as exc:
+            if exc.path is not None:
+                raise
+            raise SatSynthError(str(exc), where) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            missing = f"'{exc.args[0]}' is missing" if isinstance(exc, KeyError) else "bad values"
+            raise SatSynthError(f"damaged or incomplete dataset description ({missing}); "
+                                "prepare the dataset again", where) from None
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any], where: str | Path) -> StoreMeta:
+        if strict_int(d.get("format_version", 0), "format_version", 0) > FORMAT_VERSION:
             raise SatSynthError(
                 f"written by a newer SatSynth (format {d.get('format_version')}, this is "
                 f"{FORMAT_VERSION}); upgrade SatSynth", where)
         return cls(
             classes=ClassTable.from_dict(d["classes"], where=str(where)),
-            bands=int(d["bands"]),
+            bands=strict_int(d["bands"], "bands", 1),
             dtype=str(d["dtype"]),
-            chip_size=int(d["chip_size"]),
+            chip_size=strict_int(d["chip_size"], "chip_size", 1),
             normalizer=Normalizer.from_dict(d["normalization"]),
             crs=d.get("crs"),
             pixel_size=tuple(d["pixel_size"]) if d.get("pixel_size") else None,

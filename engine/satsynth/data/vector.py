@@ -17,7 +17,7 @@ import numpy as np
 
 from satsynth.data.classes import ClassInfo, ClassTable, default_color
 from satsynth.data.labels import NODATA_CODE, check_georef_match
-from satsynth.data.sources import Grid, crs_name
+from satsynth.data.sources import Grid, crs_name, fmt_bounds
 from satsynth.errors import SatSynthError
 
 log = logging.getLogger("satsynth")
@@ -172,9 +172,9 @@ class VectorLabelReader:
             target = image_grid.crs.to_wkt()
             try:
                 gdf = gdf.to_crs(target)
-            except Exception as exc:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - its message may dump a CRS definition
                 raise SatSynthError(f"cannot reproject the features from {crs_name(gdf.crs)} to "
-                                    f"the image's {crs_name(image_grid.crs)} ({exc})",
+                                    f"the image's {crs_name(image_grid.crs)}",
                                     self.path) from None
             log.info("%s: features reprojected to the image CRS %s", self.path.name,
                      crs_name(image_grid.crs))
@@ -217,8 +217,8 @@ class VectorLabelReader:
                 crs_name(gdf.crs), x0, x1, y0, y1, crs_name(self.grid.crs))
             return gdf.set_crs(self.grid.crs.to_wkt(), allow_override=True)
         raise SatSynthError(
-            f"the file says {crs_name(gdf.crs)} but its coordinates (x {x0:.6g}..{x1:.6g}, "
-            f"y {y0:.6g}..{y1:.6g}) are not longitude/latitude: its CRS is wrong (assign the "
+            f"the file says {crs_name(gdf.crs)} but its coordinates "
+            f"({fmt_bounds((x0, y0, x1, y1))}) are not longitude/latitude: its CRS is wrong (assign the "
             "right one, e.g. with ogr2ogr -a_srs)", self.path)
 
     def _buffer_lines(self, gdf: Any, geoms: np.ndarray, metres: float) -> np.ndarray:
@@ -263,8 +263,7 @@ class VectorLabelReader:
         if fb[0] >= ib[2] or fb[2] <= ib[0] or fb[1] >= ib[3] or fb[3] <= ib[1]:
             raise SatSynthError(
                 f"the features do not overlap the image {self.image_path.name} at all (features "
-                f"cover x {fb[0]:.6g}..{fb[2]:.6g}, y {fb[1]:.6g}..{fb[3]:.6g}; the image covers "
-                f"x {ib[0]:.6g}..{ib[2]:.6g}, y {ib[1]:.6g}..{ib[3]:.6g} in "
+                f"cover {fmt_bounds(tuple(fb))}; the image covers {fmt_bounds(ib)} in "
                 f"{crs_name(self.grid.crs)})", self.path)
 
     def read_codes(self, window: Any) -> np.ndarray:

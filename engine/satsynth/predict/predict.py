@@ -24,6 +24,7 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.data.classes import ClassTable, write_qml
+from satsynth.data.sources import fmt_coord
 from satsynth.distributed import Processes, processes
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path
@@ -238,11 +239,11 @@ def _region(src: Any, box: tuple[float, float, float, float] | None,
     with quiet_georef_warnings():
         transform, bounds = src.transform, tuple(src.bounds)
     r0, c0, r1, c1 = 0, 0, src.height, src.width
-    b = ", ".join(f"{v:.6g}" for v in bounds)
+    b = ", ".join(fmt_coord(v) for v in bounds)
     if box is not None:
         w = bounds_to_window(box, transform, src.width, src.height)
         if w is None:
-            raise SatSynthError(f"--extent {', '.join(f'{v:.6g}' for v in box)} does not overlap "
+            raise SatSynthError(f"--extent {', '.join(fmt_coord(v) for v in box)} does not overlap "
                                 f"the image (its bounds are {b} in {crs_label(src.crs)})", image)
         r0, c0, r1, c1 = w[0], w[1], w[0] + w[2], w[1] + w[3]
     if aoi is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from satsynth.data.normalize import Normalizer
+from satsynth.data.sources import crs_name
 from satsynth.errors import SatSynthError
 
 log = logging.getLogger("satsynth")
@@ -78,13 +79,11 @@ def check_values(src: Any, indexes: list[int], normalizer: Normalizer, path: Pat
                                                      or p2 < np.iinfo(dt).min)
         if outside or not 1 / VALUE_SCALE_RATIO <= ratio <= VALUE_SCALE_RATIO:
             raise SatSynthError(
-                f"the image is {src.dtypes[0]} with values {p2:.6g}..{p98:.6g} in band {b + 1}, "
-                f"the model was trained on {normalizer.dtype} images with {lo:.6g}..{hi:.6g}: "
-                "the values are on another scale (the prediction would be one class); convert "
-                "the image the way the training images were made, e.g. gdal_translate -ot "
-                f"{_GDAL_TYPES.get(normalizer.dtype, normalizer.dtype)} -scale {p2:.6g} "
-                f"{p98:.6g} {lo:.6g} {hi:.6g} IN.tif OUT.tif, or train on images like this one",
-                path)
+                f"{src.dtypes[0]} values {p2:.6g}..{p98:.6g} (band {b + 1}) are on another scale "
+                f"than the model's {normalizer.dtype} training images ({lo:.6g}..{hi:.6g}): it "
+                "would predict one class; convert the image as the training images were made "
+                f"(e.g. gdal_translate -ot {_GDAL_TYPES.get(normalizer.dtype, normalizer.dtype)} "
+                f"-scale {p2:.6g} {p98:.6g} {lo:.6g} {hi:.6g}) or train on images like it", path)
     log.info("%s is %s, the model was trained on %s images; the values are on the training "
              "scale, used as they are", path.name, src.dtypes[0], normalizer.dtype)
 
@@ -111,12 +110,7 @@ def crs_label(crs: Any) -> str:
     epsg = crs.to_epsg()
     if epsg:
         return f"EPSG:{epsg}"
-    try:
-        import pyproj
-
-        return f"custom CRS '{pyproj.CRS.from_wkt(crs.to_wkt()).name}'"
-    except Exception:  # noqa: BLE001 - naming is best effort
-        return "custom CRS"
+    return crs_name(crs)
 
 
 def _centre_lonlat(crs: Any, transform: Any, width: int, height: int) -> tuple[float, float]:
