@@ -241,8 +241,12 @@ class _Relay:
     #: minimum seconds between two progress texts (each one is also a line in the dialog's log)
     TEXT_INTERVAL = 5.0
 
-    def __init__(self, feedback: QgsFeedback | None) -> None:
+    def __init__(self, feedback: QgsFeedback | None, outer_stage: str | None = None) -> None:
         self.feedback = feedback
+        #: a stage whose task counts the runs of other, nested stages (the experiment's runs):
+        #: a nested stage's fraction moves the bar within its run's share of the whole
+        self.outer_stage = outer_stage
+        self._outer: tuple[float, float] | None = None  # the outer task's fraction and total
         self.outputs: dict[str, Any] | None = None
         self.error: str | None = None
         self.cancelled_by_engine = False
@@ -293,10 +297,21 @@ class _Relay:
         if fb is None:
             return
         fraction = event.get("fraction")
-        if isinstance(fraction, (int, float)):
-            fb.setProgress(max(0.0, min(100.0, 100.0 * float(fraction))))
         stage = str(event.get("stage") or "")
         message = str(event.get("message") or stage)
+        if self.outer_stage and isinstance(fraction, (int, float)):
+            total = event.get("total")
+            if stage == self.outer_stage and isinstance(total, (int, float)) and total > 0:
+                self._outer = (float(fraction), float(total))
+            elif stage != self.outer_stage and self._outer is not None:
+                done, total = self._outer
+                run = min(int(round(done * total)) + 1, int(total))
+                inner = stage
+                stage = f"run {run} of {int(total)}"
+                message = f"{stage}, {inner}: {message}"
+                fraction = done + min(max(float(fraction), 0.0), 1.0) / total
+        if isinstance(fraction, (int, float)):
+            fb.setProgress(max(0.0, min(100.0, 100.0 * float(fraction))))
         now = time.monotonic()
         if stage != self._last_stage or now - self._last_text_at >= self.TEXT_INTERVAL:
             self._last_stage = stage
@@ -373,17 +388,20 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
                engine: Engine | None = None, grace_s: float = GRACE_SECONDS,
                cwd: str | os.PathLike[str] | None = None,
-               env: dict[str, str] | None = None) -> RunResult:
+               env: dict[str, str] | None = None,
+               outer_stage: str | None = None) -> RunResult:
     """Run one engine command (e.g. ``["prepare", "--image", ...]``) and return its outputs.
 
     Progress goes to ``feedback.setProgress``/``setProgressText``, the engine's log to
     ``pushInfo``/``pushDebugInfo``/``pushWarning``. When ``feedback.isCanceled()`` becomes true the
     engine is asked to stop, killed after ``grace_s`` seconds, and :class:`EngineCancelled` is
     raised. A failed run raises :class:`EngineError` carrying the engine's own message.
+    ``outer_stage`` names a stage whose task counts runs of nested stages (``experiment``): the
+    bar then moves through each run instead of restarting at 0 for every run.
     """
     engine = engine or find_engine()
     argv = engine.argv([*args, "--progress", "json"])
-    relay = _Relay(feedback)
+    relay = _Relay(feedback, outer_stage)
     if feedback is not None and hasattr(feedback, "pushCommandInfo"):
         feedback.pushCommandInfo(subprocess.list2cmdline(argv) if sys.platform == "win32"
                                  else " ".join(_quote(a) for a in argv))

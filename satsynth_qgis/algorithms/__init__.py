@@ -5,6 +5,7 @@ from __future__ import annotations
 from .check_engine import CheckEngine
 from .evaluate_segmenter import EvaluateSegmenter
 from .prepare_chips import PrepareChips
+from .run_experiment import RunExperiment
 from .run_pipeline import RunPipeline
 from .segment_raster import SegmentRaster
 from .synthesize import Synthesize
@@ -21,6 +22,7 @@ ALGORITHMS = [
     Synthesize,
     TrainSegmenter,
     EvaluateSegmenter,
+    RunExperiment,
     SegmentRaster,
     RunPipeline,
 ]

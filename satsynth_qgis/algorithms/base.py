@@ -151,10 +151,12 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         return self.folder_value(value) if kind == "folderDestination" else value
 
     # --- helpers for subclasses -------------------------------------------------------------
-    def engine(self, args: list[str], feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        """Run one engine command and return its outputs (see :func:`runner.run_engine`)."""
+    def engine(self, args: list[str], feedback: QgsProcessingFeedback,
+               **options: Any) -> dict[str, Any]:
+        """Run one engine command and return its outputs (``options``: see
+        :func:`runner.run_engine`)."""
         with plain_errors():
-            result = runner.run_engine(args, feedback)
+            result = runner.run_engine(args, feedback, **options)
         feedback.pushInfo(f"Engine finished in {runner.format_seconds(result.seconds)}.")
         return result.outputs
 

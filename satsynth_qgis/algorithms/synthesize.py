@@ -21,7 +21,8 @@ from .. import compat
 from ..styling import ClassStylePostProcessor
 from .base import SatSynthAlgorithm
 
-SAMPLERS = ["dpm", "ddim", "ddpm"]
+#: "model default": the sampler of the generator's recipe (dpm; ddpm for --recipe paper models)
+SAMPLERS = ["model default", "dpm", "ddim", "ddpm"]
 
 
 def favor_items(text: str) -> list[str]:
@@ -53,7 +54,8 @@ class Synthesize(SatSynthAlgorithm):
         "The pairs are written as a synthetic dataset (for 'Train segmenter'), as georeferenced "
         "GeoTIFF chips laid out beside the source area, and as two mosaics (VRT) that are loaded: "
         "the synthetic images and their labels, styled by class.\n\n"
-        "Sampler: dpm (DPM-Solver++, good in 20 steps), ddim, or ddpm (all 1000 steps, slow, the "
+        "Sampler: model default (dpm, or ddpm for a generator trained with the paper's recipe), "
+        "dpm (DPM-Solver++, good in 20 steps), ddim, or ddpm (all 1000 steps, slow, the "
         "reference). Steps applies to dpm and ddim.\n\n"
         "Favor classes (advanced; generators trained with class-share conditioning, the "
         "default): ask for more or less of some classes, as CLASS=FACTOR items separated by "
@@ -76,7 +78,7 @@ class Synthesize(SatSynthAlgorithm):
         self.addParameter(self.folder_param("GENERATOR", "Generator folder (from Train joint generator)"))
         self.addParameter(QgsProcessingParameterNumber(
             "COUNT", self.tr("Number of pairs"), compat.NUMBER_INTEGER, 64, minValue=1))
-        self.addParameter(self.enum_param("SAMPLER", "Sampler", SAMPLERS, "dpm"))
+        self.addParameter(self.enum_param("SAMPLER", "Sampler", SAMPLERS, SAMPLERS[0]))
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("Sampling steps (dpm, ddim)"), compat.NUMBER_INTEGER, 20, minValue=1,
             maxValue=1000))
@@ -129,10 +131,12 @@ class Synthesize(SatSynthAlgorithm):
         out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
         args = ["synthesize", self.parameterAsFile(parameters, "GENERATOR", context),
                 "--count", str(self.parameterAsInt(parameters, "COUNT", context)),
-                "--out", out, "--sampler", self.enum_value(parameters, "SAMPLER", context),
-                "--steps", str(self.parameterAsInt(parameters, "STEPS", context)),
+                "--out", out, "--steps", str(self.parameterAsInt(parameters, "STEPS", context)),
                 "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
-        if self.enum_value(parameters, "SAMPLER", context) == "ddpm":
+        sampler = self.enum_value(parameters, "SAMPLER", context)
+        if sampler in SAMPLERS[1:]:  # else the engine uses the generator's recipe's sampler
+            args += ["--sampler", sampler]
+        if sampler == "ddpm":
             feedback.pushInfo("The ddpm sampler runs all 1000 steps (Sampling steps is ignored).")
         for item in favor_items(self.parameterAsString(parameters, "FAVOR", context)):
             args += ["--favor", item]

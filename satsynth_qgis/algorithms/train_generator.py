@@ -19,6 +19,10 @@ from .base import SatSynthAlgorithm
 
 PRESETS = ["tiny", "small", "base"]
 CONDITIONS = ["class-shares", "none"]
+#: "default": the product's recipe with the preset and conditioning chosen here; "paper": the
+#: engine's --recipe paper (its own preset and conditioning; the two choices here are not sent)
+RECIPES = ["default", "paper"]
+MIXED_PRECISION = ["no", "fp16", "bf16"]
 
 
 class TrainGenerator(SatSynthAlgorithm):
@@ -40,6 +44,13 @@ class TrainGenerator(SatSynthAlgorithm):
         "Conditioning (advanced): class-shares (default) also teaches the model each chip's class "
         "mix, so that synthesized pairs keep the real class mix and 'Favor classes' can ask for "
         "more of a rare class; none is the paper's unconditional model.\n\n"
+        "Recipe: default (the product's, tuned for fast convergence) or paper: SatSynth "
+        "(CVPR 2024) as published, in one switch: analog bits, epsilon prediction, a linear "
+        "noise schedule, no SNR weighting, no class conditioning, the base UNet on 128 x 128 px "
+        "chips (other chip sizes are refused; prepare with chip size 128). With paper, the "
+        "preset and conditioning chosen here are not used, and Synthesize samples such a model "
+        "with DDPM's 1000 steps unless told otherwise. It needs a GPU.\n\n"
+        "Mixed precision (advanced): fp16 or bf16 on a CUDA GPU.\n\n"
         "Train at chip size (advanced; 0 = the chips' size): train on the chips shrunk to "
         "this size (image averaged, mask by majority class), e.g. 32 on 64 or 128 px chips: "
         "the base of a super-resolution cascade with 'Train upsampler'.\n\n"
@@ -48,6 +59,7 @@ class TrainGenerator(SatSynthAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
+        self.addParameter(self.enum_param("RECIPE", "Recipe", RECIPES, RECIPES[0]))
         self.addParameter(self.enum_param("PRESET", "Model size preset", PRESETS, "tiny"))
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("Training steps (0 = engine default)"), compat.NUMBER_INTEGER, 0,
@@ -61,6 +73,8 @@ class TrainGenerator(SatSynthAlgorithm):
         self.addParameter(self.device_param())
         self.addParameter(compat.advanced(self.enum_param(
             "CONDITION", "Conditioning", CONDITIONS, CONDITIONS[0])))
+        self.addParameter(compat.advanced(self.enum_param(
+            "MIXED_PRECISION", "Mixed precision (CUDA GPU)", MIXED_PRECISION, "no")))
         self.addParameter(compat.advanced(QgsProcessingParameterNumber(
             "SIZE", self.tr("Train at chip size (px, 0 = the chips' size)"),
             compat.NUMBER_INTEGER, 0, minValue=0)))
@@ -84,9 +98,16 @@ class TrainGenerator(SatSynthAlgorithm):
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
         out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
         args = ["train-generator", self.parameterAsFile(parameters, "DATASET", context),
-                "--out", out, "--preset", self.enum_value(parameters, "PRESET", context),
-                "--seed", str(self.parameterAsInt(parameters, "SEED", context)),
-                "--condition", self.enum_value(parameters, "CONDITION", context)]
+                "--out", out, "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
+        recipe = self.enum_value(parameters, "RECIPE", context)
+        if recipe == "paper":  # the recipe chooses the preset and conditioning
+            args += ["--recipe", recipe]
+        else:
+            args += ["--preset", self.enum_value(parameters, "PRESET", context),
+                     "--condition", self.enum_value(parameters, "CONDITION", context)]
+        precision = self.enum_value(parameters, "MIXED_PRECISION", context)
+        if precision and precision != "no":
+            args += ["--mixed-precision", precision]
         for name, flag in (("STEPS", "--steps"), ("BATCH_SIZE", "--batch-size"),
                            ("SIZE", "--size")):
             value = self.parameterAsInt(parameters, name, context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qgis.core import (
@@ -10,6 +11,7 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -19,6 +21,17 @@ from .. import compat
 from .base import SatSynthAlgorithm
 
 ARCHITECTURES = ["fpn", "unet", "deeplabv3plus", "pspnet", "segformer", "tiny"]
+MIXED_PRECISION = ["no", "fp16", "bf16"]
+
+
+def encoder_problem(arch: str, encoder: str) -> str:
+    """Why ``encoder`` does not fit ``arch`` ('' when it does)."""
+    if arch == "tiny" and not encoder.startswith("w"):
+        return (f"The tiny architecture takes an encoder like w16d2 (width 16, depth 2), not "
+                f"'{encoder}'.")
+    if arch != "tiny" and encoder.startswith("w") and encoder[1:2].isdigit():
+        return f"Encoder '{encoder}' is for the tiny architecture; choose e.g. resnet18 for the others."
+    return ""
 
 
 class TrainSegmenter(SatSynthAlgorithm):
@@ -37,7 +50,10 @@ class TrainSegmenter(SatSynthAlgorithm):
         "with the best validation mIoU is kept.\n\n"
         "Architecture: fpn (the paper's), unet, deeplabv3plus, pspnet, segformer (use encoder "
         "mit_b0), or tiny (a small conv net for quick CPU checks; its encoder reads e.g. w16d2). "
-        "Encoders start from random weights: nothing is downloaded.\n\n"
+        "Encoders start from random weights unless 'Encoder weights' names a local file "
+        "(.safetensors or .pth, e.g. ImageNet weights of the chosen encoder): nothing is "
+        "downloaded. Mixed precision (fp16 or bf16) speeds training up on a CUDA GPU; on a CPU "
+        "it is ignored.\n\n"
         "Outputs: the segmenter folder, its metrics file (JSON) and the validation mIoU."
     )
 
@@ -65,6 +81,11 @@ class TrainSegmenter(SatSynthAlgorithm):
                                          compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
             QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0,
                                          minValue=0),
+            QgsProcessingParameterFile("ENCODER_WEIGHTS", self.tr(
+                "Encoder weights (a local .safetensors or .pth file)"), compat.FILE_FILE,
+                optional=True, fileFilter="Weights (*.safetensors *.pth *.pt)"),
+            self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)", MIXED_PRECISION,
+                            "no"),
         ):
             self.addParameter(compat.advanced(param))
         self.addParameter(QgsProcessingParameterFolderDestination(
@@ -78,14 +99,13 @@ class TrainSegmenter(SatSynthAlgorithm):
         ok, msg = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, msg
-        arch = self.enum_value(parameters, "ARCH", context)
-        encoder = self.parameterAsString(parameters, "ENCODER", context).strip()
-        if arch == "tiny" and not encoder.startswith("w"):
-            return False, self.tr(f"The tiny architecture takes an encoder like w16d2 (width 16, "
-                                  f"depth 2), not '{encoder}'.")
-        if arch != "tiny" and encoder.startswith("w") and encoder[1:2].isdigit():
-            return False, self.tr(f"Encoder '{encoder}' is for the tiny architecture; choose e.g. "
-                                  "resnet18 for the others.")
+        problem = encoder_problem(self.enum_value(parameters, "ARCH", context),
+                                  self.parameterAsString(parameters, "ENCODER", context).strip())
+        if problem:
+            return False, self.tr(problem)
+        weights = self.parameterAsFile(parameters, "ENCODER_WEIGHTS", context)
+        if weights and not Path(weights).is_file():
+            return False, self.tr(f"Encoder weights file {weights} does not exist.")
         return self.folder_checks(parameters, context,
                                   {"DATASET": "dataset", "SYNTHETIC": "synthetic"})
 
@@ -108,6 +128,12 @@ class TrainSegmenter(SatSynthAlgorithm):
         minutes = self.parameterAsDouble(parameters, "MINUTES", context)
         if minutes:
             args += ["--minutes", repr(minutes)]
+        weights = self.parameterAsFile(parameters, "ENCODER_WEIGHTS", context)
+        if weights:
+            args += ["--encoder-weights", weights]
+        precision = self.enum_value(parameters, "MIXED_PRECISION", context)
+        if precision and precision != "no":
+            args += ["--mixed-precision", precision]
         self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
         outputs = self.engine(args, feedback)
         miou = outputs.get("miou")

@@ -66,6 +66,7 @@ STAGES = {
     "synthesize": "Synthesize",
     "train_segmenter": "Train segmenter",
     "evaluate": "Evaluate",
+    "experiment": "Does synthetic data help?",
     "segment": "Segment",
     "run_all": "Run all",
 }
@@ -197,11 +198,15 @@ class SatSynthDock(QDockWidget):
         grid = QGridLayout(stages)
         self.buttons: dict[str, QPushButton] = {}
         for i, stage in enumerate(["prepare", "train_generator", "synthesize", "train_segmenter",
-                                   "evaluate"]):
+                                   "evaluate", "experiment"]):
             b = QPushButton(STAGES[stage])
             b.setObjectName(f"stage_{stage}")
             self.buttons[stage] = b
             grid.addWidget(b, i // 2, i % 2)
+        self.buttons["experiment"].setWhatsThis(
+            "Trains a segmenter per synthetic ratio R and seed (Advanced: experiment ratios, "
+            "seeds, budget, real fraction) and compares each with real chips only; the report "
+            "opens when done. Cancel keeps the finished runs: run it again to resume.")
         seg_box = QGroupBox("Segment")
         sform = QFormLayout(seg_box)
         self.segment_combo = QgsMapLayerComboBox()
@@ -302,6 +307,9 @@ class SatSynthDock(QDockWidget):
         spin("chip_size", 32, 1024, 32, "Chip size in pixels (a multiple of 32)")
         spin("stride", 8, 1024, 8, "Distance between chips; smaller than the size overlaps them")
         dspin("val_fraction", 0.0, 0.9, 0.05, "Share of chips kept for validation")
+        combo("recipe", list(params.RECIPES),
+              "Generator recipe: default, or paper (SatSynth as published: base UNet, 128 px "
+              "chips, epsilon, linear schedule, unconditional, DDPM sampling; a GPU)")
         combo("generator_size", list(params.GENERATOR_SIZES), "Size of the diffusion model")
         spin("generator_steps", 1, 10_000_000, 100, "Generator training steps")
         spin("batch_size", 1, 1024, 1, "Chips per training step")
@@ -310,19 +318,40 @@ class SatSynthDock(QDockWidget):
         spin("sampler_steps", 1, 1000, 5, "Denoising steps per sample")
         combo("arch", list(params.ARCHITECTURES), "Segmentation architecture")
         combo("encoder", list(params.ENCODERS), "Encoder backbone")
+        weights = QgsFileWidget()
+        weights.setFilter("Weights (*.safetensors *.pth *.pt)")
+        weights.setToolTip("A local weights file for the encoder (e.g. ImageNet weights); "
+                           "empty: random weights. Nothing is downloaded.")
+        self.adv["encoder_weights"] = weights
         spin("epochs", 1, 10_000, 1, "Segmenter training epochs")
         dspin("synthetic_ratio", 0.0, 10.0, 0.25,
               "Synthetic pairs per real pair when training the segmenter (R in the paper)")
+        combo("mixed_precision", list(params.MIXED_PRECISION),
+              "Mixed precision for training on a CUDA GPU (ignored on a CPU)")
+        ratios = QLineEdit()
+        ratios.setToolTip("Experiment: synthetic pairs per real pair R to compare, comma "
+                          "separated (0, real only, is always run)")
+        self.adv["experiment_ratios"] = ratios
+        spin("experiment_seeds", 1, 100, 1, "Experiment: runs per ratio (3+ give an interval)")
+        combo("experiment_budget", list(params.BUDGETS),
+              "Experiment: steps (the same compute for every R), epochs, or converge")
+        dspin("real_fraction", 0.01, 1.0, 0.05,
+              "Experiment: share of the real training chips used (the low-data setting)")
         combo("device", list(params.DEVICES), "Compute device")
         spin("tile", 64, 8192, 64, "Tile size when segmenting")
         spin("overlap", 0, 1024, 8, "Tile overlap when segmenting")
         spin("seed", 0, 2**31 - 1, 1, "Random seed")
         labels = {"chip_size": "Chip size", "stride": "Stride", "val_fraction": "Validation share",
+                  "recipe": "Generator recipe",
                   "generator_size": "Generator size", "generator_steps": "Generator steps",
                   "batch_size": "Batch size", "synth_count": "Synthetic pairs",
                   "sampler": "Sampler", "sampler_steps": "Sampler steps",
-                  "arch": "Architecture", "encoder": "Encoder", "epochs": "Epochs",
-                  "synthetic_ratio": "Synthetic ratio", "device": "Device",
+                  "arch": "Architecture", "encoder": "Encoder",
+                  "encoder_weights": "Encoder weights", "epochs": "Epochs",
+                  "synthetic_ratio": "Synthetic ratio", "mixed_precision": "Mixed precision",
+                  "experiment_ratios": "Experiment ratios", "experiment_seeds": "Experiment seeds",
+                  "experiment_budget": "Experiment budget", "real_fraction": "Real fraction",
+                  "device": "Device",
                   "tile": "Tile", "overlap": "Overlap", "seed": "Seed"}
         for name, w in self.adv.items():
             w.setObjectName(f"adv_{name}")
@@ -330,6 +359,7 @@ class SatSynthDock(QDockWidget):
         # the engine takes strides between 1 and the chip size, overlaps below the tile size
         self.adv["chip_size"].valueChanged.connect(self.adv["stride"].setMaximum)
         self.adv["tile"].valueChanged.connect(lambda v: self.adv["overlap"].setMaximum(v // 2))
+        self.adv["experiment_ratios"].textChanged.connect(lambda _t: self.update_state())
 
     # ------------------------------------------------------------------ signals
     def _connect(self) -> None:
@@ -425,6 +455,10 @@ class SatSynthDock(QDockWidget):
         for name, w in self.adv.items():
             if isinstance(w, QComboBox):
                 values[name] = w.currentText()
+            elif isinstance(w, QLineEdit):
+                values[name] = w.text().strip()
+            elif isinstance(w, QgsFileWidget):
+                values[name] = w.filePath().strip()
             else:
                 values[name] = w.value()
         return StageSettings.from_dict(values)
@@ -438,6 +472,10 @@ class SatSynthDock(QDockWidget):
                     w.addItem(str(value))
                     idx = w.findText(str(value))
                 w.setCurrentIndex(idx)
+            elif isinstance(w, QLineEdit):
+                w.setText(str(value))
+            elif isinstance(w, QgsFileWidget):
+                w.setFilePath(str(value))
             else:
                 w.setValue(value)
 
@@ -479,6 +517,7 @@ class SatSynthDock(QDockWidget):
             ("" if rf.has_generator() else "needs a trained generator (run Train generator)"),
             "train_segmenter": no_run if rf is None else
             ("" if rf.has_dataset() else "needs the prepared chips (run Prepare)"),
+            "experiment": self._experiment_ready(rf),
         }
         ev = []
         if not seg_ok:
@@ -506,6 +545,23 @@ class SatSynthDock(QDockWidget):
             sg.append("an output folder and run name")
         ready["segment"] = ("needs " + ", ".join(sg)) if sg else ""
         return ready
+
+    def _experiment_ready(self, rf: RunFolder | None) -> str:
+        """Why the experiment cannot run ('' when it can)."""
+        if rf is None:
+            return "needs an output folder and run name"
+        if not rf.has_dataset():
+            return "needs the prepared chips (run Prepare)"
+        text = self.stage_settings().experiment_ratios
+        try:
+            ratios = [float(t) for t in text.replace(" ", "").split(",") if t]
+        except ValueError:
+            ratios = []
+        if not ratios or min(ratios) < 0:
+            return f"needs experiment ratios like 0,1,2 (Advanced), not '{text}'"
+        if max(ratios) > 0 and not rf.has_generator():
+            return "needs a trained generator for ratios above 0 (run Train generator)"
+        return ""
 
     def update_state(self, *_args: Any) -> None:
         """Enable each stage button only when its inputs exist and nothing runs."""
@@ -650,11 +706,12 @@ class SatSynthDock(QDockWidget):
         self.engine_label.setToolTip(str(results.get("ENGINE", "")))
 
     def _after_success(self, stage: str, results: dict) -> None:
-        if stage == "evaluate":
+        if stage in ("evaluate", "experiment"):
             report = params.report_path(results)
             if report:
                 self.last_report = report
-                self._log("info", f"Evaluation report: {report}")
+                self._log("info", f"{'Evaluation' if stage == 'evaluate' else 'Experiment'} "
+                                  f"report: {report}")
                 if QgsSettings().value(SETTINGS_PREFIX + "open_reports", True, type=bool):
                     QDesktopServices.openUrl(QUrl.fromLocalFile(report))
 

@@ -27,6 +27,9 @@ ARCHITECTURES = ("fpn", "unet", "deeplabv3plus", "pspnet", "segformer", "tiny")
 ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
             "mobilenet_v2", "mit_b0", "w16d2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+RECIPES = ("default", "paper")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+BUDGETS = ("steps", "epochs", "converge")
 
 ALGORITHMS = {
     "prepare": "satsynth:prepare_chips",
@@ -34,6 +37,7 @@ ALGORITHMS = {
     "synthesize": "satsynth:synthesize",
     "train_segmenter": "satsynth:train_segmenter",
     "evaluate": "satsynth:evaluate_segmenter",
+    "experiment": "satsynth:run_experiment",
     "segment": "satsynth:segment_raster",
     "run_all": "satsynth:run_pipeline",
 }
@@ -84,9 +88,9 @@ def prepare(i: DockInputs) -> dict[str, Any]:
 
 def train_generator(i: DockInputs) -> dict[str, Any]:
     s, rf = i.settings, _run(i)
-    return {"DATASET": str(rf.dataset), "PRESET": s.generator_size, "STEPS": s.generator_steps,
-            "BATCH_SIZE": s.batch_size, **_device(s), "SEED": s.seed,
-            "OUTPUT": str(rf.generator)}
+    return {"DATASET": str(rf.dataset), "RECIPE": s.recipe, "PRESET": s.generator_size,
+            "STEPS": s.generator_steps, "BATCH_SIZE": s.batch_size, **_device(s),
+            "MIXED_PRECISION": s.mixed_precision, "SEED": s.seed, "OUTPUT": str(rf.generator)}
 
 
 def synthesize(i: DockInputs) -> dict[str, Any]:
@@ -99,9 +103,26 @@ def synthesize(i: DockInputs) -> dict[str, Any]:
 def train_segmenter(i: DockInputs) -> dict[str, Any]:
     s, rf = i.settings, _run(i)
     p = {"DATASET": str(rf.dataset), "ARCH": s.arch, "ENCODER": s.encoder, "EPOCHS": s.epochs,
-         "BATCH_SIZE": s.batch_size, **_device(s), "SEED": s.seed, "OUTPUT": str(rf.segmenter)}
+         "BATCH_SIZE": s.batch_size, **_device(s), "MIXED_PRECISION": s.mixed_precision,
+         "SEED": s.seed, "OUTPUT": str(rf.segmenter)}
+    if s.encoder_weights:
+        p["ENCODER_WEIGHTS"] = s.encoder_weights
     if rf.has_synthetic() and s.synthetic_ratio > 0:
         p.update({"SYNTHETIC": str(rf.synthetic), "RATIO": s.synthetic_ratio})
+    return p
+
+
+def experiment(i: DockInputs) -> dict[str, Any]:
+    """Does synthetic data help? Into the run's experiment folder, so that running it again
+    after a cancel resumes it."""
+    s, rf = i.settings, _run(i)
+    p = {"DATASET": str(rf.dataset), "RATIOS": s.experiment_ratios,
+         "SEEDS": s.experiment_seeds, "BUDGET": s.experiment_budget,
+         "REAL_FRACTION": s.real_fraction, "ARCH": s.arch, "ENCODER": s.encoder,
+         "EPOCHS": s.epochs, "BATCH_SIZE": s.batch_size, **_device(s),
+         "OUTPUT": str(rf.experiment)}
+    if rf.has_generator():
+        p["GENERATOR"] = str(rf.generator)
     return p
 
 
@@ -157,7 +178,8 @@ def run_all(i: DockInputs) -> dict[str, Any]:
 
 
 BUILDERS = {"prepare": prepare, "train_generator": train_generator, "synthesize": synthesize,
-            "train_segmenter": train_segmenter, "evaluate": evaluate, "segment": segment,
+            "train_segmenter": train_segmenter, "evaluate": evaluate,
+            "experiment": experiment, "segment": segment,
             "run_all": run_all}
 
 

@@ -16,6 +16,7 @@ class StageSettings:
     chip_size: int = 64
     stride: int = 64
     val_fraction: float = 0.2
+    recipe: str = "default"  # the generator's: default, or paper (SatSynth as published)
     generator_size: str = "tiny"
     generator_steps: int = 300
     batch_size: int = 8
@@ -24,8 +25,14 @@ class StageSettings:
     sampler_steps: int = 25
     arch: str = "fpn"
     encoder: str = "resnet18"
+    encoder_weights: str = ""  # a local weights file for the segmenter's encoder ('' = random)
     epochs: int = 5
     synthetic_ratio: float = 0.5
+    mixed_precision: str = "no"  # no, fp16, bf16 (a CUDA GPU)
+    experiment_ratios: str = "0,0.5,1"  # Experiment: synthetic pairs per real pair to compare
+    experiment_seeds: int = 2
+    experiment_budget: str = "steps"
+    real_fraction: float = 1.0  # Experiment: share of the real training chips used
     device: str = "auto"
     tile: int = 512
     overlap: int = 64
@@ -56,18 +63,22 @@ PRESETS: dict[str, StageSettings] = {
     "Quick on CPU": StageSettings(
         chip_size=64, stride=64, val_fraction=0.2, generator_size="tiny", generator_steps=300,
         batch_size=8, synth_count=32, sampler="ddim", sampler_steps=25, arch="fpn",
-        encoder="resnet18", epochs=5, synthetic_ratio=0.5, device="cpu", tile=512, overlap=32),
+        encoder="resnet18", epochs=5, synthetic_ratio=0.5, experiment_ratios="0,0.5,1",
+        experiment_seeds=2, device="cpu", tile=512, overlap=32),
     # An hour or so on one GPU (or a long night on a CPU).
     "Standard": StageSettings(
         chip_size=128, stride=96, val_fraction=0.2, generator_size="small", generator_steps=5000,
         batch_size=16, synth_count=500, sampler="ddim", sampler_steps=50, arch="unet",
-        encoder="resnet34", epochs=30, synthetic_ratio=0.5, device="auto", tile=1024,
-        overlap=64),
-    # Close to the paper's settings: needs a CUDA GPU with >= 16 GB and a day of training.
+        encoder="resnet34", epochs=30, synthetic_ratio=0.5, experiment_ratios="0,0.5,1,2",
+        experiment_seeds=3, device="auto", tile=1024, overlap=64),
+    # The paper's recipe (train-generator --recipe paper: the base UNet on 128 px chips, analog
+    # bits, epsilon, linear schedule, unconditional; DDPM sampling) and its FPN segmenter: needs a
+    # CUDA GPU with >= 16 GB and a day of training.
     "Paper-scale on GPU": StageSettings(
-        chip_size=256, stride=128, val_fraction=0.1, generator_size="base",
+        chip_size=128, stride=128, val_fraction=0.1, recipe="paper", generator_size="base",
         generator_steps=100000, batch_size=32, synth_count=5000, sampler="ddpm",
-        sampler_steps=1000, arch="unet", encoder="resnet50", epochs=80, synthetic_ratio=1.0,
+        sampler_steps=1000, arch="fpn", encoder="resnet50", epochs=80, synthetic_ratio=1.0,
+        mixed_precision="bf16", experiment_ratios="0,1,2,3,5", experiment_seeds=3,
         device="cuda", tile=1024, overlap=128),
 }
 DEFAULT_PRESET = "Quick on CPU"

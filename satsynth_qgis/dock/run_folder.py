@@ -10,6 +10,7 @@
         synthetic/          Synthesize
         segmenter/          Train segmenter
         evaluation/         Evaluate
+        experiment/         Experiment (runs.json: a cancelled experiment resumes here)
         predictions/        Segment (one class raster per segmented layer)
 """
 
@@ -66,6 +67,10 @@ class RunFolder:
     @property
     def evaluation(self) -> Path:
         return self.root / "evaluation"
+
+    @property
+    def experiment(self) -> Path:
+        return self.root / "experiment"
 
     def prediction(self, layer_name: str, kind: str = "classes") -> Path:
         """``classes`` and ``confidence`` GeoTIFFs, ``polygons`` GeoPackage."""

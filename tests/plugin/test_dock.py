@@ -113,7 +113,14 @@ def test_stage_buttons_follow_the_inputs_and_the_run_folder(dock, scene, tmp_pat
     (run / "dataset").mkdir(parents=True)
     (run / "dataset" / "dataset.json").write_text("{}")
     dock.update_state()
+    # the experiment's default ratios (0,0.5,1) need a generator; ratios 0 alone do not
     assert enabled() == {"prepare", "run_all", "train_generator", "train_segmenter"}
+    assert "needs a trained generator" in dock.buttons["experiment"].toolTip()
+    dock.adv["experiment_ratios"].setText("0")
+    assert "experiment" in enabled()
+    dock.adv["experiment_ratios"].setText("0,one")
+    assert "needs experiment ratios like 0,1,2" in dock.buttons["experiment"].toolTip()
+    dock.adv["experiment_ratios"].setText("0,0.5,1")
     (run / "generator").mkdir()
     (run / "generator" / "config.json").write_text("{}")
     (run / "segmenter").mkdir()
@@ -198,8 +205,8 @@ def test_run_folder_records_parameters_as_json(tmp_path, scene):
 
 
 @pytest.mark.parametrize("stage", ["prepare", "train_generator", "synthesize", "train_segmenter",
-                                   "evaluate", "evaluate with a label raster", "segment",
-                                   "segment over an AOI", "run_all"])
+                                   "evaluate", "evaluate with a label raster", "experiment",
+                                   "segment", "segment over an AOI", "run_all"])
 def test_every_stage_sends_only_parameters_its_algorithm_declares(dock, scene, tmp_path, provider,
                                                                   stage):
     """The dock and the toolbox share one code path: the dock's parameters are the algorithm's."""
