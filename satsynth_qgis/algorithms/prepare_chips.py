@@ -73,11 +73,17 @@ class PrepareChips(SatSynthAlgorithm):
         "region folders with images/ and labels/ GeoTIFFs and train.txt/val.txt; iSAID: "
         "train/val with P0000.png images and P0000_instance_color_RGB.png semantic masks), read "
         "with its own class table and official train/val split.\n\n"
+        "Labels raster drawn on the image's pixels: a labels raster of the image's exact size "
+        "without georeference (an annotation tool's export) takes the image's grid; it is "
+        "refused when the sizes differ.\n\n"
         "Outputs: the dataset folder and a layer of chip footprints (train/val), which is loaded."
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         add_label_inputs(self, image_optional=True)
+        self.addParameter(QgsProcessingParameterBoolean(
+            "LABELS_ON_IMAGE_GRID", self.tr("Labels raster drawn on the image's pixels (same "
+                                            "size, no georeference)"), False))
         self.addParameter(self.enum_param(
             "DATASET_LAYOUT", "Dataset layout (a downloaded dataset instead of image + labels)",
             LAYOUTS, NO_LAYOUT))
@@ -162,6 +168,14 @@ class PrepareChips(SatSynthAlgorithm):
                 return False, self.tr(
                     f"The labels raster '{labels.name()}' has {labels.bandCount()} bands; it must "
                     "have a single band of class ids (use label polygons for other data).")
+            if (self.parameterAsBoolean(parameters, "LABELS_ON_IMAGE_GRID", context)
+                    and labels is not None and image is not None and labels.isValid()
+                    and image.isValid() and (labels.width(), labels.height())
+                    != (image.width(), image.height())):
+                return False, self.tr(
+                    f"'Labels raster drawn on the image's pixels' needs the labels to have the "
+                    f"image's size: '{labels.name()}' is {labels.width()} x {labels.height()} px, "
+                    f"'{image.name()}' {image.width()} x {image.height()} px.")
         if (self.parameterAsBoolean(parameters, "BACKGROUND_IGNORE", context)
                 and self.parameterAsString(parameters, "BACKGROUND", context) not in ("", "background")):
             return False, self.tr("Choose either a background class name or 'do not train on "
@@ -221,6 +235,8 @@ class PrepareChips(SatSynthAlgorithm):
             if labels is None:
                 raise QgsProcessingException(self.invalidRasterError(parameters, "LABELS"))
             args += ["--labels", layers.raster_to_file(labels, context, feedback)]
+            if self.parameterAsBoolean(parameters, "LABELS_ON_IMAGE_GRID", context):
+                args.append("--labels-on-image-grid")
         else:
             path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
                 parameters, "VECTOR", context, layers.ENGINE_VECTOR_FORMATS, "gpkg", feedback)
