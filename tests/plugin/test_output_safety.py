@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ensure_provider, run_alg
+from conftest import ensure_provider, run_alg, scene_arrays
 from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException
 
 from satsynth_qgis import runner
@@ -57,3 +57,27 @@ def test_output_equal_to_an_input_is_refused_before_the_run(dataset, tmp_path):
                                        QgsProcessingContext())
     assert ok, msg
     assert _digest(folder) == before and (mine / "notes.txt").read_text() == "keep"
+
+
+def test_labels_drawn_on_the_image_pixels(scene, engine_python, tmp_path):
+    """An annotation tool's mask: the image's size, no georeference. Refused with the hint,
+    accepted with 'Labels raster drawn on the image's pixels', refused when the size differs."""
+    from osgeo import gdal
+
+    ensure_provider()
+    _, labels = scene_arrays()
+    for name, arr in (("mask.tif", labels), ("small.tif", labels[:100, :100])):
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / name), arr.shape[1],
+                                                  arr.shape[0], 1, gdal.GDT_Byte)
+        ds.GetRasterBand(1).WriteArray(arr)
+        ds = None
+    params = {"IMAGE": scene["image"], "LABELS": str(tmp_path / "mask.tif"), "CHIP_SIZE": 32,
+              "OUTPUT": str(tmp_path / "ds")}
+    with pytest.raises(QgsProcessingException, match="--labels-on-image-grid"):
+        run_alg("satsynth:prepare_chips", params)
+    results, _ = run_alg("satsynth:prepare_chips", {**params, "LABELS_ON_IMAGE_GRID": True})
+    assert (Path(results["DATASET"]) / "dataset.json").is_file()
+    with pytest.raises(QgsProcessingException, match="needs the labels to have the image's size"):
+        run_alg("satsynth:prepare_chips", {**params, "LABELS": str(tmp_path / "small.tif"),
+                                           "LABELS_ON_IMAGE_GRID": True,
+                                           "OUTPUT": str(tmp_path / "ds2")})
