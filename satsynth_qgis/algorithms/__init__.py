@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .check_engine import CheckEngine
 from .evaluate_segmenter import EvaluateSegmenter
+from .export_segmenter import ExportSegmenter
 from .prepare_chips import PrepareChips
 from .run_experiment import RunExperiment
 from .run_pipeline import RunPipeline
@@ -24,5 +25,6 @@ ALGORITHMS = [
     EvaluateSegmenter,
     RunExperiment,
     SegmentRaster,
+    ExportSegmenter,
     RunPipeline,
 ]

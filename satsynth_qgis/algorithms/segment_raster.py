@@ -24,6 +24,10 @@ from .. import compat, layers
 from ..styling import ClassStylePostProcessor, VectorClassStylePostProcessor
 from .base import SatSynthAlgorithm, folder_problem
 
+#: The engine's forward runtimes (satsynth predict --runtime): auto = ONNX Runtime on a CPU when
+#: the engine has it, else PyTorch.
+RUNTIMES = ["auto", "torch", "onnx"]
+
 
 class SegmentRaster(SatSynthAlgorithm):
     """``satsynth predict SEG --image IMG --out PRED.tif [...]``."""
@@ -44,7 +48,10 @@ class SegmentRaster(SatSynthAlgorithm):
         "class probability x 255) and class polygons (GeoPackage with class_id, class_name, "
         "area_m2).\n\n"
         "The input must have the bands the segmenter was trained on, in the same order. Web and "
-        "database layers are first written to a temporary GeoTIFF over the extent."
+        "database layers are first written to a temporary GeoTIFF over the extent.\n\n"
+        "Runtime (advanced): auto runs the model through ONNX Runtime on a CPU (faster than "
+        "PyTorch there, see docs/predict.md; exported into the segmenter folder on first use) "
+        "and PyTorch on a GPU; torch or onnx force one."
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
@@ -65,6 +72,7 @@ class SegmentRaster(SatSynthAlgorithm):
         for param in (
             QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch"),
                                          compat.NUMBER_INTEGER, 8, minValue=1),
+            self.enum_param("RUNTIME", "Runtime", RUNTIMES, "auto"),
             QgsProcessingParameterBoolean(
                 "MATCH_RESOLUTION",
                 self.tr("Resample to the training pixel size on the fly"), False),
@@ -145,6 +153,9 @@ class SegmentRaster(SatSynthAlgorithm):
         if self.parameterAsBoolean(parameters, "MATCH_RESOLUTION", context):
             args.append("--match-resolution")
         self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        runtime = self.enum_value(parameters, "RUNTIME", context)
+        if runtime and runtime != "auto":
+            args += ["--runtime", runtime]
 
         outputs = self.engine(args, feedback)
         prediction = str(outputs.get("prediction") or out)

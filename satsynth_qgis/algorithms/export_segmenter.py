@@ -1,0 +1,71 @@
+"""Export segmenter: a trained segmenter as an ONNX model (satsynth export)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
+
+from .. import compat
+from .base import SatSynthAlgorithm
+
+
+class ExportSegmenter(SatSynthAlgorithm):
+    """``satsynth export SEG --format onnx --out MODEL.onnx --tile T --overlap O``."""
+
+    ALG_ID = "export_segmenter"
+    DISPLAY = "Export segmenter to ONNX"
+    GROUP = "prediction"
+    ICON = "segment"
+    OUTPUT_KIND = "file"
+    OUTPUT_INPUTS = ("MODEL",)
+    HELP = (
+        "Writes a trained segmenter as an ONNX model for tiles of the given size and any batch "
+        "size, checked against the PyTorch model before it is kept. The file carries the class "
+        "table, the normalization, the band count, training pixel size, CRS and tile size, and "
+        "the metadata the Deepness plugin reads (model type Segmentor, class names, resolution "
+        "in cm/px, tile size, overlap in percent, input standardization), so it loads in "
+        "Deepness with the right classes and scale; ONNX Runtime and other tools load it too.\n\n"
+        "Input: tiles normalized as Segment raster does; output: class probabilities."
+    )
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(self.folder_param("MODEL", "Segmenter folder (from Train segmenter)"))
+        self.addParameter(QgsProcessingParameterNumber(
+            "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, 512, minValue=16,
+            maxValue=8192))
+        self.addParameter(QgsProcessingParameterNumber(
+            "OVERLAP", self.tr("Overlap between tiles, recorded for Deepness (pixels)"),
+            compat.NUMBER_INTEGER, 64, minValue=0, maxValue=4096))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT", self.tr("ONNX model"), self.tr("ONNX models (*.onnx)")))
+
+    def checkParameterValues(self, parameters: dict[str, Any],
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        ok, msg = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, msg
+        tile = self.parameterAsInt(parameters, "TILE", context)
+        overlap = self.parameterAsInt(parameters, "OVERLAP", context)
+        if overlap * 2 > tile:
+            return False, self.tr(f"The overlap ({overlap} px) must be at most half the tile "
+                                  f"size ({tile} px).")
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if out and not out.lower().endswith(".onnx"):
+            return False, self.tr("The ONNX model needs a file name ending in .onnx.")
+        return self.folder_checks(parameters, context, {"MODEL": "segmenter"})
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        args = ["export", model, "--format", "onnx", "--out", out,
+                "--tile", str(self.parameterAsInt(parameters, "TILE", context)),
+                "--overlap", str(self.parameterAsInt(parameters, "OVERLAP", context))]
+        outputs = self.engine(args, feedback)
+        return {"OUTPUT": str(outputs.get("model") or out)}
