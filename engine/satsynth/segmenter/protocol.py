@@ -118,7 +118,7 @@ def final_scores(model_dir: str | Path, dataset: str | Path, device: str = "auto
     dev = resolve_device(device)
     model, cfg = load_segmenter(model_dir, dev)
     metrics = SegmentationMetrics(cfg.num_classes, dev)
-    evaluate_chips(model, chips, cfg.normalizer, metrics, batch_size, dev)
+    evaluate_chips(model, chips, cfg.normalizer, metrics, batch_size, dev, show_progress=True)
     return metrics.compute(cfg.class_table.names), split
 
 
