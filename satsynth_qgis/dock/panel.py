@@ -316,6 +316,11 @@ class SatSynthDock(QDockWidget):
         spin("synth_count", 1, 1_000_000, 16, "Synthetic image-mask pairs to sample")
         combo("sampler", list(params.SAMPLERS), "Diffusion sampler")
         spin("sampler_steps", 1, 1000, 5, "Denoising steps per sample")
+        upsampler = QgsFileWidget()
+        upsampler.setStorageMode(QgsFileWidget.GetDirectory)
+        upsampler.setToolTip("Synthesize: an upsampler folder (Train upsampler in the "
+                             "toolbox) for the super-resolution cascade; empty: none")
+        self.adv["upsampler"] = upsampler
         combo("arch", list(params.ARCHITECTURES), "Segmentation architecture")
         combo("encoder", list(params.ENCODERS), "Encoder backbone")
         weights = QgsFileWidget()
@@ -345,7 +350,7 @@ class SatSynthDock(QDockWidget):
                   "recipe": "Generator recipe",
                   "generator_size": "Generator size", "generator_steps": "Generator steps",
                   "batch_size": "Batch size", "synth_count": "Synthetic pairs",
-                  "sampler": "Sampler", "sampler_steps": "Sampler steps",
+                  "sampler": "Sampler", "sampler_steps": "Sampler steps", "upsampler": "Upsampler",
                   "arch": "Architecture", "encoder": "Encoder",
                   "encoder_weights": "Encoder weights", "epochs": "Epochs",
                   "synthetic_ratio": "Synthetic ratio", "mixed_precision": "Mixed precision",

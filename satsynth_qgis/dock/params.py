@@ -97,6 +97,7 @@ def synthesize(i: DockInputs) -> dict[str, Any]:
     s, rf = i.settings, _run(i)
     return {"GENERATOR": str(rf.generator), "COUNT": s.synth_count, "SAMPLER": s.sampler,
             "STEPS": s.sampler_steps, "SEED": s.seed, **_device(s),
+            **({"UPSAMPLER": s.upsampler} if s.upsampler else {}),
             "OUTPUT": str(rf.synthetic)}
 
 

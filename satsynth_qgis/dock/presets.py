@@ -23,6 +23,7 @@ class StageSettings:
     synth_count: int = 32
     sampler: str = "ddim"
     sampler_steps: int = 25
+    upsampler: str = ""  # Synthesize: an upsampler folder (the cascade); '' = none
     arch: str = "fpn"
     encoder: str = "resnet18"
     encoder_weights: str = ""  # a local weights file for the segmenter's encoder ('' = random)
