@@ -68,6 +68,7 @@ STAGES = {
     "evaluate": "Evaluate",
     "experiment": "Does synthetic data help?",
     "segment": "Segment",
+    "export": "Export ONNX",
     "run_all": "Run all",
 }
 
@@ -235,6 +236,12 @@ class SatSynthDock(QDockWidget):
         b = QPushButton(STAGES["segment"])
         b.setObjectName("stage_segment")
         self.buttons["segment"] = b
+        sform.addRow(b)
+        b = QPushButton(STAGES["export"])
+        b.setObjectName("stage_export")
+        b.setToolTip("Write the segmenter as an ONNX model beside its folder (SEGMENTER.onnx), "
+                     "with the metadata Deepness reads (Export segmenter to ONNX)")
+        self.buttons["export"] = b
         sform.addRow(b)
         grid.addWidget(seg_box, 3, 0, 1, 2)
         b = QPushButton(STAGES["run_all"])
@@ -549,6 +556,8 @@ class SatSynthDock(QDockWidget):
         if rf is None and not self.segmenter_widget.filePath().strip():
             sg.append("an output folder and run name")
         ready["segment"] = ("needs " + ", ".join(sg)) if sg else ""
+        ready["export"] = "" if seg_ok else ("needs a trained segmenter (run Train segmenter, "
+                                             "or choose a model folder)")
         return ready
 
     def _experiment_ready(self, rf: RunFolder | None) -> str:

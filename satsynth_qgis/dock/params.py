@@ -39,6 +39,7 @@ ALGORITHMS = {
     "evaluate": "satsynth:evaluate_segmenter",
     "experiment": "satsynth:run_experiment",
     "segment": "satsynth:segment_raster",
+    "export": "satsynth:export_segmenter",
     "run_all": "satsynth:run_pipeline",
 }
 
@@ -164,6 +165,13 @@ def segment(i: DockInputs) -> dict[str, Any]:
     return p
 
 
+def export(i: DockInputs) -> dict[str, Any]:
+    """The segmenter as SEGMENTER.onnx beside its folder, for the dock's tile and overlap."""
+    s, seg = i.settings, Path(str(i.segmenter))
+    return {"MODEL": str(seg), "TILE": s.tile, "OVERLAP": s.overlap,
+            "OUTPUT": str(seg.with_name(seg.name + ".onnx"))}
+
+
 def run_all(i: DockInputs) -> dict[str, Any]:
     s, rf = i.settings, _run(i)
     p = {"IMAGE": i.image, **_labels(i), "CLASSES": str(rf.classes),
@@ -180,7 +188,7 @@ def run_all(i: DockInputs) -> dict[str, Any]:
 
 BUILDERS = {"prepare": prepare, "train_generator": train_generator, "synthesize": synthesize,
             "train_segmenter": train_segmenter, "evaluate": evaluate,
-            "experiment": experiment, "segment": segment,
+            "experiment": experiment, "segment": segment, "export": export,
             "run_all": run_all}
 
 
