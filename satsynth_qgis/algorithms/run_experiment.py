@@ -38,6 +38,9 @@ class RunExperiment(SatSynthAlgorithm):
     DISPLAY = "Does synthetic data help? (experiment)"
     GROUP = "segmenter"
     ICON = "evaluate"
+    OUTPUT_KIND = "experiment"
+    OUTPUT_INPUTS = ("DATASET", "GENERATOR")
+    OUTPUT_INTO = True  # the same folder again resumes the experiment
     HELP = (
         "Answers the question the product exists for, on your data: for each ratio R (synthetic "
         "pairs per real pair) and each seed, it trains a segmenter on the real chips plus R times "
@@ -51,8 +54,11 @@ class RunExperiment(SatSynthAlgorithm):
         "optimizer steps, so R changes the data, not the compute), epochs (R > 0 runs train "
         "longer), or converge (each run trains until its validation mIoU stops improving). Real "
         "fraction: train on this share of the real chips (the low-data setting where synthetic "
-        "pairs help most). Variants (advanced): mix (default), pretrain (synthetic first, then "
-        "real fine-tuning), tstr (synthetic only), comma separated.\n\n"
+        "pairs help most). Variants (advanced), comma separated: mix (default), pretrain "
+        "(synthetic first, then real fine-tuning), tstr (synthetic only), filtered and "
+        "filtered-pretrain (only the half of the synthetic pairs that the real-only segmenter "
+        "of the same seed finds most consistent with their masks); an unknown name is refused "
+        "with the list the engine knows.\n\n"
         "Resumable: every finished run is kept in the experiment folder (runs.json) and the "
         "synthetic pairs are cached there. Cancel at any time; run it again with the same "
         "experiment folder and it does only the runs that are missing. Each run's progress "
@@ -83,7 +89,11 @@ class RunExperiment(SatSynthAlgorithm):
         self.addParameter(self.device_param())
         for param in (
             QgsProcessingParameterString("VARIANTS", self.tr(
-                "Variants: how synthetic pairs are used (mix, pretrain, tstr)"), "mix"),
+                "Variants: how synthetic pairs are used (mix, pretrain, tstr, filtered, "
+                "filtered-pretrain)"), "mix"),
+            QgsProcessingParameterNumber("VAL_EVERY", self.tr(
+                "Validate every N optimizer steps (0 = one pass over the real chips)"),
+                compat.NUMBER_INTEGER, 0, minValue=0),
             QgsProcessingParameterNumber("PATIENCE", self.tr(
                 "Stop a run after this many validations without a better mIoU (0 = never)"),
                 compat.NUMBER_INTEGER, 8, minValue=0),
@@ -151,6 +161,9 @@ class RunExperiment(SatSynthAlgorithm):
         batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
         if batch:
             args += ["--batch-size", str(batch)]
+        val_every = self.parameterAsInt(parameters, "VAL_EVERY", context)
+        if val_every:
+            args += ["--val-every", str(val_every)]
         for name, flag in (("MINUTES_PER_RUN", "--minutes-per-run"),
                            ("COUNT_PER_REAL", "--count-per-real")):
             value = self.parameterAsDouble(parameters, name, context)

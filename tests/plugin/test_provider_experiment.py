@@ -23,7 +23,8 @@ def engine_args(monkeypatch, provider, dataset, generator):
     seen: list[list[str]] = []
 
     def fake_run_engine(args, feedback=None, **_options):
-        seen.append([str(a) for a in args])
+        if args[0] != "check-output":  # the output pre-check before every run is not a stage
+            seen.append([str(a) for a in args])
         return runner.RunResult({"model": "m", "miou": 0.5}, list(args), 0.1)
 
     monkeypatch.setattr(runner, "run_engine", fake_run_engine)
@@ -79,15 +80,17 @@ def test_experiment_options_reach_the_engine(engine_args, dataset, generator, tm
     run_alg("satsynth:run_experiment", {
         "DATASET": dataset["DATASET"], "GENERATOR": generator[0]["GENERATOR"],
         "RATIOS": "0, 0.5,2", "SEEDS": 4, "BUDGET": "converge", "REAL_FRACTION": 0.25,
-        "VARIANTS": "mix, tstr", "MINUTES_PER_RUN": 1.5, "SAMPLER": "ddim", **TINY,
+        "VARIANTS": "mix, filtered", "VAL_EVERY": 7, "MINUTES_PER_RUN": 1.5, "SAMPLER": "ddim",
+        **TINY,
         "OUTPUT": str(tmp_path / "exp")})
     args = engine_args[0]
     assert args[:2] == ["experiment", dataset["DATASET"]]
     flags = {f: _flag(args, f) for f in ("--ratios", "--seeds", "--budget", "--real-fraction",
-                                         "--variants", "--minutes-per-run", "--sampler",
+                                         "--variants", "--val-every", "--minutes-per-run",
+                                         "--sampler",
                                          "--arch", "--encoder", "--generator", "--out")}
     assert flags == {"--ratios": "0,0.5,2", "--seeds": "4", "--budget": "converge",
-                     "--real-fraction": "0.25", "--variants": "mix,tstr",
+                     "--real-fraction": "0.25", "--variants": "mix,filtered", "--val-every": "7",
                      "--minutes-per-run": "1.5", "--sampler": "ddim", "--arch": "tiny",
                      "--encoder": "w8d2", "--generator": generator[0]["GENERATOR"],
                      "--out": str((tmp_path / "exp").resolve())}

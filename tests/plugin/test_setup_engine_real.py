@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -60,16 +61,20 @@ def test_set_up_engine_for_real_then_check_engine_through_the_new_setting(engine
     assert runner.engine_setting() == str(python)
     assert not setup_engine.staging_dir_for(engine_folder).exists()
     assert os.access(python, os.X_OK)
-    # the console script pip wrote names the final Python, not the staging folder
+    # the console script pip wrote names the final Python, not the staging folder, and runs
     script = engine_folder / "bin" / "satsynth"
-    assert script.read_text(errors="replace").splitlines()[0] == f"#!{python}"
+    text = script.read_text(errors="replace")
+    assert str(python) in text and str(setup_engine.staging_dir_for(engine_folder)) not in text
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300,
+                          env=setup_engine.clean_env())
+    assert done.returncode == 0 and "train-generator" in done.stdout, done.stderr[-2000:]
 
     import processing
 
     ensure_provider()
     fb = RecordingFeedback()
     result = processing.run("satsynth:check_engine", {}, feedback=fb)
-    assert result["ENGINE"].split()[0] == str(python)
+    assert result["ENGINE"] == f"{python} -m satsynth"  # the new setting, not another engine
     assert result["VERSION"] and result["TORCH"] and result["DEVICE"] in ("cpu", "cuda", "mps")
     assert any("computes on" in m for m in fb.infos)
     print(f"Check engine: SatSynth {result['VERSION']}, torch {result['TORCH']} on "
