@@ -182,3 +182,31 @@ def test_synthesize_two_processes_write_one_complete_georeferenced_folder(tmp_pa
         assert vrt.crs == ref.crs and vrt.transform == ref.transform
         np.testing.assert_array_equal(vrt.read(), ref.read())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.slow
+def test_predict_two_processes_with_match_resolution_and_mask(tmp_path):
+    import geopandas as gpd
+    from rasterio.transform import from_origin
+    from shapely.geometry import Polygon
+
+    img, idx = brightness_image(300, 200, seed=4)
+    image = write_raster(tmp_path / "img.tif", img,
+                         transform=from_origin(500000.0, 2800000.0, 0.35, 0.35))
+    model, _ = make_model(tmp_path / "seg", fit_to=(img[:, :64, :64], idx[:64, :64]))
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame(geometry=[Polygon([(500005, 2799990), (500060, 2799975), (500050, 2799900),
+                                        (500010, 2799910)])], crs="EPSG:32640").to_file(aoi)
+    common = ["predict", str(model), "--image", str(image), "--tile", "64", "--overlap", "16",
+              "--match-resolution", "--mask", str(aoi), "--device", "cpu", "--progress", "quiet"]
+    one = subprocess.run([sys.executable, "-m", "satsynth", *common, "--out",
+                          str(tmp_path / "one.tif")], capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(*common, "--out", str(tmp_path / "two.tif"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "resampled grid" in two.stderr and "process 1 of 2: rows" in two.stderr
+    assert (tmp_path / "one.tif").read_bytes() == (tmp_path / "two.tif").read_bytes()
+    with rasterio.open(tmp_path / "two.tif") as ds:
+        ids = ds.read(1)
+    assert (ids == 255).any() and (ids != 255).any()  # nodata outside the mask, classes inside
