@@ -153,3 +153,37 @@ def test_experiment_reports_each_run_cancels_and_resumes_only_what_is_missing(
     summary = json.loads(Path(results["RESULTS"]).read_text())["summary"]
     assert [(r["variant"], r["ratio"], r["runs"]) for r in summary] == [("real", 0.0, 2),
                                                                         ("mix", 1.0, 2)]
+
+
+def test_the_docks_paper_preset_sends_the_papers_recipe_fpn_and_gpu_options(tmp_path):
+    """'Paper-scale on GPU' is what its name says: the paper's recipe on 128 px chips, the FPN
+    segmenter, mixed precision; the encoder weights file chosen in the dock reaches the
+    segmenter, and the experiment goes into the run's experiment folder (to resume)."""
+    from qgis.core import QgsProject
+
+    from satsynth_qgis.dock import params
+    from satsynth_qgis.dock.panel import SatSynthDock
+
+    dock = SatSynthDock(None, project=QgsProject.instance(), check_engine=False)
+    try:
+        dock.output_widget.setFilePath(str(tmp_path / "runs"))
+        dock.run_name_edit.setText("paper run")
+        dock.preset_combo.setCurrentText("Paper-scale on GPU")
+        weights = tmp_path / "resnet50 imagenet.safetensors"
+        dock.adv["encoder_weights"].setFilePath(str(weights))
+        inputs = dock.inputs()
+        assert params.prepare(inputs)["CHIP_SIZE"] == 128
+        gen = params.train_generator(inputs)
+        assert (gen["RECIPE"], gen["MIXED_PRECISION"]) == ("paper", "bf16")
+        seg = params.train_segmenter(inputs)
+        assert (seg["ARCH"], seg["ENCODER_WEIGHTS"], seg["MIXED_PRECISION"]) == (
+            "fpn", str(weights), "bf16")
+        exp = params.experiment(inputs)
+        assert (exp["RATIOS"], exp["SEEDS"]) == ("0,1,2,3,5", 3)
+        assert exp["OUTPUT"] == str(tmp_path / "runs" / "paper run" / "experiment")
+        # the choice is remembered with the other advanced settings
+        assert dock.stage_settings().encoder_weights == str(weights)
+        dock.preset_combo.setCurrentText("Quick on CPU")
+        assert params.train_generator(dock.inputs())["RECIPE"] == "default"
+    finally:
+        dock.shutdown()
