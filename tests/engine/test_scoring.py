@@ -194,6 +194,11 @@ def test_filtering_and_scoring_errors_are_one_clear_line(world, tmp_path, capsys
     with pytest.raises(SatSynthError, match="weights file not found"):
         score_pairs(world["pool"], world["seg"], device="cpu",
                     fid_weights=tmp_path / "missing.pth")
+    garbage = tmp_path / "inception.pth"
+    garbage.write_bytes(b"not weights")
+    with pytest.raises(SatSynthError, match="torch-fidelity|cannot build the feature extractor"):
+        score_pairs(world["pool"], world["seg"], device="cpu", fid_weights=garbage)
+    assert ChipStore(world["pool"]).split("train").scores is None  # nothing half-written
     assert not (tmp_path / "x").exists()
 
 

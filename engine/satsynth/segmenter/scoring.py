@@ -157,15 +157,15 @@ def score_pairs(synthetic: str | Path, segmenter: str | Path, device: str = "aut
         log.warning("%s is not marked synthetic; scoring its chips anyway", syn_path)
     model, cfg, dev = _load_scorer(segmenter, store, device)
     chips = store.split("train")
+    realism = None
+    if fid_weights is not None:  # first: a bad weights file fails before the longer scoring
+        realism = fid_kid(store, _real_store(real, cfg, segmenter), weights=fid_weights,
+                          device=dev)
     scores = pair_scores(model, chips, cfg.normalizer, cfg.num_classes, batch_size, dev)
     summary = summarize_scores(scores)
     seg_info = {"segmenter": str(Path(segmenter).resolve()),
                 "segmenter_val_miou": cfg.metrics.get("miou"),
                 "columns": list(SCORE_COLUMNS), "summary": summary}
-    realism = None
-    if fid_weights is not None:
-        realism = fid_kid(store, _real_store(real, cfg, segmenter), weights=fid_weights,
-                          device=dev)
     order = np.argsort(score_ranks(scores))
     ends = np.unique(np.concatenate([order[:GRID_PAIRS], order[-GRID_PAIRS:]]))
     ends = ends[np.argsort(score_ranks(scores)[ends])]
