@@ -407,13 +407,21 @@ def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
         Step("put the environment in place", action=put_in_place, weight=1,
              advice="Check that the environment folder is writable and no program is using it."),
     ]
+    if platform == "win32":  # .exe launchers carry their Python's path inside: write them anew
+        steps.append(Step(
+            "refresh the command-line launchers",
+            [str(venv_python(venv_dir, platform)), "-m", "pip", "install", "--force-reinstall",
+             "--no-deps", str(build_src)], weight=3,
+            advice="The engine works (the plugin runs it as python -m satsynth); re-run the "
+                   "set-up for the satsynth.exe command."))
     return SetupPlan(py, venv_dir, src, index, gpu_info, steps, staging)
 
 
 def move_into_place(staging: Path, venv_dir: Path, platform: str = sys.platform) -> None:
     """Replace ``venv_dir`` by the finished environment in ``staging``: the old one (if any) is
     renamed aside first and removed only once the new one is in place. Console scripts (pip,
-    satsynth) name their Python by absolute path, so their first line is rewritten."""
+    satsynth) name their Python by absolute path, so that path is rewritten (Windows' .exe
+    launchers are written anew by the plan's last step)."""
     venv_dir.parent.mkdir(parents=True, exist_ok=True)
     old = venv_dir.with_name(f".{venv_dir.name}.satsynth-old")
     if old.exists():

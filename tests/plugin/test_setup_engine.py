@@ -99,6 +99,10 @@ def test_the_plan_is_exact_argument_lists_and_paths_with_spaces_stay_single_argu
     torch_step = next(s for s in win.steps if s.name == "install torch")
     assert torch_step.argv[0] == str(staging / "Scripts" / "python.exe")
     assert "--index-url" in torch_step.argv and torch_step.argv[-3].endswith("/cpu")
+    # the .exe launchers name the staging Python inside: pip writes them anew once moved
+    assert win.steps[-1].argv == [str(venv / "Scripts" / "python.exe"), "-m", "pip", "install",
+                                  "--force-reinstall", "--no-deps", str(build / "satsynth-src")]
+    assert names[-1] == "put the environment in place"  # elsewhere the move is the last step
 
 
 def test_a_mirror_or_pinned_torch_can_be_asked_for(tmp_path):
