@@ -223,12 +223,13 @@ def test_fid_kid_with_a_custom_feature_extractor_rank_like_data_above_unlike_dat
     assert near["real_chips"] == 32 and near["synthetic_chips"] == 12
 
 
-def test_experiment_filtered_variant_trains_on_the_half_its_real_only_run_finds_consistent(
+def test_experiment_filtered_variant_trains_on_the_pairs_its_real_only_run_finds_consistent(
         world, tmp_path):
     from satsynth.segmenter.experiment import run_experiment
 
     out = run_experiment(world["real"], world["gen"], tmp_path / "exp", ratios="0,1", seeds=1,
                          real_fraction=0.25, count_per_real=2, variants="filtered",
+                         filter_keep=0.25,
                          arch="tiny", encoder="w8d1", epochs=1, batch_size=4, device="cpu",
                          steps=2)
     res = json.loads(Path(out["results"]).read_text())
@@ -236,14 +237,15 @@ def test_experiment_filtered_variant_trains_on_the_half_its_real_only_run_finds_
     assert set(rows) == {("real", 0.0), ("filtered", 1.0)}
     assert rows[("filtered", 1.0)]["synthetic_chips"] == 8 and rows[("filtered", 1.0)][
         "paired_seeds"] == [0]
-    folder = tmp_path / "exp" / "synthetic" / "filtered-keep0.5-seed0"
+    folder = tmp_path / "exp" / "synthetic" / "filtered-keep0.25-seed0"
     kept = ChipStore(folder)
     pool = sum(ChipStore(p).count("train") for p in (tmp_path / "exp" / "synthetic").glob(
         "part-*"))
-    assert pool == 16 and kept.count("train") == 8
+    assert pool == 16 and kept.count("train") == 4
     scores = kept.split("train").scores
     assert (np.diff(scores[:, 0]) <= 1e-6).all()  # most consistent first
     filt = kept.meta.extra["filter"]
-    assert filt["kept_pairs"] == 8 and filt["scored_by"] and "seed0" in filt["segmenter"]
+    assert filt["kept_pairs"] == 4 and filt["scored_by"] and "seed0" in filt["segmenter"]
+    assert [r["train_key"].endswith("-keep0.25") for r in res["runs"]] == [False, True]
     # the baseline model was kept only while needed
     assert not any((tmp_path / "exp" / "runs").glob("real-*"))

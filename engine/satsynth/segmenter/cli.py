@@ -121,7 +121,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="mix",
                    help="how synthetic pairs are used, comma separated: mix (default), pretrain "
                         "(synthetic first, then real fine-tuning), tstr (synthetic only, at the "
-                        "largest R); each is compared with R=0 of the same seed")
+                        "largest R), filtered / filtered-pretrain (as mix / pretrain on the "
+                        "pairs the R=0 run of the same seed finds most consistent); each is "
+                        "compared with R=0 of the same seed")
+    p.add_argument("--filter-keep", type=float, default=None, metavar="FRACTION",
+                   help="share of the pool the filtered variants keep (default 0.5)")
     p.add_argument("--val-every", type=int, default=None, metavar="N",
                    help="steps between validations for the steps/converge budgets (default: "
                         "one pass over the real chips)")
@@ -167,4 +171,5 @@ def _experiment(args: argparse.Namespace) -> dict[str, Any]:
         dice=args.dice, class_weights=args.class_weights, patience=args.patience,
         minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
         device=args.device, keep_models=args.keep_models, budget=args.budget,
-        variants=args.variants, val_every=args.val_every)
+        variants=args.variants, val_every=args.val_every,
+        **({} if args.filter_keep is None else {"filter_keep": args.filter_keep}))

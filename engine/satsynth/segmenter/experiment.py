@@ -29,6 +29,7 @@ from satsynth.outputs import check_output
 from satsynth.segmenter.mixing import check_compatible, epoch_batches, real_subset
 from satsynth.segmenter.protocol import (
     BASELINE,
+    FILTER_KEEP,
     PoolContext,
     Variant,
     final_scores,
@@ -61,6 +62,7 @@ class ExperimentConfig:
     budget: str = "steps"  # one of BUDGETS
     variants: list[str] = field(default_factory=lambda: ["mix"])
     val_every: int | None = None  # steps between validations (default: one pass over real chips)
+    filter_keep: float = FILTER_KEEP  # share of the pool the filtered variants keep
     batch_size: int = 16
     lr: float = 1e-3
     dice: bool = False
@@ -166,6 +168,8 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
         raise SatSynthError(f"--budget must be one of {', '.join(BUDGETS)}, got {cfg.budget!r}")
     if cfg.seeds < 1:
         raise SatSynthError(f"--seeds must be >= 1, got {cfg.seeds}")
+    if not 0 < cfg.filter_keep <= 1:
+        raise SatSynthError(f"--filter-keep must be a fraction in (0, 1], got {cfg.filter_keep}")
     variants = parse_variants(cfg.variants)
     out = check_output(out, "experiment", inputs=[dataset, generator], into=True)
     real = ChipStore(dataset)
@@ -215,7 +219,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
 
     def run_key(variant: str) -> str:
         v = by_name.get(variant)
-        return key + (f"-{v.key}" if v is not None and v.key else "")
+        return key + (f"-{v.key.format(**asdict(cfg))}" if v is not None and v.key else "")
 
     def find(seed: int, variant: str, r: float) -> dict[str, Any] | None:
         for rec in records:
@@ -241,7 +245,8 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
             if v is not None and v.pool is not None:
                 base_dir = model_dir(seed, BASELINE, 0.0)
                 stores = v.pool(PoolContext(real.path, stores or [], out, seed, r,
-                                            base_dir if base_dir.is_dir() else None))
+                                            base_dir if base_dir.is_dir() else None,
+                                            asdict(cfg)))
             mode = v.mode if v is not None else "mix"
             mdir = model_dir(seed, variant, r)
             res = train_segmenter(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class PoolContext:
     # the R=0 segmenter of this seed, kept while the experiment runs when a variant needs it;
     # None when it is gone (an experiment resumed after its R=0 runs finished)
     baseline_model: Path | None
+    options: dict[str, Any] = field(default_factory=dict)  # the experiment's settings
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class Variant:
     ``synthetic-only`` (TSTR). ``max_ratio_only``: run at the largest R alone. ``pool``: a hook
     returning the synthetic stores of a run (e.g. a filtered pool; default the experiment's).
     ``needs_baseline_model``: the hook reads the R=0 segmenter of the same seed. ``key``: extra
-    identity of the variant's runs (change it when the hook's settings change).
+    identity of the variant's runs (change it when the hook's settings change); it may name
+    experiment settings in braces, e.g. ``keep{filter_keep:g}``.
     """
 
     name: str
@@ -74,21 +76,23 @@ def register_variant(variant: Variant) -> None:
     VARIANTS[variant.name] = variant
 
 
-#: Share of the pool the ``filtered`` variants keep: the pairs that the real-only run (R=0) of the
-#: same seed finds most consistent (:func:`satsynth.segmenter.scoring.filtered_pool`).
+#: Default share of the pool the ``filtered`` variants keep (``experiment --filter-keep``): the
+#: pairs that the real-only run (R=0) of the same seed finds most consistent
+#: (:func:`satsynth.segmenter.scoring.filtered_pool`).
 FILTER_KEEP = 0.5
 
 
 def _filtered_pool(ctx: PoolContext) -> list[str]:
     from satsynth.segmenter.scoring import filtered_pool
 
-    return filtered_pool(ctx.pool, ctx.out, ctx.seed, ctx.baseline_model, FILTER_KEEP)
+    return filtered_pool(ctx.pool, ctx.out, ctx.seed, ctx.baseline_model,
+                         float(ctx.options.get("filter_keep", FILTER_KEEP)))
 
 
 register_variant(Variant("filtered", pool=_filtered_pool, needs_baseline_model=True,
-                         key=f"keep{FILTER_KEEP:g}"))
+                         key="keep{filter_keep:g}"))
 register_variant(Variant("filtered-pretrain", mode="pretrain", pool=_filtered_pool,
-                         needs_baseline_model=True, key=f"keep{FILTER_KEEP:g}"))
+                         needs_baseline_model=True, key="keep{filter_keep:g}"))
 
 
 def parse_variants(text: str | list[str]) -> list[Variant]:

@@ -479,9 +479,11 @@ def filtered_pool(pool: list[str], out: Path, seed: int, baseline_model: Path | 
     if cached is None or cached.get("from") != pool_ids or (
             fp is not None and cached.get("scored_by") != fp):
         if baseline_model is None:
-            raise SatSynthError(f"the filtered variant needs the real-only segmenter of seed "
-                                f"{seed} to score the pool, and it was not kept: run the "
-                                f"experiment again with --keep-models", out)
+            raise SatSynthError(f"the filtered variants need the real-only segmenter of seed "
+                                f"{seed} to score the pool, and this experiment folder no "
+                                f"longer holds it (R=0 models are kept only while an "
+                                f"experiment runs): run the filtered variants with a new --out, "
+                                f"or from the start with --keep-models", out)
         model, cfg, dev = _load_scorer(baseline_model, ChipStore(pool[0]), device)
         scores = [pair_scores(model, ChipStore(p).split("train"), cfg.normalizer,
                               cfg.num_classes, 32, dev) for p in pool]
