@@ -60,6 +60,21 @@ class TrainGenerator(SatSynthAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
         self.addParameter(self.enum_param("RECIPE", "Recipe", RECIPES, RECIPES[0]))
+        self.add_budget_parameters()
+        self.addParameter(compat.advanced(self.enum_param(
+            "CONDITION", "Conditioning", CONDITIONS, CONDITIONS[0])))
+        self.addParameter(compat.advanced(self.enum_param(
+            "MIXED_PRECISION", "Mixed precision (CUDA GPU)", MIXED_PRECISION, "no")))
+        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
+            "SIZE", self.tr("Train at chip size (px, 0 = the chips' size)"),
+            compat.NUMBER_INTEGER, 0, minValue=0)))
+        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
+            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0, minValue=0)))
+        self.add_training_outputs("GENERATOR", "Generator folder")
+
+    # --- shared with Train upsampler ------------------------------------------------------------
+    def add_budget_parameters(self) -> None:
+        """Preset, steps, time budget, batch size and device."""
         self.addParameter(self.enum_param("PRESET", "Model size preset", PRESETS, "tiny"))
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("Training steps (0 = engine default)"), compat.NUMBER_INTEGER, 0,
@@ -71,21 +86,38 @@ class TrainGenerator(SatSynthAlgorithm):
             "BATCH_SIZE", self.tr("Batch size (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
         self.addParameter(self.device_param())
-        self.addParameter(compat.advanced(self.enum_param(
-            "CONDITION", "Conditioning", CONDITIONS, CONDITIONS[0])))
-        self.addParameter(compat.advanced(self.enum_param(
-            "MIXED_PRECISION", "Mixed precision (CUDA GPU)", MIXED_PRECISION, "no")))
-        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "SIZE", self.tr("Train at chip size (px, 0 = the chips' size)"),
-            compat.NUMBER_INTEGER, 0, minValue=0)))
-        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0, minValue=0)))
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT", self.tr("Generator folder")))
-        self.addOutput(QgsProcessingOutputFolder("GENERATOR", self.tr("Generator folder")))
+
+    def add_training_outputs(self, folder: str, description: str) -> None:
+        """The model folder (destination and output ``folder``), the log and the loss plot."""
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", self.tr(description)))
+        self.addOutput(QgsProcessingOutputFolder(folder, self.tr(description)))
         self.addOutput(QgsProcessingOutputFile("LOG", self.tr("Training log (CSV)")))
         self.addOutput(QgsProcessingOutputFile("LOSS_PLOT", self.tr("Loss plot (PNG)")))
         self.addOutput(QgsProcessingOutputNumber("STEPS_DONE", self.tr("Steps trained")))
+
+    def budget_args(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
+        """--steps, --batch-size and --minutes when given (0 = the engine's default)."""
+        args = []
+        for name, flag in (("STEPS", "--steps"), ("BATCH_SIZE", "--batch-size")):
+            value = self.parameterAsInt(parameters, name, context)
+            if value:
+                args += [flag, str(value)]
+        minutes = self.parameterAsDouble(parameters, "MINUTES", context)
+        if minutes:
+            args += ["--minutes", repr(minutes)]
+        return args
+
+    def train(self, args: list[str], out: str, folder: str, parameters: dict[str, Any],
+              context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        """Run a training command (plus budget and device arguments) and map its outputs."""
+        args = args + self.budget_args(parameters, context)
+        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        outputs = self.engine(args, feedback)
+        if outputs.get("interrupted"):
+            feedback.pushWarning("Training stopped early (time budget); the checkpoint is usable.")
+        return {"OUTPUT": out, folder: str(outputs.get("model") or out),
+                "LOG": str(outputs.get("log") or ""), "LOSS_PLOT": str(outputs.get("loss_plot") or ""),
+                "STEPS_DONE": outputs.get("steps")}
 
     def checkParameterValues(self, parameters: dict[str, Any],
                              context: QgsProcessingContext) -> tuple[bool, str]:
@@ -108,18 +140,7 @@ class TrainGenerator(SatSynthAlgorithm):
         precision = self.enum_value(parameters, "MIXED_PRECISION", context)
         if precision and precision != "no":
             args += ["--mixed-precision", precision]
-        for name, flag in (("STEPS", "--steps"), ("BATCH_SIZE", "--batch-size"),
-                           ("SIZE", "--size")):
-            value = self.parameterAsInt(parameters, name, context)
-            if value:
-                args += [flag, str(value)]
-        minutes = self.parameterAsDouble(parameters, "MINUTES", context)
-        if minutes:
-            args += ["--minutes", repr(minutes)]
-        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
-        outputs = self.engine(args, feedback)
-        if outputs.get("interrupted"):
-            feedback.pushWarning("Training stopped early (time budget); the checkpoint is usable.")
-        return {"OUTPUT": out, "GENERATOR": str(outputs.get("model") or out),
-                "LOG": str(outputs.get("log") or ""), "LOSS_PLOT": str(outputs.get("loss_plot") or ""),
-                "STEPS_DONE": outputs.get("steps")}
+        size = self.parameterAsInt(parameters, "SIZE", context)
+        if size:
+            args += ["--size", str(size)]
+        return self.train(args, out, "GENERATOR", parameters, context, feedback)

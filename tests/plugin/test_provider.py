@@ -12,9 +12,9 @@ import satsynth_qgis
 from satsynth_qgis import runner
 from satsynth_qgis.algorithms import ALGORITHMS
 
-ALL_IDS = ["check_engine", "prepare_chips", "train_generator", "synthesize", "train_segmenter",
-           "evaluate_segmenter", "run_experiment", "segment_raster", "export_segmenter",
-           "run_pipeline"]
+ALL_IDS = ["check_engine", "prepare_chips", "train_generator", "train_upsampler", "synthesize",
+           "train_segmenter", "evaluate_segmenter", "run_experiment", "segment_raster",
+           "export_segmenter", "run_pipeline"]
 
 
 def test_plugin_loads_via_class_factory_and_unloads_cleanly():
