@@ -156,9 +156,10 @@ def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
                   + (f" (95 % interval {r['ratio_to_real_ci'][0]:.1%} to "
                      f"{r['ratio_to_real_ci'][1]:.1%})" if r.get("ratio_to_real_ci") else "")
                   + "."]
-    lines += ["", "Per-class IoU change against R=0 (mean paired difference over seeds):", "",
-              "| variant | R | " + " | ".join(class_names) + " |",
-              "|---|---:|" + "---:|" * len(class_names)]
+    if any(r["variant"] != "real" for r in summary):
+        lines += ["", "Per-class IoU change against R=0 (mean paired difference over seeds):", "",
+                  "| variant | R | " + " | ".join(class_names) + " |",
+                  "|---|---:|" + "---:|" * len(class_names)]
     for r in summary:
         if r["variant"] != "real":
             lines.append(f"| {r['variant']} | {r['ratio']:g} | "
