@@ -171,7 +171,8 @@ def test_custom_albers_projection_image_and_its_labels(tmp_path):
                           min_labeled=0)
     store = ChipStore(out)
     info = dataset_info(out)
-    assert info["crs"] == "custom CRS 'unnamed' (no EPSG code)" and info["pixel_size"] == [30, 30]
+    assert info["crs"] == ("custom CRS (Albers Equal Area, World Geodetic System 1984; no EPSG "
+                           "code)") and info["pixel_size"] == [30, 30]
     assert "Albers" in store.meta.crs and store.meta.dtype == "int16" and store.meta.bands == 3
     fg = store.classes.index_of_name("geotiff_custom_proj_labels")
     assert store.meta.class_pixels["train"][fg] + store.meta.class_pixels["val"][fg] > 500

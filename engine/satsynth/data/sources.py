@@ -103,7 +103,7 @@ def crs_name(crs: Any) -> str:
         auth = pc.to_authority(min_confidence=95)
         if auth:
             return f"{auth[0]}:{auth[1]} ({pc.name})"
-        if pc.name and pc.name.lower() != "unknown":
+        if pc.name and pc.name.lower() not in ("unknown", "unnamed"):
             return f"custom CRS '{pc.name}' (no EPSG code)"
         op = pc.coordinate_operation
         what = ", ".join(n for n in (op.method_name if op else None,
