@@ -13,20 +13,12 @@ import pytest
 import torch
 from affine import Affine
 from rasters import write_raster
-from test_segmenter import make_store
+from test_segmenter import _one_thread, make_store  # noqa: F401 (an autouse fixture)
 
 from satsynth.data.store import ChipStore, ChipStoreWriter
 from satsynth.errors import SatSynthError
 
 TINY = {"arch": "tiny", "encoder": "w4d1", "batch_size": 8, "device": "cpu"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def with_test_split(path, n_train=64, n_val=16, n_test=12, seed=0):
