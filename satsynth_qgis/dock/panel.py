@@ -44,6 +44,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .. import runner
+from ..algorithms.run_experiment import parse_ratios
 from . import params
 from .class_table import (
     ClassTableError,
@@ -567,11 +568,8 @@ class SatSynthDock(QDockWidget):
         if not rf.has_dataset():
             return "needs the prepared chips (run Prepare)"
         text = self.stage_settings().experiment_ratios
-        try:
-            ratios = [float(t) for t in text.replace(" ", "").split(",") if t]
-        except ValueError:
-            ratios = []
-        if not ratios or min(ratios) < 0:
+        ratios = parse_ratios(text)
+        if ratios is None:
             return f"needs experiment ratios like 0,1,2 (Advanced), not '{text}'"
         if max(ratios) > 0 and not rf.has_generator():
             return "needs a trained generator for ratios above 0 (run Train generator)"
