@@ -109,9 +109,6 @@ def run_upsampler_training(dataset: str | Path, out: str | Path, base_size: int,
         if options.pop(key, None) is not None:
             raise SatSynthError(f"an upsampler sets {key} itself (from --base-size and --factor; "
                                 "it is conditioned on the low-resolution pair)")
-    from satsynth.outputs import check_output
-
-    check_output(out, KIND, inputs=[dataset])
     if options.get("resume") and (Path(out) / "config.json").is_file():
         from satsynth.checkpoint import load_config
 
