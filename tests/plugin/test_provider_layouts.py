@@ -32,12 +32,13 @@ def _loveda(root: Path) -> Path:
 
 @pytest.mark.parametrize("params,message", [
     ({"DATASET_LAYOUT": "loveda"}, "Choose the downloaded loveda folder"),
-    ({"DATASET_LAYOUT": "loveda", "DATASET_FOLDER": "{tmp}", "IMAGE": "{image}"},
+    ({"DATASET_LAYOUT": "loveda", "DATASET_FOLDER": "{tmp}/LoveDA", "IMAGE": "{image}"},
      "leave Image raster"),
     ({}, "Choose an image raster (or a dataset layout"),
 ], ids=["no-folder", "layout-and-image", "neither"])
 def test_layout_parameters_are_checked(scene, provider, tmp_path, params, message):
     alg = QgsApplication.processingRegistry().createAlgorithmById("satsynth:prepare_chips")
+    (tmp_path / "LoveDA").mkdir()
     values = {k: v.format(tmp=tmp_path, image=scene["image"]) for k, v in params.items()}
     ok, msg = alg.checkParameterValues({**values, "OUTPUT": str(tmp_path / "x")},
                                        QgsProcessingContext())
