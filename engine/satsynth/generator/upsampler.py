@@ -18,7 +18,6 @@ way); class-share requests (``--favor``) act through the base generator.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, cast
@@ -30,8 +29,6 @@ from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
 from satsynth.generator.config import GeneratorConfig, TrainOptions
 from satsynth.generator.encoding import LabelEncoding
-
-log = logging.getLogger("satsynth")
 
 KIND = "upsampler"
 FACTORS = (2, 4)
