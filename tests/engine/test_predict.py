@@ -184,7 +184,7 @@ def test_output_keeps_grid_classes_style_and_nodata(tmp_path, fitted):
     out = predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "out" / "pred.tif",
                          confidence=tmp_path / "out" / "conf.tif", tile=256, overlap=32,
                          device="cpu")
-    assert set(out) == {"prediction", "style", "confidence", "pixels", "seconds"}
+    assert set(out) == {"prediction", "style", "confidence", "pixels", "seconds", "runtime"}
     assert out["pixels"] == 600 * 800
     with rasterio.open(out["prediction"]) as ds:
         pred = ds.read(1)
@@ -498,7 +498,8 @@ def test_cli_reports_json_progress_and_outputs(tmp_path, fitted):
     assert prog[-1]["fraction"] == 1.0 and prog[-1]["done"] == prog[-1]["total"] == 9
     assert "rate" in prog[-1] and "eta_s" in prog[-1]
     assert events[-1]["event"] == "done"
-    assert set(events[-1]["outputs"]) == {"prediction", "style", "pixels", "seconds"}
+    assert set(events[-1]["outputs"]) == {"prediction", "style", "pixels", "seconds",
+                                          "runtime"}
     assert Path(events[-1]["outputs"]["style"]).is_file()
     bad = subprocess.run(SATSYNTH + ["predict", str(model_dir), "--image",
                                      str(tmp_path / "img.tif"), "--out", str(tmp_path / "q.tif"),
