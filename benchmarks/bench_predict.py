@@ -58,6 +58,9 @@ def vmhwm():
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
+def cpu():  # CPU seconds of this process, all threads: steadier than wall time on a busy machine
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 """
 
 E2E = CHILD_PEAK + """
@@ -73,13 +76,13 @@ args = json.loads(sys.argv[1])
 load_segmenter(args['model'])  # imports what this model needs; the copy is dropped
 if args['runtime'] == 'onnx':
     import onnxruntime  # noqa: F401 - a library import, as torch above
-t = time.perf_counter()
+t, c = time.perf_counter(), cpu()
 out = predict_raster(args['model'], args['image'], args['out'], tile=args['tile'],
                      overlap=args['overlap'], batch=args['batch'], device='cpu',
                      runtime=args['runtime'])
 assert out['runtime'] == args['runtime'], out
 dt = time.perf_counter() - t
-print(json.dumps({'seconds': dt, 'vmhwm_mb': vmhwm(),
+print(json.dumps({'seconds': dt, 'cpu_s': cpu() - c, 'vmhwm_mb': vmhwm(),
                   'ru_maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -96,14 +99,14 @@ if args['runtime'] == 'onnx':  # the session predict opens on the export it cach
     forward = OnnxForward(args['model'], model, cfg, torch.device('cpu'), 0)
     model = lambda xb: forward(xb.numpy())  # noqa: E731
 with torch.inference_mode():
-    t = time.perf_counter()  # no warm-up: the end-to-end run pays its first call too
+    t, c = time.perf_counter(), cpu()  # no warm-up: the end-to-end run pays its first call too
     done = 0
     while done < n:
         b = min(args['batch'], n - done)
         model(x[:b])
         done += b
 dt = time.perf_counter() - t
-print(json.dumps({'seconds': dt, 'vmhwm_mb': vmhwm()}))
+print(json.dumps({'seconds': dt, 'cpu_s': cpu() - c, 'vmhwm_mb': vmhwm()}))
 """
 
 
@@ -193,6 +196,7 @@ print(json.dumps({}))
 """
 
 THREADS = 1
+BARE_RUNS = 2
 
 
 def run_child(code: str, args: dict) -> dict:
@@ -231,7 +235,7 @@ def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, o
     common = {"model": str(model), "tile": tile, "overlap": overlap, "batch": batch}
     run_child(PREPARE_ONNX, common)  # the export predict caches; not timed
     order = [("bare", "torch"), ("bare", "onnx"), ("e2e", "torch"), ("e2e", "onnx"),
-             ("bare", "onnx"), ("bare", "torch")]
+             ("bare", "onnx"), ("bare", "torch")][:6 if BARE_RUNS == 2 else 4]
     got: dict = {}
     for kind, rt in order:
         if kind == "bare":
@@ -240,7 +244,10 @@ def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, o
             r = run_child(E2E, {**common, "runtime": rt, "image": str(image),
                                 "out": str(work / f"pred_{size}_{rt}.tif")})
         got.setdefault((kind, rt), []).append(r)
-    bare = {rt: sum(r["seconds"] for r in got[("bare", rt)]) / 2 for rt in ("torch", "onnx")}
+    bare = {rt: float(np.mean([r["seconds"] for r in got[("bare", rt)]]))
+            for rt in ("torch", "onnx")}
+    bare_cpu = {rt: float(np.mean([r["cpu_s"] for r in got[("bare", rt)]]))
+                for rt in ("torch", "onnx")}
     e2e = {rt: got[("e2e", rt)][0] for rt in ("torch", "onnx")}
     agree = agreement(work / f"pred_{size}_torch.tif", work / f"pred_{size}_onnx.tif")
     res = {"size": size, "tiles": n, "threads": THREADS,
@@ -249,6 +256,11 @@ def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, o
            "bare_runs_s": {rt: [r["seconds"] for r in got[("bare", rt)]] for rt in bare},
            "speedup_e2e": e2e["torch"]["seconds"] / e2e["onnx"]["seconds"],
            "speedup_bare": bare["torch"] / bare["onnx"],
+           "e2e_cpu_s": {rt: e2e[rt]["cpu_s"] for rt in e2e}, "bare_cpu_s": bare_cpu,
+           "cpu_speedup_e2e": e2e["torch"]["cpu_s"] / e2e["onnx"]["cpu_s"],
+           "cpu_speedup_bare": bare_cpu["torch"] / bare_cpu["onnx"],
+           "cpu_overhead": {rt: e2e[rt]["cpu_s"] / bare_cpu[rt] - 1.0 for rt in bare},
+           "load": os.getloadavg()[0],
            "overhead": {rt: e2e[rt]["seconds"] / bare[rt] - 1.0 for rt in bare},
            "agreement": agree,
            "peak_vmhwm_mb": {rt: e2e[rt]["vmhwm_mb"] for rt in e2e},
@@ -264,6 +276,13 @@ def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, o
           f"{res['peak_vmhwm_mb']['torch']:.0f} MB, onnx {res['peak_vmhwm_mb']['onnx']:.0f} MB "
           f"(bare forward alone {res['bare_peak_mb']['torch']:.0f} / "
           f"{res['bare_peak_mb']['onnx']:.0f} MB)", flush=True)
+    print(f"  CPU seconds (all threads of the child): end to end torch "
+          f"{res['e2e_cpu_s']['torch']:.1f}, onnx {res['e2e_cpu_s']['onnx']:.1f} "
+          f"({res['cpu_speedup_e2e']:.2f}x); bare torch {bare_cpu['torch']:.1f}, onnx "
+          f"{bare_cpu['onnx']:.1f} ({res['cpu_speedup_bare']:.2f}x); pipeline CPU overhead "
+          f"torch {100 * res['cpu_overhead']['torch']:+.1f}%, onnx "
+          f"{100 * res['cpu_overhead']['onnx']:+.1f}%; load average {res['load']:.1f}",
+          flush=True)
     for rt in ("torch", "onnx"):
         (work / f"pred_{size}_{rt}.tif").unlink(missing_ok=True)
     return res
@@ -300,10 +319,12 @@ def summarize_runtimes(results: dict, by_size: dict) -> None:
     for r in results["runs"]:
         smp = not r["model"].startswith("tiny")
         sp = r["speedup_e2e"]
-        print(f"{r['model']} {r['size']}^2: onnx end to end {sp:.2f}x faster than torch"
+        print(f"{r['model']} {r['size']}^2: onnx end to end {sp:.2f}x faster than torch "
+              f"(CPU time {r['cpu_speedup_e2e']:.2f}x)"
               + (f" (target >= 2.5x: {'met' if sp >= 2.5 else 'MISSED'})" if smp else "")
               + f"; onnx overhead {100 * r['overhead']['onnx']:+.1f}% (target <= 10%: "
-              f"{'met' if r['overhead']['onnx'] <= 0.10 else 'MISSED'}); identical pixels "
+              f"{'met' if r['overhead']['onnx'] <= 0.10 else 'MISSED'}; CPU time "
+              f"{100 * r['cpu_overhead']['onnx']:+.1f}%); identical pixels "
               f"{100 * r['agreement']:.4f}% (target >= 99.99%: "
               f"{'met' if r['agreement'] >= 0.9999 else 'MISSED'})")
     if 4096 in by_size and 16384 in by_size:
@@ -333,8 +354,12 @@ def main() -> None:
                          "interleaved, compared)")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads per child (default: all; 1 with --runtimes torch onnx)")
+    ap.add_argument("--bare-runs", type=int, choices=[1, 2], default=2,
+                    help="bare forwards per runtime with --runtimes torch onnx: 2 (before and "
+                         "after the end-to-end runs, averaged) or 1 (before only)")
     a = ap.parse_args()
-    global THREADS
+    global THREADS, BARE_RUNS
+    BARE_RUNS = a.bare_runs
     both = len(set(a.runtimes)) == 2
     THREADS = a.threads or (1 if both else os.cpu_count() or 1)
     if not both and a.runtimes != ["torch"]:
