@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import traceback
 from typing import Any
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         progress.emit({"event": "error", "message": str(exc)})
         print(f"satsynth: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``satsynth info DS | head``): not an error
+        _silence_stdout()
+        return 0
     except (Cancelled, KeyboardInterrupt):
         progress.emit({"event": "error", "message": "cancelled", "cancelled": True})
         print("satsynth: cancelled; no partial output was kept", file=sys.stderr)
@@ -130,8 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         progress.emit({"event": "error", "message": msg, "cancelled": True})
         print(f"satsynth: {msg}", file=sys.stderr)
         return 130
-    _report_outputs(outputs)
+    try:
+        _report_outputs(outputs)
+    except BrokenPipeError:
+        _silence_stdout()
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's exit flush does not fail on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -113,3 +113,18 @@ def test_cli_reports_errors_as_one_json_line_and_exit_code_2(tmp_path):
     events = [json.loads(line) for line in r.stdout.splitlines()]
     assert events[-1]["event"] == "error" and "dataset folder not found" in events[-1]["message"]
     assert "Traceback" not in r.stderr
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error(tmp_path):
+    """``satsynth info DS | head -1``: a closed pipe ends the command quietly, exit 0."""
+    rng = np.random.default_rng(0)
+    with ChipStoreWriter(tmp_path / "ds", _meta(), {"train": 2}) as w:
+        for i in range(2):
+            w.add("train", rng.integers(0, 1000, (2, 8, 8), dtype=np.uint16),
+                  rng.integers(0, 3, (8, 8), dtype=np.uint8), (0.5, 0, 100, 0, -0.5, 200))
+    p = subprocess.Popen([sys.executable, "-m", "satsynth", "info", str(tmp_path / "ds")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader goes away before the command has printed anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "internal error" not in err
