@@ -111,7 +111,7 @@ def test_stage_buttons_follow_the_inputs_and_the_run_folder(dock, scene, tmp_pat
 
     run = out / "my run"
     (run / "dataset").mkdir(parents=True)
-    (run / "dataset" / "dataset.json").write_text("{}")
+    (run / "dataset" / "dataset.json").write_text('{"format": "satsynth-chips"}')
     dock.update_state()
     # the experiment's default ratios (0,0.5,1) need a generator; ratios 0 alone do not
     assert enabled() == {"prepare", "run_all", "train_generator", "train_segmenter"}
@@ -228,12 +228,15 @@ def test_every_stage_sends_only_parameters_its_algorithm_declares(dock, scene, t
         dock.aoi_combo.setLayer(scene["polygons"])
     dock.output_widget.setFilePath(str(tmp_path / "runs"))
     run = tmp_path / "runs" / "satsynth run"
-    for sub, name, kind in (("dataset", "dataset.json", None),
-                            ("generator", "config.json", "generator"),
-                            ("synthetic", "dataset.json", None),
-                            ("segmenter", "config.json", "segmenter")):
+    # each folder carries the marker of its kind, as the engine writes it (the output checks
+    # recognise an earlier output of the same kind by it)
+    for sub, name, marker in (("dataset", "dataset.json", {"format": "satsynth-chips"}),
+                              ("generator", "config.json", {"kind": "generator"}),
+                              ("synthetic", "dataset.json", {"format": "satsynth-chips",
+                                                             "synthetic": True}),
+                              ("segmenter", "config.json", {"kind": "segmenter"})):
         (run / sub).mkdir(parents=True, exist_ok=True)
-        (run / sub / name).write_text(json.dumps({"kind": kind} if kind else {}))
+        (run / sub / name).write_text(json.dumps(marker))
     dock.class_table.export_json(run / "classes.json")
     stage_id, parameters = params.build(stage, dock.inputs())
     declared = {p.name() for p in alg.parameterDefinitions()}
