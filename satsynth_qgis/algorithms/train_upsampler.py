@@ -17,6 +17,7 @@ class TrainUpsampler(TrainGenerator):
     budget parameters, outputs and checks are Train joint generator's)."""
 
     ALG_ID = "train_upsampler"
+    OUTPUT_KIND = "upsampler"
     DISPLAY = "Train upsampler"
     GROUP = "generator"
     ICON = "train_generator"

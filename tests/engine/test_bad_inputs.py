@@ -195,6 +195,11 @@ CASES = [
      None, ["a_file"], "is a file", "notes.txt"),
     ("prepare-out-proc", "prepare --image {img} --labels {lab} --out /proc/satsynth/ds",
      None, ["inputs"], "cannot write", "/proc"),
+    # --- subset
+    ("subset-out-is-its-dataset", "subset {ds} --train-fraction 0.5 --out {ds}",
+     None, ["ds"], "also an input", "ds"),
+    ("subset-out-foreign", "subset {ds} --train-fraction 0.5 --out {mydocs}",
+     None, ["ds", "mydocs"], "not a SatSynth dataset folder", "mydocs"),
     ("classes-float-id", "prepare --image {img} --labels {lab} --classes {cls_float_id} "
      "--out {root}/o", "o", ["inputs"], "whole number, got 1.7", "cls_float_id.json"),
     ("classes-text-id", "prepare --image {img} --labels {lab} --classes {cls_text_id} "

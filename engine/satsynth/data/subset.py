@@ -17,6 +17,7 @@ import numpy as np
 from satsynth import progress
 from satsynth.data.store import SPLITS, TEST_SPLIT, ChipStore, ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
+from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
@@ -62,8 +63,7 @@ def subset_dataset(dataset: str | Path, out: str | Path, *, train_fraction: floa
         if v is not None and v < 1:
             raise SatSynthError(f"{name} must be at least 1, got {v}")
     store = ChipStore(dataset)
-    if Path(out).resolve() == store.path.resolve():
-        raise SatSynthError("the subset must go to another folder than its dataset", out)
+    out = check_output(out, "dataset", inputs=[store.path])
     n_train = store.count("train")
     if n_train == 0:
         raise SatSynthError("the dataset has no training chips", store.path)
