@@ -64,8 +64,10 @@ def test_qgis_process_segments_a_raster(profile, segmenter, scene, tmp_path, eng
 
 
 def test_qgis_process_reports_a_bad_model_folder(profile, scene, tmp_path):
+    model = tmp_path / "not a model"  # an empty folder; the output lies outside it
+    model.mkdir()
     res = qgis_process(profile, "run", "satsynth:segment_raster", "--",
-                       f"MODEL={tmp_path}", f"INPUT={scene['image']}",
+                       f"MODEL={model}", f"INPUT={scene['image']}",
                        f"OUTPUT={tmp_path / 'p.tif'}")
     assert res.returncode != 0
     assert "is not a segmenter folder made by 'Train segmenter'" in res.stdout + res.stderr
