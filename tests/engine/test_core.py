@@ -119,7 +119,7 @@ def test_output_piped_into_a_reader_that_stops_early_is_not_an_error(tmp_path):
     """``satsynth info DS | head -1``: a closed pipe ends the command quietly, exit 0."""
     rng = np.random.default_rng(0)
     with ChipStoreWriter(tmp_path / "ds", _meta(), {"train": 2}) as w:
-        for i in range(2):
+        for _ in range(2):
             w.add("train", rng.integers(0, 1000, (2, 8, 8), dtype=np.uint16),
                   rng.integers(0, 3, (8, 8), dtype=np.uint8), (0.5, 0, 100, 0, -0.5, 200))
     p = subprocess.Popen([sys.executable, "-m", "satsynth", "info", str(tmp_path / "ds")],

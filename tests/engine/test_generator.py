@@ -32,14 +32,7 @@ PX = 0.5
 TINY = {"block_widths": [16, 32], "batch_size": 8, "device": "cpu", "checkpoint_every": 10_000}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    progress.set_mode("quiet")
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _chip() -> tuple[np.ndarray, np.ndarray]:

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from satsynth import progress
 from satsynth.cli import build_parser
 from satsynth.data.classes import ClassTable
 from satsynth.data.normalize import Normalizer
@@ -25,13 +23,7 @@ PAPER = {"preset": "base", "encoding": "bits", "prediction": "epsilon",
          "beta_schedule": "linear", "snr_gamma": None, "condition": "none"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    progress.set_mode("quiet")
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _store(path: Path, size: int, n: int = 2) -> Path:

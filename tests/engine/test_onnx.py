@@ -19,15 +19,7 @@ from satsynth.predict.export import DIGEST_KEY, export_segmenter, read_metadata 
 from satsynth.predict.onnx_runtime import cache_path  # noqa: E402
 from satsynth.predict.predict import predict_raster  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,13 +36,7 @@ NORM = Normalizer([1000, 1000], [3000, 3000], "uint16")
 TINY = {"block_widths": [16, 32], "batch_size": 8, "device": "cpu", "checkpoint_every": 10_000}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    progress.set_mode("quiet")
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _chips(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
