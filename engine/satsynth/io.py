@@ -14,7 +14,7 @@ from typing import Any
 
 def temp_name(path: Path, tag: str = "partial", is_file: bool = False) -> str:
     """A hidden sibling name for a temporary of ``path`` that carries this process's PID:
-    ``.NAME.PID-XXXXXXXX.TAG`` (folders), ``.STEM.PID-XXXXXXXX.TAG.SUFFIX`` (files), so a later
+    ``.NAME.PID-xxxxxxxx.TAG`` (folders), ``.STEM.PID-xxxxxxxx.TAG.SUFFIX`` (files), so a later
     run can remove a dead writer's leftovers (:func:`satsynth.outputs.clean_stale`)."""
     mark = f"{os.getpid()}-{secrets.token_hex(4)}.{tag}"
     return f".{path.stem}.{mark}{path.suffix}" if is_file else f".{path.name}.{mark}"

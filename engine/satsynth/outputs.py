@@ -12,7 +12,7 @@ The rule, for every stage (and the plugin's pre-checks, through ``satsynth check
   folder fails in a second, not after an hour of training.
 
 :func:`check_output` also removes the temporaries that killed runs left for that output (names
-carry the writer's PID: ``.NAME.PID-XXXX.partial``, ``.NAME.old-PID``, ``.STEM.PID-XXXX.work``),
+carry the writer's PID: ``.NAME.PID-xxxx.partial``, ``.NAME.old-PID``, ``.STEM.PID-xxxx.work``),
 only when that process is gone. :func:`output_lock` keeps two runs from writing one output.
 """
 
