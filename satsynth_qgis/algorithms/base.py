@@ -15,6 +15,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
     QgsProcessingUtils,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -192,6 +193,24 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         """A choice whose value is the option's text (e.g. 'cpu'), stable in models and scripts."""
         return QgsProcessingParameterEnum(name, self.tr(description), options, False, default,
                                           False, True)
+
+    def add_tiling_parameters(self, overlap_description: str) -> None:
+        """TILE and OVERLAP in pixels, with ``satsynth predict``'s defaults and limits."""
+        self.addParameter(QgsProcessingParameterNumber(
+            "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, 512, minValue=16,
+            maxValue=8192))
+        self.addParameter(QgsProcessingParameterNumber(
+            "OVERLAP", self.tr(overlap_description), compat.NUMBER_INTEGER, 64, minValue=0,
+            maxValue=4096))
+
+    def tiling_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """The engine's tiling rule (predict/windows.check_tiling): overlap at most half the tile."""
+        tile = self.parameterAsInt(parameters, "TILE", context)
+        overlap = self.parameterAsInt(parameters, "OVERLAP", context)
+        if overlap * 2 > tile:
+            return self.tr(f"The overlap ({overlap} px) must be at most half the tile size "
+                           f"({tile} px).")
+        return ""
 
     def device_param(self) -> QgsProcessingParameterEnum:
         return self.enum_param("DEVICE", "Device", DEVICES, "auto")

@@ -8,10 +8,8 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
 )
 
-from .. import compat
 from .base import SatSynthAlgorithm
 
 
@@ -36,12 +34,7 @@ class ExportSegmenter(SatSynthAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.folder_param("MODEL", "Segmenter folder (from Train segmenter)"))
-        self.addParameter(QgsProcessingParameterNumber(
-            "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, 512, minValue=16,
-            maxValue=8192))
-        self.addParameter(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr("Overlap between tiles, recorded for Deepness (pixels)"),
-            compat.NUMBER_INTEGER, 64, minValue=0, maxValue=4096))
+        self.add_tiling_parameters("Overlap between tiles, recorded for Deepness (pixels)")
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT", self.tr("ONNX model"), self.tr("ONNX models (*.onnx)")))
 
@@ -50,11 +43,9 @@ class ExportSegmenter(SatSynthAlgorithm):
         ok, msg = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, msg
-        tile = self.parameterAsInt(parameters, "TILE", context)
-        overlap = self.parameterAsInt(parameters, "OVERLAP", context)
-        if overlap * 2 > tile:
-            return False, self.tr(f"The overlap ({overlap} px) must be at most half the tile "
-                                  f"size ({tile} px).")
+        problem = self.tiling_problem(parameters, context)
+        if problem:
+            return False, problem
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if out and not out.lower().endswith(".onnx"):
             return False, self.tr("The ONNX model needs a file name ending in .onnx.")

@@ -62,12 +62,7 @@ class SegmentRaster(SatSynthAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             "AOI", self.tr("Area of interest mask (polygons)"), [compat.TYPE_VECTOR_POLYGON],
             optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, 512, minValue=32,
-            maxValue=8192))
-        self.addParameter(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr("Overlap between tiles (pixels)"), compat.NUMBER_INTEGER, 64,
-            minValue=0, maxValue=4096))
+        self.add_tiling_parameters("Overlap between tiles (pixels)")
         self.addParameter(self.device_param())
         for param in (
             QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch"),
@@ -95,11 +90,9 @@ class SegmentRaster(SatSynthAlgorithm):
         ok, msg = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, msg
-        tile = self.parameterAsInt(parameters, "TILE", context)
-        overlap = self.parameterAsInt(parameters, "OVERLAP", context)
-        if overlap * 2 >= tile:
-            return False, self.tr(f"The overlap ({overlap} px) must be less than half the tile "
-                                  f"size ({tile} px).")
+        problem = self.tiling_problem(parameters, context)
+        if problem:
+            return False, problem
         model = Path(self.parameterAsFile(parameters, "MODEL", context))
         problem = folder_problem(model, "segmenter")
         if problem:

@@ -196,8 +196,8 @@ def test_segment_raster_checks(segmenter, scene, generator, provider):
     base = {"MODEL": segmenter["MODEL"], "INPUT": scene["image"], "OUTPUT": "/tmp/p.tif"}
     ctx = QgsProcessingContext()
     assert alg.checkParameterValues(base, ctx)[0]
-    ok, msg = alg.checkParameterValues({**base, "TILE": 64, "OVERLAP": 32}, ctx)
-    assert not ok and "less than half the tile" in msg
+    ok, msg = alg.checkParameterValues({**base, "TILE": 64, "OVERLAP": 33}, ctx)
+    assert not ok and "at most half the tile" in msg  # the engine's rule (check_tiling)
     ok, msg = alg.checkParameterValues({**base, "MODEL": generator[0]["GENERATOR"]}, ctx)
     assert not ok and "is a generator folder, not a segmenter folder" in msg
     ok, msg = alg.checkParameterValues({**base, "INPUT": scene["labels"]}, ctx)
