@@ -112,15 +112,21 @@ class Task:
         """Seconds since the task started."""
         return time.monotonic() - self._start
 
-    def update(self, n: float = 1, message: str | None = None, **extra: Any) -> None:
-        """Advance by ``n``; ``extra`` fields (loss, step, ...) go into the JSON event."""
+    def update(self, n: float = 1, message: str | None = None, *, force: bool = False,
+               **extra: Any) -> None:
+        """Advance by ``n``; ``extra`` fields (loss, step, ...) go into the JSON event.
+
+        JSON lines are rate-limited; ``force`` emits this one regardless (a task that counts
+        nested stages, such as the experiment's runs, must never drop an update: the plugin
+        numbers the nested stages from it).
+        """
         check_cancelled()
         self.n += n
         if self._bar is not None:
             self._bar.update(n)
             if extra:
                 self._bar.set_postfix({k: _short(v) for k, v in extra.items()}, refresh=False)
-        self._emit(message=message, **extra)
+        self._emit(force=force, message=message, **extra)
 
     def _emit(self, force: bool = False, message: str | None = None, **extra: Any) -> None:
         if _mode != "json":

@@ -354,9 +354,21 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
         return original(*a, **k)
 
     monkeypatch.setattr(train_mod, "train_segmenter", counting)
+    # the plugin numbers the runs from the experiment's own progress events: every finished run
+    # must reach it, however fast the runs are (JSON lines are otherwise rate-limited)
+    from satsynth import progress
+
+    events: list[dict] = []
+    monkeypatch.setattr(progress, "emit", events.append)
+    monkeypatch.setattr(progress, "_JSON_INTERVAL", 3600.0)
+    progress.set_mode("json")
     opts = {"ratios": "0,1", "seeds": 2, "real_fraction": 0.25, "arch": "tiny",
             "encoder": "w4d1", "epochs": 1, "batch_size": 8, "device": "cpu"}
-    out = run_experiment(real, gen, tmp_path / "exp", **opts)
+    try:
+        out = run_experiment(real, gen, tmp_path / "exp", **opts)
+    finally:
+        progress.set_mode("quiet")
+    assert [e["done"] for e in events if e["stage"] == "experiment"] == [0, 1, 2, 3, 4]
     assert calls == {"synth": [16], "train": 4}
     res = json.loads(open(out["results"]).read())
     assert [r["ratio"] for r in res["summary"]] == [0.0, 1.0]

@@ -276,7 +276,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
             if not (cfg.keep_models or (keep_baseline and variant == BASELINE)):
                 shutil.rmtree(mdir, ignore_errors=True)
             bar.update(1, message=f"{variant} R={r:g} seed {seed}: {reported_on} mIoU "
-                                  f"{rec['miou']:.3f}")
+                                  f"{rec['miou']:.3f}", force=True)
     if keep_baseline and not cfg.keep_models:
         for seed in range(cfg.seeds):
             shutil.rmtree(model_dir(seed, BASELINE, 0.0), ignore_errors=True)
