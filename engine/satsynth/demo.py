@@ -61,7 +61,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.generator.sample import synthesize
     from satsynth.generator.train import run_training
     from satsynth.predict.predict import predict_raster
-    from satsynth.segmenter.evaluate import evaluate
+    from satsynth.segmenter.evaluate import evaluate_dataset
     from satsynth.segmenter.scoring import filter_pairs, score_pairs
     from satsynth.segmenter.train import train_segmenter
 
@@ -125,8 +125,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         t = time.monotonic()
         trained = train_segmenter(dataset, out / f"segmenter_{suffix}", synthetic=syn_dir,
                                   ratio=r, **seg_opts)
-        ev = evaluate(trained["model"], out / f"evaluation_{suffix}", dataset=dataset,
-                      split="val", device=args.device)
+        ev = evaluate_dataset(trained["model"], out / f"evaluation_{suffix}", dataset,
+                              split="val", device=args.device)
         runs[name] = {"model": str(trained["model"]), "ratio": r or 0.0, "miou": ev["miou"],
                       "report": str(ev["report_html"]), "report_json": str(ev["report_json"])}
         outputs[f"segmenter_{suffix}"] = str(trained["model"])

@@ -104,11 +104,11 @@ def test_tiny_segmenter_learns_brightness_classes_and_saves_everything_needed(tr
     assert metrics["miou"] == pytest.approx(trained["miou"])
     assert len(metrics["history"]) == 6
     # weights are safetensors (never pickle) and load back into the same predictions
-    from satsynth.segmenter.evaluate import evaluate
+    from satsynth.segmenter.evaluate import evaluate_dataset
 
     assert sorted(p.name for p in Path(trained["model"]).iterdir()) == [
         "config.json", "metrics.json", "model.safetensors"]
-    rep = evaluate(trained["model"], trained["model"] + "-eval", dataset=real, device="cpu")
+    rep = evaluate_dataset(trained["model"], trained["model"] + "-eval", real, device="cpu")
     assert rep["miou"] == pytest.approx(trained["miou"], abs=1e-6)
 
 
@@ -264,7 +264,7 @@ def test_cli_reports_missing_synthetic_folder_as_one_line(real, tmp_path):
 
 
 def test_evaluate_rejects_dataset_of_other_classes(trained, tmp_path):
-    from satsynth.segmenter.evaluate import evaluate
+    from satsynth.predict.evaluate import evaluate
 
     other = make_store(tmp_path / "o", n_train=2, n_val=2, table=_table(("a", "b", "c")))
     with pytest.raises(SatSynthError, match="differ from the model"):
@@ -295,26 +295,10 @@ def _write_pair(tmp_path, h=70, w=90):
     return tmp_path / "img.tif", tmp_path / "lbl.tif", int((ids != 255).sum())
 
 
-def test_evaluate_raster_pair_by_chips_counts_every_labeled_pixel_once(trained, tmp_path,
-                                                                       monkeypatch):
-    import satsynth.segmenter.evaluate as ev
-
-    img, lbl, labeled = _write_pair(tmp_path)
-    monkeypatch.setattr(ev, "_predict_module", lambda: None)
-    res = ev.evaluate(trained["model"], tmp_path / "rep", image=img, labels=lbl, device="cpu")
-    rep = json.loads(open(res["report_json"]).read())
-    assert rep["method"] == "chips cut from the raster pair"
-    assert rep["pixels"] == labeled and res["miou"] > 0.85
-    assert open(res["confusion_png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    md = open(res["report_md"]).read()
-    assert "| water |" in md and "mIoU" in md
-    assert "confusion.png" in open(res["report_html"]).read()
-
-
 def test_evaluate_raster_pair_errors(trained, tmp_path):
     import rasterio
 
-    from satsynth.segmenter.evaluate import evaluate
+    from satsynth.predict.evaluate import evaluate
 
     img, lbl, _ = _write_pair(tmp_path)
     with rasterio.open(lbl, "r+") as d:
@@ -388,15 +372,17 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
 
 
 def test_evaluate_raster_pair_through_the_prediction_stage(trained, tmp_path):
-    import satsynth.segmenter.evaluate as ev
+    from satsynth.predict.evaluate import evaluate
 
-    if ev._predict_module() is None:
-        pytest.skip("satsynth.predict.predict.predict_raster absent")
     img, lbl, labeled = _write_pair(tmp_path)
-    res = ev.evaluate(trained["model"], tmp_path / "rep", image=img, labels=lbl, device="cpu")
+    res = evaluate(trained["model"], tmp_path / "rep", image=img, labels=lbl, device="cpu")
     rep = json.loads(open(res["report_json"]).read())
     assert rep["method"] == "whole raster through satsynth.predict"
     assert rep["pixels"] == labeled and res["miou"] > 0.85
+    assert open(res["confusion_png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    md = open(res["report_md"]).read()
+    assert "| water |" in md and "mIoU" in md
+    assert "confusion.png" in open(res["report_html"]).read()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "lbl.tif", "rep"]
 
 

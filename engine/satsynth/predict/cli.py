@@ -1,4 +1,5 @@
-"""``satsynth predict``: apply a trained segmenter to a raster of any size."""
+"""``satsynth predict``, ``export`` and ``evaluate``: apply a trained segmenter to rasters of any
+size, write it for other runtimes, score it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from satsynth.predict.forward import RUNTIMES
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Add the ``predict`` sub-command."""
+    """Add the ``predict``, ``export`` and ``evaluate`` sub-commands."""
     p = subparsers.add_parser(
         "predict", parents=[common],
         help="segment a raster of any size with a trained segmenter (styled GeoTIFF, "
@@ -71,6 +72,33 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=None,
                    help="overlap recorded for Deepness, in pixels (default: predict's, 64)")
     p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser(
+        "evaluate", parents=[common], help="score a segmenter (mIoU, per-class IoU, confusion)",
+        description="Evaluate a trained segmenter on a dataset split or on a whole image with "
+                    "its label raster; writes report.json/.md/.html and confusion.png.")
+    p.add_argument("model", metavar="SEG_DIR", help="segmenter model folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="prepared dataset folder")
+    src.add_argument("--image", help="image raster to segment")
+    p.add_argument("--split", default="val", help="dataset split (default val)")
+    p.add_argument("--labels", help="reference label raster for --image (class ids or colours)")
+    p.add_argument("--labels-on-image-grid", action="store_true",
+                   help="--labels was drawn on the image's pixels (same size, no georeference): "
+                        "take the image's grid for it (refused when the sizes differ)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--batch-size", type=int, default=16, help="chips per step (default 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``satsynth evaluate`` from parsed arguments."""
+    from satsynth.predict.evaluate import evaluate
+
+    return evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
+                    image=args.image, labels=args.labels, device=args.device,
+                    batch_size=args.batch_size, labels_on_image_grid=args.labels_on_image_grid)
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Sub-commands ``train-segmenter``, ``evaluate`` and ``experiment``."""
+"""Sub-commands ``train-segmenter`` and ``experiment``."""
 
 from __future__ import annotations
 
@@ -75,24 +75,6 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
-        "evaluate", parents=[common], help="score a segmenter (mIoU, per-class IoU, confusion)",
-        description="Evaluate a trained segmenter on a dataset split or on a whole image with "
-                    "its label raster; writes report.json/.md/.html and confusion.png.")
-    p.add_argument("model", metavar="SEG_DIR", help="segmenter model folder")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="prepared dataset folder")
-    src.add_argument("--image", help="image raster to segment")
-    p.add_argument("--split", default="val", help="dataset split (default val)")
-    p.add_argument("--labels", help="reference label raster for --image (class ids or colours)")
-    p.add_argument("--labels-on-image-grid", action="store_true",
-                   help="--labels was drawn on the image's pixels (same size, no georeference): "
-                        "take the image's grid for it (refused when the sizes differ)")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--batch-size", type=int, default=16, help="chips per step (default 16)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.set_defaults(func=_evaluate)
-
-    p = subparsers.add_parser(
         "experiment", parents=[common],
         help="does synthetic data help? mIoU vs ratio R over seeds",
         description="For each ratio R and seed, synthesize (cached), train a segmenter on real + "
@@ -151,14 +133,6 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         synthetic_mode=args.synthetic_mode, synthetic_only=args.synthetic_only,
         val_every=args.val_every, patience_steps=args.patience_steps,
         lr_schedule=args.lr_schedule)
-
-
-def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from satsynth.segmenter.evaluate import evaluate
-
-    return evaluate(args.model, args.out, dataset=args.dataset, split=args.split,
-                    image=args.image, labels=args.labels, device=args.device,
-                    batch_size=args.batch_size, labels_on_image_grid=args.labels_on_image_grid)
 
 
 def _experiment(args: argparse.Namespace) -> dict[str, Any]:

@@ -137,9 +137,14 @@ def _load_encoder_weights(model: Any, path: Path) -> None:
         raise SatSynthError("no encoder weight matched this encoder (wrong file or encoder?)", path)
 
 
+def load_segmenter_config(path: str | Path) -> SegmenterConfig:
+    """The configuration of a trained segmenter folder (its config.json)."""
+    return SegmenterConfig.from_dict(load_config(path, "segmenter"))
+
+
 def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, SegmenterConfig]:
     """Load a trained segmenter folder (config.json + model.safetensors), in eval mode."""
-    cfg = SegmenterConfig.from_dict(load_config(path, "segmenter"))
+    cfg = load_segmenter_config(path)
     model = build_segmenter(cfg)
     state = load_tensors(path, "model")
     try:
