@@ -35,6 +35,7 @@ from satsynth.generator.config import (
 )
 from satsynth.generator.encoding import LabelEncoding
 from satsynth.outputs import check_output
+from satsynth.raster import footprint_boxes
 
 log = logging.getLogger("satsynth")
 
@@ -59,11 +60,9 @@ def _extent(store: ChipStore) -> tuple[list[float] | None, bool]:
         if not store.has_split(split) or not len(store.split(split)):
             continue
         t = np.asarray(store.split(split).transforms, dtype=np.float64)
-        a, b, c, d, e, f = (t[:, i] for i in range(6))
-        xs = np.stack([c, c + a * s, c + b * s, c + a * s + b * s], 1)
-        ys = np.stack([f, f + d * s, f + e * s, f + d * s + e * s], 1)
-        boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
-        y_up = bool(np.median(e) < 0)
+        fb = footprint_boxes(t, s)
+        boxes.append([fb[:, 0].min(), fb[:, 1].min(), fb[:, 2].max(), fb[:, 3].max()])
+        y_up = bool(np.median(t[:, 4]) < 0)
     if not boxes:
         return None, y_up
     b = np.asarray(boxes)
