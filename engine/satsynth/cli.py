@@ -17,6 +17,7 @@ import traceback
 from typing import Any
 
 from satsynth import __version__, progress
+from satsynth.contract import FILE_KIND, FOLDER_KINDS, PROGRESS_MODES
 from satsynth.distributed import launch_rank
 from satsynth.errors import Cancelled, SatSynthError
 from satsynth.outputs import check_output, output_lock
@@ -52,7 +53,7 @@ def _check(args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (all stages)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--progress", choices=["bar", "json", "quiet"],
+    common.add_argument("--progress", choices=PROGRESS_MODES,
                         default=argparse.SUPPRESS,
                         help="progress display: a terminal bar (default on a terminal), JSON lines "
                              "on stdout (for the QGIS plugin), or nothing")
@@ -77,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with these inputs, else one line saying why (exit 2).")
     p.add_argument("path", help="the output path")
     p.add_argument("--kind", required=True,
-                   help="file, dataset, synthetic, generator, segmenter, evaluation, "
-                        "experiment, demo")
+                   help=", ".join((FILE_KIND, *FOLDER_KINDS)))
     p.add_argument("--input", action="append", default=[], help="an input of the run (repeat)")
     p.add_argument("--into", action="store_true",
                    help="the stage writes into an existing folder of its kind")
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report_outputs(outputs: dict[str, Any]) -> None:
     if progress.mode() == "json":
-        progress.emit({"event": "done", "outputs": outputs})
+        progress.emit_done(outputs)
         return
     for key, value in outputs.items():
         if isinstance(value, (dict, list)):
@@ -113,25 +113,25 @@ def main(argv: list[str] | None = None) -> int:
         with output_lock(*outs):
             outputs = args.func(args) or {}
     except SatSynthError as exc:
-        progress.emit({"event": "error", "message": str(exc)})
+        progress.emit_error(str(exc))
         print(f"satsynth: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (``satsynth info DS | head``): not an error
         _silence_stdout()
         return 0
     except (Cancelled, KeyboardInterrupt):
-        progress.emit({"event": "error", "message": "cancelled", "cancelled": True})
+        progress.emit_error("cancelled", cancelled=True)
         print("satsynth: cancelled; no partial output was kept", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - last resort: keep the protocol intact
         traceback.print_exc(file=sys.stderr)
         msg = f"internal error: {exc.__class__.__name__}: {exc} (please report this with the log)"
-        progress.emit({"event": "error", "message": msg})
+        progress.emit_error(msg)
         print(f"satsynth: {msg}", file=sys.stderr)
         return 1
     if outputs.get("interrupted") is True:  # stopped on request after a resumable checkpoint
         msg = f"cancelled; the checkpoint in {outputs.get('model')} continues with --resume"
-        progress.emit({"event": "error", "message": msg, "cancelled": True})
+        progress.emit_error(msg, cancelled=True)
         print(f"satsynth: {msg}", file=sys.stderr)
         return 130
     try:

@@ -20,100 +20,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from satsynth.contract import FILE_KIND, FOLDER_KINDS, is_kind, output_kind
 from satsynth.errors import SatSynthError
 
 PathLike = str | os.PathLike
-
-#: Folder kinds whose marker is not a model ``config.json``: kind -> (is it one?, what it is).
-#: Any other folder kind is a model folder, recognised by ``config.json``'s ``kind``.
-FOLDER_KINDS: dict[str, tuple[Callable[[Path], bool], str]] = {}
-
-#: Single-file outputs (replaceable unless they are an input).
-FILE_KIND = "file"
 
 _TEMP_RE = re.compile(r"^\.(?P<base>.+)\.(?P<pid>\d+)-[0-9a-z_]+\.(?:partial|work)(?:\..*)?$")
 _OLD_RE = re.compile(r"^\.(?P<base>.+)\.old-(?P<pid>\d+)$")
 
 
-def _json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _store_meta(folder: Path) -> dict | None:
-    meta = _json(folder / "dataset.json")
-    return meta if isinstance(meta, dict) and meta.get("format") == "satsynth-chips" else None
-
-
-def _is_dataset(folder: Path) -> bool:
-    meta = _store_meta(folder)
-    return meta is not None and not meta.get("synthetic", False)
-
-
-def _is_synthetic(folder: Path) -> bool:
-    meta = _store_meta(folder)
-    return meta is not None and bool(meta.get("synthetic", False))
-
-
-def _is_evaluation(folder: Path) -> bool:
-    rep = _json(folder / "report.json")
-    return isinstance(rep, dict) and "miou" in rep and "confusion" in rep
-
-
-def _is_experiment(folder: Path) -> bool:
-    return any((folder / m).is_file() for m in ("runs.json", "results.json",
-                                                  "synthetic/cache.json"))
-
-
-def _is_demo(folder: Path) -> bool:
-    return ((folder / "summary.json").is_file() or (folder / "scene").is_dir()
-            or _is_dataset(folder / "dataset"))
-
-
-FOLDER_KINDS.update({
-    "dataset": (_is_dataset, "a dataset folder (satsynth prepare)"),
-    "synthetic": (_is_synthetic, "a synthetic folder (satsynth synthesize)"),
-    "evaluation": (_is_evaluation, "an evaluation report folder (satsynth evaluate)"),
-    "experiment": (_is_experiment, "an experiment folder (satsynth experiment)"),
-    "demo": (_is_demo, "a demo output folder (satsynth demo)"),
-})
-
-
-def model_kind(folder: Path) -> str | None:
-    """The ``kind`` in a model folder's ``config.json`` (None when it is not a model folder)."""
-    cfg = _json(folder / "config.json")
-    kind = cfg.get("kind") if isinstance(cfg, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
-def output_kind(folder: str | Path) -> str | None:
-    """Which SatSynth output ``folder`` is (``dataset``, ``generator``...), None if none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    for kind, (test, _) in FOLDER_KINDS.items():
-        if test(folder):
-            return kind
-    return model_kind(folder)
-
-
 def _describe(kind: str) -> str:
-    return FOLDER_KINDS[kind][1] if kind in FOLDER_KINDS else f"a {kind} model folder"
-
-
-def _is_kind(folder: Path, kind: str) -> bool:
-    return FOLDER_KINDS[kind][0](folder) if kind in FOLDER_KINDS else model_kind(folder) == kind
+    return FOLDER_KINDS[kind].engine_text if kind in FOLDER_KINDS else f"a {kind} model folder"
 
 
 def _resolved(path: PathLike) -> Path:
@@ -247,7 +172,7 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[PathLike | None] =
                 raise SatSynthError(f"is a file; {_describe(kind)} is written here, so a "
                                     "folder path is needed", given)
             found = output_kind(path)
-            if not _is_kind(path, kind) and any(path.iterdir()):
+            if not is_kind(path, kind) and any(path.iterdir()):
                 if found is not None:
                     raise SatSynthError(
                         f"is {_describe(found)}, not {_describe(kind)}; SatSynth replaces only an "

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from satsynth.contract import EVENT_DONE, EVENT_ERROR, EVENT_PROGRESS, PROGRESS_MODES
 from satsynth.errors import Cancelled
 
 T = TypeVar("T")
@@ -31,7 +32,7 @@ _JSON_INTERVAL = 0.25  # seconds between JSON progress lines of one task
 def set_mode(mode: str) -> None:
     """Choose how progress is shown: ``bar`` (tqdm on stderr), ``json`` (stdout) or ``quiet``."""
     global _mode
-    if mode not in ("bar", "json", "quiet"):
+    if mode not in PROGRESS_MODES:
         raise ValueError(f"unknown progress mode {mode!r}")
     _mode = mode
 
@@ -46,6 +47,19 @@ def emit(event: dict[str, Any]) -> None:
     if _mode == "json":
         sys.stdout.write(json.dumps(event, default=str) + "\n")
         sys.stdout.flush()
+
+
+def emit_done(outputs: dict[str, Any]) -> None:
+    """The last protocol line of a command that succeeded: its outputs."""
+    emit({"event": EVENT_DONE, "outputs": outputs})
+
+
+def emit_error(message: str, cancelled: bool = False) -> None:
+    """The last protocol line of a command that failed (or was cancelled)."""
+    event: dict[str, Any] = {"event": EVENT_ERROR, "message": message}
+    if cancelled:
+        event["cancelled"] = True
+    emit(event)
 
 
 def install_signal_handlers() -> None:
@@ -136,7 +150,7 @@ class Task:
         if not force and not done and now - self._last_emit < _JSON_INTERVAL:
             return
         self._last_emit = now
-        event: dict[str, Any] = {"event": "progress", "stage": self.stage,
+        event: dict[str, Any] = {"event": EVENT_PROGRESS, "stage": self.stage,
                                  "fraction": None, "message": message or self.stage}
         if self.total:
             event["fraction"] = round(min(1.0, self.n / self.total), 4)

@@ -7,77 +7,46 @@ write for the user contains.
 
 from __future__ import annotations
 
-import colorsys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from satsynth.contract import (
+    IGNORE_INDEX,
+    ClassInfo,
+    ClassTableSpec,
+    ContractError,
+    check_classes,
+    class_table_dict,
+    classes_from_names,
+    classes_from_values,
+    default_color,
+    parse_class_table,
+)
+from satsynth.contract import strict_int as _strict_int
 from satsynth.errors import SatSynthError
 
-IGNORE_INDEX = 255
-MAX_CLASSES = 254
+__all__ = ["IGNORE_INDEX", "ClassInfo", "ClassTable", "default_color", "strict_int", "write_qml"]
 
 
-def parse_color(value: Any, where: str = "class table") -> tuple[int, int, int]:
-    """Parse '#RRGGBB', 'RRGGBB' or [r, g, b] into an RGB tuple."""
-    if isinstance(value, str):
-        s = value.strip().lstrip("#")
-        if len(s) == 6:
-            try:
-                return (int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16))
-            except ValueError:
-                pass
-    elif isinstance(value, Sequence) and len(value) >= 3:
-        try:
-            rgb = tuple(strict_int(v, "colour") for v in value[:3])
-        except SatSynthError:
-            rgb = (-1, -1, -1)
-        if all(0 <= v <= 255 for v in rgb):
-            return rgb  # type: ignore[return-value]
-    raise SatSynthError(f"bad colour {value!r} in {where}: use '#RRGGBB' or [r, g, b]")
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """The contract's class-table errors as :class:`SatSynthError` (same message and path)."""
+    try:
+        yield
+    except ContractError as exc:
+        raise SatSynthError(exc.reason, exc.where) from None
 
 
 def strict_int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
-    """An integer from JSON/YAML (an int, a whole float like 3.0, or digits), else a clear error:
-    ``1.7``, ``"one"`` and ``true`` are refused, never rounded or guessed."""
-    if isinstance(value, bool):
-        v = None
-    elif isinstance(value, int):
-        v = value
-    elif isinstance(value, float) and value.is_integer():
-        v = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        v = int(value)
-    else:
-        v = None
-    if v is None:
-        raise SatSynthError(f"{what} must be a whole number, got {value!r}")
-    if (low is not None and v < low) or (high is not None and v > high):
-        raise SatSynthError(f"{what} must be in {low}..{high}, got {v}")
-    return v
-
-
-def default_color(i: int) -> tuple[int, int, int]:
-    """A distinct colour for class number ``i`` (golden-ratio hues)."""
-    h = (i * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.95)
-    return (int(r * 255), int(g * 255), int(b * 255))
-
-
-@dataclass(frozen=True)
-class ClassInfo:
-    """One class: its value in the user's data, its name and its display colour."""
-
-    id: int
-    name: str
-    color: tuple[int, int, int]
-
-    def hex(self) -> str:
-        """Colour as '#rrggbb'."""
-        return "#{:02x}{:02x}{:02x}".format(*self.color)
+    """An integer from JSON/YAML (the contract's rule: a whole number, never rounded or
+    guessed), else a :class:`SatSynthError`."""
+    with _user_errors():
+        return _strict_int(value, what, low, high)
 
 
 @dataclass
@@ -89,16 +58,8 @@ class ClassTable:
     ignore_colors: list[tuple[int, int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.classes:
-            raise SatSynthError("the class table has no classes")
-        if len(self.classes) > MAX_CLASSES:
-            raise SatSynthError(f"at most {MAX_CLASSES} classes are supported, got {len(self.classes)}")
-        ids = [c.id for c in self.classes]
-        if len(set(ids)) != len(ids):
-            raise SatSynthError(f"class ids must be unique, got {ids}")
-        for c in self.classes:
-            if not 0 <= c.id <= 254:
-                raise SatSynthError(f"class id {c.id} ({c.name}) is outside 0..254")
+        with _user_errors():
+            check_classes(self.classes)
 
     # --- basic views -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -154,69 +115,16 @@ class ClassTable:
 
     # --- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "classes": [{"id": c.id, "name": c.name, "color": c.hex()} for c in self.classes],
-            "ignore_ids": list(self.ignore_ids),
-            "ignore_colors": ["#{:02x}{:02x}{:02x}".format(*c) for c in self.ignore_colors],
-        }
+        return class_table_dict(ClassTableSpec(self.classes, self.ignore_ids, self.ignore_colors))
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "class table") -> ClassTable:
-        """Build from our JSON form, a bare list, a {name: colour} mapping, or a palette file
-        like the Dubai dataset's (``{"ignore_color": ..., "classes": [...]}``), checked against
-        one schema wherever a table comes from (class files, dataset.json, model configs): ids
-        whole numbers in 0..254 and unique, names non-empty text and unique (ignoring case),
-        colours '#RRGGBB' or [r, g, b]. Problems raise one :class:`SatSynthError` line."""
-        try:
-            return cls._from_dict(data, where)
-        except SatSynthError as exc:
-            raise SatSynthError(str(exc), where) from None
-
-    @classmethod
-    def _from_dict(cls, data: Any, where: str) -> ClassTable:
-        ignore_ids: list[int] = []
-        ignore_colors: list[tuple[int, int, int]] = []
-        if isinstance(data, dict) and "classes" in data:
-            items = data["classes"]
-            raw_ids = data.get("ignore_ids", []) or []
-            if not isinstance(raw_ids, list):
-                raise SatSynthError(f"ignore_ids must be a list of label values, got {raw_ids!r}")
-            ignore_ids = [strict_int(v, "an ignore id", 0, 255) for v in raw_ids]
-            if "ignore_id" in data and data["ignore_id"] is not None:
-                ignore_ids.append(strict_int(data["ignore_id"], "ignore_id", 0, 255))
-            raw_colors = data.get("ignore_colors", []) or []
-            if not isinstance(raw_colors, list):
-                raise SatSynthError(f"ignore_colors must be a list of colours, got {raw_colors!r}")
-            raw_colors = list(raw_colors)
-            if data.get("ignore_color"):
-                raw_colors.append(data["ignore_color"])
-            ignore_colors = [parse_color(c, "ignore_colors") for c in raw_colors]
-        elif isinstance(data, dict):
-            items = [{"name": k, "color": v} for k, v in data.items()]
-        else:
-            items = data
-        if not isinstance(items, list) or not items:
-            raise SatSynthError(f"expected a non-empty list of classes, got {str(items)[:60]!r}")
-        classes = []
-        seen: dict[str, int] = {}
-        for n, item in enumerate(items):
-            if isinstance(item, str):
-                item = {"name": item}
-            if not isinstance(item, dict):
-                raise SatSynthError(f"class entry {n} is not an object: {str(item)[:60]!r}")
-            cid = strict_int(item.get("id", item.get("value", n)), f"class entry {n}: id", 0, 254)
-            name = item.get("name", f"class {cid}")
-            if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip():
-                raise SatSynthError(f"class entry {n}: name must be non-empty text, got {name!r}")
-            name = str(name).strip()
-            if name.lower() in seen:
-                raise SatSynthError(f"class name {name!r} is used twice (entries {seen[name.lower()]}"
-                                    f" and {n}): names must be unique")
-            seen[name.lower()] = n
-            color = (parse_color(item["color"], f"class entry {n}") if item.get("color")
-                     else default_color(n))
-            classes.append(ClassInfo(cid, name, color))
-        return cls(classes, ignore_ids, ignore_colors)
+        """Build from any form the contract's schema reads (:func:`satsynth.contract.
+        parse_class_table`: our JSON form, a bare list, a {name: colour} mapping, a palette
+        file); problems raise one :class:`SatSynthError` line naming ``where``."""
+        with _user_errors():
+            spec = parse_class_table(data, where)
+        return cls(spec.classes, spec.ignore_ids, spec.ignore_colors)
 
     @classmethod
     def load(cls, path: str | Path) -> ClassTable:
@@ -241,24 +149,12 @@ class ClassTable:
     @classmethod
     def from_values(cls, values: Iterable[int], names: dict[int, str] | None = None) -> ClassTable:
         """Infer a table from the label values present (default names and colours)."""
-        vals = sorted({int(v) for v in values})
-        names = names or {}
-        return cls([ClassInfo(v, names.get(v, f"class {v}"), default_color(i))
-                    for i, v in enumerate(vals)])
+        return cls(classes_from_values(values, names))
 
     @classmethod
     def from_names(cls, names: Iterable[str], background: str | None = "background") -> ClassTable:
         """Infer a table from class names (e.g. a vector field); ``background`` gets id 0."""
-        ordered = sorted({str(n) for n in names})
-        classes = []
-        if background is not None:
-            classes.append(ClassInfo(0, background, (0, 0, 0)))
-        for n in ordered:
-            if background is not None and n == background:
-                continue
-            i = len(classes)
-            classes.append(ClassInfo(i, n, default_color(i)))
-        return cls(classes)
+        return cls(classes_from_names(names, background))
 
 
 def write_qml(path: str | Path, table: ClassTable, band: int = 1) -> Path:

@@ -1,0 +1,535 @@
+"""The engine-plugin contract: what the engine and the QGIS plugin must agree on, said once.
+
+- the class table's schema and its validation (ids, names, colours, ignore values, limits,
+  default colours);
+- the choice lists of the command line (architectures, generator presets, recipes, samplers,
+  devices, budgets, variants, layouts, runtimes...);
+- the option declarations of the stages (dataclasses with their defaults), from which the CLI
+  parsers, the engine's option classes and the plugin's defaults derive;
+- the output folder kinds and the markers that recognise them;
+- the event names of the progress protocol (``--progress json``).
+
+Standard library only: the engine imports it as ``satsynth.contract``; the plugin, which must not
+import the engine's package (it pulls the deep-learning stack), loads this same file by its path
+(``satsynth_qgis/contract.py``). Problems raise :class:`ContractError` (one line); the engine turns
+it into its ``SatSynthError``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ContractError(ValueError):
+    """A value the engine refuses: ``reason`` says why, ``where`` (optional) names its source."""
+
+    def __init__(self, reason: str, where: str | None = None) -> None:
+        self.reason = reason
+        self.where = where
+        super().__init__(f"{where}: {reason}" if where is not None else reason)
+
+
+# --------------------------------------------------------------------------------------------
+# the class table
+
+#: The model's ignore index and the nodata value of every class raster written: no class id.
+IGNORE_INDEX = 255
+#: Class ids (the user's label values) are whole numbers in 0..MAX_CLASS_ID.
+MAX_CLASS_ID = 254
+#: At most this many classes in one table.
+MAX_CLASSES = 254
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class: its value in the user's data, its name and its display colour."""
+
+    id: int
+    name: str
+    color: tuple[int, int, int]
+
+    def hex(self) -> str:
+        """Colour as '#rrggbb'."""
+        return hex_color(self.color)
+
+
+def hex_color(rgb: Sequence[int]) -> str:
+    """An RGB triple as '#rrggbb'."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
+
+
+def default_color(i: int) -> tuple[int, int, int]:
+    """A distinct colour for class number ``i`` (golden-ratio hues)."""
+    h = (i * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.95)
+    return (int(r * 255), int(g * 255), int(b * 255))
+
+
+def strict_int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
+    """An integer from JSON/YAML (an int, a whole float like 3.0, or digits), else a clear error:
+    ``1.7``, ``"one"`` and ``true`` are refused, never rounded or guessed."""
+    if isinstance(value, bool):
+        v = None
+    elif isinstance(value, int):
+        v = value
+    elif isinstance(value, float) and value.is_integer():
+        v = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        v = int(value)
+    else:
+        v = None
+    if v is None:
+        raise ContractError(f"{what} must be a whole number, got {value!r}")
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ContractError(f"{what} must be in {low}..{high}, got {v}")
+    return v
+
+
+def parse_color(value: Any, where: str = "class table") -> tuple[int, int, int]:
+    """Parse '#RRGGBB', 'RRGGBB' or [r, g, b] into an RGB tuple."""
+    if isinstance(value, str):
+        s = value.strip().lstrip("#")
+        if len(s) == 6:
+            try:
+                return (int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16))
+            except ValueError:
+                pass
+    elif isinstance(value, Sequence) and len(value) >= 3:
+        try:
+            rgb = tuple(strict_int(v, "colour") for v in value[:3])
+        except ContractError:
+            rgb = (-1, -1, -1)
+        if all(0 <= v <= 255 for v in rgb):
+            return rgb  # type: ignore[return-value]
+    raise ContractError(f"bad colour {value!r} in {where}: use '#RRGGBB' or [r, g, b]")
+
+
+def check_classes(classes: Sequence[ClassInfo]) -> None:
+    """The rules every class table keeps: some classes, at most :data:`MAX_CLASSES`, unique ids
+    within 0..:data:`MAX_CLASS_ID`."""
+    if not classes:
+        raise ContractError("the class table has no classes")
+    if len(classes) > MAX_CLASSES:
+        raise ContractError(f"at most {MAX_CLASSES} classes are supported, got {len(classes)}")
+    ids = [c.id for c in classes]
+    if len(set(ids)) != len(ids):
+        raise ContractError(f"class ids must be unique, got {ids}")
+    for c in classes:
+        if not 0 <= c.id <= MAX_CLASS_ID:
+            raise ContractError(f"class id {c.id} ({c.name}) is outside 0..{MAX_CLASS_ID}")
+
+
+@dataclass
+class ClassTableSpec:
+    """A validated class table in plain values: the classes in model-index order, the label
+    values to ignore and the mask colours to ignore."""
+
+    classes: list[ClassInfo]
+    ignore_ids: list[int] = field(default_factory=list)
+    ignore_colors: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def parse_class_table(data: Any, where: str = "class table") -> ClassTableSpec:
+    """Read our JSON form, a bare list, a {name: colour} mapping, or a palette file like the
+    Dubai dataset's (``{"ignore_color": ..., "classes": [...]}``), checked against one schema
+    wherever a table comes from (class files, dataset.json, model configs, the plugin's editor):
+    ids whole numbers in 0..254 and unique, names non-empty text and unique (ignoring case),
+    colours '#RRGGBB' or [r, g, b]. A problem raises one :class:`ContractError` naming ``where``."""
+    try:
+        spec = _parse_class_table(data)
+        check_classes(spec.classes)
+    except ContractError as exc:
+        raise ContractError(exc.reason, where) from None
+    return spec
+
+
+def _parse_class_table(data: Any) -> ClassTableSpec:
+    ignore_ids: list[int] = []
+    ignore_colors: list[tuple[int, int, int]] = []
+    if isinstance(data, dict) and "classes" in data:
+        items = data["classes"]
+        raw_ids = data.get("ignore_ids", []) or []
+        if not isinstance(raw_ids, list):
+            raise ContractError(f"ignore_ids must be a list of label values, got {raw_ids!r}")
+        ignore_ids = [strict_int(v, "an ignore id", 0, IGNORE_INDEX) for v in raw_ids]
+        if "ignore_id" in data and data["ignore_id"] is not None:
+            ignore_ids.append(strict_int(data["ignore_id"], "ignore_id", 0, IGNORE_INDEX))
+        raw_colors = data.get("ignore_colors", []) or []
+        if not isinstance(raw_colors, list):
+            raise ContractError(f"ignore_colors must be a list of colours, got {raw_colors!r}")
+        raw_colors = list(raw_colors)
+        if data.get("ignore_color"):
+            raw_colors.append(data["ignore_color"])
+        ignore_colors = [parse_color(c, "ignore_colors") for c in raw_colors]
+    elif isinstance(data, dict):
+        items = [{"name": k, "color": v} for k, v in data.items()]
+    else:
+        items = data
+    if not isinstance(items, list) or not items:
+        raise ContractError(f"expected a non-empty list of classes, got {str(items)[:60]!r}")
+    classes = []
+    seen: dict[str, int] = {}
+    for n, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise ContractError(f"class entry {n} is not an object: {str(item)[:60]!r}")
+        cid = strict_int(item.get("id", item.get("value", n)), f"class entry {n}: id", 0,
+                         MAX_CLASS_ID)
+        name = item.get("name", f"class {cid}")
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or not str(name).strip():
+            raise ContractError(f"class entry {n}: name must be non-empty text, got {name!r}")
+        name = str(name).strip()
+        if name.lower() in seen:
+            raise ContractError(f"class name {name!r} is used twice (entries {seen[name.lower()]}"
+                                f" and {n}): names must be unique")
+        seen[name.lower()] = n
+        color = (parse_color(item["color"], f"class entry {n}") if item.get("color")
+                 else default_color(n))
+        classes.append(ClassInfo(cid, name, color))
+    return ClassTableSpec(classes, ignore_ids, ignore_colors)
+
+
+def class_table_dict(spec: ClassTableSpec) -> dict[str, Any]:
+    """The class table's JSON form (what class files, dataset.json and model configs hold)."""
+    return {
+        "classes": [{"id": c.id, "name": c.name, "color": c.hex()} for c in spec.classes],
+        "ignore_ids": list(spec.ignore_ids),
+        "ignore_colors": [hex_color(c) for c in spec.ignore_colors],
+    }
+
+
+def classes_from_values(values: Iterable[int], names: dict[int, str] | None = None,
+                        colors: dict[int, tuple[int, int, int]] | None = None) -> list[ClassInfo]:
+    """Classes for the label values present: sorted, named 'class V' and given default colours
+    unless ``names`` / ``colors`` say otherwise."""
+    names, colors = names or {}, colors or {}
+    vals = sorted({int(v) for v in values})
+    return [ClassInfo(v, names.get(v, f"class {v}"), colors.get(v, default_color(i)))
+            for i, v in enumerate(vals)]
+
+
+def classes_from_names(names: Iterable[str], background: str | None = "background"
+                       ) -> list[ClassInfo]:
+    """Classes for text class names (e.g. a vector field): ``background`` (black) gets id 0, the
+    names ids 1..N in sorted order."""
+    classes = []
+    if background is not None:
+        classes.append(ClassInfo(0, background, (0, 0, 0)))
+    for n in sorted({str(n) for n in names}):
+        if background is not None and n == background:
+            continue
+        i = len(classes)
+        classes.append(ClassInfo(i, n, default_color(i)))
+    return classes
+
+
+# --------------------------------------------------------------------------------------------
+# choice lists (the first entry is the one the plugin shows first; defaults are in the options)
+
+#: ``--device`` values the plugin offers (the CLI also takes cuda:N).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: ``--progress``: a bar on stderr for people, JSON lines on stdout for the plugin, or nothing.
+PROGRESS_MODES = ("bar", "json", "quiet")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+#: The small conv net without downsampling (tests, quick CPU runs); its encoder reads
+#: "w<width>d<depth>", e.g. :data:`TINY_ENCODER`.
+TINY_ARCH = "tiny"
+TINY_ENCODER = "w16d2"
+#: Segmenter architectures: segmentation_models_pytorch's, then :data:`TINY_ARCH`.
+ARCHITECTURES = ("fpn", "unet", "deeplabv3plus", "pspnet", "segformer", TINY_ARCH)
+#: Encoders suggested for the architectures other than tiny (any smp encoder name works).
+ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
+            "mobilenet_v2", "mit_b0")
+CLASS_WEIGHTS = ("none", "auto")
+#: How synthetic pairs enter training: mixed into every epoch, or a pre-training phase on them
+#: followed by fine-tuning on the real chips.
+SYNTHETIC_MODES = ("mix", "pretrain")
+#: After the warm-up: cosine to 0 by the end of the budget, or constant.
+LR_SCHEDULES = ("cosine", "constant")
+
+#: Generator UNet sizes: tiny (CPU demos, about 1 M parameters), small, base (paper scale).
+GENERATOR_PRESETS = ("tiny", "small", "base")
+#: Generator training recipes: the product's, or SatSynth (CVPR 2024) as published.
+RECIPES = ("default", "paper")
+ENCODINGS = ("bits", "onehot")
+PREDICTIONS = ("epsilon", "v_prediction")
+BETA_SCHEDULES = ("linear", "cosine")
+SNR_WEIGHTINGS = ("auto", "min-snr", "min-snr+1")
+#: What the generator is conditioned on: each chip's class pixel shares, or nothing (the paper).
+CONDITIONS = ("class-shares", "none")
+SAMPLERS = ("dpm", "ddim", "ddpm")
+UPSAMPLER_FACTORS = (2, 4)
+
+#: Experiment training budgets per run (see ``satsynth experiment --help``).
+BUDGETS = ("steps", "epochs", "converge")
+#: Ways an experiment uses synthetic pairs (each compared with the real-only run of its seed).
+VARIANTS = ("mix", "pretrain", "tstr", "filtered", "filtered-pretrain")
+
+#: Published datasets ``prepare --folder --layout`` reads as downloaded.
+LAYOUTS = ("loveda", "openearthmap", "isaid")
+
+#: ``predict --runtime``: ONNX Runtime on a CPU when installed (auto), torch, or onnx.
+RUNTIMES = ("auto", "torch", "onnx")
+EXPORT_FORMATS = ("onnx",)
+
+
+# --------------------------------------------------------------------------------------------
+# stage options, declared once: the engine's option classes derive from these, the CLI parsers
+# and the plugin's parameters take their defaults from them
+
+
+@dataclass
+class SegmenterTrainFields:
+    """The options of one segmenter training run (``train-segmenter``) and their defaults."""
+
+    arch: str = "fpn"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    epochs: int = 30
+    max_steps: int | None = None  # optimizer steps in total (overrides epochs when given)
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    dice: bool = False
+    class_weights: str = "none"
+    patience: int = 8
+    real_fraction: float = 1.0
+    subset_seed: int = 0
+    minutes: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+    augment: bool = True
+    val_batch_size: int = 32
+    synthetic_mode: str = "mix"
+    synthetic_only: bool = False  # TSTR: train on the synthetic pairs alone, validate on real
+    val_every: int | None = None  # optimizer steps between validations (None: every epoch)
+    patience_steps: int | None = None  # with val_every: stop after this many steps w/o gain
+    lr_schedule: str = "cosine"
+
+
+@dataclass
+class GeneratorTrainFields:
+    """The options of one generator training run (``train-generator``, ``train-upsampler``) and
+    their defaults: the recipe that converged fastest on 2 CPU cores
+    (benchmarks/bench_generator_convergence.py)."""
+
+    recipe: str = "default"
+    preset: str = "tiny"
+    block_widths: list[int] | None = None
+    encoding: str = "bits"
+    prediction: str = "v_prediction"
+    beta_schedule: str = "cosine"
+    snr_gamma: float | None = 5.0
+    snr_weighting: str = "auto"
+    condition: str = "class-shares"
+    size: int | None = None  # train at this many px: chips area-downsampled (None = as stored)
+    steps: int = 2000
+    minutes: float | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 100
+    ema_decay: float = 0.999
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    class_balanced: bool = False
+    augment: bool = True
+    checkpoint_every: int = 500
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SynthesizeFields:
+    """The options of ``synthesize`` and their defaults (sampler None: the model's recipe's)."""
+
+    sampler: str | None = None
+    steps: int = 20
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+
+
+_SEG = SegmenterTrainFields()
+_SYN = SynthesizeFields()
+
+
+@dataclass
+class ExperimentFields:
+    """What ``satsynth experiment`` runs and its defaults; the segmenter's options default to
+    ``train-segmenter``'s, the sampler's to ``synthesize``'s."""
+
+    ratios: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0])
+    seeds: int = 3
+    real_fraction: float = _SEG.real_fraction
+    count_per_real: float | None = None  # synthetic pool size per real chip (default max R)
+    arch: str = _SEG.arch
+    encoder: str = _SEG.encoder
+    epochs: int = _SEG.epochs
+    budget: str = BUDGETS[0]  # one of BUDGETS
+    variants: list[str] = field(default_factory=lambda: [VARIANTS[0]])
+    val_every: int | None = None  # steps between validations (default: one pass over real chips)
+    filter_keep: float = 0.5  # share of the pool the filtered variants keep
+    batch_size: int = _SEG.batch_size
+    lr: float = _SEG.lr
+    dice: bool = _SEG.dice
+    class_weights: str = _SEG.class_weights
+    patience: int = _SEG.patience
+    minutes_per_run: float | None = None
+    sampler: str | None = _SYN.sampler  # None: the generator's recipe's (see synthesize)
+    steps: int = _SYN.steps
+    synth_batch_size: int = _SYN.batch_size
+    device: str = "auto"
+    keep_models: bool = False
+
+
+@dataclass
+class PredictFields:
+    """The options of ``predict`` that the plugin shows too, and their defaults."""
+
+    tile: int = 512
+    overlap: int = 64
+    batch: int = 8
+    runtime: str = RUNTIMES[0]
+    device: str = "auto"
+
+
+# --------------------------------------------------------------------------------------------
+# output folders: their kinds and markers
+
+#: ``check-output --kind`` of single-file outputs (a prediction raster, a GeoPackage, a model).
+FILE_KIND = "file"
+#: What marks a chip store (a dataset, or a synthetic set with ``"synthetic": true``).
+DATASET_MARKER = "dataset.json"
+DATASET_FORMAT = "satsynth-chips"
+#: What marks a model folder: ``config.json`` with the model's ``kind``.
+MODEL_MARKER = "config.json"
+#: Model folder kinds (``config.json``'s ``kind``).
+MODEL_KINDS = ("generator", "upsampler", "segmenter")
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """One kind of output folder: the file that marks it, how the engine names it in messages
+    and how the plugin names it (after the algorithm that makes it; '' if none)."""
+
+    name: str
+    marker: str
+    engine_text: str
+    plugin_text: str = ""
+
+
+FOLDER_KINDS: dict[str, FolderKind] = {k.name: k for k in (
+    FolderKind("dataset", DATASET_MARKER, "a dataset folder (satsynth prepare)",
+               "a dataset folder made by 'Prepare training chips'"),
+    FolderKind("synthetic", DATASET_MARKER, "a synthetic folder (satsynth synthesize)",
+               "a synthetic folder made by 'Synthesize image-mask pairs'"),
+    FolderKind("evaluation", "report.json", "an evaluation report folder (satsynth evaluate)"),
+    FolderKind("experiment", "runs.json", "an experiment folder (satsynth experiment)"),
+    FolderKind("demo", "summary.json", "a demo output folder (satsynth demo)"),
+    FolderKind("generator", MODEL_MARKER, "a generator model folder",
+               "a generator folder made by 'Train joint generator'"),
+    FolderKind("upsampler", MODEL_MARKER, "an upsampler model folder",
+               "an upsampler folder made by 'Train upsampler'"),
+    FolderKind("segmenter", MODEL_MARKER, "a segmenter model folder",
+               "a segmenter folder made by 'Train segmenter'"),
+)}
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def model_config(folder: str | Path) -> dict[str, Any]:
+    """A model folder's ``config.json`` ({} when there is none or it is unreadable)."""
+    cfg = read_json(Path(folder) / MODEL_MARKER)
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def model_kind(folder: str | Path) -> str | None:
+    """The ``kind`` in a model folder's ``config.json`` (None when it is not a model folder)."""
+    kind = model_config(folder).get("kind")
+    return kind if isinstance(kind, str) else None
+
+
+def _store_meta(folder: Path) -> dict[str, Any] | None:
+    meta = read_json(folder / DATASET_MARKER)
+    return meta if isinstance(meta, dict) and meta.get("format") == DATASET_FORMAT else None
+
+
+def _is_dataset(folder: Path) -> bool:
+    meta = _store_meta(folder)
+    return meta is not None and not meta.get("synthetic", False)
+
+
+def _is_synthetic(folder: Path) -> bool:
+    meta = _store_meta(folder)
+    return meta is not None and bool(meta.get("synthetic", False))
+
+
+def _is_evaluation(folder: Path) -> bool:
+    rep = read_json(folder / "report.json")
+    return isinstance(rep, dict) and "miou" in rep and "confusion" in rep
+
+
+def _is_experiment(folder: Path) -> bool:
+    return any((folder / m).is_file() for m in ("runs.json", "results.json",
+                                                  "synthetic/cache.json"))
+
+
+def _is_demo(folder: Path) -> bool:
+    return ((folder / "summary.json").is_file() or (folder / "scene").is_dir()
+            or _is_dataset(folder / "dataset"))
+
+
+#: Folder kinds recognised by their own content (any other kind is a model folder).
+_RECOGNISERS = {"dataset": _is_dataset, "synthetic": _is_synthetic,
+                "evaluation": _is_evaluation, "experiment": _is_experiment, "demo": _is_demo}
+
+
+def is_kind(folder: str | Path, kind: str) -> bool:
+    """Whether ``folder`` is a SatSynth output of ``kind``."""
+    folder = Path(folder)
+    test = _RECOGNISERS.get(kind)
+    return test(folder) if test is not None else model_kind(folder) == kind
+
+
+def output_kind(folder: str | Path) -> str | None:
+    """Which SatSynth output ``folder`` is (``dataset``, ``generator``...), None if none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for kind, test in _RECOGNISERS.items():
+        if test(folder):
+            return kind
+    return model_kind(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# the progress protocol: one JSON object per stdout line, its "event" says which
+
+#: ``{"event": "progress", "stage", "fraction", "message", "eta_s", "done", "total", ...}``
+EVENT_PROGRESS = "progress"
+#: ``{"event": "done", "outputs": {...}}``: the command's last line when it succeeds.
+EVENT_DONE = "done"
+#: ``{"event": "error", "message": ..., "cancelled": bool}``: the last line when it fails.
+EVENT_ERROR = "error"
+#: Message lines the plugin shows (``"message"``; a warning when ``"level": "warning"``); the
+#: engine's own log goes to stderr as plain lines.
+MESSAGE_EVENTS = ("log", "warning", "info")
+EVENT_WARNING = "warning"
