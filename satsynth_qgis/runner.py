@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +32,8 @@ from typing import Any
 
 from qgis.core import QgsFeedback, QgsProcessingException, QgsSettings
 
+from .process import command_line, run_streaming
+
 #: Name of the Processing setting (Processing > Options > Providers > SatSynth).
 SETTING_NAME = "SATSYNTH_ENGINE_PYTHON"
 #: QgsSettings key that setting is stored under (what ProcessingConfig uses).
@@ -43,10 +41,6 @@ SETTING_KEY = f"Processing/Configuration/{SETTING_NAME}"
 ENV_VAR = "SATSYNTH_PYTHON"
 #: Seconds between asking the engine to stop (SIGTERM) and killing it.
 GRACE_SECONDS = 3.0
-#: Environment variables of QGIS's own Python/GDAL/PROJ that must not leak into the engine's
-#: environment (they would point the engine's Python, rasterio and pyproj at QGIS's copies).
-_SCRUBBED_ENV = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
-                 "PROJ_LIB", "PROJ_DATA", "GDAL_DATA", "GDAL_DRIVER_PATH")
 _PLUGIN_DIR = Path(__file__).resolve().parent
 
 
@@ -203,34 +197,6 @@ class RunResult:
     log_tail: list[str] = field(default_factory=list)
 
 
-def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: ours without QGIS's Python/GDAL/PROJ paths, unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONIOENCODING"] = "utf-8"
-    if extra:
-        env.update(extra)
-    return env
-
-
-def _popen_kwargs() -> dict[str, Any]:
-    if sys.platform == "win32":
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        return {"creationflags": flags}
-    # own process group: cancelling also reaches the engine's worker processes
-    return {"start_new_session": True}
-
-
-def _reader(stream: Any, name: str, out: queue.Queue) -> None:
-    try:
-        for line in iter(stream.readline, ""):
-            out.put((name, line.rstrip("\r\n")))
-    except (OSError, ValueError):
-        pass
-    finally:
-        out.put((name, None))
-
-
 #: How the CLI's last line starts when its protocol "error" event carries the same message.
 CLI_ERROR_PREFIXES = ("satsynth: error: ", "satsynth: internal error: ", "satsynth: cancelled")
 
@@ -355,36 +321,6 @@ def format_seconds(seconds: float) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-def _stop(proc: subprocess.Popen, grace_s: float) -> None:
-    """Ask the engine to stop (SIGTERM: it cleans up after its current step), then kill it."""
-    if proc.poll() is None:
-        try:
-            proc.terminate()
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    if proc.poll() is None:
-        try:
-            proc.kill()
-        except OSError:
-            pass
-        proc.wait()
-    _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill what is left of the engine's process group (worker processes), POSIX only."""
-    if sys.platform == "win32":
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
 def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
                engine: Engine | None = None, grace_s: float = GRACE_SECONDS,
                cwd: str | os.PathLike[str] | None = None,
@@ -403,68 +339,24 @@ def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
     argv = engine.argv([*args, "--progress", "json"])
     relay = _Relay(feedback, outer_stage)
     if feedback is not None and hasattr(feedback, "pushCommandInfo"):
-        feedback.pushCommandInfo(subprocess.list2cmdline(argv) if sys.platform == "win32"
-                                 else " ".join(_quote(a) for a in argv))
+        feedback.pushCommandInfo(command_line(argv))
     start = time.monotonic()
+
+    def relay_line(stream: str, line: str) -> None:
+        (relay.stdout_line if stream == "out" else relay.stderr_line)(line)
+
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                errors="replace", bufsize=1, cwd=cwd,
-                                env=engine_environment(env), **_popen_kwargs())
+        finished = run_streaming(
+            argv, relay_line,
+            is_cancelled=(feedback.isCanceled if feedback is not None else lambda: False),
+            grace_s=grace_s, cwd=cwd, env=env)
     except OSError as exc:
         raise EngineNotFound(f"Could not start the SatSynth engine ({engine.describe()}): {exc}.\n"
                              + not_found_message()) from None
-    lines: queue.Queue = queue.Queue()
-    readers = [threading.Thread(target=_reader, args=(proc.stdout, "out", lines), daemon=True),
-               threading.Thread(target=_reader, args=(proc.stderr, "err", lines), daemon=True)]
-    for t in readers:
-        t.start()
-    open_streams = 2
-    cancelled = False
-    exited_at: float | None = None
-    try:
-        while open_streams:
-            if feedback is not None and feedback.isCanceled():
-                cancelled = True
-                _stop(proc, grace_s)
-                break
-            try:
-                name, line = lines.get(timeout=0.1)
-            except queue.Empty:
-                # a grandchild holding the pipes open must not keep us waiting forever
-                if proc.poll() is not None:
-                    exited_at = exited_at or time.monotonic()
-                    if time.monotonic() - exited_at > 2.0:
-                        break
-                continue
-            if line is None:
-                open_streams -= 1
-            elif name == "out":
-                relay.stdout_line(line)
-            else:
-                relay.stderr_line(line)
-        if not cancelled:
-            while proc.poll() is None:  # streams closed; the process is exiting
-                if feedback is not None and feedback.isCanceled():
-                    cancelled = True
-                    _stop(proc, grace_s)
-                    break
-                time.sleep(0.05)
-    finally:
-        if proc.poll() is None:  # an exception in a feedback call: never leave the engine behind
-            _stop(proc, 0.5)
-        _kill_group(proc)
-        for t in readers:
-            t.join(timeout=1.0)
-        for stream in (proc.stdout, proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
-    code = proc.returncode
+    code = finished.returncode
     seconds = time.monotonic() - start
     tail = list(relay.log_tail)
-    if cancelled:
+    if finished.cancelled:
         raise EngineCancelled("Cancelled: the SatSynth engine was stopped.", code)
     if code == 0 and relay.outputs is not None:
         return RunResult(relay.outputs, argv, seconds, tail)
@@ -485,12 +377,6 @@ def _failure_message(args: Sequence[str], code: int | None, relay: _Relay, tail:
         return (f"SatSynth {command} was killed by signal {-code} (out of memory?). "
                 f"Last log lines:\n{last}")
     return f"SatSynth {command} failed (exit code {code}). Last log lines:\n{last}"
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def check_engine(feedback: QgsFeedback | None = None, engine: Engine | None = None) -> dict[str, Any]:

@@ -21,14 +21,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .process import run_captured, run_streaming
 
 MIN_PYTHON = (3, 10)
 TORCH_INDEX = "https://download.pytorch.org/whl"
@@ -44,6 +44,10 @@ FREE_BYTES_CUDA = 12 * 1024**3
 #: requirements to install (space separated, e.g. "torch==2.5.1 torchvision==0.20.1").
 TORCH_INDEX_ENV = "SATSYNTH_TORCH_INDEX"
 TORCH_PACKAGES_ENV = "SATSYNTH_TORCH_PACKAGES"
+#: What pip is told in every step: no version-check notice, never wait for input.
+PIP_ENV = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+#: Seconds between asking a step's command to stop (SIGTERM) and killing it.
+GRACE_SECONDS = 5.0
 PLUGIN_DIR = Path(__file__).resolve().parent
 
 LineSink = Callable[[str], None]
@@ -88,35 +92,9 @@ class GpuInfo:
     cuda: tuple[int, int] | None
 
 
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for child Pythons: without QGIS's PYTHONPATH/PYTHONHOME, unbuffered."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV",
-                        "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__")}
-    env.update({"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
-                "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
-    env.update(extra or {})
-    return env
-
-
-def _run_quiet(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              env=clean_env(), **_no_window())
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _no_window() -> dict[str, Any]:
-    """Keep Windows from flashing a console window for every child process."""
-    if sys.platform == "win32":
-        return {"creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)}
-    return {}
-
-
 def probe_python(path: str) -> PythonInfo | None:
     """The interpreter's version, or None when ``path`` does not run as Python."""
-    res = _run_quiet([path, "-c", "import sys, venv; print('%d.%d.%d' % sys.version_info[:3])"])
+    res = run_captured([path, "-c", "import sys, venv; print('%d.%d.%d' % sys.version_info[:3])"])
     if res is None or res.returncode != 0:
         return None
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", res.stdout)
@@ -138,7 +116,7 @@ def python_candidates() -> list[str]:
     if sys.platform == "win32":
         launcher = shutil.which("py")
         if launcher:
-            res = _run_quiet([launcher, "-3", "-c", "import sys; print(sys.executable)"])
+            res = run_captured([launcher, "-3", "-c", "import sys; print(sys.executable)"])
             if res is not None and res.returncode == 0 and res.stdout.strip():
                 found.append(res.stdout.strip().splitlines()[-1])
     return found
@@ -181,14 +159,14 @@ def detect_gpu() -> GpuInfo | None:
     exe = shutil.which("nvidia-smi")
     if not exe:
         return None
-    names_res = _run_quiet([exe, "--query-gpu=name", "--format=csv,noheader"])
+    names_res = run_captured([exe, "--query-gpu=name", "--format=csv,noheader"])
     if names_res is None or names_res.returncode != 0:
         return None
     names = tuple(n.strip() for n in names_res.stdout.splitlines() if n.strip())
     if not names:
         return None
     cuda = None
-    table = _run_quiet([exe])
+    table = run_captured([exe])
     if table is not None and table.returncode == 0:
         m = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", table.stdout)
         if m:
@@ -541,38 +519,26 @@ def _stream(step: Step, log: LineSink, is_cancelled: Callable[[], bool],
             sub_progress: Callable[[int, str], None]) -> list[str]:
     """Run one command, relaying its output line by line; raises SetupError on failure."""
     assert step.argv is not None
-    try:
-        proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, encoding="utf-8",
-                                errors="replace", bufsize=1, env=clean_env(), **_no_window())
-    except OSError as exc:
-        raise SetupError(step.name, f"cannot start {step.argv[0]} ({exc}).", step.advice) from None
     lines: list[str] = []
     events = 0
-    import threading
 
-    def _watch() -> None:  # stop the child when the user cancels, even while it is silent
-        while proc.poll() is None:
-            if is_cancelled():
-                _stop(proc)
-                return
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=_watch, daemon=True)
-    watcher.start()
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.rstrip("\r\n")
+    def on_line(_stream: str, line: str) -> None:
+        nonlocal events
         if not line:
-            continue
+            return
         lines.append(line)
         log(line)
         if _PIP_EVENT.match(line):
             events += 1
             sub_progress(events, f"{step.name}: {line[:80]}")
-    rc = proc.wait()
-    watcher.join(timeout=1)
-    if is_cancelled():
+
+    try:
+        finished = run_streaming(step.argv, on_line, grace_s=GRACE_SECONDS,
+                                 is_cancelled=is_cancelled, env=PIP_ENV, merge_stderr=True)
+    except OSError as exc:
+        raise SetupError(step.name, f"cannot start {step.argv[0]} ({exc}).", step.advice) from None
+    rc = finished.returncode
+    if finished.cancelled or is_cancelled():
         raise SetupCancelled()
     if rc != 0:
         tail = next((ln for ln in reversed(lines) if ln.strip().lower().startswith("error")),
@@ -581,14 +547,6 @@ def _stream(step: Step, log: LineSink, is_cancelled: Callable[[], bool],
         raise SetupError(step.name, (f"{diagnosis} " if diagnosis else "")
                          + f"'{step.describe()}' exited with code {rc}: {tail}", step.advice)
     return lines
-
-
-def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def _parse_check(lines: list[str], step: Step) -> dict[str, Any]:

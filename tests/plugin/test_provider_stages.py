@@ -223,7 +223,7 @@ def test_training_is_cancelled_through_the_feedback(dataset, tmp_path, monkeypat
     from conftest import RecordingFeedback
     from qgis.core import QgsProcessingException
 
-    from satsynth_qgis import runner
+    from satsynth_qgis import process
 
     started = []
     real_popen = subprocess.Popen
@@ -233,7 +233,7 @@ def test_training_is_cancelled_through_the_feedback(dataset, tmp_path, monkeypat
         started.append(proc)
         return proc
 
-    monkeypatch.setattr(runner.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(process.subprocess, "Popen", recording_popen)
     cancelled_at = []
 
     class CancelWhenTraining(RecordingFeedback):

@@ -12,7 +12,7 @@ import pytest
 from dock_fixtures import wait_until
 from qgis.core import QgsApplication
 
-from satsynth_qgis import runner, setup_engine
+from satsynth_qgis import process, runner, setup_engine
 from satsynth_qgis.setup_engine import GpuInfo, PythonInfo, SetupError, Step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,7 +188,7 @@ def test_a_real_venv_is_built_aside_and_moved_into_a_path_with_spaces(tmp_path):
 
     prefix = subprocess.run([str(setup_engine.venv_python(venv)), "-c",
                              "import sys; print(sys.prefix)"], capture_output=True, text=True,
-                            env=setup_engine.clean_env(), check=True).stdout.strip()
+                            env=process.clean_environment(), check=True).stdout.strip()
     assert Path(prefix) == venv
     assert any(line.startswith("== create the environment:") for line in lines)
     assert f'"{staging}"' in "\n".join(lines)  # the logged command quotes the spaced path

@@ -21,7 +21,7 @@ import pytest
 from conftest import RecordingFeedback, ensure_provider
 from dock_fixtures import wait_until
 
-from satsynth_qgis import runner, setup_engine
+from satsynth_qgis import process, runner, setup_engine
 
 pytestmark = [
     pytest.mark.setup_real,
@@ -66,7 +66,7 @@ def test_set_up_engine_for_real_then_check_engine_through_the_new_setting(engine
     text = script.read_text(errors="replace")
     assert str(python) in text and str(setup_engine.staging_dir_for(engine_folder)) not in text
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300,
-                          env=setup_engine.clean_env())
+                          env=process.clean_environment())
     assert done.returncode == 0 and "train-generator" in done.stdout, done.stderr[-2000:]
 
     import processing
