@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from qgis.core import QgsApplication
 
 from .provider import SatSynthProvider
-
-#: The dock panel (issue 7) lives in ``satsynth_qgis.dock``; when that package defines
-#: ``DockController(iface, plugin)`` with ``initGui()`` and ``unload()``, the plugin creates it.
-DOCK_MODULE = f"{__package__}.dock"
-DOCK_CLASS = "DockController"
 
 
 class SatSynthPlugin:
@@ -31,9 +25,10 @@ class SatSynthPlugin:
 
     def initGui(self) -> None:
         self.initProcessing()
-        controller = _dock_controller_class()
-        if controller is not None and self.iface is not None:
-            self.dock = controller(self.iface, self)
+        if self.iface is not None:
+            from .dock.menu import DockMenu  # widgets: only with a GUI
+
+            self.dock = DockMenu(self.iface, self)
             self.dock.initGui()
 
     def unload(self) -> None:
@@ -44,13 +39,3 @@ class SatSynthPlugin:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
 
-
-def _dock_controller_class() -> Any:
-    """The dock's controller class, or None while the dock package does not provide one."""
-    try:
-        module = importlib.import_module(DOCK_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name == DOCK_MODULE:
-            return None
-        raise
-    return getattr(module, DOCK_CLASS, None)

@@ -1,4 +1,5 @@
-"""Hooks the dock into QGIS: a toolbar button and Raster menu entries, created by the plugin."""
+"""The dock's entries in QGIS: a toolbar button and Raster menu items that show the panel and open
+*Set up engine*; the panel itself is created on first use."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from ..paths import icon_path
 MENU = "&SatSynth"
 
 
-class DockController:
-    """Created by the plugin as ``DockController(iface, plugin)``; ``initGui()``/``unload()``."""
+class DockMenu:
+    """Created by the plugin as ``DockMenu(iface, plugin)``; ``initGui()``/``unload()``."""
 
     def __init__(self, iface: Any, plugin: Any = None) -> None:
         self.iface = iface

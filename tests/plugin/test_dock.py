@@ -10,10 +10,11 @@ from conftest import stub_iface
 from dock_fixtures import CLASSES, load_scene
 from qgis.core import QgsProject, QgsSettings
 
-from satsynth_qgis.dock import DockController
 from satsynth_qgis.dock.class_table import ClassRow, ClassTableError
-from satsynth_qgis.dock.panel import SETTINGS_PREFIX, SatSynthDock
+from satsynth_qgis.dock.menu import DockMenu
+from satsynth_qgis.dock.panel import SatSynthDock
 from satsynth_qgis.dock.presets import PRESETS
+from satsynth_qgis.dock.settings import SETTINGS_PREFIX
 
 
 @pytest.fixture
@@ -174,21 +175,21 @@ def test_a_stage_that_cannot_run_says_why_and_starts_nothing(dock):
     assert "Prepare: needs an image layer" in dock.log.toPlainText()
 
 
-def test_controller_adds_toolbar_and_raster_menu_entries_and_removes_them():
+def test_menu_adds_toolbar_and_raster_menu_entries_and_removes_them():
     iface = stub_iface()
-    controller = DockController(iface, None)
-    controller.initGui()
-    iface.addRasterToolBarIcon.assert_called_once_with(controller.toggle_action)
+    menu = DockMenu(iface, None)
+    menu.initGui()
+    iface.addRasterToolBarIcon.assert_called_once_with(menu.toggle_action)
     menu_calls = [c.args for c in iface.addPluginToRasterMenu.call_args_list]
-    assert ("&SatSynth", controller.toggle_action) in menu_calls
-    assert ("&SatSynth", controller.setup_action) in menu_calls
-    controller.toggle_action.setChecked(True)  # the toolbar button shows the dock
-    assert controller.dock is not None and iface.addDockWidget.called
-    dock = controller.dock
-    controller.unload()
+    assert ("&SatSynth", menu.toggle_action) in menu_calls
+    assert ("&SatSynth", menu.setup_action) in menu_calls
+    menu.toggle_action.setChecked(True)  # the toolbar button shows the dock
+    assert menu.dock is not None and iface.addDockWidget.called
+    dock = menu.dock
+    menu.unload()
     iface.removeDockWidget.assert_called_once_with(dock)
     assert iface.removePluginRasterMenu.call_count == 2
-    assert controller.dock is None
+    assert menu.dock is None
 
 
 def test_run_folder_records_parameters_as_json(tmp_path, scene):

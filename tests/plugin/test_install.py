@@ -51,7 +51,7 @@ out["provider"] = prov.name() if prov else None
 out["algorithms"] = sorted(a.id() for a in prov.algorithms()) if prov else []
 plugin = qgis.utils.plugins["satsynth_qgis"]
 dock = plugin.dock
-out["dock_controller"] = type(dock).__name__ if dock is not None else None
+out["dock_menu"] = type(dock).__name__ if dock is not None else None
 if dock is not None:
     dock.toggle_action.setChecked(True)
     out["dock_widget"] = type(dock.dock).__name__
@@ -87,5 +87,5 @@ def test_zip_installs_into_a_fresh_profile_and_loads(tmp_path_factory, tmp_path)
     from satsynth_qgis.algorithms import ALGORITHMS
 
     assert out["algorithms"] == sorted(f"satsynth:{cls.ALG_ID}" for cls in ALGORITHMS)
-    assert out["dock_controller"] == "DockController" and out["dock_widget"] == "SatSynthDock"
+    assert out["dock_menu"] == "DockMenu" and out["dock_widget"] == "SatSynthDock"
     assert out["unloaded"] and not out["provider_after_unload"]

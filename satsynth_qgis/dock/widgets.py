@@ -1,0 +1,342 @@
+"""The dock's widgets: what the panel shows and where, with no behaviour of its own.
+
+:func:`build_panel` creates every widget as an attribute of the dock (engine status, inputs,
+classes, run settings with the Advanced section, stage buttons, progress and log);
+:func:`read_advanced` and :func:`write_advanced` move :class:`~.presets.StageSettings` in and out of
+the Advanced section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import QgsMapLayerProxyModel
+from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import params
+from .class_table import ClassTableWidget
+from .presets import PRESETS, StageSettings
+from .readiness import STAGES
+
+
+def build_panel(dock: QDockWidget) -> None:
+    """Create the panel's widgets as attributes of ``dock`` (as Qt Designer's ``setupUi`` does)
+    and lay them out; the panel connects them to what they do."""
+    body = QWidget()
+    outer = QVBoxLayout(body)
+
+    # engine status
+    engine_row = QHBoxLayout()
+    engine_row.addStretch(1)
+    dock.engine_label = QLabel("Engine: checking…")
+    dock.engine_label.setObjectName("engineStatus")
+    dock.engine_label.setWordWrap(True)
+    dock.engine_label.setOpenExternalLinks(False)
+    dock.check_button = QPushButton("Check")
+    dock.check_button.setToolTip("Run Check engine: version, device and GPU")
+    dock.setup_button = QPushButton("Set up engine…")
+    engine_row.addWidget(dock.check_button)
+    engine_row.addWidget(dock.setup_button)
+    outer.addWidget(dock.engine_label)
+    outer.addLayout(engine_row)
+
+    # inputs
+    inputs = QGroupBox("Inputs")
+    form = QFormLayout(inputs)
+    dock.image_combo = QgsMapLayerComboBox()
+    dock.image_combo.setObjectName("imageLayer")
+    dock.image_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+    dock.image_combo.setAllowEmptyLayer(True)
+    dock.image_combo.setLayer(None)
+    form.addRow("Image", dock.image_combo)
+    mode_row = QHBoxLayout()
+    dock.labels_raster_radio = QRadioButton("Raster")
+    dock.labels_vector_radio = QRadioButton("Vector + field")
+    dock.labels_vector_radio.setChecked(True)
+    dock.label_mode_group = QButtonGroup(dock)
+    dock.label_mode_group.addButton(dock.labels_raster_radio)
+    dock.label_mode_group.addButton(dock.labels_vector_radio)
+    mode_row.addWidget(dock.labels_raster_radio)
+    mode_row.addWidget(dock.labels_vector_radio)
+    mode_row.addStretch(1)
+    form.addRow("Labels as", mode_row)
+    dock.label_raster_combo = QgsMapLayerComboBox()
+    dock.label_raster_combo.setObjectName("labelRaster")
+    dock.label_raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+    dock.label_raster_combo.setAllowEmptyLayer(True)
+    dock.label_raster_combo.setLayer(None)
+    form.addRow("Label raster", dock.label_raster_combo)
+    dock.label_vector_combo = QgsMapLayerComboBox()
+    dock.label_vector_combo.setObjectName("labelVector")
+    dock.label_vector_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+    dock.label_vector_combo.setAllowEmptyLayer(True)
+    dock.label_vector_combo.setLayer(None)
+    form.addRow("Label polygons", dock.label_vector_combo)
+    dock.field_combo = QgsFieldComboBox()
+    dock.field_combo.setObjectName("classField")
+    form.addRow("Class field", dock.field_combo)
+    outer.addWidget(inputs)
+
+    # classes
+    classes = QGroupBox("Classes")
+    cl = QVBoxLayout(classes)
+    dock.class_table = ClassTableWidget()
+    cl.addWidget(dock.class_table)
+    outer.addWidget(classes)
+
+    # run
+    run = QGroupBox("Run")
+    rform = QFormLayout(run)
+    dock.output_widget = QgsFileWidget()
+    dock.output_widget.setObjectName("outputFolder")
+    dock.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+    dock.output_widget.setDialogTitle("Output folder for SatSynth runs")
+    rform.addRow("Output folder", dock.output_widget)
+    dock.run_name_edit = QLineEdit("satsynth run")
+    dock.run_name_edit.setObjectName("runName")
+    dock.run_name_edit.setToolTip("The run's sub-folder and its layer group")
+    rform.addRow("Run name", dock.run_name_edit)
+    dock.preset_combo = QComboBox()
+    dock.preset_combo.setObjectName("preset")
+    dock.preset_combo.addItems(list(PRESETS))
+    rform.addRow("Preset", dock.preset_combo)
+    dock.advanced_box = QgsCollapsibleGroupBox("Advanced")
+    dock.advanced_box.setObjectName("advanced")
+    dock.advanced_box.setCollapsed(True)
+    _build_advanced(dock, dock.advanced_box)
+    rform.addRow(dock.advanced_box)
+    outer.addWidget(run)
+
+    # stages
+    stages = QGroupBox("Stages")
+    grid = QGridLayout(stages)
+    dock.buttons: dict[str, QPushButton] = {}
+    for i, stage in enumerate(["prepare", "train_generator", "synthesize", "train_segmenter",
+                               "evaluate", "experiment"]):
+        b = QPushButton(STAGES[stage])
+        b.setObjectName(f"stage_{stage}")
+        dock.buttons[stage] = b
+        grid.addWidget(b, i // 2, i % 2)
+    dock.buttons["experiment"].setWhatsThis(
+        "Trains a segmenter per synthetic ratio R and seed (Advanced: experiment ratios, "
+        "seeds, budget, real fraction) and compares each with real chips only; the report "
+        "opens when done. Cancel keeps the finished runs: run it again to resume.")
+    seg_box = QGroupBox("Segment")
+    sform = QFormLayout(seg_box)
+    dock.segment_combo = QgsMapLayerComboBox()
+    dock.segment_combo.setObjectName("segmentLayer")
+    dock.segment_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+    dock.segment_combo.setAllowEmptyLayer(True)
+    dock.segment_combo.setLayer(None)
+    sform.addRow("Raster", dock.segment_combo)
+    dock.extent_combo = QComboBox()
+    dock.extent_combo.setObjectName("segmentExtent")
+    dock.extent_combo.addItem("Whole layer", "layer")
+    dock.extent_combo.addItem("Canvas extent", "canvas")
+    dock.extent_combo.addItem("AOI layer", "aoi")
+    sform.addRow("Area", dock.extent_combo)
+    dock.aoi_combo = QgsMapLayerComboBox()
+    dock.aoi_combo.setObjectName("aoiLayer")
+    dock.aoi_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+    dock.aoi_combo.setAllowEmptyLayer(True)
+    dock.aoi_combo.setLayer(None)
+    sform.addRow("AOI", dock.aoi_combo)
+    dock.segmenter_widget = QgsFileWidget()
+    dock.segmenter_widget.setObjectName("segmenterFolder")
+    dock.segmenter_widget.setStorageMode(QgsFileWidget.GetDirectory)
+    dock.segmenter_widget.lineEdit().setPlaceholderText("the run's segmenter")
+    sform.addRow("Model", dock.segmenter_widget)
+    b = QPushButton(STAGES["segment"])
+    b.setObjectName("stage_segment")
+    dock.buttons["segment"] = b
+    sform.addRow(b)
+    b = QPushButton(STAGES["export"])
+    b.setObjectName("stage_export")
+    b.setToolTip("Write the segmenter as an ONNX model beside its folder (SEGMENTER.onnx), "
+                 "with the metadata Deepness reads (Export segmenter to ONNX)")
+    dock.buttons["export"] = b
+    sform.addRow(b)
+    grid.addWidget(seg_box, 3, 0, 1, 2)
+    b = QPushButton(STAGES["run_all"])
+    b.setObjectName("stage_run_all")
+    b.setToolTip("Prepare, train the generator, synthesize, train the segmenter and segment "
+                 "the image, as one algorithm (Run full pipeline)")
+    dock.buttons["run_all"] = b
+    grid.addWidget(b, 4, 0, 1, 2)
+    outer.addWidget(stages)
+
+    # progress
+    prog = QGroupBox("Progress")
+    pl = QVBoxLayout(prog)
+    dock.stage_label = QLabel("Idle")
+    dock.stage_label.setObjectName("stageText")
+    dock.stage_label.setWordWrap(True)
+    pl.addWidget(dock.stage_label)
+    row = QHBoxLayout()
+    dock.progress_bar = QProgressBar()
+    dock.progress_bar.setRange(0, 1000)
+    dock.progress_bar.setValue(0)
+    dock.cancel_button = QPushButton("Cancel")
+    dock.cancel_button.setObjectName("cancel")
+    dock.cancel_button.setEnabled(False)
+    row.addWidget(dock.progress_bar, 1)
+    row.addWidget(dock.cancel_button)
+    pl.addLayout(row)
+    dock.time_label = QLabel("")
+    dock.time_label.setObjectName("timeText")
+    pl.addWidget(dock.time_label)
+    dock.log = QPlainTextEdit()
+    dock.log.setObjectName("log")
+    dock.log.setReadOnly(True)
+    dock.log.setMaximumBlockCount(5000)
+    dock.log.setMinimumHeight(120)
+    pl.addWidget(dock.log)
+    outer.addWidget(prog)
+    outer.addStretch(1)
+
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(body)
+    dock.setWidget(scroll)
+
+
+def _build_advanced(dock: QDockWidget, box: QgsCollapsibleGroupBox) -> None:
+    """The Advanced section: one widget per :class:`StageSettings` field, in ``dock.adv``."""
+    form = QFormLayout(box)
+    dock.adv: dict[str, QWidget] = {}
+
+    def spin(name: str, lo: int, hi: int, step: int = 1, tip: str = "") -> None:
+        w = QSpinBox()
+        w.setRange(lo, hi)
+        w.setSingleStep(step)
+        w.setToolTip(tip)
+        dock.adv[name] = w
+
+    def dspin(name: str, lo: float, hi: float, step: float, tip: str = "") -> None:
+        w = QDoubleSpinBox()
+        w.setRange(lo, hi)
+        w.setSingleStep(step)
+        w.setDecimals(2)
+        w.setToolTip(tip)
+        dock.adv[name] = w
+
+    def combo(name: str, items: list[str], tip: str = "") -> None:
+        w = QComboBox()
+        w.addItems(items)
+        w.setToolTip(tip)
+        dock.adv[name] = w
+
+    spin("chip_size", 32, 1024, 32, "Chip size in pixels (a multiple of 32)")
+    spin("stride", 8, 1024, 8, "Distance between chips; smaller than the size overlaps them")
+    dspin("val_fraction", 0.0, 0.9, 0.05, "Share of chips kept for validation")
+    combo("recipe", list(params.RECIPES),
+          "Generator recipe: default, or paper (SatSynth as published: base UNet, 128 px "
+          "chips, epsilon, linear schedule, unconditional, DDPM sampling; a GPU)")
+    combo("generator_size", list(params.GENERATOR_SIZES), "Size of the diffusion model")
+    spin("generator_steps", 1, 10_000_000, 100, "Generator training steps")
+    spin("batch_size", 1, 1024, 1, "Chips per training step")
+    spin("synth_count", 1, 1_000_000, 16, "Synthetic image-mask pairs to sample")
+    combo("sampler", list(params.SAMPLERS), "Diffusion sampler")
+    spin("sampler_steps", 1, 1000, 5, "Denoising steps per sample")
+    upsampler = QgsFileWidget()
+    upsampler.setStorageMode(QgsFileWidget.GetDirectory)
+    upsampler.setToolTip("Synthesize: an upsampler folder (Train upsampler in the "
+                         "toolbox) for the super-resolution cascade; empty: none")
+    dock.adv["upsampler"] = upsampler
+    combo("arch", list(params.ARCHITECTURES), "Segmentation architecture")
+    combo("encoder", list(params.ENCODERS), "Encoder backbone")
+    weights = QgsFileWidget()
+    weights.setFilter("Weights (*.safetensors *.pth *.pt)")
+    weights.setToolTip("A local weights file for the encoder (e.g. ImageNet weights); "
+                       "empty: random weights. Nothing is downloaded.")
+    dock.adv["encoder_weights"] = weights
+    spin("epochs", 1, 10_000, 1, "Segmenter training epochs")
+    dspin("synthetic_ratio", 0.0, 10.0, 0.25,
+          "Synthetic pairs per real pair when training the segmenter (R in the paper)")
+    combo("mixed_precision", list(params.MIXED_PRECISION),
+          "Mixed precision for training on a CUDA GPU (ignored on a CPU)")
+    ratios = QLineEdit()
+    ratios.setToolTip("Experiment: synthetic pairs per real pair R to compare, comma "
+                      "separated (0, real only, is always run)")
+    dock.adv["experiment_ratios"] = ratios
+    spin("experiment_seeds", 1, 100, 1, "Experiment: runs per ratio (3+ give an interval)")
+    combo("experiment_budget", list(params.BUDGETS),
+          "Experiment: steps (the same compute for every R), epochs, or converge")
+    dspin("real_fraction", 0.01, 1.0, 0.05,
+          "Experiment: share of the real training chips used (the low-data setting)")
+    combo("device", list(params.DEVICES), "Compute device")
+    spin("tile", 64, 8192, 64, "Tile size when segmenting")
+    spin("overlap", 0, 1024, 8, "Tile overlap when segmenting")
+    spin("seed", 0, 2**31 - 1, 1, "Random seed")
+    labels = {"chip_size": "Chip size", "stride": "Stride", "val_fraction": "Validation share",
+              "recipe": "Generator recipe",
+              "generator_size": "Generator size", "generator_steps": "Generator steps",
+              "batch_size": "Batch size", "synth_count": "Synthetic pairs",
+              "sampler": "Sampler", "sampler_steps": "Sampler steps", "upsampler": "Upsampler",
+              "arch": "Architecture", "encoder": "Encoder",
+              "encoder_weights": "Encoder weights", "epochs": "Epochs",
+              "synthetic_ratio": "Synthetic ratio", "mixed_precision": "Mixed precision",
+              "experiment_ratios": "Experiment ratios", "experiment_seeds": "Experiment seeds",
+              "experiment_budget": "Experiment budget", "real_fraction": "Real fraction",
+              "device": "Device",
+              "tile": "Tile", "overlap": "Overlap", "seed": "Seed"}
+    for name, w in dock.adv.items():
+        w.setObjectName(f"adv_{name}")
+        form.addRow(labels[name], w)
+    # the engine takes strides between 1 and the chip size, overlaps below the tile size
+    dock.adv["chip_size"].valueChanged.connect(dock.adv["stride"].setMaximum)
+    dock.adv["tile"].valueChanged.connect(lambda v: dock.adv["overlap"].setMaximum(v // 2))
+
+
+def read_advanced(adv: dict[str, QWidget]) -> StageSettings:
+    """The Advanced section's values."""
+    values: dict[str, Any] = {}
+    for name, w in adv.items():
+        if isinstance(w, QComboBox):
+            values[name] = w.currentText()
+        elif isinstance(w, QLineEdit):
+            values[name] = w.text().strip()
+        elif isinstance(w, QgsFileWidget):
+            values[name] = w.filePath().strip()
+        else:
+            values[name] = w.value()
+    return StageSettings.from_dict(values)
+
+
+def write_advanced(adv: dict[str, QWidget], s: StageSettings) -> None:
+    """Show ``s`` in the Advanced section (a choice missing from a list is added to it)."""
+    for name, value in s.to_dict().items():
+        w = adv[name]
+        if isinstance(w, QComboBox):
+            idx = w.findText(str(value))
+            if idx < 0:
+                w.addItem(str(value))
+                idx = w.findText(str(value))
+            w.setCurrentIndex(idx)
+        elif isinstance(w, QLineEdit):
+            w.setText(str(value))
+        elif isinstance(w, QgsFileWidget):
+            w.setFilePath(str(value))
+        else:
+            w.setValue(value)
+
