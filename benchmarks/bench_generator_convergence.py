@@ -30,7 +30,7 @@ DUBAI = ROOT / ".." / "shared" / "datasets" / "dubai-aerial"
 UNCOND = {"condition": "none"}
 #: the v-prediction recipe with min-SNR weighting: the product's default until 2026-11-26
 MIN_SNR = {**UNCOND, "snr_weighting": "min-snr"}
-#: recipe name -> (training options that differ from the product's defaults (TrainOptions),
+#: recipe name -> (training options that differ from the product's defaults (GeneratorTrainOptions),
 #: sampler, sampler steps); ``default`` is the product's default recipe as it stands
 RECIPES: dict[str, tuple[dict, str, int]] = {
     "reference": ({**UNCOND, "prediction": "epsilon", "beta_schedule": "linear",
@@ -81,7 +81,7 @@ def main() -> int:
     import torch
 
     from satsynth import progress
-    from satsynth.generator.config import TrainOptions
+    from satsynth.generator.config import GeneratorTrainOptions
     from satsynth.generator.sample import synthesize
     from satsynth.generator.train import run_training
 
@@ -120,7 +120,7 @@ def main() -> int:
         fig.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(grid, fig)
         row = {"recipe": name, "steps": res["steps"],
-               "batch": opts.get("batch_size", TrainOptions.batch_size), "train_s": round(train_s, 1),
+               "batch": opts.get("batch_size", GeneratorTrainOptions.batch_size), "train_s": round(train_s, 1),
                "sampler": f"{sampler}-{steps}", "tv": rep["tv_distance"],
                "tv_per_seed": [r["tv_distance"] for r in reps],
                "per_sample_condition_tv": rep.get("per_sample_condition_tv"),

@@ -70,7 +70,7 @@ def main() -> int:
 
     from satsynth import progress
     from satsynth.data.store import ChipStore
-    from satsynth.generator.config import TrainOptions
+    from satsynth.generator.config import GeneratorTrainOptions
     from satsynth.generator.model import build_unet
     from satsynth.generator.train import new_config, run_training
 
@@ -78,7 +78,7 @@ def main() -> int:
     progress.set_mode("quiet")
     with tempfile.TemporaryDirectory() as tmp:
         ds = synthetic_store(Path(tmp) / "ds", args.chips, args.chip_size)
-        cfg = new_config(ChipStore(ds), TrainOptions(preset=args.preset))
+        cfg = new_config(ChipStore(ds), GeneratorTrainOptions(preset=args.preset))
         torch.manual_seed(0)
         model = build_unet(cfg).train()
         x = torch.randn(args.batch_size, cfg.channels, args.chip_size, args.chip_size)

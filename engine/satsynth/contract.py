@@ -232,7 +232,7 @@ def classes_from_names(names: Iterable[str], background: str | None = "backgroun
 # --------------------------------------------------------------------------------------------
 # choice lists (the first entry is the one the plugin shows first; defaults are in the options)
 
-#: ``--device`` values the plugin offers (the CLI also takes cuda:N).
+#: ``--device`` values the plugin offers (the CLI also takes cuda:N); auto is every stage's default.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: ``--progress``: a bar on stderr for people, JSON lines on stdout for the plugin, or nothing.
 PROGRESS_MODES = ("bar", "json", "quiet")

@@ -306,14 +306,14 @@ def test_min_snr_plus_one_keeps_full_weight_at_high_noise_where_min_snr_drops_it
 
 
 def test_snr_weighting_defaults_per_target_and_rejects_min_snr_plus_one_for_epsilon():
-    from satsynth.generator.config import TrainOptions
+    from satsynth.generator.config import GeneratorTrainOptions
 
-    assert TrainOptions.from_kwargs().snr_weighting == "min-snr+1"
-    assert TrainOptions.from_kwargs(prediction="epsilon").snr_weighting == "min-snr"
+    assert GeneratorTrainOptions.from_kwargs().snr_weighting == "min-snr+1"
+    assert GeneratorTrainOptions.from_kwargs(prediction="epsilon").snr_weighting == "min-snr"
     with pytest.raises(SatSynthError, match="needs --prediction v_prediction"):
-        TrainOptions.from_kwargs(prediction="epsilon", snr_weighting="min-snr+1")
+        GeneratorTrainOptions.from_kwargs(prediction="epsilon", snr_weighting="min-snr+1")
     with pytest.raises(SatSynthError, match="unknown SNR weighting"):
-        TrainOptions.from_kwargs(snr_weighting="p2")
+        GeneratorTrainOptions.from_kwargs(snr_weighting="p2")
 
 
 def test_class_share_conditioned_generator_draws_the_mix_it_is_asked_for(tmp_path):

@@ -15,7 +15,7 @@ from satsynth.data.classes import ClassTable
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
-from satsynth.generator.config import RECIPES, TrainOptions, default_sampler
+from satsynth.generator.config import RECIPES, GeneratorTrainOptions, default_sampler
 from satsynth.generator.sample import synthesize
 from satsynth.generator.train import run_training
 
@@ -41,8 +41,8 @@ def _store(path: Path, size: int, n: int = 2) -> Path:
 
 
 def test_the_paper_recipe_sets_exactly_the_papers_options():
-    default, paper = TrainOptions.from_kwargs(), TrainOptions.from_kwargs(recipe="paper")
-    changed = {f.name for f in fields(TrainOptions)
+    default, paper = GeneratorTrainOptions.from_kwargs(), GeneratorTrainOptions.from_kwargs(recipe="paper")
+    changed = {f.name for f in fields(GeneratorTrainOptions)
                if getattr(default, f.name) != getattr(paper, f.name)}
     # analog bits are already the product's encoding; everything else the paper changes differs
     assert changed == {"recipe", "preset", "prediction", "beta_schedule", "snr_gamma",
@@ -51,10 +51,10 @@ def test_the_paper_recipe_sets_exactly_the_papers_options():
     assert RECIPES["paper"].options == PAPER
     assert RECIPES["paper"].chip_size == 128 and RECIPES["paper"].sampler == "ddpm"
     # an option given explicitly wins over the recipe
-    assert TrainOptions.from_kwargs(recipe="paper", preset="tiny").preset == "tiny"
-    assert TrainOptions.from_kwargs(recipe="paper", snr_gamma=5.0).snr_gamma == 5.0
+    assert GeneratorTrainOptions.from_kwargs(recipe="paper", preset="tiny").preset == "tiny"
+    assert GeneratorTrainOptions.from_kwargs(recipe="paper", snr_gamma=5.0).snr_gamma == 5.0
     with pytest.raises(SatSynthError, match="unknown recipe 'papers': use default or paper"):
-        TrainOptions.from_kwargs(recipe="papers")
+        GeneratorTrainOptions.from_kwargs(recipe="papers")
 
 
 def test_the_command_line_passes_the_recipe_and_only_explicit_options(monkeypatch, tmp_path):
@@ -68,13 +68,13 @@ def test_the_command_line_passes_the_recipe_and_only_explicit_options(monkeypatc
                  ["train-generator", "ds", "--out", "m", "--recipe", "paper", "--preset", "small"]):
         args = parser.parse_args(argv)
         args.func(args)
-    opts = [TrainOptions.from_kwargs(**kw) for kw in seen]
+    opts = [GeneratorTrainOptions.from_kwargs(**kw) for kw in seen]
     assert {k: getattr(opts[0], k) for k in PAPER} == PAPER
     assert opts[1].preset == "small" and opts[1].prediction == "epsilon"
     # without --recipe nothing changes: the product's defaults
     args = parser.parse_args(["train-generator", "ds", "--out", "m"])
     args.func(args)
-    assert TrainOptions.from_kwargs(**seen[-1]) == TrainOptions.from_kwargs()
+    assert GeneratorTrainOptions.from_kwargs(**seen[-1]) == GeneratorTrainOptions.from_kwargs()
 
 
 def test_the_paper_recipe_refuses_chips_that_are_not_128_px(tmp_path):

@@ -5,6 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from satsynth.contract import (
+    BETA_SCHEDULES,
+    CONDITIONS,
+    ENCODINGS,
+    GENERATOR_PRESETS,
+    MIXED_PRECISIONS,
+    PREDICTIONS,
+    RECIPES,
+    SAMPLERS,
+    SNR_WEIGHTINGS,
+    UPSAMPLER_FACTORS,
+    GeneratorTrainFields,
+    SynthesizeFields,
+)
 from satsynth.errors import SatSynthError
 
 
@@ -15,7 +29,7 @@ def _widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-#: recipe options shared by train-generator and train-upsampler (TrainOptions fields)
+#: recipe options shared by train-generator and train-upsampler (GeneratorTrainFields fields)
 RECIPE_OPTIONS = (
     "preset", "block_widths", "encoding", "prediction", "beta_schedule", "snr_gamma",
     "snr_weighting", "steps", "minutes", "batch_size", "lr", "warmup", "ema_decay",
@@ -83,26 +97,24 @@ def _synthesize(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     """The training recipe's options, shared by train-generator and train-upsampler."""
-    from satsynth.generator.config import TrainOptions
-
-    d = TrainOptions()
+    d = GeneratorTrainFields()
     # options a --recipe sets default to None here, so that only explicit ones override it
-    p.add_argument("--preset", choices=["tiny", "small", "base"], default=None,
+    p.add_argument("--preset", choices=GENERATOR_PRESETS, default=None,
                    help="UNet size: tiny (~1 M parameters, CPU demos), small, base (GPU, paper "
                         f"scale) (default {d.preset}; base with --recipe paper)")
     p.add_argument("--block-widths", type=_widths, default=None,
                    help="explicit UNet level widths, e.g. 32,64,64 (overrides the preset's)")
-    p.add_argument("--encoding", choices=["bits", "onehot"], default=None,
+    p.add_argument("--encoding", choices=ENCODINGS, default=None,
                    help="label encoding: analog bits (ceil(log2 K) channels) or one-hot "
                         f"(default {d.encoding})")
-    p.add_argument("--prediction", choices=["epsilon", "v_prediction"], default=None,
+    p.add_argument("--prediction", choices=PREDICTIONS, default=None,
                    help=f"training target (default {d.prediction}; epsilon with --recipe paper)")
-    p.add_argument("--beta-schedule", choices=["linear", "cosine"], default=None,
+    p.add_argument("--beta-schedule", choices=BETA_SCHEDULES, default=None,
                    help=f"noise schedule (default {d.beta_schedule}; linear with --recipe paper)")
     p.add_argument("--snr-gamma", type=float, default=None,
                    help=f"min-SNR-gamma loss weighting; 0 turns it off (default {d.snr_gamma}; "
                         "off with --recipe paper)")
-    p.add_argument("--snr-weighting", choices=["auto", "min-snr", "min-snr+1"],
+    p.add_argument("--snr-weighting", choices=SNR_WEIGHTINGS,
                    default=d.snr_weighting,
                    help="min-snr: clean-sample loss weight min(SNR, gamma); min-snr+1: "
                         "min(SNR+1, gamma), full weight at the highest noise levels "
@@ -122,7 +134,7 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
                    help="maximum EMA decay of the sampling weights (default %(default)s)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum,
                    help="gradient accumulation steps (default %(default)s)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision,
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=d.mixed_precision,
                    help="mixed precision on GPU (default %(default)s)")
     p.add_argument("--class-balanced", action="store_true",
                    help="draw chips with rare classes more often")
@@ -138,9 +150,7 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``train-generator``, ``train-upsampler`` and ``synthesize``."""
-    from satsynth.generator.config import RECIPES, TrainOptions
-
-    d = TrainOptions()
+    d, syn = GeneratorTrainFields(), SynthesizeFields()
     p = subparsers.add_parser(
         "train-generator", parents=[common],
         help="learn the joint distribution of image chips and label masks (diffusion model)",
@@ -149,14 +159,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     "--num_processes N -m satsynth train-generator ...'.")
     p.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
     p.add_argument("--out", required=True, help="model folder to write (checkpoints go here)")
-    p.add_argument("--recipe", choices=list(RECIPES), default=d.recipe,
+    p.add_argument("--recipe", choices=RECIPES, default=d.recipe,
                    help="paper: SatSynth (CVPR 2024) as published, in one switch: analog bits, "
                         "epsilon prediction, linear beta schedule, no SNR loss weighting, no "
                         "class conditioning, the base UNet, on 128 px chips (other sizes are "
                         "refused), and synthesize samples it with DDPM by default; options given "
                         "explicitly still win (default %(default)s)")
     _add_recipe_arguments(p)
-    p.add_argument("--condition", choices=["none", "class-shares"], default=None,
+    p.add_argument("--condition", choices=CONDITIONS, default=None,
                    help="none: the paper's unconditional model; class-shares: condition on each "
                         "chip's class pixel shares, drawn from the real training chips when "
                         "sampling, which keeps the synthetic class mix close to the real one "
@@ -181,7 +191,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     u.add_argument("--out", required=True, help="upsampler folder to write (checkpoints go here)")
     u.add_argument("--base-size", type=int, required=True,
                    help="the low-resolution pair size in px (the generator's --size)")
-    u.add_argument("--factor", type=int, choices=[2, 4], default=2,
+    u.add_argument("--factor", type=int, choices=UPSAMPLER_FACTORS, default=UPSAMPLER_FACTORS[0],
                    help="upsampling factor; the output is BASE_SIZE x FACTOR px, which must "
                         "divide the chips' size (default %(default)s)")
     _add_recipe_arguments(u)
@@ -195,12 +205,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("model", help="generator folder made by 'satsynth train-generator'")
     s.add_argument("--count", type=int, required=True, help="number of pairs to sample")
     s.add_argument("--out", required=True, help="output folder (replaced when done)")
-    s.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"], default=None,
+    s.add_argument("--sampler", choices=SAMPLERS, default=syn.sampler,
                    help="ddpm (all 1000 steps, reference), ddim, or dpm (DPM-Solver++) "
                         "(default: the model's recipe's, dpm; ddpm for --recipe paper models)")
-    s.add_argument("--steps", type=int, default=20,
+    s.add_argument("--steps", type=int, default=syn.steps,
                    help="sampling steps for ddim/dpm (default %(default)s)")
-    s.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default %(default)s)")
+    s.add_argument("--batch-size", type=int, default=syn.batch_size,
+                   help="pairs per batch (default %(default)s)")
     s.add_argument("--favor", type=_favor, action="append", metavar="CLASS=FACTOR",
                    help="draw chips made of CLASS (name or id) FACTOR times as often, e.g. "
                         "Water=3 or Road=0.5; repeatable (generators trained with --condition "
@@ -208,6 +219,6 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--upsampler", default=None,
                    help="upsampler folder made by 'satsynth train-upsampler': sample each pair "
                         "at the generator's size, then at the upsampler's (the size written)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    s.add_argument("--seed", type=int, default=syn.seed, help="random seed (default %(default)s)")
+    s.add_argument("--device", default=syn.device, help="auto, cpu or cuda (default %(default)s)")
     s.set_defaults(func=_synthesize)

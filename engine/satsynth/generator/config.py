@@ -1,7 +1,7 @@
 """Generator configuration: architecture presets, diffusion settings and the training recipe.
 
 Everything a model folder needs to sample without the dataset lives in :class:`GeneratorConfig`
-(saved as ``config.json``); :class:`TrainOptions` holds the knobs of one training run.
+(saved as ``config.json``); :class:`GeneratorTrainOptions` holds the knobs of one training run.
 """
 
 from __future__ import annotations
@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from satsynth.contract import (
+    CONDITIONS,
+    MIXED_PRECISIONS,
+    PREDICTIONS,
+    SNR_WEIGHTINGS,
+    GeneratorTrainFields,
+)
 from satsynth.errors import SatSynthError
 
 #: UNet sizes. ``tiny``: CPU demos and tests (about 1 M parameters); ``small``: a laptop GPU;
@@ -18,22 +25,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"block_widths": [64, 128, 128, 256], "layers_per_block": 2, "attention": True},
     "base": {"block_widths": [128, 256, 256, 512], "layers_per_block": 2, "attention": True},
 }
-PREDICTIONS = ("epsilon", "v_prediction")
+#: the contract's beta schedule names -> diffusers' names
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
-#: loss weights over noise levels, as weights on the clean-sample error: ``min-snr`` is
-#: min(SNR, gamma) (Hang et al. 2023); ``min-snr+1`` is min(SNR + 1, gamma), which keeps full weight
-#: at the highest noise levels, where a sample's overall class composition is decided (v-prediction
-#: only); ``auto`` is min-snr+1 for v-prediction and min-snr for epsilon
-SNR_WEIGHTINGS = ("auto", "min-snr", "min-snr+1")
-#: what the UNet is conditioned on: ``none`` (the paper's unconditional model) or
-#: ``class-shares`` (each chip's class pixel shares, added to the timestep embedding; at sampling
-#: time drawn from the real training chips, or asked for by the user)
-CONDITIONS = ("none", "class-shares")
+# SNR_WEIGHTINGS (contract): loss weights over noise levels, as weights on the clean-sample
+# error: ``min-snr`` is min(SNR, gamma) (Hang et al. 2023); ``min-snr+1`` is min(SNR + 1, gamma),
+# which keeps full weight at the highest noise levels, where a sample's overall class composition
+# is decided (v-prediction only); ``auto`` is min-snr+1 for v-prediction and min-snr for epsilon.
+# CONDITIONS (contract): what the UNet is conditioned on: ``none`` (the paper's unconditional
+# model) or ``class-shares`` (each chip's class pixel shares, added to the timestep embedding; at
+# sampling time drawn from the real training chips, or asked for by the user).
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named training recipe: the :class:`TrainOptions` it sets (explicit options still win),
+    """A named training recipe: the :class:`GeneratorTrainOptions` it sets (explicit options still win),
     the chip size it is defined for (None: any), and the sampler ``synthesize`` uses by default
     for a model trained with it."""
 
@@ -43,7 +48,7 @@ class Recipe:
     about: str = ""
 
 
-#: ``default``: the product's recipe (the :class:`TrainOptions` defaults, fastest to converge on
+#: ``default``: the product's recipe (the :class:`GeneratorTrainOptions` defaults, fastest to converge on
 #: 2 CPU cores); ``paper``: SatSynth (CVPR 2024) as published: analog bits, epsilon prediction,
 #: a linear beta schedule, no SNR loss weighting, no class conditioning, the base UNet, 128 x 128
 #: chips, sampled with DDPM's 1000 steps.
@@ -116,41 +121,14 @@ class DiffusionConfig:
                 "prediction_type": self.prediction_type}
 
 
-@dataclass
-class TrainOptions:
-    """One training run. The defaults are the recipe that converged fastest on 2 CPU cores
-    (benchmarks/bench_generator_convergence.py). ``recipe`` (:data:`RECIPES`) replaces some of
-    them; options given explicitly win over the recipe."""
-
-    recipe: str = "default"
-    preset: str = "tiny"
-    block_widths: list[int] | None = None
-    encoding: str = "bits"
-    prediction: str = "v_prediction"
-    beta_schedule: str = "cosine"
-    snr_gamma: float | None = 5.0
-    snr_weighting: str = "auto"
-    condition: str = "class-shares"
-    size: int | None = None  # train at this many px: chips area-downsampled (None = as stored)
-    steps: int = 2000
-    minutes: float | None = None
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup: int = 100
-    ema_decay: float = 0.999
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    class_balanced: bool = False
-    augment: bool = True
-    checkpoint_every: int = 500
-    resume: bool = False
-    seed: int = 0
-    device: str = "auto"
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
+class GeneratorTrainOptions(GeneratorTrainFields):
+    """One training run, with the fields and defaults of
+    :class:`satsynth.contract.GeneratorTrainFields` (the recipe that converged fastest on 2 CPU
+    cores). ``recipe`` (:data:`RECIPES`) replaces some of them; options given explicitly win
+    over the recipe."""
 
     @classmethod
-    def from_kwargs(cls, **kw: Any) -> TrainOptions:
+    def from_kwargs(cls, **kw: Any) -> GeneratorTrainOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kw) - known)
         if unknown:
@@ -174,7 +152,7 @@ class TrainOptions:
             raise SatSynthError(f"--lr must be positive, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise SatSynthError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.mixed_precision not in MIXED_PRECISIONS:
             raise SatSynthError("--mixed-precision must be no, fp16 or bf16")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             self.snr_gamma = None

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from satsynth.checkpoint import load_config, load_tensors
+from satsynth.contract import SAMPLERS
 from satsynth.errors import SatSynthError
 from satsynth.generator.config import GeneratorConfig
-
-SAMPLERS = ("ddpm", "ddim", "dpm")
 
 
 def build_unet(cfg: GeneratorConfig) -> Any:

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from satsynth import progress
+from satsynth.contract import SynthesizeFields
 from satsynth.data.classes import ClassTable, write_qml
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStoreWriter, StoreMeta
@@ -229,8 +230,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def synthesize(model_dir: str | Path, count: int, out: str | Path, sampler: str | None = None,
-               steps: int = 20, seed: int = 0, device: str = "auto", batch_size: int = 16,
+def synthesize(model_dir: str | Path, count: int, out: str | Path,
+               sampler: str | None = SynthesizeFields.sampler, steps: int = SynthesizeFields.steps,
+               seed: int = SynthesizeFields.seed, device: str = SynthesizeFields.device,
+               batch_size: int = SynthesizeFields.batch_size,
                favor: dict[str, float] | None = None, upsampler: str | Path | None = None
                ) -> dict[str, Any]:
     """Sample ``count`` georeferenced image-mask pairs from a generator folder into ``out``.

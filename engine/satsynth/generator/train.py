@@ -30,7 +30,7 @@ from satsynth.generator.config import (
     ArchConfig,
     DiffusionConfig,
     GeneratorConfig,
-    TrainOptions,
+    GeneratorTrainOptions,
     check_recipe_size,
 )
 from satsynth.generator.encoding import LabelEncoding
@@ -103,7 +103,7 @@ def _open_dataset(dataset: str | Path) -> ChipStore:
     return store
 
 
-def new_config(store: ChipStore, opts: TrainOptions) -> GeneratorConfig:
+def new_config(store: ChipStore, opts: GeneratorTrainOptions) -> GeneratorConfig:
     """A fresh base-generator config for a dataset and the run's options."""
     from satsynth.generator.resample import check_factor
 
@@ -247,13 +247,13 @@ class TrainStage:
     kind: str = "generator"
     task: str = "train-generator"
     config_type: type[GeneratorConfig] = GeneratorConfig
-    new_config: Callable[[ChipStore, TrainOptions], GeneratorConfig] = new_config
+    new_config: Callable[[ChipStore, GeneratorTrainOptions], GeneratorConfig] = new_config
     inputs: Callable[[GeneratorConfig, Any, Any], tuple[Any, Any, Any]] = resized_pair
 
 
 def train_generator(dataset: str | Path, out: str | Path, **options: Any) -> Path:
     """Train (or with ``resume=True`` continue training) a generator on a chip store; returns the
-    model folder. ``options`` are the fields of :class:`TrainOptions`."""
+    model folder. ``options`` are the fields of :class:`GeneratorTrainOptions`."""
     return run_training(dataset, out, **options)["model"]
 
 
@@ -271,7 +271,7 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
     from satsynth.generator.model import build_unet, noise_scheduler
 
     stage = stage or TrainStage()
-    opts = TrainOptions.from_kwargs(**options)
+    opts = GeneratorTrainOptions.from_kwargs(**options)
     out = check_output(out, stage.kind, inputs=[dataset])
     store = _open_dataset(dataset)
 

@@ -27,7 +27,7 @@ import numpy as np
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
-from satsynth.generator.config import GeneratorConfig, TrainOptions
+from satsynth.generator.config import GeneratorConfig, GeneratorTrainOptions
 from satsynth.generator.encoding import LabelEncoding
 
 KIND = "upsampler"
@@ -78,7 +78,7 @@ def _stage(base_size: int, factor: int) -> Any:
     from satsynth.generator.resample import check_factor
     from satsynth.generator.train import TrainStage, new_config
 
-    def make_config(store: ChipStore, opts: TrainOptions) -> UpsamplerConfig:
+    def make_config(store: ChipStore, opts: GeneratorTrainOptions) -> UpsamplerConfig:
         check_factor(store.meta.chip_size, base_size * factor,
                      f"--base-size {base_size} x --factor {factor} =")
         cfg = new_config(store, opts)
@@ -93,7 +93,7 @@ def _stage(base_size: int, factor: int) -> Any:
 def run_upsampler_training(dataset: str | Path, out: str | Path, base_size: int, factor: int,
                            **options: Any) -> dict[str, Any]:
     """Train (or with ``resume=True`` continue) an upsampler from ``base_size`` px pairs to
-    ``base_size * factor`` px on a chip store; ``options`` are :class:`TrainOptions` fields
+    ``base_size * factor`` px on a chip store; ``options`` are :class:`GeneratorTrainOptions` fields
     (``size`` and ``condition`` are set by the stage). Returns the outputs of
     :func:`~satsynth.generator.train.run_training`."""
     from satsynth.generator.train import run_training
