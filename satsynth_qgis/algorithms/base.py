@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .. import compat, runner
+from ..contract import contract
+from ..folders import folder_problem
 from ..paths import icon_path
 
 #: Group id -> display name; one group per stage of the pipeline.
@@ -33,7 +34,6 @@ GROUPS = {
     "prediction": "4. Prediction",
     "pipeline": "5. Pipeline",
 }
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 HELP_URL = "https://github.com/satsynth/satsynth-qgis/blob/main/docs/plugin.md"
 
 
@@ -188,20 +188,21 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         return QgsProcessingParameterFile(name, self.tr(description), behavior=compat.FILE_FOLDER,
                                           optional=optional)
 
-    def enum_param(self, name: str, description: str, options: list[str],
+    def enum_param(self, name: str, description: str, options: Sequence[str],
                    default: str) -> QgsProcessingParameterEnum:
         """A choice whose value is the option's text (e.g. 'cpu'), stable in models and scripts."""
-        return QgsProcessingParameterEnum(name, self.tr(description), options, False, default,
-                                          False, True)
+        return QgsProcessingParameterEnum(name, self.tr(description), list(options), False,
+                                          default, False, True)
 
     def add_tiling_parameters(self, overlap_description: str) -> None:
         """TILE and OVERLAP in pixels, with ``satsynth predict``'s defaults and limits."""
+        defaults = contract.PredictFields()
         self.addParameter(QgsProcessingParameterNumber(
-            "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, 512, minValue=16,
-            maxValue=8192))
+            "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, defaults.tile,
+            minValue=16, maxValue=8192))
         self.addParameter(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr(overlap_description), compat.NUMBER_INTEGER, 64, minValue=0,
-            maxValue=4096))
+            "OVERLAP", self.tr(overlap_description), compat.NUMBER_INTEGER, defaults.overlap,
+            minValue=0, maxValue=4096))
 
     def tiling_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """The engine's tiling rule (predict/windows.check_tiling): overlap at most half the tile."""
@@ -213,7 +214,7 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         return ""
 
     def device_param(self) -> QgsProcessingParameterEnum:
-        return self.enum_param("DEVICE", "Device", DEVICES, "auto")
+        return self.enum_param("DEVICE", "Device", contract.DEVICES, contract.DEVICES[0])
 
     def enum_value(self, parameters: dict[str, Any], name: str,
                    context: QgsProcessingContext) -> str:
@@ -241,29 +242,3 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
             if problem:
                 return False, self.tr(problem)
         return True, ""
-
-
-FOLDER_KINDS = {
-    "dataset": ("dataset.json", "a dataset folder made by 'Prepare training chips'"),
-    "synthetic": ("dataset.json", "a synthetic folder made by 'Synthesize image-mask pairs'"),
-    "generator": ("config.json", "a generator folder made by 'Train joint generator'"),
-    "upsampler": ("config.json", "an upsampler folder made by 'Train upsampler'"),
-    "segmenter": ("config.json", "a segmenter folder made by 'Train segmenter'"),
-}
-
-
-def folder_problem(folder: Path, kind: str) -> str:
-    """Why ``folder`` is not a usable folder of ``kind`` ('' when it is)."""
-    marker, what = FOLDER_KINDS[kind]
-    if not folder.is_dir():
-        return f"{folder} does not exist: choose {what}."
-    if not (folder / marker).is_file():
-        return f"{folder} is not {what} (it has no {marker})."
-    if marker == "config.json":
-        try:
-            found = json.loads((folder / marker).read_text(encoding="utf-8")).get("kind")
-        except (OSError, ValueError, AttributeError):
-            return f"{folder / marker} cannot be read: choose {what}."
-        if found != kind:
-            return f"{folder} is a {found} folder, not {what}."
-    return ""

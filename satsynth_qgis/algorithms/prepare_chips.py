@@ -22,13 +22,14 @@ from qgis.core import (
 )
 
 from .. import compat, layers
+from ..contract import contract
 from ..styling import ChipSplitPostProcessor
 from .base import SatSynthAlgorithm
 
 MIN_CHIP = 16
 #: The engine's ``prepare --layout`` names (satsynth.data.layouts), "none" for image + labels.
 NO_LAYOUT = "none"
-LAYOUTS = [NO_LAYOUT, "loveda", "openearthmap", "isaid"]
+LAYOUTS = [NO_LAYOUT, *contract.LAYOUTS]
 
 
 def add_label_inputs(alg: SatSynthAlgorithm, image_optional: bool = False) -> None:

@@ -15,11 +15,10 @@ from qgis.core import (
 )
 
 from .. import compat
+from ..contract import contract
 from .base import SatSynthAlgorithm
-from .train_segmenter import ARCHITECTURES, encoder_problem
-
-BUDGETS = ["steps", "epochs", "converge"]
-SAMPLERS = ["model default", "dpm", "ddim", "ddpm"]
+from .synthesize import MODEL_DEFAULT_SAMPLER, SAMPLERS
+from .train_segmenter import encoder_problem
 
 
 def parse_ratios(text: str) -> list[float] | None:
@@ -66,46 +65,51 @@ class RunExperiment(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        d = contract.ExperimentFields()
         self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
         self.addParameter(self.folder_param(
             "GENERATOR", "Generator folder (from Train joint generator; needed for R > 0)",
             optional=True))
         self.addParameter(QgsProcessingParameterString(
-            "RATIOS", self.tr("Synthetic pairs per real pair R (comma separated)"), "0,1,2,3,5"))
+            "RATIOS", self.tr("Synthetic pairs per real pair R (comma separated)"),
+            ",".join(f"{r:g}" for r in d.ratios)))
         self.addParameter(QgsProcessingParameterNumber(
-            "SEEDS", self.tr("Seeds (runs per ratio)"), compat.NUMBER_INTEGER, 3, minValue=1))
-        self.addParameter(self.enum_param("BUDGET", "Training budget per run", BUDGETS, "steps"))
+            "SEEDS", self.tr("Seeds (runs per ratio)"), compat.NUMBER_INTEGER, d.seeds,
+            minValue=1))
+        self.addParameter(self.enum_param("BUDGET", "Training budget per run", contract.BUDGETS,
+                                          d.budget))
         self.addParameter(QgsProcessingParameterNumber(
             "REAL_FRACTION", self.tr("Fraction of the real training chips used"),
-            compat.NUMBER_DOUBLE, 1.0, minValue=0.001, maxValue=1.0))
-        self.addParameter(self.enum_param("ARCH", "Segmenter architecture", ARCHITECTURES, "fpn"))
-        self.addParameter(QgsProcessingParameterString("ENCODER", self.tr("Encoder"), "resnet18"))
+            compat.NUMBER_DOUBLE, d.real_fraction, minValue=0.001, maxValue=1.0))
+        self.addParameter(self.enum_param("ARCH", "Segmenter architecture",
+                                          contract.ARCHITECTURES, d.arch))
+        self.addParameter(QgsProcessingParameterString("ENCODER", self.tr("Encoder"), d.encoder))
         self.addParameter(QgsProcessingParameterNumber(
-            "EPOCHS", self.tr("Epochs per run (over the real chips)"), compat.NUMBER_INTEGER, 30,
-            minValue=1))
+            "EPOCHS", self.tr("Epochs per run (over the real chips)"), compat.NUMBER_INTEGER,
+            d.epochs, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Batch size (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
         self.addParameter(self.device_param())
         for param in (
             QgsProcessingParameterString("VARIANTS", self.tr(
-                "Variants: how synthetic pairs are used (mix, pretrain, tstr, filtered, "
-                "filtered-pretrain)"), "mix"),
+                f"Variants: how synthetic pairs are used ({', '.join(contract.VARIANTS)})"),
+                ",".join(d.variants)),
             QgsProcessingParameterNumber("VAL_EVERY", self.tr(
                 "Validate every N optimizer steps (0 = one pass over the real chips)"),
                 compat.NUMBER_INTEGER, 0, minValue=0),
             QgsProcessingParameterNumber("PATIENCE", self.tr(
                 "Stop a run after this many validations without a better mIoU (0 = never)"),
-                compat.NUMBER_INTEGER, 8, minValue=0),
+                compat.NUMBER_INTEGER, d.patience, minValue=0),
             QgsProcessingParameterNumber("MINUTES_PER_RUN", self.tr(
                 "Time budget per run in minutes (0 = none)"), compat.NUMBER_DOUBLE, 0.0,
                 minValue=0.0),
             QgsProcessingParameterNumber("COUNT_PER_REAL", self.tr(
                 "Synthetic pairs to make per real chip (0 = the largest R)"),
                 compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
-            self.enum_param("SAMPLER", "Sampler", SAMPLERS, SAMPLERS[0]),
+            self.enum_param("SAMPLER", "Sampler", SAMPLERS, MODEL_DEFAULT_SAMPLER),
             QgsProcessingParameterNumber("SAMPLER_STEPS", self.tr("Sampler steps (dpm, ddim)"),
-                                         compat.NUMBER_INTEGER, 20, minValue=1),
+                                         compat.NUMBER_INTEGER, d.steps, minValue=1),
         ):
             self.addParameter(compat.advanced(param))
         self.addParameter(QgsProcessingParameterFolderDestination(
@@ -150,12 +154,12 @@ class RunExperiment(SatSynthAlgorithm):
                 "--epochs", str(self.parameterAsInt(parameters, "EPOCHS", context)),
                 "--patience", str(self.parameterAsInt(parameters, "PATIENCE", context)),
                 "--variants", self.parameterAsString(parameters, "VARIANTS", context).replace(
-                    " ", "") or "mix"]
+                    " ", "") or ",".join(contract.ExperimentFields().variants)]
         generator = self.parameterAsFile(parameters, "GENERATOR", context)
         if generator and max(ratios) > 0:
             args += ["--generator", generator]
             sampler = self.enum_value(parameters, "SAMPLER", context)
-            if sampler in SAMPLERS[1:]:
+            if sampler in contract.SAMPLERS:
                 args += ["--sampler", sampler]
             args += ["--steps", str(self.parameterAsInt(parameters, "SAMPLER_STEPS", context))]
         batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)

@@ -22,11 +22,10 @@ from qgis.core import (
 )
 
 from .. import compat
+from ..contract import contract
 from ..styling import ClassStylePostProcessor
 from .base import SatSynthAlgorithm
 from .prepare_chips import MIN_CHIP, PrepareChips, add_label_inputs
-from .train_generator import PRESETS
-from .train_segmenter import ARCHITECTURES
 
 #: Parameters handed unchanged to Prepare training chips.
 PREPARE_INPUTS = ("IMAGE", "LABELS", "VECTOR", "CLASS_FIELD", "CLASSES", "CHIP_SIZE")
@@ -51,12 +50,14 @@ class RunPipeline(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        seg, predict = contract.SegmenterTrainFields(), contract.PredictFields()
         add_label_inputs(self)
         self.addParameter(QgsProcessingParameterNumber(
             "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 64,
             minValue=MIN_CHIP, maxValue=4096))
-        self.addParameter(self.enum_param("GENERATOR_PRESET", "Generator size preset", PRESETS,
-                                          "tiny"))
+        self.addParameter(self.enum_param("GENERATOR_PRESET", "Generator size preset",
+                                          contract.GENERATOR_PRESETS,
+                                          contract.GeneratorTrainFields.preset))
         self.addParameter(QgsProcessingParameterNumber(
             "GENERATOR_STEPS", self.tr("Generator training steps"), compat.NUMBER_INTEGER, 500,
             minValue=1))
@@ -66,8 +67,9 @@ class RunPipeline(SatSynthAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "RATIO", self.tr("Synthetic pairs per real pair R (0 = real chips only)"),
             compat.NUMBER_DOUBLE, 1.0, minValue=0.0, maxValue=100.0))
-        self.addParameter(self.enum_param("ARCH", "Segmenter architecture", ARCHITECTURES, "fpn"))
-        self.addParameter(QgsProcessingParameterString("ENCODER", self.tr("Encoder"), "resnet18"))
+        self.addParameter(self.enum_param("ARCH", "Segmenter architecture",
+                                          contract.ARCHITECTURES, seg.arch))
+        self.addParameter(QgsProcessingParameterString("ENCODER", self.tr("Encoder"), seg.encoder))
         self.addParameter(QgsProcessingParameterNumber(
             "EPOCHS", self.tr("Segmenter epochs"), compat.NUMBER_INTEGER, 10, minValue=1))
         self.addParameter(self.device_param())
@@ -76,15 +78,16 @@ class RunPipeline(SatSynthAlgorithm):
                 "SEGMENT_INPUT", self.tr("Raster to segment at the end (default: the image)"),
                 optional=True),
             QgsProcessingParameterNumber("SAMPLER_STEPS", self.tr("Sampling steps"),
-                                         compat.NUMBER_INTEGER, 20, minValue=1, maxValue=1000),
+                                         compat.NUMBER_INTEGER, contract.SynthesizeFields.steps,
+                                         minValue=1, maxValue=1000),
             QgsProcessingParameterNumber("BATCH_SIZE", self.tr("Batch size (0 = engine default)"),
                                          compat.NUMBER_INTEGER, 0, minValue=0),
             QgsProcessingParameterNumber("TILE", self.tr("Prediction tile size (pixels)"),
-                                         compat.NUMBER_INTEGER, 512, minValue=32),
+                                         compat.NUMBER_INTEGER, predict.tile, minValue=32),
             QgsProcessingParameterNumber("OVERLAP", self.tr("Prediction tile overlap (pixels)"),
-                                         compat.NUMBER_INTEGER, 64, minValue=0),
-            QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0,
-                                         minValue=0),
+                                         compat.NUMBER_INTEGER, predict.overlap, minValue=0),
+            QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
+                                         seg.seed, minValue=0),
         ):
             self.addParameter(compat.advanced(param))
         self.addParameter(QgsProcessingParameterFolderDestination(

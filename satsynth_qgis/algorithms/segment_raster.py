@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,10 @@ from qgis.core import (
 )
 
 from .. import compat, layers
+from ..contract import contract
+from ..folders import folder_problem, model_config
 from ..styling import ClassStylePostProcessor, VectorClassStylePostProcessor
-from .base import SatSynthAlgorithm, folder_problem
-
-#: The engine's forward runtimes (satsynth predict --runtime): auto = ONNX Runtime on a CPU when
-#: the engine has it, else PyTorch.
-RUNTIMES = ["auto", "torch", "onnx"]
+from .base import SatSynthAlgorithm
 
 
 class SegmentRaster(SatSynthAlgorithm):
@@ -67,7 +64,8 @@ class SegmentRaster(SatSynthAlgorithm):
         for param in (
             QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch"),
                                          compat.NUMBER_INTEGER, 8, minValue=1),
-            self.enum_param("RUNTIME", "Runtime", RUNTIMES, "auto"),
+            self.enum_param("RUNTIME", "Runtime", contract.RUNTIMES,
+                            contract.PredictFields.runtime),
             QgsProcessingParameterBoolean(
                 "MATCH_RESOLUTION",
                 self.tr("Resample to the training pixel size on the fly"), False),
@@ -98,7 +96,7 @@ class SegmentRaster(SatSynthAlgorithm):
         if problem:
             return False, self.tr(problem)
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
-        bands = _model_config(model).get("in_channels")
+        bands = model_config(model).get("in_channels")
         if layer is not None and layer.isValid() and isinstance(bands, int) \
                 and layers.raster_file(layer) is not None and layer.bandCount() != bands:
             return False, self.tr(f"The segmenter was trained on {bands}-band images, but "
@@ -156,7 +154,7 @@ class SegmentRaster(SatSynthAlgorithm):
             details = context.layerToLoadOnCompletionDetails(prediction)
             details.setPostProcessor(ClassStylePostProcessor.create(outputs.get("style")))
         if vector and context.willLoadLayerOnCompletion(vector):
-            classes = _model_config(Path(model)).get("classes", {}).get("classes", [])
+            classes = model_config(Path(model)).get("classes", {}).get("classes", [])
             details = context.layerToLoadOnCompletionDetails(vector)
             details.setPostProcessor(VectorClassStylePostProcessor.create(classes))
         results = {"OUTPUT": prediction}
@@ -166,10 +164,3 @@ class SegmentRaster(SatSynthAlgorithm):
             results["OUTPUT_VECTOR"] = str(outputs.get("vector") or vector)
         return results
 
-
-def _model_config(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

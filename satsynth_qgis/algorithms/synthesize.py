@@ -18,11 +18,13 @@ from qgis.core import (
 )
 
 from .. import compat
+from ..contract import contract
 from ..styling import ClassStylePostProcessor
 from .base import SatSynthAlgorithm
 
 #: "model default": the sampler of the generator's recipe (dpm; ddpm for --recipe paper models)
-SAMPLERS = ["model default", "dpm", "ddim", "ddpm"]
+MODEL_DEFAULT_SAMPLER = "model default"
+SAMPLERS = [MODEL_DEFAULT_SAMPLER, *contract.SAMPLERS]
 
 
 def favor_items(text: str) -> list[str]:
@@ -78,12 +80,13 @@ class Synthesize(SatSynthAlgorithm):
         self.addParameter(self.folder_param("GENERATOR", "Generator folder (from Train joint generator)"))
         self.addParameter(QgsProcessingParameterNumber(
             "COUNT", self.tr("Number of pairs"), compat.NUMBER_INTEGER, 64, minValue=1))
-        self.addParameter(self.enum_param("SAMPLER", "Sampler", SAMPLERS, SAMPLERS[0]))
+        defaults = contract.SynthesizeFields()
+        self.addParameter(self.enum_param("SAMPLER", "Sampler", SAMPLERS, MODEL_DEFAULT_SAMPLER))
         self.addParameter(QgsProcessingParameterNumber(
-            "STEPS", self.tr("Sampling steps (dpm, ddim)"), compat.NUMBER_INTEGER, 20, minValue=1,
-            maxValue=1000))
+            "STEPS", self.tr("Sampling steps (dpm, ddim)"), compat.NUMBER_INTEGER, defaults.steps,
+            minValue=1, maxValue=1000))
         self.addParameter(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0, minValue=0))
+            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, defaults.seed, minValue=0))
         self.addParameter(self.device_param())
         self.addParameter(compat.advanced(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Pairs per batch (0 = engine default)"), compat.NUMBER_INTEGER,
@@ -134,7 +137,7 @@ class Synthesize(SatSynthAlgorithm):
                 "--out", out, "--steps", str(self.parameterAsInt(parameters, "STEPS", context)),
                 "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
         sampler = self.enum_value(parameters, "SAMPLER", context)
-        if sampler in SAMPLERS[1:]:  # else the engine uses the generator's recipe's sampler
+        if sampler in contract.SAMPLERS:  # else the engine uses the generator's recipe's
             args += ["--sampler", sampler]
         if sampler == "ddpm":
             feedback.pushInfo("The ddpm sampler runs all 1000 steps (Sampling steps is ignored).")

@@ -15,14 +15,11 @@ from qgis.core import (
 )
 
 from .. import compat
+from ..contract import contract
 from .base import SatSynthAlgorithm
 
-PRESETS = ["tiny", "small", "base"]
-CONDITIONS = ["class-shares", "none"]
-#: "default": the product's recipe with the preset and conditioning chosen here; "paper": the
-#: engine's --recipe paper (its own preset and conditioning; the two choices here are not sent)
-RECIPES = ["default", "paper"]
-MIXED_PRECISION = ["no", "fp16", "bf16"]
+#: RECIPE "default": the product's recipe with the preset and conditioning chosen here; "paper":
+#: the engine's --recipe paper (its own preset and conditioning; the two choices here are not sent)
 
 
 class TrainGenerator(SatSynthAlgorithm):
@@ -59,23 +56,27 @@ class TrainGenerator(SatSynthAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
-        self.addParameter(self.enum_param("RECIPE", "Recipe", RECIPES, RECIPES[0]))
+        d = contract.GeneratorTrainFields()
+        self.addParameter(self.enum_param("RECIPE", "Recipe", contract.RECIPES, d.recipe))
         self.add_budget_parameters()
         self.addParameter(compat.advanced(self.enum_param(
-            "CONDITION", "Conditioning", CONDITIONS, CONDITIONS[0])))
+            "CONDITION", "Conditioning", contract.CONDITIONS, d.condition)))
         self.addParameter(compat.advanced(self.enum_param(
-            "MIXED_PRECISION", "Mixed precision (CUDA GPU)", MIXED_PRECISION, "no")))
+            "MIXED_PRECISION", "Mixed precision (CUDA GPU)", contract.MIXED_PRECISIONS,
+            d.mixed_precision)))
         self.addParameter(compat.advanced(QgsProcessingParameterNumber(
             "SIZE", self.tr("Train at chip size (px, 0 = the chips' size)"),
             compat.NUMBER_INTEGER, 0, minValue=0)))
         self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0, minValue=0)))
+            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, d.seed, minValue=0)))
         self.add_training_outputs("GENERATOR", "Generator folder")
 
     # --- shared with Train upsampler ------------------------------------------------------------
     def add_budget_parameters(self) -> None:
         """Preset, steps, time budget, batch size and device."""
-        self.addParameter(self.enum_param("PRESET", "Model size preset", PRESETS, "tiny"))
+        self.addParameter(self.enum_param("PRESET", "Model size preset",
+                                          contract.GENERATOR_PRESETS,
+                                          contract.GeneratorTrainFields.preset))
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("Training steps (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
@@ -138,7 +139,7 @@ class TrainGenerator(SatSynthAlgorithm):
             args += ["--preset", self.enum_value(parameters, "PRESET", context),
                      "--condition", self.enum_value(parameters, "CONDITION", context)]
         precision = self.enum_value(parameters, "MIXED_PRECISION", context)
-        if precision and precision != "no":
+        if precision and precision != contract.GeneratorTrainFields.mixed_precision:
             args += ["--mixed-precision", precision]
         size = self.parameterAsInt(parameters, "SIZE", context)
         if size:

@@ -18,19 +18,19 @@ from qgis.core import (
 )
 
 from .. import compat
+from ..contract import contract
 from .base import SatSynthAlgorithm
-
-ARCHITECTURES = ["fpn", "unet", "deeplabv3plus", "pspnet", "segformer", "tiny"]
-MIXED_PRECISION = ["no", "fp16", "bf16"]
 
 
 def encoder_problem(arch: str, encoder: str) -> str:
     """Why ``encoder`` does not fit ``arch`` ('' when it does)."""
-    if arch == "tiny" and not encoder.startswith("w"):
-        return (f"The tiny architecture takes an encoder like w16d2 (width 16, depth 2), not "
-                f"'{encoder}'.")
-    if arch != "tiny" and encoder.startswith("w") and encoder[1:2].isdigit():
-        return f"Encoder '{encoder}' is for the tiny architecture; choose e.g. resnet18 for the others."
+    tiny, example = contract.TINY_ARCH, contract.TINY_ENCODER
+    if arch == tiny and not encoder.startswith("w"):
+        return (f"The {tiny} architecture takes an encoder like {example} (width 16, depth 2), "
+                f"not '{encoder}'.")
+    if arch != tiny and encoder.startswith("w") and encoder[1:2].isdigit():
+        return (f"Encoder '{encoder}' is for the {tiny} architecture; choose e.g. "
+                f"{contract.ENCODERS[0]} for the others.")
     return ""
 
 
@@ -58,17 +58,17 @@ class TrainSegmenter(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        d = contract.SegmenterTrainFields()
         self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
         self.addParameter(self.folder_param(
             "SYNTHETIC", "Synthetic folder (from Synthesize image-mask pairs)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             "RATIO", self.tr("Synthetic pairs per real pair R (with a synthetic folder)"),
             compat.NUMBER_DOUBLE, 1.0, minValue=0.0, maxValue=100.0))
-        self.addParameter(self.enum_param("ARCH", "Architecture", ARCHITECTURES, "fpn"))
-        self.addParameter(QgsProcessingParameterString(
-            "ENCODER", self.tr("Encoder"), "resnet18"))
+        self.addParameter(self.enum_param("ARCH", "Architecture", contract.ARCHITECTURES, d.arch))
+        self.addParameter(QgsProcessingParameterString("ENCODER", self.tr("Encoder"), d.encoder))
         self.addParameter(QgsProcessingParameterNumber(
-            "EPOCHS", self.tr("Maximum epochs"), compat.NUMBER_INTEGER, 30, minValue=1))
+            "EPOCHS", self.tr("Maximum epochs"), compat.NUMBER_INTEGER, d.epochs, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
             "BATCH_SIZE", self.tr("Batch size (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
@@ -76,16 +76,16 @@ class TrainSegmenter(SatSynthAlgorithm):
         for param in (
             QgsProcessingParameterNumber("PATIENCE", self.tr(
                 "Stop after this many epochs without a better mIoU (0 = never)"),
-                compat.NUMBER_INTEGER, 8, minValue=0),
+                compat.NUMBER_INTEGER, d.patience, minValue=0),
             QgsProcessingParameterNumber("MINUTES", self.tr("Time budget in minutes (0 = none)"),
                                          compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
-            QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0,
-                                         minValue=0),
+            QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
+                                         d.seed, minValue=0),
             QgsProcessingParameterFile("ENCODER_WEIGHTS", self.tr(
                 "Encoder weights (a local .safetensors or .pth file)"), compat.FILE_FILE,
                 optional=True, fileFilter="Weights (*.safetensors *.pth *.pt)"),
-            self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)", MIXED_PRECISION,
-                            "no"),
+            self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)",
+                            contract.MIXED_PRECISIONS, d.mixed_precision),
         ):
             self.addParameter(compat.advanced(param))
         self.addParameter(QgsProcessingParameterFolderDestination(
@@ -132,7 +132,7 @@ class TrainSegmenter(SatSynthAlgorithm):
         if weights:
             args += ["--encoder-weights", weights]
         precision = self.enum_value(parameters, "MIXED_PRECISION", context)
-        if precision and precision != "no":
+        if precision and precision != contract.SegmenterTrainFields.mixed_precision:
             args += ["--mixed-precision", precision]
         self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
         outputs = self.engine(args, feedback)

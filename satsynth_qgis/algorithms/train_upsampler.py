@@ -7,9 +7,10 @@ from typing import Any
 from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProcessingParameterNumber
 
 from .. import compat
+from ..contract import contract
 from .train_generator import TrainGenerator
 
-FACTORS = ["2", "4"]
+FACTORS = [str(f) for f in contract.UPSAMPLER_FACTORS]
 
 
 class TrainUpsampler(TrainGenerator):
@@ -39,10 +40,11 @@ class TrainUpsampler(TrainGenerator):
         self.addParameter(QgsProcessingParameterNumber(
             "BASE_SIZE", self.tr("Base size (px, the generator's chip size)"),
             compat.NUMBER_INTEGER, 32, minValue=8))
-        self.addParameter(self.enum_param("FACTOR", "Upsampling factor", FACTORS, "2"))
+        self.addParameter(self.enum_param("FACTOR", "Upsampling factor", FACTORS, FACTORS[0]))
         self.add_budget_parameters()
         self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, 0, minValue=0)))
+            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
+            contract.GeneratorTrainFields.seed, minValue=0)))
         self.add_training_outputs("UPSAMPLER", "Upsampler folder")
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,

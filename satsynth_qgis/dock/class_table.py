@@ -7,8 +7,8 @@ to ``satsynth prepare --classes`` or the Prepare algorithm as is.
 
 from __future__ import annotations
 
-import colorsys
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,14 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..contract import contract
+
 #: Label rasters larger than this many pixels are sampled (nearest neighbour) to find values.
 MAX_SAMPLE_PIXELS = 4096 * 4096
-MAX_CLASSES = 254
 
-
-class ClassTableError(ValueError):
-    """A class table that the engine would reject (message says why)."""
+#: A class table the engine would reject, or classes that cannot be read from a layer (the
+#: message says why): the engine's contract error, with the engine's messages.
+ClassTableError = contract.ContractError
 
 
 @dataclass(frozen=True)
@@ -52,82 +53,41 @@ class ClassRow:
 
 
 def default_color(i: int) -> str:
-    """The engine's default colour for class number ``i`` (golden-ratio hues)."""
-    h = (i * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.95)
-    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+    """The engine's default colour for class number ``i``, as '#rrggbb'."""
+    return contract.hex_color(contract.default_color(i))
+
+
+def _rows(classes: Iterable[Any]) -> list[ClassRow]:
+    return [ClassRow(c.id, c.name, c.hex()) for c in classes]
 
 
 def rows_from_values(values: Any, names: dict[int, str] | None = None,
                      colors: dict[int, str] | None = None) -> list[ClassRow]:
     """Rows for numeric label values (the engine's ``ClassTable.from_values`` convention)."""
-    names, colors = names or {}, colors or {}
-    vals = sorted({int(v) for v in values})
-    return [ClassRow(v, names.get(v, f"class {v}"), colors.get(v, default_color(i)))
-            for i, v in enumerate(vals)]
+    rgb = {v: contract.parse_color(c) for v, c in (colors or {}).items()}
+    return _rows(contract.classes_from_values(values, names, rgb))
 
 
 def rows_from_names(names: Any, background: str | None = "background") -> list[ClassRow]:
     """Rows for text class names: background gets id 0, the names 1..N in sorted order (the
     engine's ``ClassTable.from_names`` convention)."""
-    rows: list[ClassRow] = []
-    if background is not None:
-        rows.append(ClassRow(0, background, "#000000"))
-    for n in sorted({str(n) for n in names}):
-        if background is not None and n == background:
-            continue
-        rows.append(ClassRow(len(rows), n, default_color(len(rows))))
-    return rows
+    return _rows(contract.classes_from_names(names, background))
 
 
 def rows_to_dict(rows: list[ClassRow]) -> dict[str, Any]:
-    """The engine's JSON form."""
+    """The engine's JSON form (unvalidated)."""
     return {"classes": [{"id": r.id, "name": r.name, "color": r.color} for r in rows]}
 
 
 def rows_from_dict(data: Any, where: str = "class table") -> list[ClassRow]:
-    """Read the engine's JSON form (or a bare list of classes)."""
-    items = data.get("classes") if isinstance(data, dict) else data
-    if not isinstance(items, list) or not items:
-        raise ClassTableError(f"{where}: expected a non-empty list of classes under 'classes'")
-    rows = []
-    for n, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, dict):
-            raise ClassTableError(f"{where}: class entry {n} is not an object: {item!r}")
-        try:
-            cid = int(item.get("id", item.get("value", n)))
-        except (TypeError, ValueError):
-            raise ClassTableError(f"{where}: class entry {n} has a non-integer id") from None
-        color = item.get("color") or default_color(n)
-        if isinstance(color, (list, tuple)):
-            color = "#{:02x}{:02x}{:02x}".format(*[int(c) for c in color[:3]])
-        if not QColor(str(color)).isValid():
-            raise ClassTableError(f"{where}: bad colour {color!r} for class {cid}")
-        rows.append(ClassRow(cid, str(item.get("name", f"class {cid}")), QColor(color).name()))
-    validate_rows(rows, where)
-    return rows
+    """Read any class table the engine reads (our JSON form, a bare list, a palette file),
+    validated by the engine's own schema (raises :class:`ClassTableError`)."""
+    return _rows(contract.parse_class_table(data, where).classes)
 
 
 def validate_rows(rows: list[ClassRow], where: str = "class table") -> None:
-    """Raise :class:`ClassTableError` for what the engine would refuse."""
-    if not rows:
-        raise ClassTableError(f"{where}: the class table has no classes")
-    if len(rows) > MAX_CLASSES:
-        raise ClassTableError(f"{where}: at most {MAX_CLASSES} classes, got {len(rows)}")
-    ids = [r.id for r in rows]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ClassTableError(f"{where}: class ids must be unique; repeated: "
-                              + ", ".join(map(str, dupes)))
-    bad = [r.id for r in rows if not 0 <= r.id <= 254]
-    if bad:
-        raise ClassTableError(f"{where}: class ids must be within 0..254; got "
-                              + ", ".join(map(str, bad)))
-    unnamed = [str(r.id) for r in rows if not r.name.strip()]
-    if unnamed:
-        raise ClassTableError(f"{where}: classes without a name: ids " + ", ".join(unnamed))
+    """Raise :class:`ClassTableError` for what the engine would refuse (its own schema)."""
+    contract.parse_class_table(rows_to_dict(rows), where)
 
 
 # --- reading classes from layers ------------------------------------------------------------
@@ -150,7 +110,7 @@ def raster_values(layer: QgsRasterLayer, band: int = 1) -> list[int]:
     if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
         raise ClassTableError(f"{layer.name()}: the label raster holds non-integer values "
                               "(pick the class raster, not an image)")
-    if values.size > MAX_CLASSES + 1:
+    if values.size > contract.MAX_CLASSES + 1:
         raise ClassTableError(f"{layer.name()}: {values.size} distinct values: this does not "
                               "look like a class raster")
     return [int(v) for v in values]

@@ -18,18 +18,20 @@ from qgis.core import (
     QgsRectangle,
 )
 
+from ..contract import contract
 from .presets import StageSettings
 from .run_folder import RunFolder
 
-GENERATOR_SIZES = ("tiny", "small", "base")
-SAMPLERS = ("dpm", "ddim", "ddpm")
-ARCHITECTURES = ("fpn", "unet", "deeplabv3plus", "pspnet", "segformer", "tiny")
-ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
-            "mobilenet_v2", "mit_b0", "w16d2")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-RECIPES = ("default", "paper")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-BUDGETS = ("steps", "epochs", "converge")
+#: The dock's choice lists: the engine's (satsynth.contract); the encoders add the tiny
+#: architecture's example.
+GENERATOR_SIZES = contract.GENERATOR_PRESETS
+SAMPLERS = contract.SAMPLERS
+ARCHITECTURES = contract.ARCHITECTURES
+ENCODERS = (*contract.ENCODERS, contract.TINY_ENCODER)
+DEVICES = contract.DEVICES
+RECIPES = contract.RECIPES
+MIXED_PRECISION = contract.MIXED_PRECISIONS
+BUDGETS = contract.BUDGETS
 
 ALGORITHMS = {
     "prepare": "satsynth:prepare_chips",

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..folders import has_marker
+
 
 def safe_name(text: str) -> str:
     """A file-system friendly version of a layer or run name (spaces kept)."""
@@ -79,16 +81,16 @@ class RunFolder:
 
     # what exists (decides which stage buttons are enabled)
     def has_dataset(self) -> bool:
-        return (self.dataset / "dataset.json").is_file()
+        return has_marker(self.dataset, "dataset")
 
     def has_generator(self) -> bool:
-        return (self.generator / "config.json").is_file()
+        return has_marker(self.generator, "generator")
 
     def has_synthetic(self) -> bool:
-        return (self.synthetic / "dataset.json").is_file()
+        return has_marker(self.synthetic, "synthetic")
 
     def has_segmenter(self) -> bool:
-        return (self.segmenter / "config.json").is_file()
+        return has_marker(self.segmenter, "segmenter")
 
     # the record
     def read_record(self) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def test_class_table_is_editable_and_round_trips_through_json(dock, scene, tmp_p
     # what the engine would refuse is refused with the reason
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"classes": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}))
-    with pytest.raises(ClassTableError, match="unique; repeated: 1"):
+    with pytest.raises(ClassTableError, match=r"class ids must be unique, got \[1, 1\]"):
         table.import_json(bad)
     table.table.item(0, 0).setData(0, 300)
     assert not table.is_valid()

@@ -124,3 +124,41 @@ def test_the_carried_engine_source_builds_a_wheel(plugin_zip, tmp_path):
     with zipfile.ZipFile(wheels[0]) as whl:
         assert {"satsynth/cli.py", "satsynth/__main__.py"} <= set(whl.namelist())
     assert not (src / "build").exists()
+
+
+def test_the_packaged_plugin_loads_the_engine_contract_from_its_own_copy(plugin_zip, tmp_path):
+    """The zip carries engine/satsynth/contract.py and the plugin's loader finds it there, with
+    no checkout around the plugin (a fresh Python, the unpacked zip alone on sys.path)."""
+    import subprocess
+    import sys
+
+    unpacked = tmp_path / "plugins"
+    with zipfile.ZipFile(plugin_zip) as zf:
+        assert "satsynth_qgis/engine_src/engine/satsynth/contract.py" in zf.namelist()
+        assert "satsynth_qgis/contract.py" in zf.namelist()
+        zf.extractall(unpacked)
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); "
+             "import satsynth_qgis.contract as c; "
+             "print(c.contract_path()); print(','.join(c.contract.ARCHITECTURES)); "
+             "print('satsynth' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", probe, str(unpacked)], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    path, archs, engine_imported = res.stdout.splitlines()
+    expected = unpacked / "satsynth_qgis" / "engine_src" / "engine" / "satsynth" / "contract.py"
+    assert Path(path) == expected.resolve()
+    assert archs.split(",") == list(_contract().ARCHITECTURES)
+    assert engine_imported == "False"
+
+
+def test_the_contract_loader_says_what_is_missing(tmp_path):
+    from satsynth_qgis.contract import contract_path
+
+    with pytest.raises(ImportError, match="contract.py was not found"):
+        contract_path((tmp_path / "a" / "contract.py", tmp_path / "b" / "contract.py"))
+
+
+def _contract():
+    from satsynth_qgis.contract import contract
+
+    return contract
