@@ -32,6 +32,7 @@ from typing import Any
 
 from qgis.core import QgsFeedback, QgsProcessingException, QgsSettings
 
+from .contract import contract
 from .process import command_line, run_streaming
 
 #: Name of the Processing setting (Processing > Options > Providers > SatSynth).
@@ -243,17 +244,18 @@ class _Relay:
             self._push("pushConsoleInfo", f"[engine stdout, not a protocol line] {line}")
             return
         kind = event.get("event")
-        if kind == "progress":
+        if kind == contract.EVENT_PROGRESS:
             self._progress(event)
-        elif kind == "done":
+        elif kind == contract.EVENT_DONE:
             outputs = event.get("outputs")
             self.outputs = outputs if isinstance(outputs, dict) else {}
-        elif kind == "error":
+        elif kind == contract.EVENT_ERROR:
             self.error = str(event.get("message") or "the engine reported an error")
             self.cancelled_by_engine = bool(event.get("cancelled"))
-        elif kind in ("log", "warning", "info"):
+        elif kind in contract.MESSAGE_EVENTS:
             text = str(event.get("message", ""))
-            (self._warn if kind == "warning" or event.get("level") == "warning" else
+            warning = contract.EVENT_WARNING
+            (self._warn if warning in (kind, event.get("level")) else
              lambda t: self._push("pushInfo", t))(text)
         else:
             self._push("pushDebugInfo", f"[engine event] {line}")

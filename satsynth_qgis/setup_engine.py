@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .contract import contract
 from .process import run_captured, run_streaming
 
 MIN_PYTHON = (3, 10)
@@ -555,7 +556,7 @@ def _parse_check(lines: list[str], step: Step) -> dict[str, Any]:
             event = json.loads(line)
         except ValueError:
             continue
-        if isinstance(event, dict) and event.get("event") == "done":
+        if isinstance(event, dict) and event.get("event") == contract.EVENT_DONE:
             return dict(event.get("outputs") or {})
     raise SetupError(step.name, "the engine did not report its version and device.", step.advice)
 
