@@ -5,34 +5,54 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from satsynth.segmenter.model import ARCHITECTURES, ENCODERS, TINY_ARCH
+from satsynth.contract import (
+    ARCHITECTURES,
+    BUDGETS,
+    CLASS_WEIGHTS,
+    ENCODERS,
+    LR_SCHEDULES,
+    MIXED_PRECISIONS,
+    SAMPLERS,
+    SYNTHETIC_MODES,
+    TINY_ARCH,
+    TINY_ENCODER,
+    ExperimentFields,
+    SegmenterTrainFields,
+)
+
+#: Options shared by train-segmenter and experiment: the fields both declarations have.
+_Declared = SegmenterTrainFields | ExperimentFields
 
 
-def _add_model_args(p: argparse.ArgumentParser, epochs: int) -> None:
-    p.add_argument("--arch", default="fpn", choices=[*ARCHITECTURES, TINY_ARCH],
-                   help="segmentation architecture (default fpn, as in the paper; 'tiny' is a "
-                        "small conv net for quick CPU checks, its --encoder reads e.g. w16d2)")
-    p.add_argument("--encoder", default="resnet18",
-                   help=f"encoder backbone, e.g. {', '.join(ENCODERS)} (default resnet18)")
-    p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default {epochs})")
-    p.add_argument("--batch-size", type=int, default=16, help="chips per step (default 16)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+def _add_model_args(p: argparse.ArgumentParser, d: _Declared) -> None:
+    p.add_argument("--arch", default=d.arch, choices=ARCHITECTURES,
+                   help=f"segmentation architecture (default {d.arch}, as in the paper; "
+                        f"'{TINY_ARCH}' is a small conv net for quick CPU checks, its --encoder "
+                        f"reads e.g. {TINY_ENCODER})")
+    p.add_argument("--encoder", default=d.encoder,
+                   help=f"encoder backbone, e.g. {', '.join(ENCODERS)} (default {d.encoder})")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help=f"maximum epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"chips per step (default {d.batch_size})")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (1e-3)")
+def _train_args(p: argparse.ArgumentParser, d: _Declared) -> None:
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate ({d.lr:g})")
     p.add_argument("--dice", action="store_true", help="add a Dice loss to the cross-entropy")
-    p.add_argument("--class-weights", choices=["none", "auto"], default="none",
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=d.class_weights,
                    help="auto: weight rare classes up (1/sqrt of their pixel share)")
-    p.add_argument("--patience", type=int, default=8,
+    p.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many epochs without a better validation mIoU "
-                        "(0 = never; default 8)")
-    p.add_argument("--real-fraction", type=float, default=1.0,
+                        f"(0 = never; default {d.patience})")
+    p.add_argument("--real-fraction", type=float, default=d.real_fraction,
                    help="train on this fraction of the real training chips (low-data study)")
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the segmenter sub-commands."""
+    seg, exp = SegmenterTrainFields(), ExperimentFields()
     p = subparsers.add_parser(
         "train-segmenter", parents=[common],
         help="train a segmenter on real (+ synthetic) chips",
@@ -45,32 +65,33 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=None,
                    help="synthetic pairs per real pair R (|D'| = R |D|; default 1 with "
                         "--synthetic, else 0)")
-    _add_model_args(p, epochs=30)
-    p.add_argument("--encoder-weights", metavar="PATH", default=None,
+    _add_model_args(p, seg)
+    p.add_argument("--encoder-weights", metavar="PATH", default=seg.encoder_weights,
                    help="local encoder weights (.safetensors or .pth); nothing is downloaded")
-    _train_args(p)
-    p.add_argument("--max-steps", type=int, default=None,
+    _train_args(p, seg)
+    p.add_argument("--max-steps", type=int, default=seg.max_steps,
                    help="train for this many optimizer steps in total instead of --epochs")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--minutes", type=float, default=seg.minutes,
                    help="time budget in minutes: the learning rate anneals by then and training "
                         "stops there")
-    p.add_argument("--synthetic-mode", choices=["mix", "pretrain"], default="mix",
+    p.add_argument("--synthetic-mode", choices=SYNTHETIC_MODES, default=seg.synthetic_mode,
                    help="mix (default): synthetic pairs mixed into every epoch; pretrain: first "
                         "the synthetic pairs, then fine-tuning on the real chips (each phase "
                         "gets its chips' share of the steps and minutes)")
     p.add_argument("--synthetic-only", action="store_true",
                    help="train on the synthetic pairs alone (R |D| of them) and validate on the "
                         "real chips: train-on-synthetic, test-on-real (TSTR)")
-    p.add_argument("--val-every", type=int, default=None, metavar="N",
+    p.add_argument("--val-every", type=int, default=seg.val_every, metavar="N",
                    help="validate every N optimizer steps (default: after every epoch)")
-    p.add_argument("--patience-steps", type=int, default=None, metavar="P",
+    p.add_argument("--patience-steps", type=int, default=seg.patience_steps, metavar="P",
                    help="with --val-every: stop after P optimizer steps without a better "
                         "validation mIoU (0 = never)")
-    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=seg.lr_schedule,
                    help="after the 5%% warm-up: cosine to 0 by the end of the budget (default) "
                         "or constant")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+    p.add_argument("--seed", type=int, default=seg.seed,
+                   help=f"random seed (default {seg.seed})")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=seg.mixed_precision,
                    help="mixed precision on a CUDA GPU")
     p.set_defaults(func=_train)
 
@@ -82,37 +103,41 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     "Resumable: finished runs are kept in OUT/runs.json.")
     p.add_argument("dataset", help="prepared dataset folder")
     p.add_argument("--generator", metavar="MODEL_DIR", help="trained generator folder")
-    p.add_argument("--ratios", default="0,1,2,3,5", help="ratios R, comma separated")
-    p.add_argument("--seeds", type=int, default=3, help="runs per ratio (default 3)")
+    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in exp.ratios),
+                   help="ratios R, comma separated (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=exp.seeds,
+                   help=f"runs per ratio (default {exp.seeds})")
     p.add_argument("--out", required=True, help="experiment folder (results, cache)")
-    p.add_argument("--count-per-real", type=float, default=None,
+    p.add_argument("--count-per-real", type=float, default=exp.count_per_real,
                    help="synthetic pairs to make per real chip (default: the largest R)")
-    p.add_argument("--minutes-per-run", type=float, default=None,
+    p.add_argument("--minutes-per-run", type=float, default=exp.minutes_per_run,
                    help="time limit of each training run")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm"], default=None,
+    p.add_argument("--sampler", choices=SAMPLERS, default=exp.sampler,
                    help="generator sampler (default: the generator's recipe's, dpm; ddpm for "
                         "--recipe paper generators)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--steps", type=int, default=exp.steps,
+                   help=f"sampler steps (default {exp.steps})")
     p.add_argument("--keep-models", action="store_true", help="keep every run's segmenter")
-    p.add_argument("--budget", choices=["steps", "epochs", "converge"], default="steps",
+    p.add_argument("--budget", choices=BUDGETS, default=exp.budget,
                    help="steps (default): every run makes the optimizer steps of --epochs over "
                         "the real chips alone, so R changes the data, not the compute; epochs: "
                         "--epochs passes over real + synthetic (R>0 runs train longer); "
                         "converge: every run trains until val mIoU stops improving for "
                         "--patience validations (every --val-every steps, the same for all R)")
-    p.add_argument("--variants", default="mix",
+    p.add_argument("--variants", default=",".join(exp.variants),
                    help="how synthetic pairs are used, comma separated: mix (default), pretrain "
                         "(synthetic first, then real fine-tuning), tstr (synthetic only, at the "
                         "largest R), filtered / filtered-pretrain (as mix / pretrain on the "
                         "pairs the R=0 run of the same seed finds most consistent); each is "
                         "compared with R=0 of the same seed")
-    p.add_argument("--filter-keep", type=float, default=None, metavar="FRACTION",
-                   help="share of the pool the filtered variants keep (default 0.5)")
-    p.add_argument("--val-every", type=int, default=None, metavar="N",
+    p.add_argument("--filter-keep", type=float, default=exp.filter_keep, metavar="FRACTION",
+                   help=f"share of the pool the filtered variants keep (default "
+                        f"{exp.filter_keep:g})")
+    p.add_argument("--val-every", type=int, default=exp.val_every, metavar="N",
                    help="steps between validations for the steps/converge budgets (default: "
                         "one pass over the real chips)")
-    _add_model_args(p, epochs=30)
-    _train_args(p)
+    _add_model_args(p, exp)
+    _train_args(p, exp)
     p.set_defaults(func=_experiment)
 
     from satsynth.segmenter import scoring_cli
@@ -145,5 +170,4 @@ def _experiment(args: argparse.Namespace) -> dict[str, Any]:
         dice=args.dice, class_weights=args.class_weights, patience=args.patience,
         minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
         device=args.device, keep_models=args.keep_models, budget=args.budget,
-        variants=args.variants, val_every=args.val_every,
-        **({} if args.filter_keep is None else {"filter_keep": args.filter_keep}))
+        variants=args.variants, val_every=args.val_every, filter_keep=args.filter_keep)

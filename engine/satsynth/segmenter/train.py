@@ -21,6 +21,15 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.checkpoint import save_model_dir
+from satsynth.contract import (
+    ARCHITECTURES,
+    CLASS_WEIGHTS,
+    EVENT_PROGRESS,
+    LR_SCHEDULES,
+    MIXED_PRECISIONS,
+    SYNTHETIC_MODES,
+    SegmenterTrainFields,
+)
 from satsynth.data.classes import IGNORE_INDEX
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
@@ -33,58 +42,25 @@ from satsynth.segmenter.mixing import (
     order_batches,
 )
 from satsynth.segmenter.model import (
-    ARCHITECTURES,
-    TINY_ARCH,
     SegmenterConfig,
     build_segmenter,
 )
 
 log = logging.getLogger("satsynth")
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
-CLASS_WEIGHTS = ("none", "auto")
-#: How synthetic pairs enter training: mixed into every epoch, or a pre-training phase on them
-#: followed by fine-tuning on the real chips (each phase gets its share of the step budget).
-SYNTHETIC_MODES = ("mix", "pretrain")
 #: The clock of time budgets (a test can replace it).
 _now = time.monotonic
 
 
-@dataclass
-class TrainOptions:
-    """Options of one segmenter training run (the CLI flags of ``train-segmenter``)."""
-
-    arch: str = "fpn"
-    encoder: str = "resnet18"
-    encoder_weights: str | None = None
-    epochs: int = 30
-    max_steps: int | None = None  # optimizer steps in total (overrides epochs when given)
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
-    dice: bool = False
-    class_weights: str = "none"
-    patience: int = 8
-    real_fraction: float = 1.0
-    subset_seed: int = 0
-    minutes: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "no"
-    augment: bool = True
-    val_batch_size: int = 32
-    synthetic_mode: str = "mix"
-    synthetic_only: bool = False  # TSTR: train on the synthetic pairs alone, validate on real
-    val_every: int | None = None  # optimizer steps between validations (None: every epoch)
-    patience_steps: int | None = None  # with val_every: stop after this many steps w/o gain
-    lr_schedule: str = "cosine"
+class SegmenterTrainOptions(SegmenterTrainFields):
+    """Options of one segmenter training run (the CLI flags of ``train-segmenter``), declared
+    with their defaults in :class:`satsynth.contract.SegmenterTrainFields`."""
 
     def check(self) -> None:
         """Raise a clear error for impossible values."""
-        if self.arch.lower() not in (*ARCHITECTURES, TINY_ARCH):
+        if self.arch.lower() not in ARCHITECTURES:
             raise SatSynthError(f"unknown architecture {self.arch!r}; choose from "
-                                f"{', '.join((*ARCHITECTURES, TINY_ARCH))}")
+                                f"{', '.join(ARCHITECTURES)}")
         if self.epochs < 1:
             raise SatSynthError(f"--epochs must be >= 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -95,8 +71,8 @@ class TrainOptions:
             raise SatSynthError(f"--lr must be > 0, got {self.lr}")
         if self.class_weights not in CLASS_WEIGHTS:
             raise SatSynthError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise SatSynthError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise SatSynthError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}")
         if self.minutes is not None and not self.minutes > 0:
             raise SatSynthError(f"--minutes must be > 0, got {self.minutes}")
         if not 0 < self.real_fraction <= 1:
@@ -112,8 +88,6 @@ class TrainOptions:
         if self.patience_steps and not self.val_every:
             raise SatSynthError("--patience-steps counts optimizer steps between validations: "
                                 "give --val-every N too")
-        from satsynth.segmenter.schedule import LR_SCHEDULES
-
         if self.lr_schedule not in LR_SCHEDULES:
             raise SatSynthError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
 
@@ -276,7 +250,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                     = None, ratio: float | None = None, **options: Any) -> dict[str, Any]:
     """Train a segmenter on ``dataset`` (+ R |D| chips of ``synthetic``) and save it to ``out``.
 
-    ``options`` are the fields of :class:`TrainOptions`. Returns ``{"model": out, "metrics":
+    ``options`` are the fields of :class:`SegmenterTrainOptions`. Returns ``{"model": out, "metrics":
     out/metrics.json, "miou": best validation mIoU}``.
     """
     import torch
@@ -286,7 +260,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     from satsynth.segmenter.schedule import BudgetSchedule
 
     try:
-        opts = TrainOptions(**options)
+        opts = SegmenterTrainOptions(**options)
     except TypeError as exc:
         raise SatSynthError(f"bad training option: {exc}") from None
     opts.arch = opts.arch.lower()
@@ -396,7 +370,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
         history.append(rec)
         log.info("epoch %d, step %d (%s): loss %.4f, val mIoU %.4f, accuracy %.4f, lr %.2e",
                  epoch, step, phase, rec.loss, rec.val_miou, rec.val_accuracy, rec.lr)
-        progress.emit({"event": "progress", "stage": "train-segmenter",
+        progress.emit({"event": EVENT_PROGRESS, "stage": "train-segmenter",
                        "fraction": round(step / total, 4),
                        "message": f"step {step}: val mIoU {rec.val_miou:.3f}",
                        "epoch": epoch, "val_miou": rec.val_miou, "loss": rec.loss})
@@ -503,4 +477,4 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     return {"model": str(out), "metrics": str(out / "metrics.json"), "miou": float(best["miou"])}
 
 
-__all__ = ["TrainOptions", "train_segmenter"]
+__all__ = ["SegmenterTrainOptions", "train_segmenter"]

@@ -1,0 +1,129 @@
+"""The engine follows its contract (satsynth.contract): class tables are refused with the
+contract's messages, the CLI's choices and defaults are the contract's, and the engine's own
+tables keyed by those names cover exactly the contract's lists."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from satsynth import contract
+from satsynth.cli import build_parser
+from satsynth.data.classes import ClassTable
+from satsynth.errors import SatSynthError
+
+CASES = json.loads((Path(__file__).resolve().parents[1] / "class_table_cases.json")
+                   .read_text(encoding="utf-8"))["cases"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["message"][14:60] for c in CASES])
+def test_class_tables_are_refused_with_the_contracts_one_line_messages(case):
+    with pytest.raises(SatSynthError) as err:
+        ClassTable.from_dict(case["table"], where="classes.json")
+    assert str(err.value) == case["message"]
+    assert err.value.path == "classes.json"
+
+
+def test_a_valid_table_round_trips_and_defaults_come_from_the_contract():
+    table = ClassTable.from_dict([{"id": 4, "name": "water"}, {"value": 9, "name": "road",
+                                                               "color": [1, 2, 3]}])
+    assert [c.hex() for c in table.classes] == [contract.hex_color(contract.default_color(0)),
+                                                "#010203"]
+    assert ClassTable.from_dict(table.to_dict()) == table
+    with pytest.raises(SatSynthError, match="the class table has no classes"):
+        ClassTable([])
+
+
+def _subcommand(name: str):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sub.choices[name]
+
+
+def _option(command: str, flag: str):
+    return next(a for a in _subcommand(command)._actions if flag in a.option_strings)
+
+
+@pytest.mark.parametrize(("command", "flag", "choices"), [
+    ("train-segmenter", "--arch", contract.ARCHITECTURES),
+    ("train-segmenter", "--class-weights", contract.CLASS_WEIGHTS),
+    ("train-segmenter", "--synthetic-mode", contract.SYNTHETIC_MODES),
+    ("train-segmenter", "--lr-schedule", contract.LR_SCHEDULES),
+    ("train-segmenter", "--mixed-precision", contract.MIXED_PRECISIONS),
+    ("experiment", "--arch", contract.ARCHITECTURES),
+    ("experiment", "--budget", contract.BUDGETS),
+    ("experiment", "--sampler", contract.SAMPLERS),
+    ("train-generator", "--preset", contract.GENERATOR_PRESETS),
+    ("train-generator", "--recipe", contract.RECIPES),
+    ("train-generator", "--encoding", contract.ENCODINGS),
+    ("train-generator", "--prediction", contract.PREDICTIONS),
+    ("train-generator", "--beta-schedule", contract.BETA_SCHEDULES),
+    ("train-generator", "--snr-weighting", contract.SNR_WEIGHTINGS),
+    ("train-generator", "--condition", contract.CONDITIONS),
+    ("train-generator", "--mixed-precision", contract.MIXED_PRECISIONS),
+    ("train-upsampler", "--factor", contract.UPSAMPLER_FACTORS),
+    ("synthesize", "--sampler", contract.SAMPLERS),
+    ("check", "--progress", contract.PROGRESS_MODES),
+])
+def test_the_cli_offers_the_contracts_choices(command, flag, choices):
+    assert list(_option(command, flag).choices) == list(choices)
+
+
+def test_the_cli_defaults_are_the_declared_options():
+    seg, exp = contract.SegmenterTrainFields(), contract.ExperimentFields()
+    for command, declared in (("train-segmenter", seg), ("experiment", exp)):
+        parsed = vars(build_parser().parse_args([command, "ds", "--out", "o"]))
+        for f in fields(declared):
+            if f.name in parsed and f.name not in ("ratios", "variants"):
+                assert parsed[f.name] == getattr(declared, f.name), (command, f.name)
+    parsed = build_parser().parse_args(["experiment", "ds", "--out", "o"])
+    from satsynth.segmenter.experiment import parse_ratios
+
+    assert parse_ratios(parsed.ratios) == exp.ratios
+    assert parsed.variants.split(",") == exp.variants
+    gen = contract.GeneratorTrainFields()
+    parsed = vars(build_parser().parse_args(["train-generator", "ds", "--out", "o"]))
+    for name in ("steps", "batch_size", "lr", "warmup", "ema_decay", "grad_accum", "seed",
+                 "device", "snr_weighting", "mixed_precision", "recipe"):
+        assert parsed[name] == getattr(gen, name), name
+    syn = contract.SynthesizeFields()
+    parsed = vars(build_parser().parse_args(["synthesize", "m", "--count", "1", "--out", "o"]))
+    assert {f.name: parsed[f.name] for f in fields(syn)} == vars(syn)
+
+
+def test_the_option_classes_derive_from_the_declarations():
+    from satsynth.generator.config import GeneratorTrainOptions
+    from satsynth.segmenter.train import SegmenterTrainOptions
+
+    assert issubclass(SegmenterTrainOptions, contract.SegmenterTrainFields)
+    assert issubclass(GeneratorTrainOptions, contract.GeneratorTrainFields)
+    assert vars(SegmenterTrainOptions()) == vars(contract.SegmenterTrainFields())
+
+
+def test_the_engines_tables_cover_exactly_the_contracts_names():
+    from satsynth.data.layouts import LAYOUTS
+    from satsynth.generator.config import BETA_SCHEDULES, PRESETS, RECIPES
+    from satsynth.segmenter import model, schedule
+    from satsynth.segmenter.protocol import VARIANTS
+
+    assert tuple(PRESETS) == contract.GENERATOR_PRESETS
+    assert tuple(RECIPES) == contract.RECIPES
+    assert tuple(BETA_SCHEDULES) == contract.BETA_SCHEDULES
+    assert {*model.ARCHITECTURES, contract.TINY_ARCH} == set(contract.ARCHITECTURES)
+    assert set(schedule.LR_SCHEDULES) == set(contract.LR_SCHEDULES)
+    assert tuple(VARIANTS) == contract.VARIANTS
+    assert tuple(LAYOUTS) == contract.LAYOUTS
+
+
+def test_output_kinds_are_recognised_by_the_contracts_markers(tmp_path):
+    from satsynth.outputs import check_output
+
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    (seg / contract.MODEL_MARKER).write_text(json.dumps({"kind": "segmenter"}))
+    assert contract.output_kind(seg) == "segmenter"
+    with pytest.raises(SatSynthError, match="is a segmenter model folder, not a dataset folder"):
+        check_output(seg, "dataset")
