@@ -14,6 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from satsynth.contract import (
+    ARCHITECTURES,
+    ExperimentFields,
+    SegmenterTrainFields,
+    SynthesizeFields,
+)
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path, read_json, write_json
 from satsynth.outputs import check_output
@@ -23,6 +29,7 @@ log = logging.getLogger("satsynth")
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``demo`` sub-command."""
+    seg = SegmenterTrainFields()
     p = sub.add_parser(
         "demo", parents=[common],
         help="run every stage on a generated scene (or --data DIR) and write an HTML report",
@@ -40,14 +47,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--chip-size", type=int, default=64)
     p.add_argument("--generator-minutes", type=float, default=3.0)
     p.add_argument("--segmenter-minutes", type=float, default=1.25)
-    p.add_argument("--segmenter-epochs", type=int, default=30)
-    p.add_argument("--arch", default="fpn")
-    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--segmenter-epochs", type=int, default=seg.epochs)
+    p.add_argument("--arch", default=seg.arch, choices=ARCHITECTURES)
+    p.add_argument("--encoder", default=seg.encoder)
     p.add_argument("--count", type=int, default=256, help="synthetic pairs to sample")
-    p.add_argument("--sampler-steps", type=int, default=20)
-    p.add_argument("--filter-keep", type=float, default=0.5,
+    p.add_argument("--sampler-steps", type=int, default=SynthesizeFields.steps)
+    p.add_argument("--filter-keep", type=float, default=ExperimentFields.filter_keep,
                    help="also train on only this fraction of the synthetic pairs, the most "
-                        "consistent by the real-only segmenter (0 = skip; default 0.5)")
+                        "consistent by the real-only segmenter (0 = skip; default %(default)s)")
     p.add_argument("--max-chips", type=int, default=None,
                    help="cap the number of chips (quick runs)")
     p.add_argument("--device", default="auto")

@@ -15,13 +15,14 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from satsynth import progress
+from satsynth.contract import BUDGETS, ExperimentFields
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path, read_json, write_json
@@ -29,7 +30,6 @@ from satsynth.outputs import check_output
 from satsynth.segmenter.mixing import check_compatible, epoch_batches, real_subset
 from satsynth.segmenter.protocol import (
     BASELINE,
-    FILTER_KEEP,
     PoolContext,
     Variant,
     final_scores,
@@ -39,41 +39,19 @@ from satsynth.segmenter.protocol import (
 
 log = logging.getLogger("satsynth")
 
-#: ``--budget`` choices: ``steps`` (every run makes the optimizer steps of --epochs over the real
-#: chips alone), ``epochs`` (--epochs passes over real + synthetic), ``converge`` (every run trains
-#: until the val mIoU has not improved for --patience validations, validated every N steps with
-#: the same N for every R, at a constant learning rate after warm-up; at most --epochs passes).
-BUDGETS = ("steps", "epochs", "converge")
+# BUDGETS (contract), ``--budget``: ``steps`` (every run makes the optimizer steps of --epochs
+# over the real chips alone), ``epochs`` (--epochs passes over real + synthetic), ``converge``
+# (every run trains until the val mIoU has not improved for --patience validations, validated
+# every N steps with the same N for every R, at a constant learning rate after warm-up; at most
+# --epochs passes).
 #: Version of the run protocol (runs of an older protocol are not mixed in).
 PROTOCOL = 2
 
 
-@dataclass
-class ExperimentConfig:
-    """What the experiment runs; everything that changes a run's result is in its key."""
-
-    ratios: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0])
-    seeds: int = 3
-    real_fraction: float = 1.0
-    count_per_real: float | None = None  # synthetic pool size per real chip (default max R)
-    arch: str = "fpn"
-    encoder: str = "resnet18"
-    epochs: int = 30
-    budget: str = "steps"  # one of BUDGETS
-    variants: list[str] = field(default_factory=lambda: ["mix"])
-    val_every: int | None = None  # steps between validations (default: one pass over real chips)
-    filter_keep: float = FILTER_KEEP  # share of the pool the filtered variants keep
-    batch_size: int = 16
-    lr: float = 1e-3
-    dice: bool = False
-    class_weights: str = "none"
-    patience: int = 8
-    minutes_per_run: float | None = None
-    sampler: str | None = None  # None: the generator's recipe's (see synthesize)
-    steps: int = 20
-    synth_batch_size: int = 16
-    device: str = "auto"
-    keep_models: bool = False
+class ExperimentConfig(ExperimentFields):
+    """What the experiment runs (the fields and defaults of
+    :class:`satsynth.contract.ExperimentFields`); everything that changes a run's result is in
+    its key."""
 
     def train_key(self) -> str:
         """A short hash of every option that affects training."""

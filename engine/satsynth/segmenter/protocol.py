@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from satsynth.contract import ExperimentFields
 from satsynth.data.store import TEST_SPLIT, ChipStore
 from satsynth.errors import SatSynthError
 
@@ -76,10 +77,10 @@ def register_variant(variant: Variant) -> None:
     VARIANTS[variant.name] = variant
 
 
-#: Default share of the pool the ``filtered`` variants keep (``experiment --filter-keep``): the
-#: pairs that the real-only run (R=0) of the same seed finds most consistent
-#: (:func:`satsynth.segmenter.scoring.filtered_pool`).
-FILTER_KEEP = 0.5
+#: Default share of the pool the ``filtered`` variants keep (``experiment --filter-keep``, declared
+#: in :class:`satsynth.contract.ExperimentFields`): the pairs that the real-only run (R=0) of the
+#: same seed finds most consistent (:func:`satsynth.segmenter.scoring.filtered_pool`).
+FILTER_KEEP = ExperimentFields.filter_keep
 
 
 def _filtered_pool(ctx: PoolContext) -> list[str]:
