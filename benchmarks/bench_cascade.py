@@ -48,9 +48,9 @@ def main() -> int:
     from satsynth import progress
     from satsynth.data.store import ChipStore
     from satsynth.generator.model import load_conditions, load_generator
-    from satsynth.generator.sample import draw_conditions, generate
+    from satsynth.generator.sample import draw_conditions, generate, upsample_pairs
     from satsynth.generator.train import run_training
-    from satsynth.generator.upsampler import load_upsampler, run_upsampler_training, upsample_pairs
+    from satsynth.generator.upsampler import load_upsampler, run_upsampler_training
 
     torch.set_num_threads(args.threads)
     progress.set_mode("quiet")

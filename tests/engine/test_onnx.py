@@ -15,7 +15,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from satsynth.errors import SatSynthError  # noqa: E402
-from satsynth.predict.export import DIGEST_KEY, export_segmenter, read_metadata  # noqa: E402
+from satsynth.predict.export import export_segmenter  # noqa: E402
+from satsynth.predict.onnx_format import DIGEST_KEY, read_metadata  # noqa: E402
 from satsynth.predict.onnx_runtime import cache_path  # noqa: E402
 from satsynth.predict.predict import predict_raster  # noqa: E402
 

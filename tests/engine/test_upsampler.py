@@ -17,14 +17,13 @@ from satsynth.data.store import ChipStore, ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
 from satsynth.generator.model import load_generator
 from satsynth.generator.resample import downsample_image, downsample_mask, downsample_pair
-from satsynth.generator.sample import synthesize
+from satsynth.generator.sample import synthesize, upsample_pairs
 from satsynth.generator.train import run_training
 from satsynth.generator.upsampler import (
     condition_input,
     load_upsampler,
     run_upsampler_training,
     training_inputs,
-    upsample_pairs,
 )
 
 S = 16  # chip size: 4 x 4 blocks of 4 px, each one class

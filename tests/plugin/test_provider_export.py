@@ -98,7 +98,7 @@ def test_export_with_the_real_engine_writes_a_deepness_ready_model(engine_python
                                                        "OVERLAP": 16, "OUTPUT": str(out)})
     assert Path(results["OUTPUT"]) == out and out.is_file()
     meta = subprocess.run([engine_python, "-c",
-                           "import json, sys; from satsynth.predict.export import read_metadata;"
+                           "import json, sys; from satsynth.predict.onnx_format import read_metadata;"
                            "print(json.dumps(read_metadata(sys.argv[1])))", str(out)],
                           check=True, capture_output=True, text=True, timeout=300).stdout
     meta = json.loads(meta)

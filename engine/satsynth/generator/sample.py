@@ -30,6 +30,12 @@ from satsynth.errors import SatSynthError
 from satsynth.generator.config import GeneratorConfig, default_sampler
 from satsynth.generator.encoding import LabelEncoding
 from satsynth.generator.shards import Batch, batch_size_for, sampled_batches
+from satsynth.generator.upsampler import (
+    UpsamplerConfig,
+    check_cascade,
+    condition_input,
+    load_upsampler,
+)
 from satsynth.io import write_json
 from satsynth.outputs import check_output
 
@@ -137,6 +143,23 @@ def generate(model: Any, cfg: GeneratorConfig, count: int, first: int = 0, sampl
     images = x[:, :cfg.bands].clamp(-1, 1).numpy()
     labels, invalid = LabelEncoding(cfg.encoding, cfg.num_classes).decode(x[:, cfg.bands:])
     return images, labels.numpy(), invalid, len(sch.timesteps)
+
+
+def upsample_pairs(model: Any, cfg: UpsamplerConfig, base_cfg: GeneratorConfig, images: np.ndarray,
+                   labels: np.ndarray, first: int = 0, sampler: str = "dpm", steps: int = 20,
+                   seed: int = 0, device: Any = "cpu", on_step: Any = None
+                   ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """High-resolution versions of low-resolution pairs from the base generator (images in the
+    base's model space, labels as class indices): the cascade's second stage. Returns what
+    :func:`generate` returns, at the upsampler's size. The upsampler's noise is a stream of its
+    own, so each pair depends only on (seed, index)."""
+    if base_cfg.normalization != cfg.normalization:  # trained on stores with other statistics
+        images = Normalizer.from_dict(cfg.normalization).to_model(
+            Normalizer.from_dict(base_cfg.normalization).from_model(images))
+    cond = condition_input(cfg, images, labels).to(device)
+    sr_seed = int(np.random.SeedSequence([seed, 0x5352]).generate_state(1)[0])
+    return generate(model, cfg, len(images), first, sampler, steps, sr_seed, device,
+                    on_step=on_step, cond_input=cond)
 
 
 def _grid_transforms(cfg: GeneratorConfig, count: int) -> tuple[list[tuple[float, ...]], dict[str, Any]]:
@@ -269,8 +292,6 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path,
     geo = cfg  # the output's size and georeference: the upsampler's in a cascade
     sr_model = None
     if upsampler is not None:
-        from satsynth.generator.upsampler import check_cascade, load_upsampler, upsample_pairs
-
         upsampler = Path(upsampler)
         sr_model, geo = load_upsampler(upsampler, dev)
         check_cascade(cfg, geo, upsampler)

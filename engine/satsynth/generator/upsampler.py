@@ -9,7 +9,8 @@ to ``base_size`` (the majority class for the mask), so that a base generator tra
 ``train-generator --size base_size`` on the same chips and an upsampler cover the same ground.
 
 ``synthesize GENERATOR --upsampler UPSAMPLER`` samples low-resolution pairs from the base, then
-each pair's high-resolution version from the upsampler, with the same sampler and steps.
+each pair's high-resolution version from the upsampler, with the same sampler and steps
+(:func:`satsynth.generator.sample.upsample_pairs`).
 
 The upsampler is conditioned on the low-resolution pair only, not on class shares: the
 low-resolution mask already fixes each chip's class mix (the paper's G_SR is conditioned the same
@@ -24,7 +25,6 @@ from typing import Any, cast
 
 import numpy as np
 
-from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
 from satsynth.generator.config import GeneratorConfig, GeneratorTrainOptions
@@ -143,22 +143,3 @@ def check_cascade(base: GeneratorConfig, up: UpsamplerConfig, where: Path) -> No
     if problems:
         raise SatSynthError("this upsampler does not fit the generator: " + "; ".join(problems),
                             where)
-
-
-def upsample_pairs(model: Any, cfg: UpsamplerConfig, base_cfg: GeneratorConfig, images: np.ndarray,
-                   labels: np.ndarray, first: int = 0, sampler: str = "dpm", steps: int = 20,
-                   seed: int = 0, device: Any = "cpu", on_step: Any = None
-                   ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """High-resolution versions of low-resolution pairs from the base generator (images in the
-    base's model space, labels as class indices); returns what
-    :func:`~satsynth.generator.sample.generate` returns, at the upsampler's size. The
-    upsampler's noise is a stream of its own, so each pair depends only on (seed, index)."""
-    from satsynth.generator.sample import generate
-
-    if base_cfg.normalization != cfg.normalization:  # trained on stores with other statistics
-        images = Normalizer.from_dict(cfg.normalization).to_model(
-            Normalizer.from_dict(base_cfg.normalization).from_model(images))
-    cond = condition_input(cfg, images, labels).to(device)
-    sr_seed = int(np.random.SeedSequence([seed, 0x5352]).generate_state(1)[0])
-    return generate(model, cfg, len(images), first, sampler, steps, sr_seed, device,
-                    on_step=on_step, cond_input=cond)

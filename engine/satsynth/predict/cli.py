@@ -8,7 +8,8 @@ import re
 from typing import Any
 
 from satsynth.predict.export import FORMATS
-from satsynth.predict.forward import RUNTIMES
+from satsynth.predict.runtime import RUNTIMES
+from satsynth.predict.windows import DEFAULT_OVERLAP, DEFAULT_TILE
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -32,9 +33,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="simplify polygons with this tolerance (default 0: exact pixel edges)")
     p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
                    help="drop polygons smaller than this area in square metres")
-    p.add_argument("--tile", type=int, default=512, help="window size in pixels (default 512)")
-    p.add_argument("--overlap", type=int, default=64,
-                   help="pixels shared by neighbouring windows, blended smoothly (default 64)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"window size in pixels (default {DEFAULT_TILE})")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                   help=f"pixels shared by neighbouring windows, blended smoothly (default "
+                        f"{DEFAULT_OVERLAP})")
     p.add_argument("--batch", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto",
@@ -68,9 +71,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx", help="file format (onnx)")
     p.add_argument("--out", required=True, metavar="MODEL.onnx", help="file to write")
     p.add_argument("--tile", type=int, default=None,
-                   help="tile size the graph takes (default: predict's, 512)")
+                   help=f"tile size the graph takes (default: predict's, {DEFAULT_TILE})")
     p.add_argument("--overlap", type=int, default=None,
-                   help="overlap recorded for Deepness, in pixels (default: predict's, 64)")
+                   help=f"overlap recorded for Deepness, in pixels (default: predict's, "
+                        f"{DEFAULT_OVERLAP})")
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(

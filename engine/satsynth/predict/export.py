@@ -20,8 +20,6 @@ consecutive from 0), ``resolution`` (float, cm/px), ``tile_size`` (int; its docu
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
 import io
 import json
 import logging
@@ -36,38 +34,23 @@ import numpy as np
 from satsynth import __version__
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path
+from satsynth.predict.onnx_format import (
+    DIGEST_KEY,
+    INPUT_NAME,
+    OPSET,
+    OUTPUT_NAME,
+    first_line,
+    import_onnxruntime,
+    session_options,
+    weights_digest,
+)
+from satsynth.predict.windows import DEFAULT_OVERLAP, DEFAULT_TILE
 
 log = logging.getLogger("satsynth")
 
-#: ONNX operator set of the exported graphs (ONNX Runtime >= 1.12 and Deepness run it).
-OPSET = 17
-INPUT_NAME = "input"
-OUTPUT_NAME = "probabilities"
 #: Largest difference allowed between the ONNX and PyTorch class probabilities on random input.
 TOLERANCE = 1e-3
-#: Metadata key holding the SHA-256 of the weights the graph was exported from.
-DIGEST_KEY = "satsynth_weights_sha256"
 FORMATS = ("onnx",)
-
-
-def weights_digest(model_dir: str | Path) -> str:
-    """SHA-256 of a segmenter folder's ``model.safetensors`` (what an export is keyed by)."""
-    f = Path(model_dir) / "model.safetensors"
-    if not f.is_file():
-        raise SatSynthError("weights file model.safetensors is missing", Path(model_dir))
-    h = hashlib.sha256()
-    with f.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def predict_defaults() -> tuple[int, int]:
-    """``satsynth predict``'s default tile and overlap (written for Deepness by default)."""
-    from satsynth.predict.predict import predict_raster
-
-    params = inspect.signature(predict_raster).parameters
-    return int(params["tile"].default), int(params["overlap"].default)
 
 
 def onnx_metadata(cfg: Any, tile_h: int, tile_w: int, overlap: int, digest: str
@@ -109,32 +92,6 @@ def onnx_metadata(cfg: Any, tile_h: int, tile_w: int, overlap: int, digest: str
     if res is not None:  # metres -> cm/px (a model trained in degrees has none without an image)
         meta["resolution"] = round(100.0 * (res[0] + res[1]) / 2, 6)
     return {k: json.dumps(v) for k, v in meta.items()}
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of an exported graph, each value decoded from JSON."""
-    ort = import_onnxruntime("reading an exported model")
-    try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
-        raise SatSynthError(f"not a readable ONNX model ({first_line(exc)})", path) from None
-    return {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (libraries' messages run long)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else exc.__class__.__name__
-
-
-def import_onnxruntime(purpose: str) -> Any:
-    """``onnxruntime``, or one clear line saying how to get it."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise SatSynthError(f"{purpose} needs the onnxruntime package, which is not installed "
-                            "in the engine's environment: pip install onnxruntime") from None
-    return onnxruntime
 
 
 def _deployed(model: Any) -> Any:
@@ -209,7 +166,7 @@ def _check_against_torch(module: Any, path: Path, shape: tuple[int, int, int, in
     import torch
 
     ort = import_onnxruntime("checking an exported model")
-    sess = ort.InferenceSession(str(path), _session_options(ort),
+    sess = ort.InferenceSession(str(path), session_options(ort),
                                 providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(-1.05, 1.05, size=shape).astype(np.float32)
     got = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
@@ -218,16 +175,6 @@ def _check_against_torch(module: Any, path: Path, shape: tuple[int, int, int, in
     if got.shape != want.shape:
         raise SatSynthError(f"the exported ONNX graph returned {got.shape} for {want.shape}")
     return float(np.abs(got - want).max())
-
-
-def _session_options(ort: Any) -> Any:
-    import torch
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: warnings would reach the plugin's log as noise
-    return opts
 
 
 def write_onnx(model: Any, cfg: Any, path: str | Path, tile_h: int, tile_w: int, *,
@@ -266,7 +213,7 @@ def export_segmenter(model_dir: str | Path, out: str | Path, *, fmt: str = "onnx
     ``tile x tile`` tiles (default: predict's), any batch size. Returns the outputs."""
     from satsynth.outputs import check_output
     from satsynth.predict.windows import check_tiling
-    from satsynth.segmenter.model import TINY_ARCH, load_segmenter
+    from satsynth.segmenter.model import input_multiple, load_segmenter
 
     if fmt not in FORMATS:
         raise SatSynthError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
@@ -274,11 +221,10 @@ def export_segmenter(model_dir: str | Path, out: str | Path, *, fmt: str = "onnx
     if out.suffix.lower() != ".onnx":
         raise SatSynthError("the model is written as ONNX: use a .onnx name", out)
     check_output(out, "file", inputs=[model_dir])
-    default_tile, default_overlap = predict_defaults()
-    tile = default_tile if tile is None else tile
-    overlap = default_overlap if overlap is None else overlap
+    tile = DEFAULT_TILE if tile is None else tile
+    overlap = DEFAULT_OVERLAP if overlap is None else overlap
     model, cfg = load_segmenter(model_dir, "cpu")
     digest = weights_digest(model_dir)
-    check_tiling(tile, overlap, 1, 1 if cfg.arch.lower() == TINY_ARCH else 32, cfg.arch)
+    check_tiling(tile, overlap, 1, input_multiple(model), cfg.arch)
     info = write_onnx(model, cfg, out, tile, tile, overlap=overlap, digest=digest)
     return {"model": str(out), "format": fmt, "tile": tile, "overlap": overlap, **info}

@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 
 from satsynth.errors import SatSynthError
-from satsynth.predict.export import (
+from satsynth.predict.export import write_onnx
+from satsynth.predict.forward import Forward
+from satsynth.predict.onnx_format import (
     DIGEST_KEY,
     INPUT_NAME,
     OUTPUT_NAME,
-    _session_options,
     first_line,
     import_onnxruntime,
+    session_options,
     weights_digest,
-    write_onnx,
 )
-from satsynth.predict.forward import Forward
 
 log = logging.getLogger("satsynth")
 
@@ -87,7 +87,7 @@ class OnnxForward(Forward):
         return torch.from_numpy(probs).to(self.device)
 
     def _open(self, path: Path) -> Any:
-        return self.ort.InferenceSession(str(path), _session_options(self.ort),
+        return self.ort.InferenceSession(str(path), session_options(self.ort),
                                          providers=self.providers)
 
     def _session(self, tile_h: int, tile_w: int) -> Any:

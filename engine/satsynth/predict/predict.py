@@ -32,7 +32,8 @@ from satsynth.outputs import check_output
 from satsynth.predict.aoi import AreaOfInterest, bounds_to_window, parse_extent, tile_bounds
 from satsynth.predict.bands import run_bands
 from satsynth.predict.blend import BlendAccumulator, blend_window
-from satsynth.predict.forward import Forward, TorchForward, select_forward
+from satsynth.predict.forward import Forward, TorchForward
+from satsynth.predict.runtime import select_forward
 from satsynth.predict.source import (
     TileReader,
     check_values,
@@ -45,7 +46,7 @@ from satsynth.predict.source import (
     select_bands,
 )
 from satsynth.predict.vectorize import StreamingVectorizer
-from satsynth.predict.windows import TileGrid, check_tiling
+from satsynth.predict.windows import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, check_tiling
 from satsynth.predict.writer import PredictionWriter, aux_xml, to_cog
 
 log = logging.getLogger("satsynth")
@@ -90,7 +91,8 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
                    confidence: str | Path | None = None, vector: str | Path | None = None,
-                   tile: int = 512, overlap: int = 64, batch: int = 8, device: str = "auto",
+                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 8,
+                   device: str = "auto",
                    extent: str | Sequence[float] | None = None, mask: str | Path | None = None,
                    match_resolution: bool = False, cog: bool = False, simplify: float = 0.0,
                    min_area: float = 0.0, runtime: str = "auto") -> dict[str, Any]:
@@ -101,12 +103,12 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     mask, styled with the class table (colour table, class names, ``.aux.xml`` attribute table,
     ``.qml`` sidecar). ``confidence``: a uint8 raster of the top probability x 255 (0 = nodata).
     ``vector``: class polygons in a GeoPackage. ``runtime``: the forward's, ``torch``, ``onnx``
-    or ``auto`` (:func:`satsynth.predict.forward.select_forward`). Returns the output paths,
+    or ``auto`` (:func:`satsynth.predict.runtime.select_forward`). Returns the output paths,
     ``pixels``, ``seconds`` and ``runtime``."""
     import rasterio
     import torch
 
-    from satsynth.segmenter.model import TINY_ARCH, load_segmenter
+    from satsynth.segmenter.model import input_multiple, load_segmenter
 
     start = time.monotonic()
     image, out = Path(image), Path(out)
@@ -121,7 +123,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     dev = procs.device
     model, cfg = load_segmenter(model_dir, dev)
     table, normalizer = _model_tables(cfg, Path(model_dir))
-    multiple = 1 if cfg.arch.lower() == TINY_ARCH else 32
+    multiple = input_multiple(model)
     check_tiling(tile, overlap, batch, multiple, cfg.arch)
     amp = dev.type == "cuda"
     forward = select_forward(runtime, model_dir, model, cfg, dev, overlap)

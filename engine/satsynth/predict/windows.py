@@ -34,6 +34,12 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+#: ``satsynth predict``'s window size and the pixels neighbouring windows share (also what
+#: ``satsynth export`` records for Deepness by default).
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+
+
 def check_tiling(tile: int, overlap: int, batch: int, multiple: int, arch: str) -> None:
     """Clear errors for tile/overlap/batch values the model or the blending cannot use."""
     if tile < 16 or tile % multiple:

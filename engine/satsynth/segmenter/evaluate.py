@@ -14,6 +14,7 @@ from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipSplit, ChipStore
 from satsynth.errors import SatSynthError
 from satsynth.outputs import check_output
+from satsynth.segmenter.model import forward_logits
 
 log = logging.getLogger("satsynth")
 
@@ -25,8 +26,6 @@ def evaluate_chips(model: Any, chips: ChipSplit, normalizer: Normalizer, metrics
 
     With ``shard=(n, i)`` process ``i`` of ``n`` takes every n-th batch (the metrics sync)."""
     import torch
-
-    from satsynth.segmenter.train import forward_logits
 
     idx = np.arange(len(chips)) if indices is None else np.asarray(indices)
     starts = list(range(0, len(idx), batch_size))[shard[1]::shard[0]]

@@ -137,6 +137,32 @@ def _load_encoder_weights(model: Any, path: Path) -> None:
         raise SatSynthError("no encoder weight matched this encoder (wrong file or encoder?)", path)
 
 
+def input_multiple(model: Any) -> int:
+    """Every side of a segmenter's input must be a multiple of this: its encoder's downsampling
+    (32 for most smp encoders), 1 for the tiny net, which does not downsample."""
+    enc = getattr(model, "encoder", None)
+    return int(getattr(enc, "output_stride", 32) or 32) if enc is not None else 1
+
+
+def check_chip_size(model: Any, chip_size: int, arch: str, encoder: str) -> None:
+    """A clear error when chips of ``chip_size`` px do not fit the model's downsampling."""
+    stride = input_multiple(model)
+    if chip_size % stride:
+        raise SatSynthError(f"{arch} with {encoder} needs chips whose size is a multiple of "
+                            f"{stride} px, these are {chip_size} px (prepare with --chip-size "
+                            f"{max(stride, chip_size // stride * stride)})")
+
+
+def forward_logits(model: Any, x: Any) -> Any:
+    """Model logits at the input resolution."""
+    import torch.nn.functional as F  # noqa: N812
+
+    out = model(x)
+    if out.shape[-2:] != x.shape[-2:]:
+        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
 def load_segmenter_config(path: str | Path) -> SegmenterConfig:
     """The configuration of a trained segmenter folder (its config.json)."""
     return SegmenterConfig.from_dict(load_config(path, "segmenter"))

@@ -69,7 +69,7 @@ def pair_scores(model: Any, chips: ChipSplit, normalizer: Normalizer, num_classe
     from torchmetrics.functional.classification import multiclass_accuracy
     from torchmetrics.functional.segmentation import mean_iou
 
-    from satsynth.segmenter.train import forward_logits
+    from satsynth.segmenter.model import forward_logits
 
     n = len(chips)
     out = np.full((n, len(SCORE_COLUMNS)), np.nan, np.float32)
@@ -117,8 +117,7 @@ def summarize_scores(scores: np.ndarray) -> dict[str, Any]:
 def _load_scorer(segmenter: str | Path, store: ChipStore, device: str) -> tuple[Any, Any, Any]:
     from satsynth.device import resolve_device
     from satsynth.segmenter.evaluate import _check_same_classes
-    from satsynth.segmenter.model import load_segmenter
-    from satsynth.segmenter.train import check_chip_size
+    from satsynth.segmenter.model import check_chip_size, load_segmenter
 
     dev = resolve_device(device)
     model, cfg = load_segmenter(segmenter, dev)
@@ -207,7 +206,7 @@ def _predict(model: Any, chips: ChipSplit, idx: np.ndarray, normalizer: Normaliz
              dev: Any) -> np.ndarray:
     import torch
 
-    from satsynth.segmenter.train import forward_logits
+    from satsynth.segmenter.model import forward_logits
 
     if not len(idx):
         return np.zeros((0, *chips.labels.shape[1:]), np.uint8)

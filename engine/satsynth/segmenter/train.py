@@ -44,6 +44,8 @@ from satsynth.segmenter.mixing import (
 from satsynth.segmenter.model import (
     SegmenterConfig,
     build_segmenter,
+    check_chip_size,
+    forward_logits,
 )
 
 log = logging.getLogger("satsynth")
@@ -159,26 +161,6 @@ def class_weights_from_store(store: ChipStore) -> list[float]:
 
 # --------------------------------------------------------------------------------------------
 # model helpers
-
-
-def forward_logits(model: Any, x: Any) -> Any:
-    """Model logits at the input resolution."""
-    import torch.nn.functional as F  # noqa: N812
-
-    out = model(x)
-    if out.shape[-2:] != x.shape[-2:]:
-        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return out
-
-
-def check_chip_size(model: Any, chip_size: int, arch: str, encoder: str) -> None:
-    """Encoders downsample by up to 32: chips must be a multiple of that."""
-    enc = getattr(model, "encoder", None)
-    stride = int(getattr(enc, "output_stride", 32) or 32) if enc is not None else 1
-    if chip_size % stride:
-        raise SatSynthError(f"{arch} with {encoder} needs chips whose size is a multiple of "
-                            f"{stride} px, these are {chip_size} px (prepare with --chip-size "
-                            f"{max(stride, chip_size // stride * stride)})")
 
 
 def make_loss(num_classes: int, dice: bool, weights: list[float] | None, device: Any) -> Any:

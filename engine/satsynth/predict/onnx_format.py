@@ -1,0 +1,68 @@
+"""What an ONNX export of a segmenter is: its input and output names, operator set and weights
+key, and how to open one with ONNX Runtime (:mod:`~satsynth.predict.export` writes them,
+:mod:`~satsynth.predict.onnx_runtime` runs them)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from satsynth.errors import SatSynthError
+
+#: ONNX operator set of the exported graphs (ONNX Runtime >= 1.12 and Deepness run it).
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+#: Metadata key holding the SHA-256 of the weights the graph was exported from.
+DIGEST_KEY = "satsynth_weights_sha256"
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """SHA-256 of a segmenter folder's ``model.safetensors`` (what an export is keyed by)."""
+    f = Path(model_dir) / "model.safetensors"
+    if not f.is_file():
+        raise SatSynthError("weights file model.safetensors is missing", Path(model_dir))
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an exported graph, each value decoded from JSON."""
+    ort = import_onnxruntime("reading an exported model")
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+        raise SatSynthError(f"not a readable ONNX model ({first_line(exc)})", path) from None
+    return {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (libraries' messages run long)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else exc.__class__.__name__
+
+
+def import_onnxruntime(purpose: str) -> Any:
+    """``onnxruntime``, or one clear line saying how to get it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SatSynthError(f"{purpose} needs the onnxruntime package, which is not installed "
+                            "in the engine's environment: pip install onnxruntime") from None
+    return onnxruntime
+
+
+def session_options(ort: Any) -> Any:
+    """ONNX Runtime session options: torch's thread count, errors-only logging."""
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: warnings would reach the plugin's log as noise
+    return opts
