@@ -21,6 +21,7 @@ from qgis.PyQt.QtWidgets import QDockWidget, QWidget
 
 from .. import runner
 from ..algorithms.run_experiment import parse_ratios
+from ..folders import has_marker
 from . import params
 from .class_table import ClassTableError, rows_from_field, rows_from_raster, rows_to_dict
 from .presets import StageSettings, preset
@@ -177,7 +178,7 @@ class SatSynthDock(QDockWidget):
         """Stage -> '' when it can run, else what is missing (shown as the button's tooltip)."""
         rf = self.run_folder()
         seg = self.segmenter_path()
-        seg_ok = seg is not None and (seg / "config.json").is_file()
+        seg_ok = seg is not None and has_marker(seg, "segmenter")
         ratios = self.stage_settings().experiment_ratios
         return stage_readiness(DockFacts(
             has_image=isinstance(self.image_combo.currentLayer(), QgsRasterLayer),
