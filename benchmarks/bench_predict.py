@@ -209,7 +209,7 @@ def run_child(code: str, args: dict) -> dict:
 
 
 def tiles_for(size: int, tile: int, overlap: int, multiple: int) -> int:
-    from satsynth.predict.windows import TileGrid
+    from satsynth.raster import TileGrid
 
     return len(TileGrid.for_region(size, size, tile, overlap, multiple))
 

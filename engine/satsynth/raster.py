@@ -61,6 +61,11 @@ def open_raster(path: str | Path, what: str = "raster") -> Any:
     return src
 
 
+def _unreadable(exc: Exception, path: str | Path, window: Any) -> SatSynthError:
+    at = "" if window is None else f" at row {int(window.row_off)}, column {int(window.col_off)}"
+    return SatSynthError(f"cannot read pixels{at}: the file is damaged or truncated ({exc})", path)
+
+
 def read_window(src: Any, path: str | Path, **kwargs: Any) -> np.ndarray:
     """``src.read(**kwargs)`` that turns GDAL read failures (damaged files) into clear errors."""
     from rasterio.errors import RasterioError
@@ -69,8 +74,7 @@ def read_window(src: Any, path: str | Path, **kwargs: Any) -> np.ndarray:
         with quiet_georef_warnings():
             return src.read(**kwargs)
     except (RasterioError, OSError) as exc:
-        raise SatSynthError(f"cannot read pixels: the file is damaged or truncated ({exc})",
-                            path) from None
+        raise _unreadable(exc, path, kwargs.get("window")) from None
 
 
 def read_masks(src: Any, path: str | Path, band: int, window: Any) -> np.ndarray:
@@ -81,8 +85,7 @@ def read_masks(src: Any, path: str | Path, band: int, window: Any) -> np.ndarray
         with quiet_georef_warnings():
             return src.read_masks(band, window=window)
     except (RasterioError, OSError) as exc:
-        raise SatSynthError(f"cannot read pixels: the file is damaged or truncated ({exc})",
-                            path) from None
+        raise _unreadable(exc, path, window) from None
 
 
 def band_has_mask(src: Any, band: int) -> bool:

@@ -17,8 +17,9 @@ from satsynth.distributed import Processes, share
 from satsynth.predict.bands import BandWriter
 from satsynth.predict.predict import Region, _run_tiles
 from satsynth.predict.source import TileReader
-from satsynth.predict.windows import TileGrid, rows_for_rank
+from satsynth.predict.windows import rows_for_rank
 from satsynth.predict.writer import PredictionWriter
+from satsynth.raster import TileGrid
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -118,7 +118,7 @@ def fitted(tmp_path_factory):
 
 
 def test_every_pixel_in_one_cell_finalized_after_all_its_tiles():
-    from satsynth.predict.windows import TileGrid
+    from satsynth.raster import TileGrid
 
     for h, w, tile, ov in [(1000, 1300, 256, 32), (300, 200, 256, 64), (513, 97, 128, 64),
                            (1000, 1000, 512, 64)]:
@@ -287,7 +287,7 @@ def test_clear_errors_for_bad_inputs(tmp_path, fitted):
     with pytest.raises(SatSynthError, match="GeoPackage"):
         predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "p.tif", vector="p.shp")
     (tmp_path / "junk.tif").write_bytes(b"not a raster")
-    with pytest.raises(SatSynthError, match="junk.tif: cannot read the image"):
+    with pytest.raises(SatSynthError, match="junk.tif: cannot read image: not a raster GDAL can open"):
         predict_raster(model_dir, tmp_path / "junk.tif", tmp_path / "p.tif")
     # a model folder from a newer SatSynth
     newer = tmp_path / "newer"

@@ -1,16 +1,14 @@
-"""Where chips go: the chip grid of a raster, reading tiles, and the spatial train/val split.
+"""Which chips go where: the spatial train/val/test split and the chip cap.
 
-Chips are ``size`` x ``size`` windows every ``stride`` pixels, plus one last chip flush with the
-right/bottom edge so that every pixel is covered. Chips are read tile by tile (a window holding
-many chips, bounded in memory). The split holds out whole spatial blocks of chips for validation
-(and, when asked, for a test split) and then drops every training chip whose footprint overlaps
-a validation or test chip, and every validation chip overlapping a test chip.
+The split holds out whole spatial blocks of chips for validation (and, when asked, for a test
+split) and then drops every training chip whose footprint overlaps a validation or test chip, and
+every validation chip overlapping a test chip. The chip grid of a raster, its reading tiles and
+the chip footprints are :mod:`satsynth.raster`'s (``plan_tiles``, ``footprint_boxes``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,79 +16,6 @@ log = logging.getLogger("satsynth")
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")  # indexed by TRAIN, VAL, TEST
-
-
-def chip_offsets(n: int, size: int, stride: int) -> np.ndarray:
-    """Chip start offsets along one axis of length ``n`` (the last chip ends at ``n``)."""
-    if n < size:
-        return np.zeros(0, dtype=np.int64)
-    offs = list(range(0, n - size + 1, stride))
-    if offs[-1] + size < n:
-        offs.append(n - size)
-    return np.asarray(offs, dtype=np.int64)
-
-
-def group_offsets(offsets: np.ndarray, size: int, max_span: int) -> list[tuple[int, int]]:
-    """Split sorted offsets into runs ``[a, b)`` whose window (first .. last + size) fits ``max_span``."""
-    groups = []
-    a = 0
-    n = len(offsets)
-    while a < n:
-        b = a + 1
-        while b < n and offsets[b] + size - offsets[a] <= max_span:
-            b += 1
-        groups.append((a, b))
-        a = b
-    return groups
-
-
-@dataclass
-class Tile:
-    """A window of the raster holding whole chips.
-
-    ``row_offsets``/``col_offsets`` are the chips' offsets in the raster; the *counted* region
-    ``[count_r0, count_r1) x [count_c0, count_c1)`` (raster coordinates) is the part of the
-    window that no later tile counts, so counting pixels there over all tiles counts every
-    raster pixel exactly once.
-    """
-
-    row_off: int
-    col_off: int
-    height: int
-    width: int
-    row_offsets: np.ndarray
-    col_offsets: np.ndarray
-    count_r0: int
-    count_r1: int
-    count_c0: int
-    count_c1: int
-
-    @property
-    def window(self):  # rasterio Window
-        from rasterio.windows import Window
-
-        return Window(self.col_off, self.row_off, self.width, self.height)
-
-    @property
-    def n_chips(self) -> int:
-        return len(self.row_offsets) * len(self.col_offsets)
-
-
-def plan_tiles(height: int, width: int, size: int, stride: int, max_span: int) -> list[Tile]:
-    """Tiles covering all chips of a ``height`` x ``width`` raster, each at most ``max_span`` wide."""
-    rows, cols = chip_offsets(height, size, stride), chip_offsets(width, size, stride)
-    max_span = max(int(max_span), size)
-    rgroups, cgroups = group_offsets(rows, size, max_span), group_offsets(cols, size, max_span)
-    tiles = []
-    for ri, (ra, rb) in enumerate(rgroups):
-        r0 = int(rows[ra])
-        r1 = int(rows[rgroups[ri + 1][0]]) if ri + 1 < len(rgroups) else height
-        for ci, (ca, cb) in enumerate(cgroups):
-            c0 = int(cols[ca])
-            c1 = int(cols[cgroups[ci + 1][0]]) if ci + 1 < len(cgroups) else width
-            tiles.append(Tile(r0, c0, int(rows[rb - 1]) + size - r0, int(cols[cb - 1]) + size - c0,
-                              rows[ra:rb], cols[ca:cb], r0, r1, c0, c1))
-    return tiles
 
 
 def assign_split(sources: np.ndarray, rows: np.ndarray, cols: np.ndarray, val_fraction: float,
@@ -142,14 +67,6 @@ def assign_split(sources: np.ndarray, rows: np.ndarray, cols: np.ndarray, val_fr
         order = rest
         split[free[np.isin(inverse, chosen)]] = which
     return split
-
-
-def footprint_boxes(transforms: np.ndarray, size: int) -> np.ndarray:
-    """(N, 4) xmin, ymin, xmax, ymax of chips given their (N, 6) affine coefficients."""
-    a, b, c, d, e, f = (transforms[:, i] for i in range(6))
-    xs = np.stack([c, c + a * size, c + b * size, c + a * size + b * size], axis=1)
-    ys = np.stack([f, f + d * size, f + e * size, f + d * size + e * size], axis=1)
-    return np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
 
 
 def overlapping_train(boxes: np.ndarray, groups: np.ndarray, split: np.ndarray,

@@ -13,7 +13,7 @@ def _crs_text(crs: str | None) -> str:
         return "not georeferenced"
     from rasterio.crs import CRS
 
-    from satsynth.data.sources import crs_name
+    from satsynth.raster import crs_name
 
     try:
         return crs_name(CRS.from_user_input(crs))

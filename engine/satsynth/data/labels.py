@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from satsynth.data.classes import IGNORE_INDEX, ClassTable
-from satsynth.data.sources import (
+from satsynth.errors import SatSynthError
+from satsynth.raster import (
     Grid,
     band_has_mask,
     crs_name,
@@ -30,7 +31,6 @@ from satsynth.data.sources import (
     read_masks,
     read_window,
 )
-from satsynth.errors import SatSynthError
 
 log = logging.getLogger("satsynth")
 
@@ -58,6 +58,23 @@ def describe_code(kind: str, code: int) -> str:
     return str(int(code))
 
 
+#: Appended to :func:`describe_unknown`'s message: what the user can do about unknown values.
+UNKNOWN_HINT = (" (add them to the class table, or list them under 'ignore_ids'/'ignore_colors' "
+                "to skip those pixels)")
+
+
+def describe_unknown(kind: str, bad: list[tuple[int, int]]) -> str:
+    """'label values not in the class table: 7 (120 px), ...' for ``(code, pixel count)`` pairs
+    (most frequent first, as :meth:`CodeMap.unknown` gives them)."""
+    what = "mask colours" if kind == "colors" else "label values"
+    listed = ", ".join(f"{describe_code(kind, c)} ({n} px)" for c, n in bad[:20])
+    more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+    if kind == "colors" and len(bad) > 20:
+        more += (" (so many colours usually mean a lossy mask, e.g. JPEG: masks must be "
+                 "saved losslessly, as PNG or TIFF)")
+    return f"{what} not in the class table: {listed}{more}"
+
+
 def ignore_codes(kind: str, table: ClassTable | None) -> set[int]:
     """Codes that mean "not labeled" for a reader kind (before any class is looked up)."""
     codes = {NODATA_CODE}
@@ -68,6 +85,19 @@ def ignore_codes(kind: str, table: ClassTable | None) -> set[int]:
     elif kind == "colors" and table is not None:
         codes.update(pack_rgb(c) for c in table.ignore_colors)
     return codes
+
+
+def code_histogram(codes: np.ndarray) -> Counter:
+    """Pixel count per code."""
+    if codes.size == 0:
+        return Counter()
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo >= NODATA_CODE and hi < 1 << 16:
+        counts = np.bincount((codes + 1).ravel(), minlength=1)
+        nz = np.flatnonzero(counts)
+        return Counter({int(v - 1): int(counts[v]) for v in nz})
+    vals, counts = np.unique(codes, return_counts=True)
+    return Counter({int(v): int(n) for v, n in zip(vals, counts, strict=True)})
 
 
 class CodeMap:

@@ -262,7 +262,7 @@ def needs_pixel_space(layout: Layout, pairs: list[PairSpec]) -> bool:
     are then kept in pixel space, as the dataset's own loaders read them."""
     if not layout.pixel_space_if_mixed_crs:
         return False
-    from satsynth.data.sources import open_raster
+    from satsynth.raster import open_raster
 
     crss = set()
     for p in pairs:

@@ -31,35 +31,34 @@ from satsynth.data.chipping import (
     VAL,
     assign_split,
     cap_chips,
-    footprint_boxes,
     overlapping_train,
-    plan_tiles,
 )
 from satsynth.data.classes import IGNORE_INDEX, ClassInfo, ClassTable
 from satsynth.data.labels import (
-    NODATA_CODE,
+    UNKNOWN_HINT,
     CodeMap,
     RasterLabelReader,
+    code_histogram,
     code_to_hex,
-    describe_code,
+    describe_unknown,
     ignore_codes,
 )
 from satsynth.data.normalize import Normalizer
-from satsynth.data.sources import (
-    Grid,
-    PairSpec,
-    band_has_mask,
-    crs_name,
-    crs_to_string,
-    find_folder_pairs,
-    grid_of,
-    open_raster,
-    read_masks,
-    read_window,
-)
+from satsynth.data.sources import PairSpec, find_folder_pairs
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
 from satsynth.outputs import check_output
+from satsynth.raster import (
+    Grid,
+    crs_name,
+    crs_to_string,
+    footprint_boxes,
+    grid_of,
+    open_raster,
+    plan_tiles,
+    read_window,
+    valid_mask,
+)
 
 log = logging.getLogger("satsynth")
 
@@ -237,42 +236,12 @@ def _open_images(specs: list[PairSpec], cfg: PrepareConfig, lenient: bool) -> li
     return sources
 
 
-def _image_valid(src: Any, path: Path, data: np.ndarray, window: Any) -> np.ndarray | None:
-    """Pixels valid in every band (nodata, masks and NaN excluded); None when all are valid."""
-    valid = None
-    for b in range(src.count):
-        nd = src.nodatavals[b]
-        m = None
-        if nd is not None:
-            m = ~np.isnan(data[b]) if isinstance(nd, float) and math.isnan(nd) else data[b] != nd
-        elif band_has_mask(src, b + 1):
-            m = read_masks(src, path, b + 1, window) > 0
-        if np.issubdtype(data.dtype, np.floating):
-            f = np.isfinite(data[b])
-            m = f if m is None else m & f
-        if m is not None:
-            valid = m if valid is None else valid & m
-    return valid
-
-
 def _read_tile(s: _Source, tile: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     w = tile.window
     data = read_window(s.src, s.spec.image, window=w)
-    valid = _image_valid(s.src, s.spec.image, data, w)
+    valid = valid_mask(s.src, s.spec.image, data, range(1, s.src.count + 1), w)
     codes = s.reader.read_codes(w)
     return data, codes, valid
-
-
-def _histogram(codes: np.ndarray) -> Counter:
-    if codes.size == 0:
-        return Counter()
-    lo, hi = int(codes.min()), int(codes.max())
-    if lo >= NODATA_CODE and hi < 1 << 16:
-        counts = np.bincount((codes + 1).ravel(), minlength=1)
-        nz = np.flatnonzero(counts)
-        return Counter({int(v - 1): int(counts[v]) for v in nz})
-    vals, counts = np.unique(codes, return_counts=True)
-    return Counter({int(v): int(n) for v, n in zip(vals, counts, strict=True)})
 
 
 def _chip_sums(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
@@ -300,7 +269,7 @@ def _scan(sources: list[_Source], table: ClassTable | None, cfg: PrepareConfig) 
                 region = codes[r0:r1, c0:c1]
                 if valid is not None:
                     region = region[valid[r0:r1, c0:c1]]
-                s.hist.update(_histogram(region))
+                s.hist.update(code_histogram(region))
                 labeled = ~np.isin(codes, ign)
                 if valid is not None:
                     labeled &= valid
@@ -357,24 +326,15 @@ def _validate_values(sources: list[_Source], table: ClassTable) -> dict[str, Cod
     problems = []
     for s in sources:
         bad = maps[s.kind].unknown(s.hist)
-        if not bad:
-            continue
-        what = "mask colours" if s.kind == "colors" else "label values"
-        listed = ", ".join(f"{describe_code(s.kind, c)} ({n} px)" for c, n in bad[:20])
-        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
-        if s.kind == "colors" and len(bad) > 20:
-            more += (" (so many colours usually mean a lossy mask, e.g. JPEG: masks must be "
-                     "saved losslessly, as PNG or TIFF)")
-        problems.append((s.spec.labels, f"{what} not in the class table: {listed}{more}"))
+        if bad:
+            problems.append((s.spec.labels, describe_unknown(s.kind, bad)))
     if problems:
-        hint = (" (add them to the class table, or list them under 'ignore_ids'/'ignore_colors' "
-                "to skip those pixels)")
         if len(problems) == 1:
-            raise SatSynthError(problems[0][1] + hint, problems[0][0])
+            raise SatSynthError(problems[0][1] + UNKNOWN_HINT, problems[0][0])
         lines = "; ".join(f"{p}: {m}" for p, m in problems[:5])
         more = f"; and {len(problems) - 5} more files" if len(problems) > 5 else ""
         raise SatSynthError(f"{len(problems)} label files have values not in the class table: "
-                            f"{lines}{more}{hint}")
+                            f"{lines}{more}{UNKNOWN_HINT}")
     return maps
 
 

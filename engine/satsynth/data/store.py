@@ -35,6 +35,7 @@ from satsynth.data.classes import IGNORE_INDEX, ClassTable, strict_int
 from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_dir, read_json, write_json
+from satsynth.raster import footprint_boxes
 
 SPLITS = ("train", "val", "test")
 #: The split held out for the final evaluation (never read during training or selection).
@@ -409,15 +410,13 @@ class ChipStoreWriter:
         import geopandas as gpd
         from shapely.geometry import box
 
-        s = self.meta.chip_size
         used: set[str] = set()
         cols = [_col_name(c.name, used) for c in self.meta.classes.classes]
+        boxes = footprint_boxes(np.asarray([r["t"] for r in self._rows], dtype=np.float64),
+                                self.meta.chip_size)
         records, geoms = [], []
-        for r in self._rows:
-            a, b, c, d, e, f = r["t"]
-            xs = [c, c + a * s, c + b * s, c + a * s + b * s]
-            ys = [f, f + d * s, f + e * s, f + d * s + e * s]
-            geoms.append(box(min(xs), min(ys), max(xs), max(ys)))
+        for r, fb in zip(self._rows, boxes, strict=True):
+            geoms.append(box(*fb))
             src = self.meta.sources[r["source"]] if r["source"] < len(self.meta.sources) else {}
             rec = {"split": r["split"], "chip": r["chip"], "source": r["source"],
                    "image": str(src.get("image", "")), "col_off": r["col_off"],

@@ -17,8 +17,8 @@ import numpy as np
 
 from satsynth.data.classes import ClassInfo, ClassTable, default_color
 from satsynth.data.labels import NODATA_CODE, check_georef_match
-from satsynth.data.sources import Grid, crs_name, fmt_bounds
 from satsynth.errors import SatSynthError
+from satsynth.raster import Grid, crs_name, fmt_bounds
 
 log = logging.getLogger("satsynth")
 

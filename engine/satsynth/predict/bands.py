@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from satsynth.distributed import Processes
-from satsynth.predict.windows import TileGrid, rows_for_rank
+from satsynth.predict.windows import rows_for_rank
 from satsynth.predict.writer import BLOCK, PredictionWriter
+from satsynth.raster import TileGrid, quiet_georef_warnings
 
 log = logging.getLogger("satsynth")
 
@@ -94,7 +95,6 @@ def _assemble(scratch: Path, grid: TileGrid, world: int, writer: Any, confidence
     from rasterio.windows import Window
 
     from satsynth import progress
-    from satsynth.predict.source import quiet_georef_warnings
 
     parts = []
     for rank in range(world):

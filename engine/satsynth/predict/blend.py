@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from satsynth.data.classes import IGNORE_INDEX
-from satsynth.predict.windows import TileGrid
+from satsynth.raster import TileGrid
 
 
 def ramp_window(size: int, overlap: int) -> np.ndarray:

@@ -24,7 +24,6 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.data.classes import ClassTable, write_qml
-from satsynth.data.sources import fmt_coord
 from satsynth.distributed import Processes, processes
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path
@@ -37,17 +36,15 @@ from satsynth.predict.runtime import select_forward
 from satsynth.predict.source import (
     TileReader,
     check_values,
-    crs_label,
     ground_resolution,
     matched_vrt,
     model_resolution,
-    open_image,
-    quiet_georef_warnings,
     select_bands,
 )
 from satsynth.predict.vectorize import StreamingVectorizer
-from satsynth.predict.windows import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, check_tiling
+from satsynth.predict.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from satsynth.predict.writer import PredictionWriter, aux_xml, to_cog
+from satsynth.raster import TileGrid, crs_name, fmt_coord, open_raster, quiet_georef_warnings
 
 log = logging.getLogger("satsynth")
 
@@ -132,7 +129,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
 
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
-        src = stack.enter_context(open_image(image))
+        src = stack.enter_context(open_raster(image, "image"))
         indexes = select_bands(src, cfg.in_channels, image)
         check_values(src, indexes, normalizer, image)
         aoi = AreaOfInterest(mask, src.crs) if mask else None
@@ -142,7 +139,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
             out_transform = src.window_transform(
                 rasterio.windows.Window(region.col, region.row, region.width, region.height))
         log.info("%s: %d x %d px (%s), predicting %d x %d px", image.name, src.width,
-                 src.height, crs_label(src.crs), region.width, region.height)
+                 src.height, crs_name(src.crs), region.width, region.height)
         lut = table.index_to_id_lut()
         run = dict(model=forward, device=dev, amp=amp, num_classes=len(table), tile=tile,
                    overlap=overlap, batch=batch, multiple=multiple, lut=lut, aoi=aoi)
@@ -246,13 +243,13 @@ def _region(src: Any, box: tuple[float, float, float, float] | None,
         w = bounds_to_window(box, transform, src.width, src.height)
         if w is None:
             raise SatSynthError(f"--extent {', '.join(fmt_coord(v) for v in box)} does not overlap "
-                                f"the image (its bounds are {b} in {crs_label(src.crs)})", image)
+                                f"the image (its bounds are {b} in {crs_name(src.crs)})", image)
         r0, c0, r1, c1 = w[0], w[1], w[0] + w[2], w[1] + w[3]
     if aoi is not None:
         w = bounds_to_window(aoi.bounds, transform, src.width, src.height)
         if w is None or not aoi.intersects_box(*bounds):
             raise SatSynthError(f"the --mask polygons ({aoi.path.name}) do not overlap the image "
-                                f"(its bounds are {b} in {crs_label(src.crs)})", image)
+                                f"(its bounds are {b} in {crs_name(src.crs)})", image)
         r0, c0 = max(r0, w[0]), max(c0, w[1])
         r1, c1 = min(r1, w[0] + w[2]), min(c1, w[1] + w[3])
         if r1 <= r0 or c1 <= c0:

@@ -1,51 +1,21 @@
-"""The input raster: opening it with clear errors, its ground resolution, and padded normalized
-tiles with their validity masks."""
+"""The input image as the model sees it: its bands and value scale checked against the model, its
+ground resolution, and padded normalized tiles with their validity masks (opened and read through
+:mod:`satsynth.raster`)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from satsynth.data.normalize import Normalizer
-from satsynth.data.sources import crs_name
 from satsynth.errors import SatSynthError
+from satsynth.raster import quiet_georef_warnings, read_window, valid_mask
 
 log = logging.getLogger("satsynth")
-
-
-@contextmanager
-def quiet_georef_warnings() -> Iterator[None]:
-    """Pixel-space rasters (no CRS) are supported on purpose: silence rasterio's warning."""
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        yield
-
-
-def open_image(path: str | Path) -> Any:
-    """Open any GDAL raster for reading, or raise a :class:`SatSynthError` naming it."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    path = Path(path)
-    if not path.exists():
-        raise SatSynthError("image file not found", path)
-    if path.is_dir():
-        raise SatSynthError("image is a folder, expected a raster file", path)
-    try:
-        with quiet_georef_warnings():
-            return rasterio.open(path)
-    except (RasterioIOError, OSError) as exc:
-        raise SatSynthError(f"cannot read the image: not a raster GDAL can open, or damaged "
-                            f"({exc})", path) from None
 
 
 #: Side of the decimated read that compares an image's values with the model's training values.
@@ -101,16 +71,6 @@ def select_bands(src: Any, needed: int, path: Path) -> list[int]:
             f"trained on {needed}-band images; use an image with the same bands as the training "
             f"data", path)
     return bands
-
-
-def crs_label(crs: Any) -> str:
-    """'EPSG:32616', 'custom CRS <name>' or 'no CRS'."""
-    if crs is None:
-        return "no CRS"
-    epsg = crs.to_epsg()
-    if epsg:
-        return f"EPSG:{epsg}"
-    return crs_name(crs)
 
 
 def _centre_lonlat(crs: Any, transform: Any, width: int, height: int) -> tuple[float, float]:
@@ -180,52 +140,28 @@ def matched_vrt(src: Any, scale_x: float, scale_y: float) -> Any:
 
 class TileReader:
     """Reads tiles of a dataset (a file or a WarpedVRT) as normalized float32 arrays, padded by
-    reflection where they pass the raster's edge, with a validity mask (False = nodata/padding).
+    reflection where they pass the raster's edge, with a validity mask (False = nodata by
+    :func:`satsynth.raster.valid_mask`, or padding).
 
     Offsets are in the dataset's pixels."""
 
     def __init__(self, ds: Any, indexes: list[int], normalizer: Normalizer, path: Path) -> None:
-        from rasterio.enums import MaskFlags
-
         self.ds = ds
         self.indexes = indexes
         self.normalizer = normalizer
         self.path = path
-        flags = [ds.mask_flag_enums[i - 1] for i in indexes]
-        self._nodata = None
-        self._mask_band: int | None = None
-        if all(MaskFlags.all_valid in f for f in flags):
-            pass
-        elif any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
-            self._mask_band = indexes[0]
-        else:
-            vals = [ds.nodatavals[i - 1] for i in indexes]
-            self._nodata = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
-        self._float = np.issubdtype(np.dtype(ds.dtypes[indexes[0] - 1]), np.floating)
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(data (C, height, width) float32 in [-1, 1], valid (height, width) bool)``."""
-        from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
         r0, c0 = max(row, 0), max(col, 0)
         r1, c1 = min(row + height, self.ds.height), min(col + width, self.ds.width)
         win = Window(c0, r0, c1 - c0, r1 - r0)
-        try:
-            with quiet_georef_warnings():
-                raw = self.ds.read(self.indexes, window=win)
-                mask = (self.ds.read_masks(self._mask_band, window=win) > 0
-                        if self._mask_band is not None else None)
-        except (RasterioError, OSError) as exc:
-            raise SatSynthError(f"cannot read pixels at row {r0}, column {c0}: the file is "
-                                f"damaged or truncated ({exc})", self.path) from None
-        valid = np.ones(raw.shape[1:], dtype=bool) if mask is None else mask
-        if self._nodata is not None:
-            nd = self._nodata.reshape(-1, 1, 1)
-            is_nd = (raw == nd) | (np.isnan(nd) & (np.isnan(raw) if self._float else False))
-            valid &= ~is_nd.all(axis=0)
-        if self._float:
-            valid &= np.isfinite(raw).all(axis=0)
+        raw = read_window(self.ds, self.path, indexes=self.indexes, window=win)
+        valid = valid_mask(self.ds, self.path, raw, self.indexes, win)
+        if valid is None:
+            valid = np.ones(raw.shape[1:], dtype=bool)
         data = self.normalizer.to_model(raw)
         data[:, ~valid] = 0.0
         pads = ((r0 - row, row + height - r1), (c0 - col, col + width - c1))

@@ -18,6 +18,7 @@ import numpy as np
 
 from satsynth.data.classes import ClassTable
 from satsynth.errors import SatSynthError
+from satsynth.raster import quiet_georef_warnings
 
 CLASS_NODATA = 255
 CONFIDENCE_NODATA = 0
@@ -48,8 +49,6 @@ class PredictionWriter:
                  table: ClassTable | None = None, confidence_path: Path | None = None,
                  aoi: Any = None, vectorizer: Any = None) -> None:
         import rasterio
-
-        from satsynth.predict.source import quiet_georef_warnings
 
         self.width, self.height = width, height
         self.transform = transform
