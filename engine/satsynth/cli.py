@@ -8,8 +8,6 @@ outputs (name -> path or value), reported in the final ``done`` event.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -18,20 +16,19 @@ from typing import Any
 
 from satsynth import __version__, progress
 from satsynth.contract import FILE_KIND, FOLDER_KINDS, PROGRESS_MODES
+from satsynth.data import cli as data_cli
 from satsynth.distributed import launch_rank
 from satsynth.errors import Cancelled, SatSynthError
+from satsynth.generator import cli as generator_cli
 from satsynth.outputs import check_output, output_lock
+from satsynth.predict import cli as predict_cli
+from satsynth.segmenter import cli as segmenter_cli
+from satsynth.workflows import cli as workflows_cli
 
 log = logging.getLogger("satsynth")
 
 #: Modules that register sub-commands, in the order of the pipeline.
-COMMAND_MODULES = (
-    "satsynth.data.cli",
-    "satsynth.generator.cli",
-    "satsynth.segmenter.cli",
-    "satsynth.predict.cli",
-    "satsynth.demo",
-)
+COMMAND_MODULES = (data_cli, generator_cli, segmenter_cli, predict_cli, workflows_cli)
 
 
 #: Options naming an output (a single path; prepare's repeatable --vector inputs are lists, not
@@ -66,9 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"satsynth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(sub, common)
+    for module in COMMAND_MODULES:
+        module.register(sub, common)
     p = sub.add_parser("check", parents=[common],
                        help="report the engine's version, torch, device and GPU")
     p.set_defaults(func=_check)

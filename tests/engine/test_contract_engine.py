@@ -80,7 +80,7 @@ def test_the_cli_defaults_are_the_declared_options():
             if f.name in parsed and f.name not in ("ratios", "variants"):
                 assert parsed[f.name] == getattr(declared, f.name), (command, f.name)
     parsed = build_parser().parse_args(["experiment", "ds", "--out", "o"])
-    from satsynth.segmenter.experiment import parse_ratios
+    from satsynth.workflows.experiment import parse_ratios
 
     assert parse_ratios(parsed.ratios) == exp.ratios
     assert parsed.variants.split(",") == exp.variants
@@ -107,7 +107,7 @@ def test_the_engines_tables_cover_exactly_the_contracts_names():
     from satsynth.data.layouts import LAYOUTS
     from satsynth.generator.config import BETA_SCHEDULES, PRESETS, RECIPES
     from satsynth.segmenter import model, schedule
-    from satsynth.segmenter.protocol import VARIANTS
+    from satsynth.workflows.protocol import VARIANTS
 
     assert tuple(PRESETS) == contract.GENERATOR_PRESETS
     assert tuple(RECIPES) == contract.RECIPES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from satsynth.segmenter.report import experiment_html, markdown_to_html
+from satsynth.workflows.report import experiment_html, markdown_to_html
 
 TABLE = """mIoU on the **test** split (selection on val).
 

@@ -5,8 +5,6 @@ paired-difference statistics."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -80,7 +78,7 @@ def test_training_and_selection_never_open_the_test_split(ds, syn, tmp_path, mon
     """Through the data layer: every split any code opens is recorded, during each training run
     (training and selection) and outside; the test split is opened only after a run is over,
     by the final evaluation, once per run."""
-    import satsynth.segmenter.experiment as exp_mod
+    import satsynth.workflows.experiment as exp_mod
     from satsynth.segmenter.train import train_segmenter
 
     spy = SplitSpy(monkeypatch)
@@ -122,9 +120,9 @@ def _stand_in_generator(tmp_path, monkeypatch):
         make_store(out, n_train=count, synthetic=True, seed=kw["seed"])
         return {"synthetic": str(out)}
 
-    fake = types.ModuleType("satsynth.generator.sample")
-    fake.synthesize = synthesize
-    monkeypatch.setitem(sys.modules, "satsynth.generator.sample", fake)
+    import satsynth.workflows.experiment as exp_mod
+
+    monkeypatch.setattr(exp_mod, "synthesize", synthesize)
     return gen
 
 
@@ -267,7 +265,7 @@ def test_converge_mode_stops_on_patience_counted_in_steps(ds, tmp_path):
 
 def test_experiment_validates_every_r_at_the_same_step_cadence(ds, tmp_path, monkeypatch):
     import satsynth.segmenter.train as train_mod
-    from satsynth.segmenter.experiment import run_experiment
+    from satsynth.workflows.experiment import run_experiment
 
     seen = []
     original = train_mod.train_segmenter
@@ -389,7 +387,7 @@ def test_pretrain_runs_synthetic_phase_then_real_fine_tuning(ds, syn, tmp_path, 
 
 
 def test_paired_difference_interval_on_a_hand_example():
-    from satsynth.segmenter.protocol import paired_summary
+    from satsynth.workflows.protocol import paired_summary
 
     def run(variant, ratio, seed, miou, iou, mode="mix"):
         return {"variant": variant, "ratio": ratio, "seed": seed, "miou": miou, "iou": iou,
@@ -435,7 +433,7 @@ def test_cli_exposes_the_protocol_flags():
     with pytest.raises(SystemExit):  # one way to pick
         p.parse_args(["subset", "D", "--train-fraction", "0.1", "--max-train-chips", "5",
                       "--out", "S"])
-    from satsynth.segmenter.protocol import parse_variants
+    from satsynth.workflows.protocol import parse_variants
 
     with pytest.raises(SatSynthError, match="unknown bogus"):
         parse_variants("mix,bogus")

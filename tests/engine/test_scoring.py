@@ -225,7 +225,7 @@ def test_fid_kid_with_a_custom_feature_extractor_rank_like_data_above_unlike_dat
 
 def test_experiment_filtered_variant_trains_on_the_pairs_its_real_only_run_finds_consistent(
         world, tmp_path):
-    from satsynth.segmenter.experiment import run_experiment
+    from satsynth.workflows.experiment import run_experiment
 
     out = run_experiment(world["real"], world["gen"], tmp_path / "exp", ratios="0,1", seeds=1,
                          real_fraction=0.25, count_per_real=2, variants="filtered",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -316,7 +315,8 @@ def test_evaluate_raster_pair_errors(trained, tmp_path):
 def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
     """The generator here is a test double writing a small synthetic store (no diffusion)."""
     import satsynth.segmenter.train as train_mod
-    from satsynth.segmenter.experiment import run_experiment
+    import satsynth.workflows.experiment as exp_mod
+    from satsynth.workflows.experiment import run_experiment
 
     gen = tmp_path / "gen"
     gen.mkdir()
@@ -328,9 +328,7 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
         make_store(out, n_train=count, synthetic=True, seed=kw["seed"])
         return {"synthetic": str(out)}
 
-    fake = types.ModuleType("satsynth.generator.sample")
-    fake.synthesize = synthesize
-    monkeypatch.setitem(sys.modules, "satsynth.generator.sample", fake)
+    monkeypatch.setattr(exp_mod, "synthesize", synthesize)
     original = train_mod.train_segmenter
 
     def counting(*a, **k):

@@ -1,4 +1,5 @@
-"""Sub-commands ``train-segmenter`` and ``experiment``."""
+"""Sub-commands ``train-segmenter`` (and, from :mod:`~satsynth.segmenter.scoring_cli`,
+``score-pairs``, ``filter-pairs`` and ``synthesize --score-with``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ from typing import Any
 
 from satsynth.contract import (
     ARCHITECTURES,
-    BUDGETS,
     CLASS_WEIGHTS,
     ENCODERS,
     LR_SCHEDULES,
     MIXED_PRECISIONS,
-    SAMPLERS,
     SYNTHETIC_MODES,
     TINY_ARCH,
     TINY_ENCODER,
@@ -24,7 +23,8 @@ from satsynth.contract import (
 _Declared = SegmenterTrainFields | ExperimentFields
 
 
-def _add_model_args(p: argparse.ArgumentParser, d: _Declared) -> None:
+def add_model_args(p: argparse.ArgumentParser, d: _Declared) -> None:
+    """The model and run options (architecture, encoder, epochs, batch size, device)."""
     p.add_argument("--arch", default=d.arch, choices=ARCHITECTURES,
                    help=f"segmentation architecture (default {d.arch}, as in the paper; "
                         f"'{TINY_ARCH}' is a small conv net for quick CPU checks, its --encoder "
@@ -38,7 +38,8 @@ def _add_model_args(p: argparse.ArgumentParser, d: _Declared) -> None:
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
 
 
-def _train_args(p: argparse.ArgumentParser, d: _Declared) -> None:
+def add_train_args(p: argparse.ArgumentParser, d: _Declared) -> None:
+    """The optimisation options (learning rate, losses, patience, real fraction)."""
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate ({d.lr:g})")
     p.add_argument("--dice", action="store_true", help="add a Dice loss to the cross-entropy")
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=d.class_weights,
@@ -52,7 +53,7 @@ def _train_args(p: argparse.ArgumentParser, d: _Declared) -> None:
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the segmenter sub-commands."""
-    seg, exp = SegmenterTrainFields(), ExperimentFields()
+    seg = SegmenterTrainFields()
     p = subparsers.add_parser(
         "train-segmenter", parents=[common],
         help="train a segmenter on real (+ synthetic) chips",
@@ -65,10 +66,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=None,
                    help="synthetic pairs per real pair R (|D'| = R |D|; default 1 with "
                         "--synthetic, else 0)")
-    _add_model_args(p, seg)
+    add_model_args(p, seg)
     p.add_argument("--encoder-weights", metavar="PATH", default=seg.encoder_weights,
                    help="local encoder weights (.safetensors or .pth); nothing is downloaded")
-    _train_args(p, seg)
+    add_train_args(p, seg)
     p.add_argument("--max-steps", type=int, default=seg.max_steps,
                    help="train for this many optimizer steps in total instead of --epochs")
     p.add_argument("--minutes", type=float, default=seg.minutes,
@@ -95,51 +96,6 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="mixed precision on a CUDA GPU")
     p.set_defaults(func=_train)
 
-    p = subparsers.add_parser(
-        "experiment", parents=[common],
-        help="does synthetic data help? mIoU vs ratio R over seeds",
-        description="For each ratio R and seed, synthesize (cached), train a segmenter on real + "
-                    "R x real synthetic pairs and score it on the real validation chips. "
-                    "Resumable: finished runs are kept in OUT/runs.json.")
-    p.add_argument("dataset", help="prepared dataset folder")
-    p.add_argument("--generator", metavar="MODEL_DIR", help="trained generator folder")
-    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in exp.ratios),
-                   help="ratios R, comma separated (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=exp.seeds,
-                   help=f"runs per ratio (default {exp.seeds})")
-    p.add_argument("--out", required=True, help="experiment folder (results, cache)")
-    p.add_argument("--count-per-real", type=float, default=exp.count_per_real,
-                   help="synthetic pairs to make per real chip (default: the largest R)")
-    p.add_argument("--minutes-per-run", type=float, default=exp.minutes_per_run,
-                   help="time limit of each training run")
-    p.add_argument("--sampler", choices=SAMPLERS, default=exp.sampler,
-                   help="generator sampler (default: the generator's recipe's, dpm; ddpm for "
-                        "--recipe paper generators)")
-    p.add_argument("--steps", type=int, default=exp.steps,
-                   help=f"sampler steps (default {exp.steps})")
-    p.add_argument("--keep-models", action="store_true", help="keep every run's segmenter")
-    p.add_argument("--budget", choices=BUDGETS, default=exp.budget,
-                   help="steps (default): every run makes the optimizer steps of --epochs over "
-                        "the real chips alone, so R changes the data, not the compute; epochs: "
-                        "--epochs passes over real + synthetic (R>0 runs train longer); "
-                        "converge: every run trains until val mIoU stops improving for "
-                        "--patience validations (every --val-every steps, the same for all R)")
-    p.add_argument("--variants", default=",".join(exp.variants),
-                   help="how synthetic pairs are used, comma separated: mix (default), pretrain "
-                        "(synthetic first, then real fine-tuning), tstr (synthetic only, at the "
-                        "largest R), filtered / filtered-pretrain (as mix / pretrain on the "
-                        "pairs the R=0 run of the same seed finds most consistent); each is "
-                        "compared with R=0 of the same seed")
-    p.add_argument("--filter-keep", type=float, default=exp.filter_keep, metavar="FRACTION",
-                   help=f"share of the pool the filtered variants keep (default "
-                        f"{exp.filter_keep:g})")
-    p.add_argument("--val-every", type=int, default=exp.val_every, metavar="N",
-                   help="steps between validations for the steps/converge budgets (default: "
-                        "one pass over the real chips)")
-    _add_model_args(p, exp)
-    _train_args(p, exp)
-    p.set_defaults(func=_experiment)
-
     from satsynth.segmenter import scoring_cli
 
     scoring_cli.register(subparsers, common)  # score-pairs, filter-pairs, synthesize --score-with
@@ -158,16 +114,3 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         synthetic_mode=args.synthetic_mode, synthetic_only=args.synthetic_only,
         val_every=args.val_every, patience_steps=args.patience_steps,
         lr_schedule=args.lr_schedule)
-
-
-def _experiment(args: argparse.Namespace) -> dict[str, Any]:
-    from satsynth.segmenter.experiment import run_experiment
-
-    return run_experiment(
-        args.dataset, args.generator, args.out, ratios=args.ratios, seeds=args.seeds,
-        real_fraction=args.real_fraction, count_per_real=args.count_per_real, arch=args.arch,
-        encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        dice=args.dice, class_weights=args.class_weights, patience=args.patience,
-        minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
-        device=args.device, keep_models=args.keep_models, budget=args.budget,
-        variants=args.variants, val_every=args.val_every, filter_keep=args.filter_keep)

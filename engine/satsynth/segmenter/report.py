@@ -1,5 +1,4 @@
-"""Reports: evaluation (JSON, Markdown, HTML, confusion-matrix PNG) and the experiment's table
-and mIoU-vs-ratio plot."""
+"""The evaluation report: JSON, Markdown, HTML and the confusion-matrix PNG."""
 
 from __future__ import annotations
 
@@ -14,7 +13,8 @@ from satsynth.data.classes import ClassTable
 from satsynth.io import atomic_path, write_json
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
+def fmt_score(v: float | None, digits: int = 3) -> str:
+    """A score with ``digits`` decimals, or "n/a" when there is none."""
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
@@ -30,14 +30,14 @@ def eval_markdown(scores: dict[str, Any], info: dict[str, Any]) -> str:
     lines = ["# Segmenter evaluation", "",
              f"Model `{info.get('model')}` ({info.get('arch')}/{info.get('encoder')}) on `{src}`"
              + (f" (split `{info['split']}`)" if info.get("split") else "") + ".", "",
-             f"- mIoU: **{_fmt(scores['miou'])}**",
-             f"- mean F1: {_fmt(scores['mean_f1'])}",
-             f"- overall accuracy: {_fmt(scores['overall_accuracy'])}",
+             f"- mIoU: **{fmt_score(scores['miou'])}**",
+             f"- mean F1: {fmt_score(scores['mean_f1'])}",
+             f"- overall accuracy: {fmt_score(scores['overall_accuracy'])}",
              f"- labeled pixels: {scores['pixels']:,}", "",
              "| class | IoU | F1 | reference pixels |", "|---|---:|---:|---:|"]
     for name, iou, f1, sup in zip(scores["classes"], scores["iou"], scores["f1"],
                                   scores["support"], strict=True):
-        lines.append(f"| {name} | {_fmt(iou)} | {_fmt(f1)} | {sup:,} |")
+        lines.append(f"| {name} | {fmt_score(iou)} | {fmt_score(f1)} | {sup:,} |")
     lines += ["", "Rows of the confusion matrix are the reference, columns the prediction; "
               "unlabeled (ignore) pixels are not counted.", ""]
     return "\n".join(lines)
@@ -49,7 +49,7 @@ def eval_html(scores: dict[str, Any], info: dict[str, Any], table: ClassTable,
     e = html.escape
     rows = "\n".join(
         f"<tr><td><span style='display:inline-block;width:12px;height:12px;background:"
-        f"{c.hex()}'></span> {e(c.name)}</td><td>{_fmt(iou)}</td><td>{_fmt(f1)}</td>"
+        f"{c.hex()}'></span> {e(c.name)}</td><td>{fmt_score(iou)}</td><td>{fmt_score(f1)}</td>"
         f"<td>{sup:,}</td></tr>"
         for c, iou, f1, sup in zip(table.classes, scores["iou"], scores["f1"], scores["support"],
                                    strict=True))
@@ -62,8 +62,8 @@ td:first-child{{text-align:left}}</style></head><body>
 <h1>Segmenter evaluation</h1>
 <p>Model <code>{e(str(info.get('model')))}</code> ({e(str(info.get('arch')))}/{e(str(info.get('encoder')))})
 on <code>{e(str(src))}</code>.</p>
-<p>mIoU <b>{_fmt(scores['miou'])}</b> &middot; mean F1 {_fmt(scores['mean_f1'])} &middot;
-overall accuracy {_fmt(scores['overall_accuracy'])} &middot; {scores['pixels']:,} labeled pixels</p>
+<p>mIoU <b>{fmt_score(scores['miou'])}</b> &middot; mean F1 {fmt_score(scores['mean_f1'])} &middot;
+overall accuracy {fmt_score(scores['overall_accuracy'])} &middot; {scores['pixels']:,} labeled pixels</p>
 <table><tr><th>class</th><th>IoU</th><th>F1</th><th>reference pixels</th></tr>
 {rows}
 </table>
@@ -114,177 +114,3 @@ def write_eval_report(scores: dict[str, Any], out: Path, table: ClassTable,
     _write_text(paths["report_md"], eval_markdown(scores, info))
     _write_text(paths["report_html"], eval_html(scores, info, table, "confusion.png"))
     return paths
-
-
-# --------------------------------------------------------------------------------------------
-# experiment
-
-
-def _ci(ci: list[float | None] | None) -> str:
-    return "n/a (1 seed)" if not ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
-
-
-def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
-                        settings: dict[str, Any]) -> str:
-    """The experiment table (one row per variant and R, from
-    :func:`satsynth.segmenter.protocol.paired_summary`): reported mIoU, the paired difference to
-    R=0 with its 95 % interval, the selection (val) mIoU, and per-class IoU differences."""
-    def pm(r: dict[str, Any]) -> str:
-        se = r["miou_se"]
-        return f"{r['miou_mean']:.4f} ± {se:.4f}" if se is not None else f"{r['miou_mean']:.4f}"
-
-    def sgn(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:+.4f}"
-
-    split = summary[0]["reported_on"] if summary else "test"
-    lines = [f"mIoU on the **{split}** split (selection of epochs / early stopping on val"
-             + (")." if split == "test" else "; the dataset has no test split, so the reported "
-                "split is also the selection split)."), "",
-             f"| variant | R | real chips | synthetic chips | seeds | {split} mIoU (mean ± SE) | "
-             "paired Δ vs R=0 | 95 % interval (t) | val mIoU | steps |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in summary:
-        lines.append(f"| {r['variant']} | {r['ratio']:g} | {r['real_chips']} | "
-                     f"{r['synthetic_chips']} | {r['runs']} | {pm(r)} | "
-                     + ("" if r["variant"] == "real" else sgn(r["miou_delta"])) + " | "
-                     + ("" if r["variant"] == "real" else _ci(r["miou_delta_ci"])) + " | "
-                     + f"{_fmt(r['val_miou_mean'], 4)} | {r['steps_mean']:.0f} |")
-    tstr = [r for r in summary if r.get("ratio_to_real") is not None]
-    for r in tstr:
-        lines += ["", f"TSTR ({r['variant']}, R={r['ratio']:g}: synthetic pairs only, scored on "
-                  f"real chips): {r['ratio_to_real']:.1%} of the real-only mIoU"
-                  + (f" (95 % interval {r['ratio_to_real_ci'][0]:.1%} to "
-                     f"{r['ratio_to_real_ci'][1]:.1%})" if r.get("ratio_to_real_ci") else "")
-                  + "."]
-    if any(r["variant"] != "real" for r in summary):
-        lines += ["", "Per-class IoU change against R=0 (mean paired difference over seeds):", "",
-                  "| variant | R | " + " | ".join(class_names) + " |",
-                  "|---|---:|" + "---:|" * len(class_names)]
-    for r in summary:
-        if r["variant"] != "real":
-            lines.append(f"| {r['variant']} | {r['ratio']:g} | "
-                         + " | ".join(sgn(v) for v in r["iou_delta"]) + " |")
-    base = next((r for r in summary if r["variant"] == "real"), None)
-    if base:
-        lines += ["", "Per-class IoU at R=0: " + ", ".join(
-            f"{n} {_fmt(v)}" for n, v in zip(class_names, base["iou_mean"], strict=True)) + "."]
-    keys = ("arch", "encoder", "epochs", "budget", "batch_size", "real_fraction", "seeds",
-            "variants", "val_every", "generator")
-    lines += ["", "Settings: " + ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
-              + ".", ""]
-    return "\n".join(lines)
-
-
-def plot_experiment(summary: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Left: reported mIoU against R per variant (individual seeds in grey, R=0 dashed). Right:
-    the paired difference to R=0 with its 95 % interval, per variant and R."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
-    base = next((r for r in summary if r["variant"] == "real"), None)
-    variants = [v for v in dict.fromkeys(r["variant"] for r in summary) if v != "real"]
-    split = summary[0]["reported_on"] if summary else "test"
-    for k, v in enumerate(variants):
-        rows = [r for r in summary if r["variant"] == v]
-        alone = rows[0]["mode"] == "synthetic-only"  # not a curve from R=0: a point of its own
-        if base is not None and not alone:
-            rows = [base] + rows
-        xs = [r["ratio"] for r in rows]
-        ax.errorbar(xs, [r["miou_mean"] * 100 for r in rows],
-                    yerr=[(r["miou_se"] or 0.0) * 100 for r in rows], marker="s" if alone else "o",
-                    ls="none" if alone else "-", capsize=4, color=f"C{k}",
-                    label=f"{v} (synthetic only)" if alone else v)
-        own = [r for r in rows if r["variant"] == v and r["miou_delta"] is not None]
-        off = (k - (len(variants) - 1) / 2) * 0.08
-        for r in own:
-            lo, hi = r["miou_delta_ci"] or (r["miou_delta"], r["miou_delta"])
-            bx.errorbar([r["ratio"] + off], [r["miou_delta"] * 100],
-                        yerr=[[(r["miou_delta"] - lo) * 100], [(hi - r["miou_delta"]) * 100]],
-                        marker="o", capsize=4, color=f"C{k}", label=v if r is own[0] else None)
-    for r in summary:
-        ax.scatter([r["ratio"]] * len(r["miou_runs"]), [x * 100 for x in r["miou_runs"]],
-                   s=10, color="grey", alpha=0.6, zorder=1)
-    if base:
-        ax.axhline(base["miou_mean"] * 100, ls="--", color="k", lw=1, label="real only (R=0)")
-    bx.axhline(0, color="k", lw=1)
-    ax.set_xticks(sorted({r["ratio"] for r in summary}))
-    bx.set_xticks(sorted({r["ratio"] for r in summary if r["variant"] != "real"}))
-    ax.set_xlabel("synthetic pairs per real pair (R)")
-    ax.set_ylabel(f"{split} mIoU (%)")
-    ax.set_title(title or "Augmentation with synthetic pairs")
-    bx.set_xlabel("synthetic pairs per real pair (R)")
-    bx.set_ylabel("Δ mIoU vs R=0 (points)")
-    bx.set_title("paired difference to real only, 95 % interval")
-    for a in (ax, bx):
-        a.grid(alpha=0.3)
-        a.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
-
-
-def _inline_html(text: str) -> str:
-    """Escaped text with the Markdown the reports use: **bold** and `code`."""
-    import re
-
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-
-
-def markdown_to_html(markdown: str) -> str:
-    """The reports' Markdown (paragraphs, pipe tables, **bold**, `code`) as HTML, so that the
-    HTML page shows exactly what table.md says."""
-    parts: list[str] = []
-    para: list[str] = []
-    rows: list[list[str]] = []
-
-    def flush() -> None:
-        if para:
-            parts.append("<p>" + _inline_html(" ".join(para)) + "</p>")
-            para.clear()
-        if rows:
-            head, body = rows[0], [r for r in rows[1:] if not all(
-                set(c.strip()) <= set("-:") for c in r)]
-            parts.append("<table><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in head)
-                         + "</tr>" + "".join("<tr>" + "".join(
-                             f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in body)
-                         + "</table>")
-            rows.clear()
-
-    for line in markdown.splitlines():
-        s = line.strip()
-        if s.startswith("|") and s.endswith("|"):
-            if para:
-                flush()
-            rows.append([c.strip() for c in s[1:-1].split("|")])
-        elif not s:
-            flush()
-        else:
-            if rows:
-                flush()
-            para.append(s.lstrip("# ") if s.startswith("#") else s)
-    flush()
-    return "\n".join(parts)
-
-
-def experiment_html(markdown: str, plot_png: str, title: str) -> str:
-    """The experiment's self-contained HTML report: the table (``markdown``, as in table.md) and
-    the plot, for QGIS's Results Viewer or a browser."""
-    e = html.escape
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>SatSynth experiment</title>
-<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;
-text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>
-<h1>Does synthetic data help?</h1>
-<p>{e(title)}</p>
-<img src="{e(plot_png)}" alt="mIoU against the synthetic ratio R" style="max-width:100%">
-{markdown_to_html(markdown)}
-</body></html>
-"""

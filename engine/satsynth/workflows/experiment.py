@@ -1,7 +1,7 @@
 """The augmentation experiment (the paper's figure 5): for each ratio R, variant and seed, train
 a segmenter on real + R |D| synthetic pairs, select it on the real validation chips and report it
 on the held-out test chips, as a paired difference to the real-only run of the same seed
-(:mod:`satsynth.segmenter.protocol`).
+(:mod:`satsynth.workflows.protocol`).
 
 Resumable: synthetic pairs are cached in ``EXP_DIR/synthetic/`` and every finished run is
 recorded in ``EXP_DIR/runs.json``; running the same command again only does what is missing.
@@ -10,7 +10,6 @@ recorded in ``EXP_DIR/runs.json``; running the same command again only does what
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -25,10 +24,11 @@ from satsynth import progress
 from satsynth.contract import BUDGETS, ExperimentFields
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
+from satsynth.generator.sample import synthesize
 from satsynth.io import atomic_path, read_json, write_json
 from satsynth.outputs import check_output
 from satsynth.segmenter.mixing import check_compatible, epoch_batches, real_subset
-from satsynth.segmenter.protocol import (
+from satsynth.workflows.protocol import (
     BASELINE,
     PoolContext,
     Variant,
@@ -105,18 +105,12 @@ def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
     parts = [p for p in index["parts"] if (cache / p["folder"] / "dataset.json").is_file()]
     have = sum(p["count"] for p in parts)
     if have < needed:
-        try:
-            sample = importlib.import_module("satsynth.generator.sample")
-        except ImportError:
-            raise SatSynthError("the generator stage (satsynth.generator.sample) is not "
-                                "installed: cannot synthesize pairs") from None
         count = needed - have
         seed = 1000 + len(parts)
         folder = f"part-{len(parts):03d}"
         log.info("synthesizing %d pairs with %s into %s", count, generator, cache / folder)
-        sample.synthesize(generator, count, cache / folder, sampler=cfg.sampler,
-                          steps=cfg.steps, seed=seed, device=cfg.device,
-                          batch_size=cfg.synth_batch_size)
+        synthesize(generator, count, cache / folder, sampler=cfg.sampler, steps=cfg.steps,
+                   seed=seed, device=cfg.device, batch_size=cfg.synth_batch_size)
         made = len(ChipStore(cache / folder).split("train"))
         parts.append({"folder": folder, "count": made, "seed": seed})
         write_json(index_path, {"generator": str(generator), "generator_fingerprint": fp,
@@ -131,8 +125,8 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
                    **options: Any) -> dict[str, Any]:
     """Run (or resume) the experiment; ``options`` are :class:`ExperimentConfig` fields.
     Returns ``{"results": json, "table": md, "plot": png, "report_html": html}``."""
-    from satsynth.segmenter.report import experiment_html, experiment_markdown, plot_experiment
     from satsynth.segmenter.train import train_segmenter
+    from satsynth.workflows.report import experiment_html, experiment_markdown, plot_experiment
 
     if "ratios" in options:
         options["ratios"] = parse_ratios(options["ratios"])

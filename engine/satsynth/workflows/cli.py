@@ -1,0 +1,74 @@
+"""Sub-commands ``experiment`` and ``demo``: the workflows that run several stages."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from satsynth.contract import BUDGETS, SAMPLERS, ExperimentFields
+from satsynth.segmenter.cli import add_model_args, add_train_args
+from satsynth.workflows import demo
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add the workflow sub-commands."""
+    exp = ExperimentFields()
+    p = subparsers.add_parser(
+        "experiment", parents=[common],
+        help="does synthetic data help? mIoU vs ratio R over seeds",
+        description="For each ratio R and seed, synthesize (cached), train a segmenter on real + "
+                    "R x real synthetic pairs and score it on the real validation chips. "
+                    "Resumable: finished runs are kept in OUT/runs.json.")
+    p.add_argument("dataset", help="prepared dataset folder")
+    p.add_argument("--generator", metavar="MODEL_DIR", help="trained generator folder")
+    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in exp.ratios),
+                   help="ratios R, comma separated (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=exp.seeds,
+                   help=f"runs per ratio (default {exp.seeds})")
+    p.add_argument("--out", required=True, help="experiment folder (results, cache)")
+    p.add_argument("--count-per-real", type=float, default=exp.count_per_real,
+                   help="synthetic pairs to make per real chip (default: the largest R)")
+    p.add_argument("--minutes-per-run", type=float, default=exp.minutes_per_run,
+                   help="time limit of each training run")
+    p.add_argument("--sampler", choices=SAMPLERS, default=exp.sampler,
+                   help="generator sampler (default: the generator's recipe's, dpm; ddpm for "
+                        "--recipe paper generators)")
+    p.add_argument("--steps", type=int, default=exp.steps,
+                   help=f"sampler steps (default {exp.steps})")
+    p.add_argument("--keep-models", action="store_true", help="keep every run's segmenter")
+    p.add_argument("--budget", choices=BUDGETS, default=exp.budget,
+                   help="steps (default): every run makes the optimizer steps of --epochs over "
+                        "the real chips alone, so R changes the data, not the compute; epochs: "
+                        "--epochs passes over real + synthetic (R>0 runs train longer); "
+                        "converge: every run trains until val mIoU stops improving for "
+                        "--patience validations (every --val-every steps, the same for all R)")
+    p.add_argument("--variants", default=",".join(exp.variants),
+                   help="how synthetic pairs are used, comma separated: mix (default), pretrain "
+                        "(synthetic first, then real fine-tuning), tstr (synthetic only, at the "
+                        "largest R), filtered / filtered-pretrain (as mix / pretrain on the "
+                        "pairs the R=0 run of the same seed finds most consistent); each is "
+                        "compared with R=0 of the same seed")
+    p.add_argument("--filter-keep", type=float, default=exp.filter_keep, metavar="FRACTION",
+                   help=f"share of the pool the filtered variants keep (default "
+                        f"{exp.filter_keep:g})")
+    p.add_argument("--val-every", type=int, default=exp.val_every, metavar="N",
+                   help="steps between validations for the steps/converge budgets (default: "
+                        "one pass over the real chips)")
+    add_model_args(p, exp)
+    add_train_args(p, exp)
+    p.set_defaults(func=_experiment)
+
+    demo.register(subparsers, common)
+
+
+def _experiment(args: argparse.Namespace) -> dict[str, Any]:
+    from satsynth.workflows.experiment import run_experiment
+
+    return run_experiment(
+        args.dataset, args.generator, args.out, ratios=args.ratios, seeds=args.seeds,
+        real_fraction=args.real_fraction, count_per_real=args.count_per_real, arch=args.arch,
+        encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        dice=args.dice, class_weights=args.class_weights, patience=args.patience,
+        minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
+        device=args.device, keep_models=args.keep_models, budget=args.budget,
+        variants=args.variants, val_every=args.val_every, filter_keep=args.filter_keep)
