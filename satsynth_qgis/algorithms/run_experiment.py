@@ -38,7 +38,7 @@ class RunExperiment(SatSynthAlgorithm):
     GROUP = "segmenter"
     ICON = "evaluate"
     OUTPUT_KIND = "experiment"
-    OUTPUT_INPUTS = ("DATASET", "GENERATOR")
+    OUTPUT_INPUTS = ("DATASET", "GENERATOR", "UPSAMPLER")
     OUTPUT_INTO = True  # the same folder again resumes the experiment
     HELP = (
         "Answers the question the product exists for, on your data: for each ratio R (synthetic "
@@ -57,7 +57,8 @@ class RunExperiment(SatSynthAlgorithm):
         "(synthetic first, then real fine-tuning), tstr (synthetic only), filtered and "
         "filtered-pretrain (only the half of the synthetic pairs that the real-only segmenter "
         "of the same seed finds most consistent with their masks); an unknown name is refused "
-        "with the list the engine knows.\n\n"
+        "with the list the engine knows. Upsampler folder (advanced): make the synthetic pairs "
+        "through the super-resolution cascade, the generator being its base.\n\n"
         "Resumable: every finished run is kept in the experiment folder (runs.json) and the "
         "synthetic pairs are cached there. Cancel at any time; run it again with the same "
         "experiment folder and it does only the runs that are missing. Each run's progress "
@@ -110,6 +111,8 @@ class RunExperiment(SatSynthAlgorithm):
             self.enum_param("SAMPLER", "Sampler", SAMPLERS, MODEL_DEFAULT_SAMPLER),
             QgsProcessingParameterNumber("SAMPLER_STEPS", self.tr("Sampler steps (dpm, ddim)"),
                                          compat.NUMBER_INTEGER, d.steps, minValue=1),
+            self.folder_param("UPSAMPLER", "Upsampler folder (from Train upsampler): make the "
+                              "synthetic pairs through the cascade", optional=True),
         ):
             self.addParameter(compat.advanced(param))
         self.addParameter(QgsProcessingParameterFolderDestination(
@@ -136,8 +139,14 @@ class RunExperiment(SatSynthAlgorithm):
                                   self.parameterAsString(parameters, "ENCODER", context).strip())
         if problem:
             return False, self.tr(problem)
+        if (self.parameterAsFile(parameters, "UPSAMPLER", context)
+                and not self.parameterAsFile(parameters, "GENERATOR", context)):
+            return False, self.tr("An upsampler folder needs a generator folder: the cascade's "
+                                  "base generator (trained with Train at chip size = the "
+                                  "upsampler's base size).")
         return self.folder_checks(parameters, context,
-                                  {"DATASET": "dataset", "GENERATOR": "generator"})
+                                  {"DATASET": "dataset", "GENERATOR": "generator",
+                                   "UPSAMPLER": "upsampler"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -162,6 +171,9 @@ class RunExperiment(SatSynthAlgorithm):
             if sampler in contract.SAMPLERS:
                 args += ["--sampler", sampler]
             args += ["--steps", str(self.parameterAsInt(parameters, "SAMPLER_STEPS", context))]
+            upsampler = self.parameterAsFile(parameters, "UPSAMPLER", context)
+            if upsampler:
+                args += ["--upsampler", upsampler]
         batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
         if batch:
             args += ["--batch-size", str(batch)]

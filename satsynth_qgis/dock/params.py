@@ -127,6 +127,8 @@ def experiment(i: DockInputs) -> dict[str, Any]:
          "OUTPUT": str(rf.experiment)}
     if rf.has_generator():
         p["GENERATOR"] = str(rf.generator)
+        if s.upsampler:  # the same cascade as Synthesize uses
+            p["UPSAMPLER"] = s.upsampler
     return p
 
 

@@ -325,6 +325,7 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
 
     def synthesize(model_dir, count, out, **kw):
         calls["synth"].append(count)
+        calls.setdefault("upsampler", []).append(kw.get("upsampler"))
         make_store(out, n_train=count, synthetic=True, seed=kw["seed"])
         return {"synthetic": str(out)}
 
@@ -351,7 +352,7 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
     finally:
         progress.set_mode("quiet")
     assert [e["done"] for e in events if e["stage"] == "experiment"] == [0, 1, 2, 3, 4]
-    assert calls == {"synth": [16], "train": 4}
+    assert calls == {"synth": [16], "upsampler": [None], "train": 4}
     res = json.loads(open(out["results"]).read())
     assert [r["ratio"] for r in res["summary"]] == [0.0, 1.0]
     assert all(r["runs"] == 2 and r["real_chips"] == 16 for r in res["summary"])
@@ -363,10 +364,23 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
     assert not (tmp_path / "exp" / "runs").exists() or not any((tmp_path / "exp" / "runs").iterdir())
     # run again with a larger ratio: old runs are kept, only R=2 is trained, 16 more synthesized
     out = run_experiment(real, gen, tmp_path / "exp", **{**opts, "ratios": "0,1,2"})
-    assert calls == {"synth": [16, 16], "train": 6}
+    assert calls == {"synth": [16, 16], "upsampler": [None, None], "train": 6}
     res = json.loads(open(out["results"]).read())
     assert [r["runs"] for r in res["summary"]] == [2, 2, 2]
     assert res["summary"][2]["synthetic_chips"] == 32
+    # the same generator as the base of a super-resolution cascade: the pool is made again
+    # through the upsampler and only the R > 0 runs are trained again (R=0 does not use it)
+    sr = tmp_path / "sr"
+    sr.mkdir()
+    (sr / "config.json").write_text('{"kind": "upsampler"}')
+    out = run_experiment(real, gen, tmp_path / "exp", upsampler=sr,
+                         **{**opts, "ratios": "0,1,2"})
+    assert calls == {"synth": [16, 16, 32], "upsampler": [None, None, sr], "train": 10}
+    res = json.loads(open(out["results"]).read())
+    assert res["settings"]["upsampler"] == str(sr)
+    assert [r["runs"] for r in res["summary"]] == [2, 2, 2]
+    with pytest.raises(SatSynthError, match="--upsampler needs --generator"):
+        run_experiment(real, None, tmp_path / "exp", upsampler=sr, **opts)
 
 
 def test_evaluate_raster_pair_through_the_prediction_stage(trained, tmp_path):

@@ -77,28 +77,39 @@ def test_synthesize_leaves_the_sampler_to_the_model_unless_one_is_chosen(engine_
 
 
 def test_experiment_options_reach_the_engine(engine_args, dataset, generator, tmp_path):
+    sr = tmp_path / "sr"
+    sr.mkdir()
+    (sr / "config.json").write_text('{"kind": "upsampler"}')
     run_alg("satsynth:run_experiment", {
         "DATASET": dataset["DATASET"], "GENERATOR": generator[0]["GENERATOR"],
         "RATIOS": "0, 0.5,2", "SEEDS": 4, "BUDGET": "converge", "REAL_FRACTION": 0.25,
         "VARIANTS": "mix, filtered", "VAL_EVERY": 7, "MINUTES_PER_RUN": 1.5, "SAMPLER": "ddim",
-        **TINY,
+        "UPSAMPLER": str(sr), **TINY,
         "OUTPUT": str(tmp_path / "exp")})
     args = engine_args[0]
     assert args[:2] == ["experiment", dataset["DATASET"]]
     flags = {f: _flag(args, f) for f in ("--ratios", "--seeds", "--budget", "--real-fraction",
                                          "--variants", "--val-every", "--minutes-per-run",
-                                         "--sampler",
+                                         "--sampler", "--upsampler",
                                          "--arch", "--encoder", "--generator", "--out")}
     assert flags == {"--ratios": "0,0.5,2", "--seeds": "4", "--budget": "converge",
                      "--real-fraction": "0.25", "--variants": "mix,filtered", "--val-every": "7",
-                     "--minutes-per-run": "1.5", "--sampler": "ddim", "--arch": "tiny",
-                     "--encoder": "w8d2", "--generator": generator[0]["GENERATOR"],
+                     "--minutes-per-run": "1.5", "--sampler": "ddim", "--upsampler": str(sr),
+                     "--arch": "tiny", "--encoder": "w8d2",
+                     "--generator": generator[0]["GENERATOR"],
                      "--out": str((tmp_path / "exp").resolve())}
+    # a generator folder given as the upsampler is refused before the run
+    with pytest.raises(QgsProcessingException, match="not an upsampler"):
+        run_alg("satsynth:run_experiment", {
+            "DATASET": dataset["DATASET"], "GENERATOR": generator[0]["GENERATOR"],
+            "RATIOS": "0,1", "UPSAMPLER": generator[0]["GENERATOR"], **TINY,
+            "OUTPUT": str(tmp_path / "exp2")})
 
 
 @pytest.mark.parametrize("params, message", [
     ({"RATIOS": "0,one"}, "Ratios must be numbers >= 0 separated by commas"),
     ({"RATIOS": "0,1"}, "Ratios above 0 need a generator folder"),
+    ({"RATIOS": "0", "UPSAMPLER": "/no/sr"}, "An upsampler folder needs a generator folder"),
     ({"RATIOS": "0", "ARCH": "fpn", "ENCODER": "w8d2"}, "is for the tiny architecture"),
 ])
 def test_experiment_refuses_bad_parameters_before_starting(engine_args, dataset, tmp_path,

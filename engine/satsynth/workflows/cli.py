@@ -21,6 +21,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     "Resumable: finished runs are kept in OUT/runs.json.")
     p.add_argument("dataset", help="prepared dataset folder")
     p.add_argument("--generator", metavar="MODEL_DIR", help="trained generator folder")
+    p.add_argument("--upsampler", metavar="SR_DIR",
+                   help="upsampler folder (train-upsampler): make the synthetic pairs through "
+                        "the super-resolution cascade, the generator being its base")
     p.add_argument("--ratios", default=",".join(f"{r:g}" for r in exp.ratios),
                    help="ratios R, comma separated (default %(default)s)")
     p.add_argument("--seeds", type=int, default=exp.seeds,
@@ -65,7 +68,7 @@ def _experiment(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.workflows.experiment import run_experiment
 
     return run_experiment(
-        args.dataset, args.generator, args.out, ratios=args.ratios, seeds=args.seeds,
+        args.dataset, args.generator, args.out, upsampler=args.upsampler, ratios=args.ratios, seeds=args.seeds,
         real_fraction=args.real_fraction, count_per_real=args.count_per_real, arch=args.arch,
         encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         dice=args.dice, class_weights=args.class_weights, patience=args.patience,

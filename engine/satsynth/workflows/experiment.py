@@ -77,24 +77,31 @@ def parse_ratios(text: str | list[float]) -> list[float]:
     return sorted(set(vals))
 
 
-def _generator_fingerprint(generator: Path) -> str:
-    cfg = generator / "config.json"
-    if not cfg.is_file():
-        raise SatSynthError("generator model folder not found (no config.json)", generator)
-    blob = cfg.read_bytes()
-    for f in sorted(generator.glob("*.safetensors")):
-        st = f.stat()
-        blob += f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode()
+def _generator_fingerprint(generator: Path, upsampler: Path | None = None) -> str:
+    """What the synthetic pool depends on: the generator's (and the cascade's upsampler's)
+    config and weights; a change in either makes the pool again."""
+    blob = b""
+    for folder in (generator, upsampler):
+        if folder is None:
+            continue
+        cfg = folder / "config.json"
+        if not cfg.is_file():
+            raise SatSynthError("model folder not found (no config.json)", folder)
+        blob += cfg.read_bytes()
+        for f in sorted(folder.glob("*.safetensors")):
+            st = f.stat()
+            blob += f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode()
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
 def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
-                     cfg: ExperimentConfig) -> list[Path]:
-    """Synthetic stores holding at least ``needed`` chips, synthesizing only what is missing."""
+                     cfg: ExperimentConfig, upsampler: Path | None = None) -> list[Path]:
+    """Synthetic stores holding at least ``needed`` chips, synthesizing only what is missing
+    (through the super-resolution cascade when ``upsampler`` is given)."""
     if needed <= 0:
         return []
     index_path = cache / "cache.json"
-    fp = _generator_fingerprint(generator)
+    fp = _generator_fingerprint(generator, upsampler)
     index = read_json(index_path) if index_path.is_file() else {"parts": []}
     if index.get("generator_fingerprint") not in (None, fp):
         log.warning("the generator changed since the synthetic chips in %s were made: "
@@ -108,12 +115,16 @@ def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
         count = needed - have
         seed = 1000 + len(parts)
         folder = f"part-{len(parts):03d}"
-        log.info("synthesizing %d pairs with %s into %s", count, generator, cache / folder)
+        log.info("synthesizing %d pairs with %s%s into %s", count, generator,
+                 f" and the upsampler {upsampler}" if upsampler else "", cache / folder)
         synthesize(generator, count, cache / folder, sampler=cfg.sampler, steps=cfg.steps,
-                   seed=seed, device=cfg.device, batch_size=cfg.synth_batch_size)
+                   seed=seed, device=cfg.device, batch_size=cfg.synth_batch_size,
+                   upsampler=upsampler)
         made = len(ChipStore(cache / folder).split("train"))
         parts.append({"folder": folder, "count": made, "seed": seed})
-        write_json(index_path, {"generator": str(generator), "generator_fingerprint": fp,
+        write_json(index_path, {"generator": str(generator),
+                                "upsampler": str(upsampler) if upsampler else None,
+                                "generator_fingerprint": fp,
                                 "sampler": cfg.sampler, "steps": cfg.steps, "parts": parts})
     stores = [cache / p["folder"] for p in parts]
     for s in stores:
@@ -122,9 +133,9 @@ def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
 
 
 def run_experiment(dataset: str | Path, generator: str | Path | None, out: str | Path,
-                   **options: Any) -> dict[str, Any]:
-    """Run (or resume) the experiment; ``options`` are :class:`ExperimentConfig` fields.
-    Returns ``{"results": json, "table": md, "plot": png, "report_html": html}``."""
+                   upsampler: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """Run (or resume) the experiment; ``options`` are :class:`ExperimentConfig` fields;
+    ``upsampler`` makes the synthetic pairs through the super-resolution cascade. Returns ``{"results": json, "table": md, "plot": png, "report_html": html}``."""
     from satsynth.segmenter.train import train_segmenter
     from satsynth.workflows.report import experiment_html, experiment_markdown, plot_experiment
 
@@ -143,7 +154,12 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     if not 0 < cfg.filter_keep <= 1:
         raise SatSynthError(f"--filter-keep must be a fraction in (0, 1], got {cfg.filter_keep}")
     variants = parse_variants(cfg.variants)
-    out = check_output(out, "experiment", inputs=[dataset, generator], into=True)
+    if upsampler is not None and generator is None:
+        raise SatSynthError("--upsampler needs --generator: the cascade's base generator")
+    up = Path(upsampler) if upsampler is not None else None
+    if up is not None and not up.is_dir():
+        raise SatSynthError("upsampler model folder not found", up)
+    out = check_output(out, "experiment", inputs=[dataset, generator, upsampler], into=True)
     real = ChipStore(dataset)
     n_real = len(real_subset(real.count("train"), cfg.real_fraction, 0))
     # the same validation cadence N (optimizer steps) for every R and variant: by default one
@@ -174,11 +190,12 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
             raise SatSynthError("generator model folder not found", gen)
         out.mkdir(parents=True, exist_ok=True)
         syn_stores = ensure_synthetic(real, gen, out / "synthetic",
-                                      int(math.ceil(per_real * n_real)), cfg)
+                                      int(math.ceil(per_real * n_real)), cfg, up)
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.json"
     key = cfg.train_key()
-    gen_fp = _generator_fingerprint(Path(generator)) if max_r > 0 and generator else None
+    gen_fp = (_generator_fingerprint(Path(generator), up) if max_r > 0 and generator
+              else None)
     records: list[dict[str, Any]] = read_json(runs_path) if runs_path.is_file() else []
     by_name = {v.name: v for v in variants}
     plan: list[tuple[int, str, float]] = []
@@ -256,6 +273,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     names = real.classes.names
     summary = paired_summary(done, names)
     settings = {**asdict(cfg), "generator": str(generator) if generator else None,
+                "upsampler": str(up) if up else None,
                 "dataset": str(real.path), "train_key": key, "protocol": PROTOCOL,
                 "val_every": every if cfg.budget != "epochs" else None}
     results = out / "results.json"
