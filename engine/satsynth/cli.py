@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 from satsynth import __version__, progress
+from satsynth.cli_common import add_command
 from satsynth.contract import FILE_KIND, FOLDER_KINDS, PROGRESS_MODES
 from satsynth.data import cli as data_cli
 from satsynth.distributed import launch_rank
@@ -37,11 +38,14 @@ OUTPUT_ARGS = ("out", "confidence", "vector")
 
 
 def _check_output(args: argparse.Namespace) -> dict[str, Any]:
+    """Exit 0 when a stage may write PATH as an output of KIND with these inputs, else one line
+    saying why (exit 2)."""
     check_output(args.path, args.kind, inputs=args.input, into=args.into)
     return {"ok": True}
 
 
 def _check(args: argparse.Namespace) -> dict[str, Any]:
+    """Report the engine's version, torch, the device it would use and its GPU."""
     from satsynth.device import describe
 
     return describe()
@@ -65,20 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in COMMAND_MODULES:
         module.register(sub, common)
-    p = sub.add_parser("check", parents=[common],
-                       help="report the engine's version, torch, device and GPU")
-    p.set_defaults(func=_check)
-    p = sub.add_parser("check-output", parents=[common],
-                       help="check that a stage may write PATH (used by the QGIS plugin)",
-                       description="Exit 0 when a stage may write PATH as an output of KIND "
-                                   "with these inputs, else one line saying why (exit 2).")
+    add_command(sub, common, "check", _check,
+                help="report the engine's version, torch, device and GPU")
+    p = add_command(sub, common, "check-output", _check_output,
+                    help="check that a stage may write PATH (used by the QGIS plugin)")
     p.add_argument("path", help="the output path")
     p.add_argument("--kind", required=True,
                    help=", ".join((FILE_KIND, *FOLDER_KINDS)))
     p.add_argument("--input", action="append", default=[], help="an input of the run (repeat)")
     p.add_argument("--into", action="store_true",
                    help="the stage writes into an existing folder of its kind")
-    p.set_defaults(func=_check_output)
     return parser
 
 

@@ -7,16 +7,14 @@ import json
 from typing import Any
 
 from satsynth import progress
+from satsynth.cli_common import add_command, add_seed
+from satsynth.contract import LAYOUTS
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``prepare`` and ``info`` sub-commands."""
-    p = subparsers.add_parser(
-        "prepare", parents=[common],
-        help="cut labeled rasters into training chips (a dataset folder)",
-        description="Cut image rasters and their labels (class-id rasters, vector layers, or a "
-                    "folder of colour masks) into chips with their georeference, split train/val "
-                    "by spatial blocks, and store them for training.")
+    p = add_command(subparsers, common, "prepare", prepare_command,
+                    help="cut labeled rasters into training chips (a dataset folder)")
     src = p.add_argument_group("inputs (one of --labels, --vector, --folder)")
     src.add_argument("--image", action="append", default=[], metavar="PATH",
                      help="image raster (any GDAL format); repeat for several")
@@ -42,9 +40,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--folder", metavar="DIR",
                      help="folder with images/ and masks/ sub-folders (searched recursively), "
                           "masks matched by file name")
-    from satsynth.data.layouts import LAYOUTS
-
-    src.add_argument("--layout", choices=tuple(LAYOUTS),
+    src.add_argument("--layout", choices=LAYOUTS,
                      help="--folder is this published dataset as downloaded: its folder "
                           "structure, file names, label coding, class table and official "
                           "train/val split are used (see docs/data.md)")
@@ -71,39 +67,33 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "e.g. 'Tile 7' (then --test-fraction is not used)")
     p.add_argument("--block-size", type=int, default=4,
                    help="side of a spatial split block, in chips (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the split (default 0)")
+    add_seed(p, 0, "random seed of the split")
     p.add_argument("--min-labeled", type=float, default=0.5,
                    help="skip chips with a smaller labeled fraction (default 0.5)")
     p.add_argument("--max-chips", type=int, help="keep at most this many chips (quick runs)")
-    p.set_defaults(func=prepare_command)
 
-    r = subparsers.add_parser(
-        "subset", parents=[common],
-        help="a low-data dataset: a seeded random share of the training chips",
-        description="Write a dataset holding a random share (or number) of DATASET's training "
-                    "chips, chosen reproducibly by --seed (the chips train-segmenter "
-                    "--real-fraction picks for that seed), with val and test copied whole or "
-                    "capped. Train the generator and the segmenter on it.")
+    r = add_command(subparsers, common, "subset", subset_command,
+                    help="a low-data dataset: a seeded random share of the training chips")
     r.add_argument("dataset", metavar="DATASET", help="dataset folder written by 'prepare'")
     r.add_argument("--out", required=True, metavar="SUBSET", help="dataset folder to write")
     pick = r.add_mutually_exclusive_group(required=True)
     pick.add_argument("--train-fraction", type=float, help="share of the training chips, e.g. "
                       "0.025")
     pick.add_argument("--max-train-chips", type=int, help="number of training chips")
-    r.add_argument("--seed", type=int, default=0, help="seed of the random pick (default 0)")
+    add_seed(r, 0, "seed of the random pick")
     r.add_argument("--max-val-chips", type=int, help="keep at most this many validation chips")
     r.add_argument("--max-test-chips", type=int, help="keep at most this many test chips")
-    r.set_defaults(func=subset_command)
 
-    q = subparsers.add_parser("info", parents=[common],
-                              help="describe a dataset: chips, bands, CRS, class shares")
+    q = add_command(subparsers, common, "info", info_command,
+                    help="describe a dataset: chips, bands, CRS, class shares")
     q.add_argument("dataset", metavar="DATASET", help="dataset folder written by 'prepare'")
     q.add_argument("--json", action="store_true", help="print the description as JSON")
-    q.set_defaults(func=info_command)
 
 
 def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``satsynth prepare``."""
+    """Cut image rasters and their labels (class-id rasters, vector layers, or a folder of colour
+    masks) into chips with their georeference, split train/val by spatial blocks, and store them
+    for training."""
     from satsynth.data.prepare import PrepareConfig, prepare_dataset
     from satsynth.data.store import ChipStore
 
@@ -125,7 +115,9 @@ def prepare_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def subset_command(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``satsynth subset``."""
+    """Write a dataset holding a random share (or number) of DATASET's training chips, chosen
+    reproducibly by --seed (the chips train-segmenter --real-fraction picks for that seed), with
+    val and test copied whole or capped. Train the generator and the segmenter on it."""
     from satsynth.data.subset import subset_dataset
 
     return subset_dataset(args.dataset, args.out, train_fraction=args.train_fraction,
@@ -134,7 +126,8 @@ def subset_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def info_command(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``satsynth info``: the description as the done event (JSON mode), JSON or lines."""
+    """Describe a dataset (chips per split, bands, CRS, class shares): as lines, as JSON with
+    --json, or as the outputs of the final event with --progress json."""
     from satsynth.data.info import dataset_info, format_info
 
     info = dataset_info(args.dataset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from satsynth.cli_common import add_batch_size, add_command, add_device, add_seed
 from satsynth.contract import (
     BETA_SCHEDULES,
     CONDITIONS,
@@ -19,7 +20,6 @@ from satsynth.contract import (
     GeneratorTrainFields,
     SynthesizeFields,
 )
-from satsynth.errors import SatSynthError
 
 
 def _widths(text: str) -> list[int]:
@@ -38,6 +38,7 @@ RECIPE_OPTIONS = (
 
 
 def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The training options given on the command line, as the training functions take them."""
     opts = {k: getattr(args, k) for k in names}
     opts["augment"] = not args.no_augment
     if args.snr_gamma is not None and args.snr_gamma <= 0:
@@ -50,30 +51,26 @@ def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]
     return opts
 
 
-def _outputs(res: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in res.items()}
-
-
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train a joint image-mask diffusion model on a prepared chip store. Runs on CPU or GPU; for
+    several GPUs or nodes start it with 'accelerate launch --num_processes N -m satsynth
+    train-generator ...'."""
     from satsynth.generator.train import run_training
 
-    opts = _options(args, (*RECIPE_OPTIONS, "condition", "size", "recipe"))
-    try:
-        res = run_training(args.dataset, args.out, **opts)
-    except TypeError as exc:
-        raise SatSynthError(str(exc)) from None
-    return _outputs(res)
+    return run_training(args.dataset, args.out,
+                        **_options(args, (*RECIPE_OPTIONS, "condition", "size", "recipe")))
 
 
 def _train_upsampler(args: argparse.Namespace) -> dict[str, Any]:
+    """Train the cascade's super-resolution diffusion model on a prepared chip store: it learns
+    pairs of BASE_SIZE x FACTOR px given the same pair at BASE_SIZE px (area-downsampled image,
+    majority-class mask, upsampled bilinearly). Use it with a generator trained with --size
+    BASE_SIZE on the same chips: 'satsynth synthesize GENERATOR --upsampler UPSAMPLER'. Same
+    recipe options, checkpoints, --resume and Accelerate as train-generator."""
     from satsynth.generator.upsampler import run_upsampler_training
 
-    try:
-        res = run_upsampler_training(args.dataset, args.out, args.base_size, args.factor,
-                                     **_options(args, RECIPE_OPTIONS))
-    except TypeError as exc:
-        raise SatSynthError(str(exc)) from None
-    return _outputs(res)
+    return run_upsampler_training(args.dataset, args.out, args.base_size, args.factor,
+                                  **_options(args, RECIPE_OPTIONS))
 
 
 def _favor(text: str) -> tuple[str, float]:
@@ -88,6 +85,8 @@ def _favor(text: str) -> tuple[str, float]:
 
 
 def _synthesize(args: argparse.Namespace) -> dict[str, Any]:
+    """Sample pairs into a synthetic chip store with GeoTIFF chips beside the source extent, VRT
+    mosaics, a QML style and a class-share report."""
     from satsynth.generator.sample import synthesize
 
     return synthesize(args.model, args.count, args.out, sampler=args.sampler, steps=args.steps,
@@ -125,8 +124,7 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock budget: stop cleanly and checkpoint when reached (the "
                         "learning-rate schedule follows the budget)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="chips per step and process (default %(default)s)")
+    add_batch_size(p, d.batch_size, "chips per step and process")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--warmup", type=int, default=d.warmup,
                    help="learning-rate warm-up steps (default %(default)s)")
@@ -144,19 +142,16 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a checkpoint every N steps (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
+    add_seed(p, d.seed)
+    add_device(p, d.device)
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``train-generator``, ``train-upsampler`` and ``synthesize``."""
     d, syn = GeneratorTrainFields(), SynthesizeFields()
-    p = subparsers.add_parser(
-        "train-generator", parents=[common],
-        help="learn the joint distribution of image chips and label masks (diffusion model)",
-        description="Train a joint image-mask diffusion model on a prepared chip store. Runs on "
-                    "CPU or GPU; for several GPUs or nodes start it with 'accelerate launch "
-                    "--num_processes N -m satsynth train-generator ...'.")
+    p = add_command(
+        subparsers, common, "train-generator", _train,
+        help="learn the joint distribution of image chips and label masks (diffusion model)")
     p.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
     p.add_argument("--out", required=True, help="model folder to write (checkpoints go here)")
     p.add_argument("--recipe", choices=RECIPES, default=d.recipe,
@@ -175,18 +170,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="train at this chip size in px, on the chips area-downsampled (masks: "
                         "the majority class), e.g. 32 on 64 or 128 px chips: the base of a "
                         "super-resolution cascade (see train-upsampler); default: the chips' size")
-    p.set_defaults(func=_train)
 
-    u = subparsers.add_parser(
-        "train-upsampler", parents=[common],
-        help="learn to add detail to low-resolution image-mask pairs (the super-resolution "
-             "stage of the cascade)",
-        description="Train the cascade's super-resolution diffusion model on a prepared chip "
-                    "store: it learns pairs of BASE_SIZE x FACTOR px given the same pair at "
-                    "BASE_SIZE px (area-downsampled image, majority-class mask, upsampled "
-                    "bilinearly). Use it with a generator trained with --size BASE_SIZE on the "
-                    "same chips: 'satsynth synthesize GENERATOR --upsampler UPSAMPLER'. Same "
-                    "recipe options, checkpoints, --resume and Accelerate as train-generator.")
+    u = add_command(subparsers, common, "train-upsampler", _train_upsampler,
+                    help="learn to add detail to low-resolution image-mask pairs (the "
+                         "super-resolution stage of the cascade)")
     u.add_argument("dataset", help="chip store folder made by 'satsynth prepare'")
     u.add_argument("--out", required=True, help="upsampler folder to write (checkpoints go here)")
     u.add_argument("--base-size", type=int, required=True,
@@ -195,13 +182,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="upsampling factor; the output is BASE_SIZE x FACTOR px, which must "
                         "divide the chips' size (default %(default)s)")
     _add_recipe_arguments(u)
-    u.set_defaults(func=_train_upsampler)
 
-    s = subparsers.add_parser(
-        "synthesize", parents=[common],
-        help="sample new georeferenced image-mask pairs from a trained generator",
-        description="Sample pairs into a synthetic chip store with GeoTIFF chips beside the "
-                    "source extent, VRT mosaics, a QML style and a class-share report.")
+    s = add_command(subparsers, common, "synthesize", _synthesize,
+                    help="sample new georeferenced image-mask pairs from a trained generator")
     s.add_argument("model", help="generator folder made by 'satsynth train-generator'")
     s.add_argument("--count", type=int, required=True, help="number of pairs to sample")
     s.add_argument("--out", required=True, help="output folder (replaced when done)")
@@ -210,8 +193,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "(default: the model's recipe's, dpm; ddpm for --recipe paper models)")
     s.add_argument("--steps", type=int, default=syn.steps,
                    help="sampling steps for ddim/dpm (default %(default)s)")
-    s.add_argument("--batch-size", type=int, default=syn.batch_size,
-                   help="pairs per batch (default %(default)s)")
+    add_batch_size(s, syn.batch_size, "pairs per batch")
     s.add_argument("--favor", type=_favor, action="append", metavar="CLASS=FACTOR",
                    help="draw chips made of CLASS (name or id) FACTOR times as often, e.g. "
                         "Water=3 or Road=0.5; repeatable (generators trained with --condition "
@@ -219,6 +201,5 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--upsampler", default=None,
                    help="upsampler folder made by 'satsynth train-upsampler': sample each pair "
                         "at the generator's size, then at the upsampler's (the size written)")
-    s.add_argument("--seed", type=int, default=syn.seed, help="random seed (default %(default)s)")
-    s.add_argument("--device", default=syn.device, help="auto, cpu or cuda (default %(default)s)")
-    s.set_defaults(func=_synthesize)
+    add_seed(s, syn.seed)
+    add_device(s, syn.device)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from satsynth import __version__
+from satsynth.contract import EXPORT_FORMATS, PredictFields
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path
 from satsynth.predict.onnx_format import (
@@ -41,16 +42,15 @@ from satsynth.predict.onnx_format import (
     OUTPUT_NAME,
     first_line,
     import_onnxruntime,
-    session_options,
+    open_session,
+    run_session,
     weights_digest,
 )
-from satsynth.predict.windows import DEFAULT_OVERLAP, DEFAULT_TILE
 
 log = logging.getLogger("satsynth")
 
 #: Largest difference allowed between the ONNX and PyTorch class probabilities on random input.
 TOLERANCE = 1e-3
-FORMATS = ("onnx",)
 
 
 def onnx_metadata(cfg: Any, tile_h: int, tile_w: int, overlap: int, digest: str
@@ -165,11 +165,9 @@ def _check_against_torch(module: Any, path: Path, shape: tuple[int, int, int, in
     ``shape`` (another batch size than the export's example, so the batch axis is checked)."""
     import torch
 
-    ort = import_onnxruntime("checking an exported model")
-    sess = ort.InferenceSession(str(path), session_options(ort),
-                                providers=["CPUExecutionProvider"])
+    sess = open_session(import_onnxruntime("checking an exported model"), path)
     x = np.random.default_rng(0).uniform(-1.05, 1.05, size=shape).astype(np.float32)
-    got = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    got = run_session(sess, x)
     with torch.inference_mode():
         want = module(torch.from_numpy(x).to(device)).float().cpu().numpy()
     if got.shape != want.shape:
@@ -215,14 +213,14 @@ def export_segmenter(model_dir: str | Path, out: str | Path, *, fmt: str = "onnx
     from satsynth.predict.windows import check_tiling
     from satsynth.segmenter.model import input_multiple, load_segmenter
 
-    if fmt not in FORMATS:
-        raise SatSynthError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise SatSynthError(f"--format {fmt}: choose from {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise SatSynthError("the model is written as ONNX: use a .onnx name", out)
     check_output(out, "file", inputs=[model_dir])
-    tile = DEFAULT_TILE if tile is None else tile
-    overlap = DEFAULT_OVERLAP if overlap is None else overlap
+    tile = PredictFields.tile if tile is None else tile
+    overlap = PredictFields.overlap if overlap is None else overlap
     model, cfg = load_segmenter(model_dir, "cpu")
     digest = weights_digest(model_dir)
     check_tiling(tile, overlap, 1, input_multiple(model), cfg.arch)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from satsynth.errors import SatSynthError
 
@@ -35,7 +38,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of an exported graph, each value decoded from JSON."""
     ort = import_onnxruntime("reading an exported model")
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = open_session(ort, path)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own exception types
         raise SatSynthError(f"not a readable ONNX model ({first_line(exc)})", path) from None
     return {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
@@ -57,12 +60,20 @@ def import_onnxruntime(purpose: str) -> Any:
     return onnxruntime
 
 
-def session_options(ort: Any) -> Any:
-    """ONNX Runtime session options: torch's thread count, errors-only logging."""
+def open_session(ort: Any, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)
+                 ) -> Any:
+    """An ONNX Runtime session of an exported graph on ``providers``, with torch's thread count
+    and errors-only logging (warnings would reach the plugin's log as noise)."""
     import torch
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: warnings would reach the plugin's log as noise
-    return opts
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=list(providers))
+
+
+def run_session(sess: Any, x: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(N, K, H, W)`` of normalized tiles ``x`` ``(N, C, H, W)`` through an
+    exported graph's session."""
+    return sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, np.float32)})[0]

@@ -18,17 +18,9 @@ from typing import Any
 import numpy as np
 
 from satsynth.errors import SatSynthError
+from satsynth.predict import onnx_format
 from satsynth.predict.export import write_onnx
 from satsynth.predict.forward import Forward
-from satsynth.predict.onnx_format import (
-    DIGEST_KEY,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    first_line,
-    import_onnxruntime,
-    session_options,
-    weights_digest,
-)
 
 log = logging.getLogger("satsynth")
 
@@ -69,11 +61,11 @@ class OnnxForward(Forward):
 
     def __init__(self, model_dir: str | Path, model: Any, cfg: Any, device: Any,
                  overlap: int) -> None:
-        self.ort = import_onnxruntime("--runtime onnx")
+        self.ort = onnx_format.import_onnxruntime("--runtime onnx")
         self.model_dir, self.model, self.cfg = Path(model_dir), model, cfg
         self.device, self.overlap = device, overlap
         self.providers = providers_for(device, self.ort.get_available_providers())
-        self.digest = weights_digest(model_dir)
+        self.digest = onnx_format.weights_digest(model_dir)
         self.sessions: dict[tuple[int, int], Any] = {}
         self._scratch: tempfile.TemporaryDirectory | None = None
         self.exported: list[Path] = []
@@ -83,12 +75,10 @@ class OnnxForward(Forward):
 
         shape = (int(x.shape[-2]), int(x.shape[-1]))
         sess = self.sessions.get(shape) or self._session(*shape)
-        probs = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, np.float32)})[0]
-        return torch.from_numpy(probs).to(self.device)
+        return torch.from_numpy(onnx_format.run_session(sess, x)).to(self.device)
 
     def _open(self, path: Path) -> Any:
-        return self.ort.InferenceSession(str(path), session_options(self.ort),
-                                         providers=self.providers)
+        return onnx_format.open_session(self.ort, path, self.providers)
 
     def _session(self, tile_h: int, tile_w: int) -> Any:
         path = cache_path(self.model_dir, tile_h, tile_w)
@@ -97,10 +87,11 @@ class OnnxForward(Forward):
             try:
                 sess = self._open(path)
             except Exception as exc:  # noqa: BLE001 - an unreadable cache is re-exported
-                log.info("%s is not readable (%s): exporting again", path.name, first_line(exc))
+                log.info("%s is not readable (%s): exporting again", path.name,
+                         onnx_format.first_line(exc))
             else:
                 meta = sess.get_modelmeta().custom_metadata_map
-                if meta.get(DIGEST_KEY) != json.dumps(self.digest):
+                if meta.get(onnx_format.DIGEST_KEY) != json.dumps(self.digest):
                     log.info("%s was exported from other weights: exporting again", path.name)
                     sess = None
         if sess is None:
@@ -122,7 +113,7 @@ class OnnxForward(Forward):
                 sess = self._open(path)
             except Exception as exc:  # noqa: BLE001
                 raise SatSynthError(f"ONNX Runtime cannot load the export "
-                                    f"({first_line(exc)})", path) from None
+                                    f"({onnx_format.first_line(exc)})", path) from None
         log.info("ONNX Runtime %s, providers %s", self.ort.__version__,
                  ", ".join(sess.get_providers()))
         self.sessions[(tile_h, tile_w)] = sess

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from satsynth import progress
+from satsynth.contract import PredictFields
 from satsynth.data.classes import ClassTable, write_qml
 from satsynth.distributed import Processes, processes
 from satsynth.errors import SatSynthError
@@ -42,7 +43,7 @@ from satsynth.predict.source import (
     select_bands,
 )
 from satsynth.predict.vectorize import StreamingVectorizer
-from satsynth.predict.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
+from satsynth.predict.windows import check_tiling
 from satsynth.predict.writer import PredictionWriter, aux_xml, to_cog
 from satsynth.raster import TileGrid, crs_name, fmt_coord, open_raster, quiet_georef_warnings
 
@@ -88,11 +89,12 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
                    confidence: str | Path | None = None, vector: str | Path | None = None,
-                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 8,
-                   device: str = "auto",
+                   tile: int = PredictFields.tile, overlap: int = PredictFields.overlap,
+                   batch: int = PredictFields.batch, device: str = PredictFields.device,
                    extent: str | Sequence[float] | None = None, mask: str | Path | None = None,
                    match_resolution: bool = False, cog: bool = False, simplify: float = 0.0,
-                   min_area: float = 0.0, runtime: str = "auto") -> dict[str, Any]:
+                   min_area: float = 0.0, runtime: str = PredictFields.runtime
+                   ) -> dict[str, Any]:
     """Predict classes over ``image`` with the segmenter in ``model_dir`` and write ``out``.
 
     ``out`` is a tiled, compressed GeoTIFF (a COG with ``cog=True``) on the image's grid (cropped

@@ -7,13 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from satsynth.contract import RUNTIMES
 from satsynth.errors import SatSynthError
 from satsynth.predict.forward import Forward, TorchForward
 from satsynth.predict.onnx_runtime import OnnxForward, onnx_available
 
 log = logging.getLogger("satsynth")
-
-RUNTIMES = ("auto", "torch", "onnx")
 
 
 def select_forward(runtime: str, model_dir: str | Path, model: Any, cfg: Any, device: Any,

@@ -8,11 +8,6 @@ from __future__ import annotations
 from satsynth.errors import SatSynthError
 from satsynth.raster import TileGrid
 
-#: ``satsynth predict``'s window size and the pixels neighbouring windows share (also what
-#: ``satsynth export`` records for Deepness by default).
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 64
-
 
 def check_tiling(tile: int, overlap: int, batch: int, multiple: int, arch: str) -> None:
     """Clear errors for tile/overlap/batch values the model or the blending cannot use."""

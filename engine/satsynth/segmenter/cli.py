@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from satsynth.cli_common import add_batch_size, add_command, add_device, add_seed
 from satsynth.contract import (
     ARCHITECTURES,
     CLASS_WEIGHTS,
@@ -33,9 +34,8 @@ def add_model_args(p: argparse.ArgumentParser, d: _Declared) -> None:
                    help=f"encoder backbone, e.g. {', '.join(ENCODERS)} (default {d.encoder})")
     p.add_argument("--epochs", type=int, default=d.epochs,
                    help=f"maximum epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"chips per step (default {d.batch_size})")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
+    add_batch_size(p, d.batch_size)
+    add_device(p, d.device)
 
 
 def add_train_args(p: argparse.ArgumentParser, d: _Declared) -> None:
@@ -54,11 +54,8 @@ def add_train_args(p: argparse.ArgumentParser, d: _Declared) -> None:
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the segmenter sub-commands."""
     seg = SegmenterTrainFields()
-    p = subparsers.add_parser(
-        "train-segmenter", parents=[common],
-        help="train a segmenter on real (+ synthetic) chips",
-        description="Train a segmentation model on a prepared dataset, optionally mixing in R "
-                    "synthetic pairs per real pair. Validation uses real chips only.")
+    p = add_command(subparsers, common, "train-segmenter", _train,
+                    help="train a segmenter on real (+ synthetic) chips")
     p.add_argument("dataset", help="prepared dataset folder (satsynth prepare)")
     p.add_argument("--out", required=True, help="segmenter model folder to write")
     p.add_argument("--synthetic", action="append", metavar="SYN_DIR",
@@ -90,11 +87,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=seg.lr_schedule,
                    help="after the 5%% warm-up: cosine to 0 by the end of the budget (default) "
                         "or constant")
-    p.add_argument("--seed", type=int, default=seg.seed,
-                   help=f"random seed (default {seg.seed})")
+    add_seed(p, seg.seed)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=seg.mixed_precision,
                    help="mixed precision on a CUDA GPU")
-    p.set_defaults(func=_train)
 
     from satsynth.segmenter import scoring_cli
 
@@ -102,6 +97,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train a segmentation model on a prepared dataset, optionally mixing in R synthetic pairs
+    per real pair. Validation uses real chips only."""
     from satsynth.segmenter.train import train_segmenter
 
     return train_segmenter(

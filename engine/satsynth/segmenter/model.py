@@ -8,22 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from satsynth.checkpoint import load_config, load_tensors
+from satsynth.contract import ARCHITECTURES, TINY_ARCH, TINY_ENCODER
 from satsynth.data.classes import ClassTable
 from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
 
-ARCHITECTURES = {
+#: The segmentation_models_pytorch class of each architecture but the tiny net (``TINY_ARCH``: no
+#: downsampling, for tests and quick CPU runs; its ``encoder`` reads "w<width>d<depth>", e.g.
+#: "w16d2": two 3x3 conv layers of 16 channels, then a 1x1 head).
+SMP_CLASSES = {
     "unet": "Unet",
     "fpn": "FPN",
     "deeplabv3plus": "DeepLabV3Plus",
     "pspnet": "PSPNet",
     "segformer": "Segformer",
 }
-ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
-            "mobilenet_v2", "mit_b0")
-#: A small fully convolutional net without downsampling (tests, quick CPU runs). Its ``encoder``
-#: reads "w<width>d<depth>": "w16d2" is two 3x3 conv layers of 16 channels, then a 1x1 head.
-TINY_ARCH = "tiny"
 
 
 @dataclass
@@ -70,9 +69,9 @@ def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) ->
     arch = cfg.arch.lower()
     if arch == TINY_ARCH:
         return _build_tiny(cfg)
-    if arch not in ARCHITECTURES:
+    if arch not in SMP_CLASSES:
         raise SatSynthError(f"unknown architecture {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)}")
-    cls = getattr(smp, ARCHITECTURES[arch])
+    cls = getattr(smp, SMP_CLASSES[arch])
     kwargs: dict[str, Any] = {"encoder_name": cfg.encoder, "encoder_weights": None,
                               "in_channels": cfg.in_channels, "classes": cfg.num_classes}
     if arch == "pspnet":
@@ -93,8 +92,8 @@ def _build_tiny(cfg: SegmenterConfig) -> Any:
 
     m = re.fullmatch(r"w(\d+)d(\d+)", str(cfg.encoder))
     if not m or int(m[1]) < 1:
-        raise SatSynthError(f"the {TINY_ARCH} architecture takes an encoder like 'w16d2' (width 16, "
-                            f"2 layers), got {cfg.encoder!r}")
+        raise SatSynthError(f"the {TINY_ARCH} architecture takes an encoder like '{TINY_ENCODER}' "
+                            f"(width 16, 2 layers), got {cfg.encoder!r}")
     width, depth = int(m[1]), int(m[2])
     layers: list[Any] = []
     ch = cfg.in_channels

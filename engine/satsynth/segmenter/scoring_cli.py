@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from satsynth.cli_common import add_batch_size, add_command, add_device
+
 
 def _filter_args(p: Any, note: str = "") -> None:
     p.add_argument("--keep", type=float, default=None, metavar="FRACTION",
@@ -36,34 +38,21 @@ def _fid_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add ``score-pairs`` and ``filter-pairs``; give ``synthesize`` (when present) the scoring
     options."""
-    p = subparsers.add_parser(
-        "score-pairs", parents=[common],
-        help="score each synthetic pair by how well a real-trained segmenter agrees with its mask",
-        description="Segment every synthetic image with a segmenter trained on real chips and "
-                    "score the pair by the agreement with its mask (per-pair mIoU and pixel "
-                    "accuracy). The scores are stored in the synthetic folder (train.scores.npy), "
-                    "as attributes of its footprints (chips.gpkg: miou, pixel_accuracy, rank), in "
-                    "report.json and as pairs_by_score.png. The folder is updated in place, "
-                    "atomically.")
+    p = add_command(
+        subparsers, common, "score-pairs", _score,
+        help="score each synthetic pair by how well a real-trained segmenter agrees with its mask")
     p.add_argument("synthetic", metavar="SYN_DIR", help="synthetic folder (satsynth synthesize)")
     p.add_argument("--segmenter", required=True, metavar="SEG_DIR",
                    help="segmenter trained on real chips (satsynth train-segmenter)")
-    p.add_argument("--batch-size", type=int, default=32, help="chips per step (default 32)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_batch_size(p, 32)
+    add_device(p)
     _fid_args(p)
-    p.set_defaults(func=_score)
 
-    p = subparsers.add_parser(
-        "filter-pairs", parents=[common],
-        help="keep the most consistent synthetic pairs as a new synthetic folder",
-        description="Write the most consistent pairs of scored synthetic folders (satsynth "
-                    "score-pairs) into a new synthetic folder: GeoTIFF chips laid out in rank "
-                    "order, VRT mosaics, footprints with the scores and a report; "
-                    "train-segmenter reads it like any synthetic folder.")
+    p = add_command(subparsers, common, "filter-pairs", _filter,
+                    help="keep the most consistent synthetic pairs as a new synthetic folder")
     p.add_argument("synthetic", metavar="SYN_DIR", nargs="+", help="scored synthetic folder(s)")
     p.add_argument("--out", required=True, help="filtered synthetic folder to write")
     _filter_args(p)
-    p.set_defaults(func=_filter)
 
     s = subparsers.choices.get("synthesize")
     if s is not None:
@@ -78,6 +67,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _score(args: argparse.Namespace) -> dict[str, Any]:
+    """Segment every synthetic image with a segmenter trained on real chips and score the pair by
+    the agreement with its mask (per-pair mIoU and pixel accuracy). The scores are stored in the
+    synthetic folder (train.scores.npy), as attributes of its footprints (chips.gpkg: miou,
+    pixel_accuracy, rank), in report.json and as pairs_by_score.png. The folder is updated in
+    place, atomically."""
     from satsynth.segmenter.scoring import score_pairs
 
     return score_pairs(args.synthetic, args.segmenter, device=args.device,
@@ -85,6 +79,9 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _filter(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the most consistent pairs of scored synthetic folders (satsynth score-pairs) into a
+    new synthetic folder: GeoTIFF chips laid out in rank order, VRT mosaics, footprints with the
+    scores and a report; train-segmenter reads it like any synthetic folder."""
     from satsynth.segmenter.scoring import filter_pairs, select_pairs
 
     select_pairs(np.zeros((0, 2)), args.keep, args.min_score)  # option errors first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from satsynth.cli_common import add_command
 from satsynth.contract import BUDGETS, SAMPLERS, ExperimentFields
 from satsynth.segmenter.cli import add_model_args, add_train_args
 from satsynth.workflows import demo
@@ -13,12 +14,8 @@ from satsynth.workflows import demo
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the workflow sub-commands."""
     exp = ExperimentFields()
-    p = subparsers.add_parser(
-        "experiment", parents=[common],
-        help="does synthetic data help? mIoU vs ratio R over seeds",
-        description="For each ratio R and seed, synthesize (cached), train a segmenter on real + "
-                    "R x real synthetic pairs and score it on the real validation chips. "
-                    "Resumable: finished runs are kept in OUT/runs.json.")
+    p = add_command(subparsers, common, "experiment", _experiment,
+                    help="does synthetic data help? mIoU vs ratio R over seeds")
     p.add_argument("dataset", help="prepared dataset folder")
     p.add_argument("--generator", metavar="MODEL_DIR", help="trained generator folder")
     p.add_argument("--upsampler", metavar="SR_DIR",
@@ -59,12 +56,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "one pass over the real chips)")
     add_model_args(p, exp)
     add_train_args(p, exp)
-    p.set_defaults(func=_experiment)
 
     demo.register(subparsers, common)
 
 
 def _experiment(args: argparse.Namespace) -> dict[str, Any]:
+    """For each ratio R and seed, synthesize (cached), train a segmenter on real + R x real
+    synthetic pairs and score it on the real validation chips. Resumable: finished runs are kept
+    in OUT/runs.json."""
     from satsynth.workflows.experiment import run_experiment
 
     return run_experiment(

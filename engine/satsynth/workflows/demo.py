@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from satsynth.cli_common import add_command, add_device, add_seed
 from satsynth.contract import (
     ARCHITECTURES,
     ExperimentFields,
@@ -30,19 +31,14 @@ log = logging.getLogger("satsynth")
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``demo`` sub-command."""
     seg = SegmenterTrainFields()
-    p = sub.add_parser(
-        "demo", parents=[common],
-        help="run every stage on a generated scene (or --data DIR) and write an HTML report",
-        description="Generate a georeferenced labeled scene (or use --data), then prepare chips, "
-                    "train a generator, synthesize pairs, train a segmenter on real data only, "
-                    "score every synthetic pair with it, train on real + all synthetic pairs and "
-                    "on real + the most consistent ones, evaluate each, predict the scene and "
-                    "write report.html. The defaults fit about 8 minutes on 2 CPU cores.")
+    p = add_command(sub, common, "demo", run_demo,
+                    help="run every stage on a generated scene (or --data DIR) and write an HTML "
+                         "report")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--data", default=None,
                    help="a folder of images + colour masks (like dubai-aerial) instead of the "
                         "generated scene")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p, 0)
     p.add_argument("--scene-size", type=int, default=2048, help="generated scene side, px")
     p.add_argument("--chip-size", type=int, default=64)
     p.add_argument("--generator-minutes", type=float, default=3.0)
@@ -57,12 +53,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "consistent by the real-only segmenter (0 = skip; default %(default)s)")
     p.add_argument("--max-chips", type=int, default=None,
                    help="cap the number of chips (quick runs)")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=run_demo)
+    add_device(p)
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the demo pipeline; returns every output path."""
+    """Generate a georeferenced labeled scene (or use --data), then prepare chips, train a
+    generator, synthesize pairs, train a segmenter on real data only, score every synthetic pair
+    with it, train on real + all synthetic pairs and on real + the most consistent ones, evaluate
+    each, predict the scene and write report.html. The defaults fit about 8 minutes on 2 CPU
+    cores."""
     from satsynth.data.prepare import prepare_dataset
     from satsynth.data.store import ChipStore
     from satsynth.generator.sample import synthesize
