@@ -70,12 +70,7 @@ FLOORS = ("data", "generator", "segmenter", "predict", "workflows")
 ENTRY_MODULES = {"satsynth.cli", "satsynth.__main__"}
 DYNAMIC_IMPORTS = {"import_module", "find_spec", "__import__"}
 #: Known upward imports still to remove, each with its reason (keep this empty where possible).
-KNOWN_EXCEPTIONS = {
-    # load_config validates every model config with the data layer's ClassTable and Normalizer;
-    # to go once the normalization schema sits beside the class-table schema in the contract
-    ("satsynth.checkpoint", "satsynth.data.classes"),
-    ("satsynth.checkpoint", "satsynth.data.normalize"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path, root: Path) -> str:

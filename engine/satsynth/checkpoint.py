@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from satsynth import FORMAT_VERSION, __version__
+from satsynth.contract import ContractError, parse_class_table, parse_normalization, strict_int
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_dir, read_json, umask_mode, write_json
 
@@ -60,20 +61,18 @@ CONFIG_INTS = {"format_version": 0, "in_channels": 1, "bands": 1, "chip_size": 1
 
 
 def validate_model_config(cfg: dict[str, Any], where: str | Path) -> None:
-    """Check a model config against the schema every model kind shares: the class table and the
-    normalization as for class files and datasets, whole-number sizes. One-line errors."""
-    from satsynth.data.classes import ClassTable, strict_int
-    from satsynth.data.normalize import Normalizer
-
+    """Check a model config against the schema every model kind shares (the contract's): the class
+    table and the normalization as for class files and datasets, whole-number sizes. One-line
+    errors."""
     try:
         for key, low in CONFIG_INTS.items():
             if cfg.get(key) is not None:
                 strict_int(cfg[key], key, low)
         if "classes" in cfg:
-            ClassTable.from_dict(cfg["classes"], where="classes")
+            parse_class_table(cfg["classes"], where="classes")
         if "normalization" in cfg:
-            Normalizer.from_dict(cfg["normalization"])
-    except SatSynthError as exc:
+            parse_normalization(cfg["normalization"])
+    except ContractError as exc:
         raise SatSynthError(f"not a valid model config: {exc}", where) from None
 
 

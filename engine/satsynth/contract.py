@@ -1,7 +1,7 @@
 """The engine-plugin contract: what the engine and the QGIS plugin must agree on, said once.
 
 - the class table's schema and its validation (ids, names, colours, ignore values, limits,
-  default colours);
+  default colours), and the normalization's (per-band low/high, band data type);
 - the choice lists of the command line (architectures, generator presets, recipes, samplers,
   devices, budgets, variants, layouts, runtimes...);
 - the option declarations of the stages (dataclasses with their defaults), from which the CLI
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +228,43 @@ def classes_from_names(names: Iterable[str], background: str | None = "backgroun
         i = len(classes)
         classes.append(ClassInfo(i, n, default_color(i)))
     return classes
+
+
+# --------------------------------------------------------------------------------------------
+# the normalization: per-band source values mapped to the model's [-1, 1]
+
+#: A band's data type (numpy's names): what a normalization's ``dtype`` may be.
+BAND_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+               "float16", "float32", "float64")
+
+
+@dataclass
+class NormalizationSpec:
+    """A validated normalization in plain values: per band the source values mapped to -1 and 1
+    (``low``, ``high``), and the bands' data type."""
+
+    low: list[float]
+    high: list[float]
+    dtype: str = BAND_DTYPES[0]
+
+
+def parse_normalization(data: Any) -> NormalizationSpec:
+    """Read a normalization's JSON form (what dataset.json and model configs hold), checked: finite
+    ``low`` and ``high`` numbers, one per band, and a :data:`BAND_DTYPES` data type (default
+    uint8). A problem raises one :class:`ContractError` line."""
+    try:
+        low = [float(v) for v in data["low"]]
+        high = [float(v) for v in data["high"]]
+        dtype = data.get("dtype", BAND_DTYPES[0])
+        if dtype not in BAND_DTYPES:
+            raise ValueError(dtype)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ContractError("normalization must hold per-band 'low' and 'high' numbers and a "
+                            "data type") from None
+    if not low or len(low) != len(high) or not all(math.isfinite(v) for v in low + high):
+        raise ContractError(f"normalization: 'low' and 'high' must be finite numbers, one per "
+                            f"band, got {low} and {high}")
+    return NormalizationSpec(low, high, dtype)
 
 
 # --------------------------------------------------------------------------------------------

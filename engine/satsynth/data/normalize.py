@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from satsynth.contract import ContractError, parse_normalization
+from satsynth.errors import SatSynthError
+
 
 @dataclass
 class Normalizer:
@@ -48,20 +51,14 @@ class Normalizer:
 
     @classmethod
     def from_dict(cls, d: Any) -> Normalizer:
-        """From :meth:`to_dict`'s form; a malformed one raises one :class:`SatSynthError` line."""
-        from satsynth.errors import SatSynthError
-
+        """From :meth:`to_dict`'s form, checked by the contract's schema
+        (:func:`satsynth.contract.parse_normalization`); a malformed one raises one
+        :class:`SatSynthError` line."""
         try:
-            low = [float(v) for v in d["low"]]
-            high = [float(v) for v in d["high"]]
-            dtype = str(np.dtype(d.get("dtype", "uint8")))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise SatSynthError("normalization must hold per-band 'low' and 'high' numbers and a "
-                                "data type") from None
-        if not low or len(low) != len(high) or not all(np.isfinite(low + high)):
-            raise SatSynthError(f"normalization: 'low' and 'high' must be finite numbers, one "
-                                f"per band, got {low} and {high}")
-        return cls(low, high, dtype)
+            spec = parse_normalization(d)
+        except ContractError as exc:
+            raise SatSynthError(str(exc)) from None
+        return cls(spec.low, spec.high, spec.dtype)
 
     @classmethod
     def fit(cls, samples: np.ndarray, dtype: str, p_low: float = 2.0, p_high: float = 98.0) -> Normalizer:
