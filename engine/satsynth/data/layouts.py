@@ -22,7 +22,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from satsynth.data.classes import ClassTable
 from satsynth.data.sources import PairSpec
@@ -34,34 +33,29 @@ log = logging.getLogger("satsynth")
 # Junjue-Wang/LoveDA (COLOR_MAP of Semantic_Segmentation) and mmsegmentation's
 # mmseg/datasets/loveda.py (same names and palette; 0 is the ignore index); TorchGeo's
 # torchgeo/datasets/loveda.py: "No-data regions assigned with 0 and should be ignored".
+# Each layout's classes: name -> colour, in the order of their label values (ids).
 LOVEDA_CLASSES = {
-    "classes": [
-        {"id": 1, "name": "background", "color": "#ffffff"},
-        {"id": 2, "name": "building", "color": "#ff0000"},
-        {"id": 3, "name": "road", "color": "#ffff00"},
-        {"id": 4, "name": "water", "color": "#0000ff"},
-        {"id": 5, "name": "barren", "color": "#9f81b7"},
-        {"id": 6, "name": "forest", "color": "#00ff00"},
-        {"id": 7, "name": "agriculture", "color": "#ffc380"},
-    ],
-    "ignore_ids": [0],
+    "background": "#ffffff",
+    "building": "#ff0000",
+    "road": "#ffff00",
+    "water": "#0000ff",
+    "barren": "#9f81b7",
+    "forest": "#00ff00",
+    "agriculture": "#ffc380",
 }
 
 # OpenEarthMap (Xia et al., WACV 2023): label values 0..8 and colours as in the authors' repo
 # bao18/open_earth_map (oem/utils.py class_grey_oem / class_rgb_oem, whose early names Grass,
 # Pavement, Cropland are the paper's rangeland, developed space, agriculture land); 0 = unknown.
 OPENEARTHMAP_CLASSES = {
-    "classes": [
-        {"id": 1, "name": "bareland", "color": "#800000"},
-        {"id": 2, "name": "rangeland", "color": "#00ff24"},
-        {"id": 3, "name": "developed space", "color": "#949494"},
-        {"id": 4, "name": "road", "color": "#ffffff"},
-        {"id": 5, "name": "tree", "color": "#226126"},
-        {"id": 6, "name": "water", "color": "#0045ff"},
-        {"id": 7, "name": "agriculture land", "color": "#4bb549"},
-        {"id": 8, "name": "building", "color": "#de1f07"},
-    ],
-    "ignore_ids": [0],
+    "bareland": "#800000",
+    "rangeland": "#00ff24",
+    "developed space": "#949494",
+    "road": "#ffffff",
+    "tree": "#226126",
+    "water": "#0045ff",
+    "agriculture land": "#4bb549",
+    "building": "#de1f07",
 }
 
 # iSAID (Waqas Zamir et al., CVPRW 2019), semantic masks *_instance_color_RGB.png: the RGB colour
@@ -69,24 +63,22 @@ OPENEARTHMAP_CLASSES = {
 # channel_order='rgb') and mmseg/mmdet's iSAIDDataset (class order; background is a class there,
 # reduce_zero_label=False). Ids are the converter's label values.
 ISAID_CLASSES = {
-    "classes": [
-        {"id": 0, "name": "background", "color": "#000000"},
-        {"id": 1, "name": "ship", "color": "#00003f"},
-        {"id": 2, "name": "storage tank", "color": "#003f3f"},
-        {"id": 3, "name": "baseball diamond", "color": "#003f00"},
-        {"id": 4, "name": "tennis court", "color": "#003f7f"},
-        {"id": 5, "name": "basketball court", "color": "#003fbf"},
-        {"id": 6, "name": "ground track field", "color": "#003fff"},
-        {"id": 7, "name": "bridge", "color": "#007f3f"},
-        {"id": 8, "name": "large vehicle", "color": "#007f7f"},
-        {"id": 9, "name": "small vehicle", "color": "#00007f"},
-        {"id": 10, "name": "helicopter", "color": "#0000bf"},
-        {"id": 11, "name": "swimming pool", "color": "#0000ff"},
-        {"id": 12, "name": "roundabout", "color": "#00bf7f"},
-        {"id": 13, "name": "soccer ball field", "color": "#007fbf"},
-        {"id": 14, "name": "plane", "color": "#007fff"},
-        {"id": 15, "name": "harbor", "color": "#00649b"},
-    ],
+    "background": "#000000",
+    "ship": "#00003f",
+    "storage tank": "#003f3f",
+    "baseball diamond": "#003f00",
+    "tennis court": "#003f7f",
+    "basketball court": "#003fbf",
+    "ground track field": "#003fff",
+    "bridge": "#007f3f",
+    "large vehicle": "#007f7f",
+    "small vehicle": "#00007f",
+    "helicopter": "#0000bf",
+    "swimming pool": "#0000ff",
+    "roundabout": "#00bf7f",
+    "soccer ball field": "#007fbf",
+    "plane": "#007fff",
+    "harbor": "#00649b",
 }
 
 #: How the published split names map onto the splits prepare writes (the test split is held out
@@ -96,11 +88,15 @@ OFFICIAL_SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 @dataclass(frozen=True)
 class Layout:
-    """One published dataset: its class table, mask kind and how to find its pairs."""
+    """One published dataset: its class table (class names -> colours, their label values
+    consecutive from ``first_id``; ``ignore_ids`` label no class), mask kind and how to find its
+    pairs."""
 
     name: str
     title: str
-    classes: dict[str, Any]
+    classes: dict[str, str]
+    first_id: int
+    ignore_ids: tuple[int, ...]
     mask_kind: str  # "raster" (class ids) or "colors"
     find: Callable[[Path], list[PairSpec]]
     #: drop the georeference when the images do not share one CRS (tiles from many regions)
@@ -108,7 +104,10 @@ class Layout:
 
     def table(self) -> ClassTable:
         """The built-in class table."""
-        return ClassTable.from_dict(self.classes, where=f"{self.title} class table")
+        classes = [{"id": i, "name": name, "color": color}
+                   for i, (name, color) in enumerate(self.classes.items(), self.first_id)]
+        return ClassTable.from_dict({"classes": classes, "ignore_ids": list(self.ignore_ids)},
+                                    where=f"{self.title} class table")
 
 
 def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -130,6 +129,18 @@ def _official_split(name: str) -> str | None:
     return OFFICIAL_SPLITS.get(name.lower())
 
 
+def _split_pairs(images: dict[str, Path], masks: dict[str, Path], split_name: str, kind: str,
+                 where: Path, without: str) -> list[PairSpec]:
+    """The pairs of a folder of the published split ``split_name``; none (logged) when it has no
+    masks (``without`` says which) or is a split prepare does not keep."""
+    split = _official_split(split_name)
+    if not masks or split is None:
+        log.info("%s: %d images %s; not used", where, len(images), without if not masks else
+                 f"of the official '{split_name}' split, which prepare does not keep")
+        return []
+    return _pair_up(images, masks, split, kind, where)
+
+
 def _find_loveda(root: Path) -> list[PairSpec]:
     pairs: list[PairSpec] = []
     for split_dir in sorted(d for d in root.iterdir() if d.is_dir()):
@@ -138,13 +149,8 @@ def _find_loveda(root: Path) -> list[PairSpec]:
             if not images:
                 continue
             masks = _files(scene / "masks_png", (".png",))
-            split = _official_split(split_dir.name)
-            if not masks or split is None:
-                log.info("%s: %d images %s; not used", scene, len(images),
-                         "without published masks" if not masks else
-                         f"of the official '{split_dir.name}' split, which prepare does not keep")
-                continue
-            pairs += _pair_up(images, masks, split, "raster", scene)
+            pairs += _split_pairs(images, masks, split_dir.name, "raster", scene,
+                                  "without published masks")
     return pairs
 
 
@@ -201,23 +207,17 @@ def _find_isaid(root: Path) -> list[PairSpec]:
                     masks.setdefault(p.stem[:-len(ISAID_MASK_SUFFIX)], p)
                 elif "_instance_" not in p.stem:
                     images.setdefault(p.stem, p)
-        if not images:
-            continue
-        split = _official_split(split_dir.name)
-        if not masks or split is None:
-            log.info("%s: %d images %s; not used", split_dir, len(images),
-                     "without semantic masks" if not masks else
-                     f"of the official '{split_dir.name}' split, which prepare does not keep")
-            continue
-        pairs += _pair_up(images, masks, split, "colors", split_dir)
+        if images:
+            pairs += _split_pairs(images, masks, split_dir.name, "colors", split_dir,
+                                  "without semantic masks")
     return pairs
 
 
 LAYOUTS: dict[str, Layout] = {
-    "loveda": Layout("loveda", "LoveDA", LOVEDA_CLASSES, "raster", _find_loveda),
-    "openearthmap": Layout("openearthmap", "OpenEarthMap", OPENEARTHMAP_CLASSES, "raster",
-                           _find_openearthmap, pixel_space_if_mixed_crs=True),
-    "isaid": Layout("isaid", "iSAID", ISAID_CLASSES, "colors", _find_isaid),
+    "loveda": Layout("loveda", "LoveDA", LOVEDA_CLASSES, 1, (0,), "raster", _find_loveda),
+    "openearthmap": Layout("openearthmap", "OpenEarthMap", OPENEARTHMAP_CLASSES, 1, (0,),
+                           "raster", _find_openearthmap, pixel_space_if_mixed_crs=True),
+    "isaid": Layout("isaid", "iSAID", ISAID_CLASSES, 0, (), "colors", _find_isaid),
 }
 
 EXPECTED = {
