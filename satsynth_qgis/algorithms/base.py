@@ -12,8 +12,11 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputFolder,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingUtils,
 )
@@ -24,6 +27,16 @@ from .. import compat, runner
 from ..contract import contract
 from ..folders import folder_problem
 from ..paths import icon_path
+
+#: "model default": the sampler of the generator's recipe (dpm; ddpm for --recipe paper models)
+MODEL_DEFAULT_SAMPLER = "model default"
+SAMPLERS = [MODEL_DEFAULT_SAMPLER, *contract.SAMPLERS]
+#: The folders that one stage writes and others read, as their parameters name them.
+STAGE_FOLDERS = {
+    "DATASET": "Dataset folder (from Prepare training chips)",
+    "GENERATOR": "Generator folder (from Train joint generator)",
+    "MODEL": "Segmenter folder (from Train segmenter)",
+}
 
 #: Group id -> display name; one group per stage of the pipeline.
 GROUPS = {
@@ -100,12 +113,20 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
     def checkParameterValues(self, parameters: dict[str, Any],
                              context: QgsProcessingContext) -> tuple[bool, str]:
         """Processing's checks, then the engine's output rule for OUTPUT (see
-        :meth:`output_problem`)."""
+        :meth:`output_problem`), then the algorithm's own (see :meth:`values_problem`)."""
         ok, msg = super().checkParameterValues(parameters, context)
-        if not ok or not self.OUTPUT_KIND:
+        if not ok:
             return ok, msg
-        problem = self.output_problem(parameters, context)
-        return (False, self.tr(problem)) if problem else (True, "")
+        problem = self.output_problem(parameters, context) if self.OUTPUT_KIND else ""
+        if problem:
+            return False, self.tr(problem)
+        problem = self.values_problem(parameters, context)
+        return (False, problem) if problem else (True, "")
+
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """Why the algorithm cannot run with these values ('' when it can), in the user's words;
+        algorithms with rules of their own override it."""
+        return ""
 
     def output_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         """Why the engine would refuse OUTPUT ('' when it would not): the engine's own rule
@@ -176,10 +197,55 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
             details.setPostProcessor(post_processor)
         context.addLayerToLoadOnCompletion(path, details)
 
+    def output_folder(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """The OUTPUT folder as an absolute path."""
+        return self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+
+    def optional_args(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                      flags: dict[str, str]) -> list[str]:
+        """``flag value`` for each parameter of ``flags`` (name -> flag) that is set, in order,
+        so that the engine's own default applies to the others: a number other than 0 (decimals
+        written exactly), a switch that is on (its flag alone), a choice, text, file or folder
+        that is neither empty nor the parameter's default."""
+        args: list[str] = []
+        for name, flag in flags.items():
+            param = self.parameterDefinition(name)
+            kind = param.type()
+            if kind == "boolean":
+                if self.parameterAsBoolean(parameters, name, context):
+                    args.append(flag)
+                continue
+            if kind == "number":
+                if param.dataType() == compat.NUMBER_INTEGER:
+                    number: float = self.parameterAsInt(parameters, name, context)
+                    value = str(number)
+                else:
+                    number = self.parameterAsDouble(parameters, name, context)
+                    value = repr(number)
+                unset = number == 0
+            else:
+                if kind == "enum":
+                    value = self.enum_value(parameters, name, context)
+                elif kind == "file":
+                    value = self.parameterAsFile(parameters, name, context)
+                else:
+                    value = self.parameterAsString(parameters, name, context)
+                unset = value in ("", param.defaultValue())
+            if not unset:
+                args += [flag, value]
+        return args
+
     @staticmethod
-    def add_device_args(args: list[str], device: str) -> None:
-        if device and device != "auto":
-            args += ["--device", device]
+    def engine_files(outputs: dict[str, Any], **keys: str) -> dict[str, str]:
+        """Processing outputs from the engine's (``OUTPUT_NAME="engine_key"``): each the path
+        the engine reported, '' when it reported none."""
+        return {name: str(outputs.get(key) or "") for name, key in keys.items()}
+
+    @staticmethod
+    def push_number(feedback: QgsProcessingFeedback, value: Any, text: str) -> None:
+        """Log ``text`` formatted with ``value`` (e.g. 'mIoU: {:.3f}') when it is a number."""
+        if isinstance(value, (int, float)):
+            feedback.pushInfo(text.format(value))
 
     # --- parameter factories ------------------------------------------------------------------
     def folder_param(self, name: str, description: str,
@@ -187,6 +253,10 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         """An existing folder (a dataset, model or synthetic folder)."""
         return QgsProcessingParameterFile(name, self.tr(description), behavior=compat.FILE_FOLDER,
                                           optional=optional)
+
+    def stage_folder_param(self, name: str, optional: bool = False) -> QgsProcessingParameterFile:
+        """A folder another stage wrote, by its parameter name (see :data:`STAGE_FOLDERS`)."""
+        return self.folder_param(name, STAGE_FOLDERS[name], optional=optional)
 
     def enum_param(self, name: str, description: str, options: Sequence[str],
                    default: str) -> QgsProcessingParameterEnum:
@@ -216,6 +286,21 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
     def device_param(self) -> QgsProcessingParameterEnum:
         return self.enum_param("DEVICE", "Device", contract.DEVICES, contract.DEVICES[0])
 
+    def sampler_param(self) -> QgsProcessingParameterEnum:
+        """SAMPLER: one of the engine's samplers, or the generator's own (model default)."""
+        return self.enum_param("SAMPLER", "Sampler", SAMPLERS, MODEL_DEFAULT_SAMPLER)
+
+    def add_advanced(self, *params: QgsProcessingParameterDefinition) -> None:
+        """Add ``params`` in order as advanced parameters (collapsed in the dialog)."""
+        for param in params:
+            self.addParameter(compat.advanced(param))
+
+    def add_output_folder(self, description: str, output: str = "") -> None:
+        """OUTPUT, the folder the algorithm writes, and the output ``output`` naming it."""
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", self.tr(description)))
+        if output:
+            self.addOutput(QgsProcessingOutputFolder(output, self.tr(description)))
+
     def enum_value(self, parameters: dict[str, Any], name: str,
                    context: QgsProcessingContext) -> str:
         """The chosen option's text (also when a model or script passes its index)."""
@@ -227,18 +312,17 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
             value = options[index] if 0 <= index < len(options) else ""
         return value
 
-    def folder_checks(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                      checks: dict[str, str]) -> tuple[bool, str]:
-        """Each folder parameter given must exist and be of its kind.
+    def folders_problem(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                       checks: dict[str, str]) -> str:
+        """Why a folder parameter given is not a folder of its kind ('' when all are).
 
-        ``checks`` maps a parameter name to a kind: 'dataset', 'synthetic', 'generator' or
-        'segmenter' (dataset folders hold dataset.json, model folders config.json with "kind").
+        ``checks`` maps a parameter name to a kind: 'dataset', 'synthetic', 'generator',
+        'upsampler' or 'segmenter' (dataset folders hold dataset.json, model folders config.json
+        with "kind").
         """
         for name, kind in checks.items():
             value = self.parameterAsFile(parameters, name, context)
-            if not value:
-                continue
-            problem = folder_problem(Path(value), kind)
+            problem = folder_problem(Path(value), kind) if value else ""
             if problem:
-                return False, self.tr(problem)
-        return True, ""
+                return self.tr(problem)
+        return ""

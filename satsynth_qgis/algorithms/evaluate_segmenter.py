@@ -11,7 +11,6 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterRasterLayer,
 )
 
@@ -38,7 +37,7 @@ class EvaluateSegmenter(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(self.folder_param("MODEL", "Segmenter folder (from Train segmenter)"))
+        self.addParameter(self.stage_folder_param("MODEL"))
         self.addParameter(self.folder_param(
             "DATASET", "Dataset folder (its validation chips are the reference)", optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(
@@ -46,38 +45,32 @@ class EvaluateSegmenter(SatSynthAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(
             "LABELS", self.tr("Reference labels raster for the image"), optional=True))
         self.addParameter(self.device_param())
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT", self.tr("Report folder")))
+        self.add_output_folder("Report folder")
         self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", self.tr("Evaluation report")))
         self.addOutput(QgsProcessingOutputFile("REPORT_JSON", self.tr("Evaluation report (JSON)")))
         self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Mean IoU")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         has_dataset = bool(self.parameterAsFile(parameters, "DATASET", context))
         has_image = parameters.get("IMAGE") not in (None, "")
         has_labels = parameters.get("LABELS") not in (None, "")
         if has_dataset == (has_image or has_labels):
-            return False, self.tr("Give the reference either as a dataset folder or as an image "
-                                  "with its labels raster, not both and not neither.")
+            return self.tr("Give the reference either as a dataset folder or as an image with "
+                           "its labels raster, not both and not neither.")
         if has_image != has_labels:
-            return False, self.tr("An image needs its reference labels raster (and labels need "
-                                  "their image).")
+            return self.tr("An image needs its reference labels raster (and labels need their "
+                           "image).")
         if has_labels:
             labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
             if labels is not None and labels.isValid() and labels.bandCount() != 1:
-                return False, self.tr(f"The labels raster '{labels.name()}' has "
-                                      f"{labels.bandCount()} bands; it must have a single band "
-                                      "of class ids.")
-        return self.folder_checks(parameters, context,
-                                  {"MODEL": "segmenter", "DATASET": "dataset"})
+                return self.tr(f"The labels raster '{labels.name()}' has {labels.bandCount()} "
+                               "bands; it must have a single band of class ids.")
+        return self.folders_problem(parameters, context,
+                                    {"MODEL": "segmenter", "DATASET": "dataset"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        out = self.output_folder(parameters, context)
         args = ["evaluate", self.parameterAsFile(parameters, "MODEL", context), "--out", out]
         dataset = self.parameterAsFile(parameters, "DATASET", context)
         if dataset:
@@ -89,10 +82,8 @@ class EvaluateSegmenter(SatSynthAlgorithm):
                 raise QgsProcessingException(self.tr("The image or its labels raster is invalid."))
             args += ["--image", layers.raster_to_file(image, context, feedback),
                      "--labels", layers.raster_to_file(labels, context, feedback)]
-        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        args += self.optional_args(parameters, context, {"DEVICE": "--device"})
         outputs = self.engine(args, feedback)
-        miou = outputs.get("miou")
-        if isinstance(miou, (int, float)):
-            feedback.pushInfo(f"Mean IoU: {miou:.3f}")
-        return {"OUTPUT": out, "REPORT_HTML": str(outputs.get("report_html") or ""),
-                "REPORT_JSON": str(outputs.get("report_json") or ""), "MIOU": miou}
+        self.push_number(feedback, outputs.get("miou"), "Mean IoU: {:.3f}")
+        return {"OUTPUT": out, "MIOU": outputs.get("miou"),
+                **self.engine_files(outputs, REPORT_HTML="report_html", REPORT_JSON="report_json")}

@@ -33,23 +33,19 @@ class ExportSegmenter(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(self.folder_param("MODEL", "Segmenter folder (from Train segmenter)"))
+        self.addParameter(self.stage_folder_param("MODEL"))
         self.add_tiling_parameters("Overlap between tiles, recorded for Deepness (pixels)")
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT", self.tr("ONNX model"), self.tr("ONNX models (*.onnx)")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         problem = self.tiling_problem(parameters, context)
         if problem:
-            return False, problem
+            return problem
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if out and not out.lower().endswith(".onnx"):
-            return False, self.tr("The ONNX model needs a file name ending in .onnx.")
-        return self.folder_checks(parameters, context, {"MODEL": "segmenter"})
+            return self.tr("The ONNX model needs a file name ending in .onnx.")
+        return self.folders_problem(parameters, context, {"MODEL": "segmenter"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:

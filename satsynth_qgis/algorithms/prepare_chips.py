@@ -8,14 +8,12 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -99,7 +97,7 @@ class PrepareChips(SatSynthAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "VAL_FRACTION", self.tr("Validation fraction"), compat.NUMBER_DOUBLE, 0.2,
             minValue=0.0, maxValue=0.9))
-        for param in (
+        self.add_advanced(
             QgsProcessingParameterNumber(
                 "LINE_BUFFER", self.tr("Buffer for line/point labels (metres, 0 = 1 pixel wide)"),
                 compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
@@ -121,75 +119,68 @@ class PrepareChips(SatSynthAlgorithm):
                 compat.NUMBER_INTEGER, 0, minValue=0),
             QgsProcessingParameterNumber(
                 "SEED", self.tr("Random seed of the split"), compat.NUMBER_INTEGER, 0, minValue=0),
-        ):
-            self.addParameter(compat.advanced(param))
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT", self.tr("Dataset folder")))
-        self.addOutput(QgsProcessingOutputFolder("DATASET", self.tr("Dataset folder")))
+        )
+        self.add_output_folder("Dataset folder", "DATASET")
         self.addOutput(QgsProcessingOutputVectorLayer("CHIPS", self.tr("Chip footprints")))
         self.addOutput(QgsProcessingOutputNumber("TRAIN_CHIPS", self.tr("Training chips")))
         self.addOutput(QgsProcessingOutputNumber("VAL_CHIPS", self.tr("Validation chips")))
         self.addOutput(QgsProcessingOutputNumber("NUM_CLASSES", self.tr("Number of classes")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         layout = self.enum_value(parameters, "DATASET_LAYOUT", context)
         if layout != NO_LAYOUT:
             if not self.parameterAsFile(parameters, "DATASET_FOLDER", context):
-                return False, self.tr(f"Choose the downloaded {layout} folder (Dataset folder).")
+                return self.tr(f"Choose the downloaded {layout} folder (Dataset folder).")
             if any(_given(parameters, n) for n in ("IMAGE", "LABELS", "VECTOR", "CLASSES")):
-                return False, self.tr("A dataset layout reads the images, masks and class table "
-                                      "from the dataset folder: leave Image raster, Labels, "
-                                      "Label polygons and Class table file empty.")
-            return True, ""
+                return self.tr("A dataset layout reads the images, masks and class table from "
+                               "the dataset folder: leave Image raster, Labels, Label polygons "
+                               "and Class table file empty.")
+            return ""
         if not _given(parameters, "IMAGE"):
-            return False, self.tr("Choose an image raster (or a dataset layout and its folder).")
+            return self.tr("Choose an image raster (or a dataset layout and its folder).")
         has_labels = _given(parameters, "LABELS")
         has_vector = _given(parameters, "VECTOR")
         if has_labels == has_vector:
-            return False, self.tr("Give the labels either as a labels raster or as label polygons "
-                                  "with a class field, not both and not neither.")
+            return self.tr("Give the labels either as a labels raster or as label polygons with "
+                           "a class field, not both and not neither.")
         if has_vector and not self.parameterAsString(parameters, "CLASS_FIELD", context):
-            return False, self.tr("Label polygons need a class field: the attribute that holds "
-                                  "each feature's class name or id.")
+            return self.tr("Label polygons need a class field: the attribute that holds each "
+                           "feature's class name or id.")
         image = self.parameterAsRasterLayer(parameters, "IMAGE", context)
         chip = self.parameterAsInt(parameters, "CHIP_SIZE", context)
         if image is not None and image.isValid() and image.width() > 0:
             if chip > min(image.width(), image.height()):
-                return False, self.tr(
+                return self.tr(
                     f"The chip size ({chip} px) is larger than the image "
                     f"'{image.name()}' ({image.width()} x {image.height()} px): "
                     "choose a smaller chip size.")
         if has_labels:
             labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
             if labels is not None and labels.isValid() and labels.bandCount() != 1:
-                return False, self.tr(
+                return self.tr(
                     f"The labels raster '{labels.name()}' has {labels.bandCount()} bands; it must "
                     "have a single band of class ids (use label polygons for other data).")
             if (self.parameterAsBoolean(parameters, "LABELS_ON_IMAGE_GRID", context)
                     and labels is not None and image is not None and labels.isValid()
                     and image.isValid() and (labels.width(), labels.height())
                     != (image.width(), image.height())):
-                return False, self.tr(
+                return self.tr(
                     f"'Labels raster drawn on the image's pixels' needs the labels to have the "
                     f"image's size: '{labels.name()}' is {labels.width()} x {labels.height()} px, "
                     f"'{image.name()}' {image.width()} x {image.height()} px.")
         if (self.parameterAsBoolean(parameters, "BACKGROUND_IGNORE", context)
                 and self.parameterAsString(parameters, "BACKGROUND", context) not in ("", "background")):
-            return False, self.tr("Choose either a background class name or 'do not train on "
-                                  "pixels no feature covers', not both.")
+            return self.tr("Choose either a background class name or 'do not train on pixels "
+                           "no feature covers', not both.")
         stride = self.parameterAsInt(parameters, "STRIDE", context)
         if stride and stride > 4 * chip:
-            return False, self.tr(f"A stride of {stride} px skips most of the image with "
-                                  f"{chip} px chips; use at most {4 * chip}.")
-        return True, ""
+            return self.tr(f"A stride of {stride} px skips most of the image with {chip} px "
+                           f"chips; use at most {4 * chip}.")
+        return ""
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        out = self.output_folder(parameters, context)
         layout = self.enum_value(parameters, "DATASET_LAYOUT", context)
         if layout != NO_LAYOUT:
             args = ["prepare", "--folder",
@@ -197,18 +188,13 @@ class PrepareChips(SatSynthAlgorithm):
                     layout, "--out", out]
         else:
             args = ["prepare", *self._label_args(parameters, context, feedback), "--out", out]
-        chip = self.parameterAsInt(parameters, "CHIP_SIZE", context)
-        args += ["--chip-size", str(chip)]
-        stride = self.parameterAsInt(parameters, "STRIDE", context)
-        if stride:
-            args += ["--stride", str(stride)]
-        args += ["--val-fraction", repr(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
+        args += ["--chip-size", str(self.parameterAsInt(parameters, "CHIP_SIZE", context)),
+                 *self.optional_args(parameters, context, {"STRIDE": "--stride"}),
+                 "--val-fraction", repr(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
                  "--min-labeled", repr(self.parameterAsDouble(parameters, "MIN_LABELED", context)),
                  "--block-size", str(self.parameterAsInt(parameters, "BLOCK_SIZE", context)),
-                 "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
-        max_chips = self.parameterAsInt(parameters, "MAX_CHIPS", context)
-        if max_chips:
-            args += ["--max-chips", str(max_chips)]
+                 "--seed", str(self.parameterAsInt(parameters, "SEED", context)),
+                 *self.optional_args(parameters, context, {"MAX_CHIPS": "--max-chips"})]
 
         outputs = self.engine(args, feedback)
         chips = str(outputs.get("chips") or "")
@@ -235,9 +221,9 @@ class PrepareChips(SatSynthAlgorithm):
             labels = self.parameterAsRasterLayer(parameters, "LABELS", context)
             if labels is None:
                 raise QgsProcessingException(self.invalidRasterError(parameters, "LABELS"))
-            args += ["--labels", layers.raster_to_file(labels, context, feedback)]
-            if self.parameterAsBoolean(parameters, "LABELS_ON_IMAGE_GRID", context):
-                args.append("--labels-on-image-grid")
+            args += ["--labels", layers.raster_to_file(labels, context, feedback),
+                     *self.optional_args(parameters, context,
+                                         {"LABELS_ON_IMAGE_GRID": "--labels-on-image-grid"})]
         else:
             path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
                 parameters, "VECTOR", context, layers.ENGINE_VECTOR_FORMATS, "gpkg", feedback)
@@ -246,22 +232,13 @@ class PrepareChips(SatSynthAlgorithm):
             args += ["--vector", path]
             if layer_name:
                 args += ["--layer", layer_name]
-            args += ["--class-field", self.parameterAsString(parameters, "CLASS_FIELD", context)]
-            buffer_m = self.parameterAsDouble(parameters, "LINE_BUFFER", context)
-            if buffer_m > 0:
-                args += ["--line-buffer", repr(buffer_m)]
-            if self.parameterAsBoolean(parameters, "ALL_TOUCHED", context):
-                args.append("--all-touched")
-            if self.parameterAsBoolean(parameters, "BACKGROUND_IGNORE", context):
-                args.append("--background-ignore")
-            else:
-                background = self.parameterAsString(parameters, "BACKGROUND", context)
-                if background and background != "background":
-                    args += ["--background", background]
-        classes = self.parameterAsFile(parameters, "CLASSES", context)
-        if classes:
-            args += ["--classes", classes]
-        return args
+            # a background name other than the default is refused with BACKGROUND_IGNORE
+            args += ["--class-field", self.parameterAsString(parameters, "CLASS_FIELD", context),
+                     *self.optional_args(parameters, context, {
+                         "LINE_BUFFER": "--line-buffer", "ALL_TOUCHED": "--all-touched",
+                         "BACKGROUND_IGNORE": "--background-ignore",
+                         "BACKGROUND": "--background"})]
+        return args + self.optional_args(parameters, context, {"CLASSES": "--classes"})
 
 
 def _given(parameters: dict[str, Any], name: str) -> bool:

@@ -9,7 +9,6 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputHtml,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
@@ -17,7 +16,6 @@ from qgis.core import (
 from .. import compat
 from ..contract import contract
 from .base import SatSynthAlgorithm
-from .synthesize import MODEL_DEFAULT_SAMPLER, SAMPLERS
 from .train_segmenter import encoder_problem
 
 
@@ -67,7 +65,7 @@ class RunExperiment(SatSynthAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         d = contract.ExperimentFields()
-        self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
+        self.addParameter(self.stage_folder_param("DATASET"))
         self.addParameter(self.folder_param(
             "GENERATOR", "Generator folder (from Train joint generator; needed for R > 0)",
             optional=True))
@@ -92,7 +90,7 @@ class RunExperiment(SatSynthAlgorithm):
             "BATCH_SIZE", self.tr("Batch size (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
         self.addParameter(self.device_param())
-        for param in (
+        self.add_advanced(
             QgsProcessingParameterString("VARIANTS", self.tr(
                 f"Variants: how synthetic pairs are used ({', '.join(contract.VARIANTS)})"),
                 ",".join(d.variants)),
@@ -108,49 +106,43 @@ class RunExperiment(SatSynthAlgorithm):
             QgsProcessingParameterNumber("COUNT_PER_REAL", self.tr(
                 "Synthetic pairs to make per real chip (0 = the largest R)"),
                 compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
-            self.enum_param("SAMPLER", "Sampler", SAMPLERS, MODEL_DEFAULT_SAMPLER),
+            self.sampler_param(),
             QgsProcessingParameterNumber("SAMPLER_STEPS", self.tr("Sampler steps (dpm, ddim)"),
                                          compat.NUMBER_INTEGER, d.steps, minValue=1),
             self.folder_param("UPSAMPLER", "Upsampler folder (from Train upsampler): make the "
                               "synthetic pairs through the cascade", optional=True),
-        ):
-            self.addParameter(compat.advanced(param))
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT", self.tr("Experiment folder (the same folder resumes)")))
+        )
+        self.add_output_folder("Experiment folder (the same folder resumes)")
         self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", self.tr("Experiment report")))
         self.addOutput(QgsProcessingOutputFile("RESULTS", self.tr("Results (JSON)")))
         self.addOutput(QgsProcessingOutputFile("TABLE", self.tr("Table (Markdown)")))
         self.addOutput(QgsProcessingOutputFile("PLOT", self.tr("Plot (PNG)")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         text = self.parameterAsString(parameters, "RATIOS", context)
         ratios = parse_ratios(text)
         if ratios is None:
-            return False, self.tr(f"Ratios must be numbers >= 0 separated by commas (e.g. "
-                                  f"0,1,2), not '{text}'.")
+            return self.tr(f"Ratios must be numbers >= 0 separated by commas (e.g. 0,1,2), not "
+                           f"'{text}'.")
         if max(ratios) > 0 and not self.parameterAsFile(parameters, "GENERATOR", context):
-            return False, self.tr("Ratios above 0 need a generator folder (from Train joint "
-                                  "generator); with only R = 0 there is nothing to compare.")
+            return self.tr("Ratios above 0 need a generator folder (from Train joint "
+                           "generator); with only R = 0 there is nothing to compare.")
         problem = encoder_problem(self.enum_value(parameters, "ARCH", context),
                                   self.parameterAsString(parameters, "ENCODER", context).strip())
         if problem:
-            return False, self.tr(problem)
+            return self.tr(problem)
         if (self.parameterAsFile(parameters, "UPSAMPLER", context)
                 and not self.parameterAsFile(parameters, "GENERATOR", context)):
-            return False, self.tr("An upsampler folder needs a generator folder: the cascade's "
-                                  "base generator (trained with Train at chip size = the "
-                                  "upsampler's base size).")
-        return self.folder_checks(parameters, context,
-                                  {"DATASET": "dataset", "GENERATOR": "generator",
-                                   "UPSAMPLER": "upsampler"})
+            return self.tr("An upsampler folder needs a generator folder: the cascade's base "
+                           "generator (trained with Train at chip size = the upsampler's base "
+                           "size).")
+        return self.folders_problem(parameters, context,
+                                    {"DATASET": "dataset", "GENERATOR": "generator",
+                                     "UPSAMPLER": "upsampler"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        out = self.output_folder(parameters, context)
         ratios = parse_ratios(self.parameterAsString(parameters, "RATIOS", context)) or [0.0]
         args = ["experiment", self.parameterAsFile(parameters, "DATASET", context),
                 "--out", out, "--ratios", ",".join(f"{r:g}" for r in ratios),
@@ -166,29 +158,17 @@ class RunExperiment(SatSynthAlgorithm):
                     " ", "") or ",".join(contract.ExperimentFields().variants)]
         generator = self.parameterAsFile(parameters, "GENERATOR", context)
         if generator and max(ratios) > 0:
-            args += ["--generator", generator]
-            sampler = self.enum_value(parameters, "SAMPLER", context)
-            if sampler in contract.SAMPLERS:
-                args += ["--sampler", sampler]
-            args += ["--steps", str(self.parameterAsInt(parameters, "SAMPLER_STEPS", context))]
-            upsampler = self.parameterAsFile(parameters, "UPSAMPLER", context)
-            if upsampler:
-                args += ["--upsampler", upsampler]
-        batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
-        if batch:
-            args += ["--batch-size", str(batch)]
-        val_every = self.parameterAsInt(parameters, "VAL_EVERY", context)
-        if val_every:
-            args += ["--val-every", str(val_every)]
-        for name, flag in (("MINUTES_PER_RUN", "--minutes-per-run"),
-                           ("COUNT_PER_REAL", "--count-per-real")):
-            value = self.parameterAsDouble(parameters, name, context)
-            if value:
-                args += [flag, repr(value)]
-        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+            args += ["--generator", generator,
+                     *self.optional_args(parameters, context, {"SAMPLER": "--sampler"}),
+                     "--steps", str(self.parameterAsInt(parameters, "SAMPLER_STEPS", context)),
+                     *self.optional_args(parameters, context, {"UPSAMPLER": "--upsampler"})]
+        args += self.optional_args(parameters, context, {
+            "BATCH_SIZE": "--batch-size", "VAL_EVERY": "--val-every",
+            "MINUTES_PER_RUN": "--minutes-per-run", "COUNT_PER_REAL": "--count-per-real",
+            "DEVICE": "--device"})
         feedback.pushInfo("Runs already in the experiment folder are kept: only the missing "
                           "ones are trained.")
         outputs = self.engine(args, feedback, outer_stage="experiment")
-        return {"OUTPUT": out, "REPORT_HTML": str(outputs.get("report_html") or ""),
-                "RESULTS": str(outputs.get("results") or ""),
-                "TABLE": str(outputs.get("table") or ""), "PLOT": str(outputs.get("plot") or "")}
+        return {"OUTPUT": out, **self.engine_files(outputs, REPORT_HTML="report_html",
+                                                   RESULTS="results", TABLE="table",
+                                                   PLOT="plot")}

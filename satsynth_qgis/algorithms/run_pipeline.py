@@ -73,7 +73,7 @@ class RunPipeline(SatSynthAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "EPOCHS", self.tr("Segmenter epochs"), compat.NUMBER_INTEGER, 10, minValue=1))
         self.addParameter(self.device_param())
-        for param in (
+        self.add_advanced(
             QgsProcessingParameterRasterLayer(
                 "SEGMENT_INPUT", self.tr("Raster to segment at the end (default: the image)"),
                 optional=True),
@@ -88,8 +88,7 @@ class RunPipeline(SatSynthAlgorithm):
                                          compat.NUMBER_INTEGER, predict.overlap, minValue=0),
             QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
                                          seg.seed, minValue=0),
-        ):
-            self.addParameter(compat.advanced(param))
+        )
         self.addParameter(QgsProcessingParameterFolderDestination(
             "OUTPUT_FOLDER", self.tr("Output folder (one sub-folder per stage)")))
         self.addOutput(QgsProcessingOutputFolder("DATASET", self.tr("Dataset folder")))
@@ -100,22 +99,15 @@ class RunPipeline(SatSynthAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Validation mIoU")))
         self.addOutput(QgsProcessingOutputRasterLayer("PREDICTION", self.tr("Prediction")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         prepare = PrepareChips()
         prepare.initAlgorithm()
         values = {k: parameters[k] for k in PREPARE_INPUTS if k in parameters}
         values["OUTPUT"] = "unused"
         ok, msg = prepare.checkParameterValues(values, context)
         if not ok:
-            return ok, msg
-        tile = self.parameterAsInt(parameters, "TILE", context)
-        if self.parameterAsInt(parameters, "OVERLAP", context) * 2 >= tile:
-            return False, self.tr(f"The overlap must be less than half the tile size ({tile} px).")
-        return True, ""
+            return msg
+        return self.tiling_problem(parameters, context)
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from qgis.core import (
 
 from .. import compat, layers
 from ..contract import contract
-from ..folders import folder_problem, model_config
+from ..folders import model_config
 from ..styling import ClassStylePostProcessor, VectorClassStylePostProcessor
 from .base import SatSynthAlgorithm
 
@@ -52,7 +52,7 @@ class SegmentRaster(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(self.folder_param("MODEL", "Segmenter folder (from Train segmenter)"))
+        self.addParameter(self.stage_folder_param("MODEL"))
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", self.tr("Raster to segment")))
         self.addParameter(QgsProcessingParameterExtent(
             "EXTENT", self.tr("Extent (default: the whole raster)"), optional=True))
@@ -61,7 +61,7 @@ class SegmentRaster(SatSynthAlgorithm):
             optional=True))
         self.add_tiling_parameters("Overlap between tiles (pixels)")
         self.addParameter(self.device_param())
-        for param in (
+        self.add_advanced(
             QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch"),
                                          compat.NUMBER_INTEGER, 8, minValue=1),
             self.enum_param("RUNTIME", "Runtime", contract.RUNTIMES,
@@ -72,8 +72,7 @@ class SegmentRaster(SatSynthAlgorithm):
             QgsProcessingParameterNumber(
                 "MIN_AREA", self.tr("Drop polygons smaller than (m²)"), compat.NUMBER_DOUBLE, 0.0,
                 minValue=0.0),
-        ):
-            self.addParameter(compat.advanced(param))
+        )
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT", self.tr("Classified raster")))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -83,29 +82,23 @@ class SegmentRaster(SatSynthAlgorithm):
             "OUTPUT_VECTOR", self.tr("Class polygons"), compat.TYPE_VECTOR_POLYGON,
             optional=True, createByDefault=False))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
-        problem = self.tiling_problem(parameters, context)
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        problem = self.tiling_problem(parameters, context) or self.folders_problem(
+            parameters, context, {"MODEL": "segmenter"})
         if problem:
-            return False, problem
+            return problem
         model = Path(self.parameterAsFile(parameters, "MODEL", context))
-        problem = folder_problem(model, "segmenter")
-        if problem:
-            return False, self.tr(problem)
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         bands = model_config(model).get("in_channels")
         if layer is not None and layer.isValid() and isinstance(bands, int) \
                 and layers.raster_file(layer) is not None and layer.bandCount() != bands:
-            return False, self.tr(f"The segmenter was trained on {bands}-band images, but "
-                                  f"'{layer.name()}' has {layer.bandCount()} bands.")
+            return self.tr(f"The segmenter was trained on {bands}-band images, but "
+                           f"'{layer.name()}' has {layer.bandCount()} bands.")
         if layer is not None and layer.isValid() and parameters.get("EXTENT") not in (None, ""):
             extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
             if not extent.isNull() and not extent.intersects(layer.extent()):
-                return False, self.tr(f"The extent does not overlap the raster '{layer.name()}'.")
-        return True, ""
+                return self.tr(f"The extent does not overlap the raster '{layer.name()}'.")
+        return ""
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
@@ -137,16 +130,11 @@ class SegmentRaster(SatSynthAlgorithm):
             args += ["--confidence", confidence]
         vector = self.parameterAsOutputLayer(parameters, "OUTPUT_VECTOR", context)
         if vector:
-            args += ["--vector", vector]
-            min_area = self.parameterAsDouble(parameters, "MIN_AREA", context)
-            if min_area > 0:
-                args += ["--min-area", repr(min_area)]
-        if self.parameterAsBoolean(parameters, "MATCH_RESOLUTION", context):
-            args.append("--match-resolution")
-        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
-        runtime = self.enum_value(parameters, "RUNTIME", context)
-        if runtime and runtime != "auto":
-            args += ["--runtime", runtime]
+            args += ["--vector", vector,
+                     *self.optional_args(parameters, context, {"MIN_AREA": "--min-area"})]
+        args += self.optional_args(parameters, context, {"MATCH_RESOLUTION": "--match-resolution",
+                                                         "DEVICE": "--device",
+                                                         "RUNTIME": "--runtime"})
 
         outputs = self.engine(args, feedback)
         prediction = str(outputs.get("prediction") or out)

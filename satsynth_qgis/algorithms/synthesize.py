@@ -9,10 +9,8 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
-    QgsProcessingOutputFolder,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
@@ -21,10 +19,6 @@ from .. import compat
 from ..contract import contract
 from ..styling import ClassStylePostProcessor
 from .base import SatSynthAlgorithm
-
-#: "model default": the sampler of the generator's recipe (dpm; ddpm for --recipe paper models)
-MODEL_DEFAULT_SAMPLER = "model default"
-SAMPLERS = [MODEL_DEFAULT_SAMPLER, *contract.SAMPLERS]
 
 
 def favor_items(text: str) -> list[str]:
@@ -77,32 +71,31 @@ class Synthesize(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(self.folder_param("GENERATOR", "Generator folder (from Train joint generator)"))
+        self.addParameter(self.stage_folder_param("GENERATOR"))
         self.addParameter(QgsProcessingParameterNumber(
             "COUNT", self.tr("Number of pairs"), compat.NUMBER_INTEGER, 64, minValue=1))
         defaults = contract.SynthesizeFields()
-        self.addParameter(self.enum_param("SAMPLER", "Sampler", SAMPLERS, MODEL_DEFAULT_SAMPLER))
+        self.addParameter(self.sampler_param())
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("Sampling steps (dpm, ddim)"), compat.NUMBER_INTEGER, defaults.steps,
             minValue=1, maxValue=1000))
         self.addParameter(QgsProcessingParameterNumber(
             "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, defaults.seed, minValue=0))
         self.addParameter(self.device_param())
-        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "BATCH_SIZE", self.tr("Pairs per batch (0 = engine default)"), compat.NUMBER_INTEGER,
-            0, minValue=0)))
-        self.addParameter(compat.advanced(QgsProcessingParameterString(
-            "FAVOR", self.tr("Favor classes (e.g. Water=3; Road=0.5)"), optional=True)))
-        self.addParameter(compat.advanced(self.folder_param(
-            "UPSAMPLER", "Upsampler folder (from Train upsampler)", optional=True)))
-        self.addParameter(compat.advanced(self.folder_param(
-            "SCORE_WITH", "Score with segmenter (trained on real chips)", optional=True)))
-        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "KEEP", self.tr("Keep the most consistent fraction (0 = all; needs a segmenter)"),
-            compat.NUMBER_DOUBLE, 0.0, minValue=0.0, maxValue=1.0)))
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT", self.tr("Synthetic folder")))
-        self.addOutput(QgsProcessingOutputFolder("SYNTHETIC", self.tr("Synthetic folder")))
+        self.add_advanced(
+            QgsProcessingParameterNumber("BATCH_SIZE", self.tr(
+                "Pairs per batch (0 = engine default)"), compat.NUMBER_INTEGER, 0, minValue=0),
+            QgsProcessingParameterString("FAVOR", self.tr(
+                "Favor classes (e.g. Water=3; Road=0.5)"), optional=True),
+            self.folder_param("UPSAMPLER", "Upsampler folder (from Train upsampler)",
+                              optional=True),
+            self.folder_param("SCORE_WITH", "Score with segmenter (trained on real chips)",
+                              optional=True),
+            QgsProcessingParameterNumber("KEEP", self.tr(
+                "Keep the most consistent fraction (0 = all; needs a segmenter)"),
+                compat.NUMBER_DOUBLE, 0.0, minValue=0.0, maxValue=1.0),
+        )
+        self.add_output_folder("Synthetic folder", "SYNTHETIC")
         self.addOutput(QgsProcessingOutputVectorLayer("FOOTPRINTS",
                                                       self.tr("Synthetic pair footprints")))
         self.addOutput(QgsProcessingOutputRasterLayer("IMAGES", self.tr("Synthetic images")))
@@ -110,61 +103,46 @@ class Synthesize(SatSynthAlgorithm):
         self.addOutput(QgsProcessingOutputFile("REPORT", self.tr("Class-share report (JSON)")))
         self.addOutput(QgsProcessingOutputFile("GRID", self.tr("Sample grid (PNG)")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         try:
             favor_items(self.parameterAsString(parameters, "FAVOR", context))
         except ValueError as exc:
-            return False, str(exc)
+            return str(exc)
         keep = self.parameterAsDouble(parameters, "KEEP", context)
         if keep > 0 and not self.parameterAsFile(parameters, "SCORE_WITH", context):
-            return False, self.tr("Keep fraction needs a segmenter to score the pairs (Score "
-                                  "with segmenter)")
-        ok, msg = self.folder_checks(parameters, context, {"UPSAMPLER": "upsampler"})
-        if not ok:
-            return ok, msg
-        return self.folder_checks(parameters, context, {"GENERATOR": "generator",
-                                                        "SCORE_WITH": "segmenter"})
+            return self.tr("Keep fraction needs a segmenter to score the pairs (Score with "
+                           "segmenter)")
+        return self.folders_problem(parameters, context, {"UPSAMPLER": "upsampler",
+                                                          "GENERATOR": "generator",
+                                                          "SCORE_WITH": "segmenter"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        out = self.output_folder(parameters, context)
         args = ["synthesize", self.parameterAsFile(parameters, "GENERATOR", context),
                 "--count", str(self.parameterAsInt(parameters, "COUNT", context)),
                 "--out", out, "--steps", str(self.parameterAsInt(parameters, "STEPS", context)),
-                "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
-        sampler = self.enum_value(parameters, "SAMPLER", context)
-        if sampler in contract.SAMPLERS:  # else the engine uses the generator's recipe's
-            args += ["--sampler", sampler]
-        if sampler == "ddpm":
+                "--seed", str(self.parameterAsInt(parameters, "SEED", context)),
+                # no sampler: the engine uses the generator's recipe's
+                *self.optional_args(parameters, context, {"SAMPLER": "--sampler"})]
+        if self.enum_value(parameters, "SAMPLER", context) == "ddpm":
             feedback.pushInfo("The ddpm sampler runs all 1000 steps (Sampling steps is ignored).")
         for item in favor_items(self.parameterAsString(parameters, "FAVOR", context)):
             args += ["--favor", item]
-        score_with = self.parameterAsFile(parameters, "SCORE_WITH", context)
-        if score_with:
-            args += ["--score-with", score_with]
-            keep = self.parameterAsDouble(parameters, "KEEP", context)
-            if keep > 0:
-                args += ["--keep", repr(keep)]
-        upsampler = self.parameterAsFile(parameters, "UPSAMPLER", context)
-        if upsampler:
-            args += ["--upsampler", upsampler]
-        batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
-        if batch:
-            args += ["--batch-size", str(batch)]
-        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        # KEEP is refused without SCORE_WITH (values_problem)
+        args += self.optional_args(parameters, context, {
+            "SCORE_WITH": "--score-with", "KEEP": "--keep", "UPSAMPLER": "--upsampler",
+            "BATCH_SIZE": "--batch-size", "DEVICE": "--device"})
         outputs = self.engine(args, feedback)
-        images = str(outputs.get("images_vrt") or "")
-        labels = str(outputs.get("labels_vrt") or "")
-        if images:
-            self.load_on_completion(context, images, self.tr("Synthetic images"), "IMAGES",
-                                    raster=True)
-        if labels:
-            self.load_on_completion(context, labels, self.tr("Synthetic labels"), "LABELS",
-                                    raster=True, post_processor=ClassStylePostProcessor.create(
+        files = self.engine_files(outputs, IMAGES="images_vrt", LABELS="labels_vrt",
+                                  REPORT="report", GRID="grid")
+        if files["IMAGES"]:
+            self.load_on_completion(context, files["IMAGES"], self.tr("Synthetic images"),
+                                    "IMAGES", raster=True)
+        if files["LABELS"]:
+            self.load_on_completion(context, files["LABELS"], self.tr("Synthetic labels"),
+                                    "LABELS", raster=True,
+                                    post_processor=ClassStylePostProcessor.create(
                                         outputs.get("labels_qml")))
         footprints = str(Path(outputs.get("synthetic") or out) / "chips.gpkg")
         if Path(footprints).is_file():
@@ -172,14 +150,11 @@ class Synthesize(SatSynthAlgorithm):
                                     "FOOTPRINTS", raster=False)
         else:
             footprints = ""
-        if isinstance(outputs.get("pair_miou_mean"), (int, float)):
-            feedback.pushInfo(f"Pair consistency: mean pair mIoU {outputs['pair_miou_mean']:.3f}"
-                              f" (sort the footprints by 'rank' to see the best and worst pairs).")
-        shares = outputs.get("tv_distance")
-        if isinstance(shares, (int, float)):
-            feedback.pushInfo(f"Class shares, synthetic vs real: total variation distance "
-                              f"{shares:.3f} (0 = identical).")
+        self.push_number(feedback, outputs.get("pair_miou_mean"),
+                         "Pair consistency: mean pair mIoU {:.3f} (sort the footprints by 'rank' "
+                         "to see the best and worst pairs).")
+        self.push_number(feedback, outputs.get("tv_distance"),
+                         "Class shares, synthetic vs real: total variation distance {:.3f} "
+                         "(0 = identical).")
         return {"OUTPUT": out, "SYNTHETIC": str(outputs.get("synthetic") or out),
-                "IMAGES": images, "LABELS": labels, "FOOTPRINTS": footprints,
-                "REPORT": str(outputs.get("report") or ""),
-                "GRID": str(outputs.get("grid") or "")}
+                "FOOTPRINTS": footprints, **files}

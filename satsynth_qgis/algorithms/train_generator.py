@@ -8,9 +8,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
-    QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
 )
 
@@ -55,20 +53,20 @@ class TrainGenerator(SatSynthAlgorithm):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
+        self.addParameter(self.stage_folder_param("DATASET"))
         d = contract.GeneratorTrainFields()
         self.addParameter(self.enum_param("RECIPE", "Recipe", contract.RECIPES, d.recipe))
         self.add_budget_parameters()
-        self.addParameter(compat.advanced(self.enum_param(
-            "CONDITION", "Conditioning", contract.CONDITIONS, d.condition)))
-        self.addParameter(compat.advanced(self.enum_param(
-            "MIXED_PRECISION", "Mixed precision (CUDA GPU)", contract.MIXED_PRECISIONS,
-            d.mixed_precision)))
-        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "SIZE", self.tr("Train at chip size (px, 0 = the chips' size)"),
-            compat.NUMBER_INTEGER, 0, minValue=0)))
-        self.addParameter(compat.advanced(QgsProcessingParameterNumber(
-            "SEED", self.tr("Random seed"), compat.NUMBER_INTEGER, d.seed, minValue=0)))
+        self.add_advanced(
+            self.enum_param("CONDITION", "Conditioning", contract.CONDITIONS, d.condition),
+            self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)",
+                            contract.MIXED_PRECISIONS, d.mixed_precision),
+            QgsProcessingParameterNumber("SIZE", self.tr(
+                "Train at chip size (px, 0 = the chips' size)"), compat.NUMBER_INTEGER, 0,
+                minValue=0),
+            QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
+                                         d.seed, minValue=0),
+        )
         self.add_training_outputs("GENERATOR", "Generator folder")
 
     # --- shared with Train upsampler ------------------------------------------------------------
@@ -90,46 +88,31 @@ class TrainGenerator(SatSynthAlgorithm):
 
     def add_training_outputs(self, folder: str, description: str) -> None:
         """The model folder (destination and output ``folder``), the log and the loss plot."""
-        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", self.tr(description)))
-        self.addOutput(QgsProcessingOutputFolder(folder, self.tr(description)))
+        self.add_output_folder(description, folder)
         self.addOutput(QgsProcessingOutputFile("LOG", self.tr("Training log (CSV)")))
         self.addOutput(QgsProcessingOutputFile("LOSS_PLOT", self.tr("Loss plot (PNG)")))
         self.addOutput(QgsProcessingOutputNumber("STEPS_DONE", self.tr("Steps trained")))
 
-    def budget_args(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
-        """--steps, --batch-size and --minutes when given (0 = the engine's default)."""
-        args = []
-        for name, flag in (("STEPS", "--steps"), ("BATCH_SIZE", "--batch-size")):
-            value = self.parameterAsInt(parameters, name, context)
-            if value:
-                args += [flag, str(value)]
-        minutes = self.parameterAsDouble(parameters, "MINUTES", context)
-        if minutes:
-            args += ["--minutes", repr(minutes)]
-        return args
-
     def train(self, args: list[str], out: str, folder: str, parameters: dict[str, Any],
               context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        """Run a training command (plus budget and device arguments) and map its outputs."""
-        args = args + self.budget_args(parameters, context)
-        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        """Run a training command (plus the budget and device arguments given; 0 = the
+        engine's default) and map its outputs."""
+        args = args + self.optional_args(parameters, context, {
+            "STEPS": "--steps", "BATCH_SIZE": "--batch-size", "MINUTES": "--minutes",
+            "DEVICE": "--device"})
         outputs = self.engine(args, feedback)
         if outputs.get("interrupted"):
             feedback.pushWarning("Training stopped early (time budget); the checkpoint is usable.")
         return {"OUTPUT": out, folder: str(outputs.get("model") or out),
-                "LOG": str(outputs.get("log") or ""), "LOSS_PLOT": str(outputs.get("loss_plot") or ""),
-                "STEPS_DONE": outputs.get("steps")}
+                "STEPS_DONE": outputs.get("steps"),
+                **self.engine_files(outputs, LOG="log", LOSS_PLOT="loss_plot")}
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
-        return self.folder_checks(parameters, context, {"DATASET": "dataset"})
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        return self.folders_problem(parameters, context, {"DATASET": "dataset"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        out = self.output_folder(parameters, context)
         args = ["train-generator", self.parameterAsFile(parameters, "DATASET", context),
                 "--out", out, "--seed", str(self.parameterAsInt(parameters, "SEED", context))]
         recipe = self.enum_value(parameters, "RECIPE", context)
@@ -138,10 +121,6 @@ class TrainGenerator(SatSynthAlgorithm):
         else:
             args += ["--preset", self.enum_value(parameters, "PRESET", context),
                      "--condition", self.enum_value(parameters, "CONDITION", context)]
-        precision = self.enum_value(parameters, "MIXED_PRECISION", context)
-        if precision and precision != contract.GeneratorTrainFields.mixed_precision:
-            args += ["--mixed-precision", precision]
-        size = self.parameterAsInt(parameters, "SIZE", context)
-        if size:
-            args += ["--size", str(size)]
+        args += self.optional_args(parameters, context, {"MIXED_PRECISION": "--mixed-precision",
+                                                         "SIZE": "--size"})
         return self.train(args, out, "GENERATOR", parameters, context, feedback)

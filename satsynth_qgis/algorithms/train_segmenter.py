@@ -9,10 +9,8 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
-    QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
@@ -59,7 +57,7 @@ class TrainSegmenter(SatSynthAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         d = contract.SegmenterTrainFields()
-        self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
+        self.addParameter(self.stage_folder_param("DATASET"))
         self.addParameter(self.folder_param(
             "SYNTHETIC", "Synthetic folder (from Synthesize image-mask pairs)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -73,7 +71,7 @@ class TrainSegmenter(SatSynthAlgorithm):
             "BATCH_SIZE", self.tr("Batch size (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
         self.addParameter(self.device_param())
-        for param in (
+        self.add_advanced(
             QgsProcessingParameterNumber("PATIENCE", self.tr(
                 "Stop after this many epochs without a better mIoU (0 = never)"),
                 compat.NUMBER_INTEGER, d.patience, minValue=0),
@@ -86,32 +84,25 @@ class TrainSegmenter(SatSynthAlgorithm):
                 optional=True, fileFilter="Weights (*.safetensors *.pth *.pt)"),
             self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)",
                             contract.MIXED_PRECISIONS, d.mixed_precision),
-        ):
-            self.addParameter(compat.advanced(param))
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            "OUTPUT", self.tr("Segmenter folder")))
-        self.addOutput(QgsProcessingOutputFolder("MODEL", self.tr("Segmenter folder")))
+        )
+        self.add_output_folder("Segmenter folder", "MODEL")
         self.addOutput(QgsProcessingOutputFile("METRICS", self.tr("Metrics (JSON)")))
         self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Validation mIoU")))
 
-    def checkParameterValues(self, parameters: dict[str, Any],
-                             context: QgsProcessingContext) -> tuple[bool, str]:
-        ok, msg = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, msg
+    def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         problem = encoder_problem(self.enum_value(parameters, "ARCH", context),
                                   self.parameterAsString(parameters, "ENCODER", context).strip())
         if problem:
-            return False, self.tr(problem)
+            return self.tr(problem)
         weights = self.parameterAsFile(parameters, "ENCODER_WEIGHTS", context)
         if weights and not Path(weights).is_file():
-            return False, self.tr(f"Encoder weights file {weights} does not exist.")
-        return self.folder_checks(parameters, context,
-                                  {"DATASET": "dataset", "SYNTHETIC": "synthetic"})
+            return self.tr(f"Encoder weights file {weights} does not exist.")
+        return self.folders_problem(parameters, context,
+                                    {"DATASET": "dataset", "SYNTHETIC": "synthetic"})
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        out = self.output_folder(parameters, context)
         args = ["train-segmenter", self.parameterAsFile(parameters, "DATASET", context),
                 "--out", out, "--arch", self.enum_value(parameters, "ARCH", context),
                 "--encoder", self.parameterAsString(parameters, "ENCODER", context).strip(),
@@ -122,22 +113,11 @@ class TrainSegmenter(SatSynthAlgorithm):
         if synthetic:
             args += ["--synthetic", synthetic,
                      "--ratio", repr(self.parameterAsDouble(parameters, "RATIO", context))]
-        batch = self.parameterAsInt(parameters, "BATCH_SIZE", context)
-        if batch:
-            args += ["--batch-size", str(batch)]
-        minutes = self.parameterAsDouble(parameters, "MINUTES", context)
-        if minutes:
-            args += ["--minutes", repr(minutes)]
-        weights = self.parameterAsFile(parameters, "ENCODER_WEIGHTS", context)
-        if weights:
-            args += ["--encoder-weights", weights]
-        precision = self.enum_value(parameters, "MIXED_PRECISION", context)
-        if precision and precision != contract.SegmenterTrainFields.mixed_precision:
-            args += ["--mixed-precision", precision]
-        self.add_device_args(args, self.enum_value(parameters, "DEVICE", context))
+        args += self.optional_args(parameters, context, {
+            "BATCH_SIZE": "--batch-size", "MINUTES": "--minutes",
+            "ENCODER_WEIGHTS": "--encoder-weights", "MIXED_PRECISION": "--mixed-precision",
+            "DEVICE": "--device"})
         outputs = self.engine(args, feedback)
-        miou = outputs.get("miou")
-        if isinstance(miou, (int, float)):
-            feedback.pushInfo(f"Validation mIoU: {miou:.3f}")
+        self.push_number(feedback, outputs.get("miou"), "Validation mIoU: {:.3f}")
         return {"OUTPUT": out, "MODEL": str(outputs.get("model") or out),
-                "METRICS": str(outputs.get("metrics") or ""), "MIOU": miou}
+                "MIOU": outputs.get("miou"), **self.engine_files(outputs, METRICS="metrics")}

@@ -36,7 +36,7 @@ class TrainUpsampler(TrainGenerator):
     )
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(self.folder_param("DATASET", "Dataset folder (from Prepare training chips)"))
+        self.addParameter(self.stage_folder_param("DATASET"))
         self.addParameter(QgsProcessingParameterNumber(
             "BASE_SIZE", self.tr("Base size (px, the generator's chip size)"),
             compat.NUMBER_INTEGER, 32, minValue=8))
@@ -49,7 +49,7 @@ class TrainUpsampler(TrainGenerator):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        out = self.folder_value(self.parameterAsString(parameters, "OUTPUT", context))
+        out = self.output_folder(parameters, context)
         args = ["train-upsampler", self.parameterAsFile(parameters, "DATASET", context),
                 "--out", out,
                 "--base-size", str(self.parameterAsInt(parameters, "BASE_SIZE", context)),
