@@ -8,7 +8,7 @@ to ``satsynth prepare --classes`` or the Prepare algorithm as is.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,22 +304,20 @@ class ClassTableWidget(QWidget):
     def _import_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import class table", "",
                                               "Class table (*.json)")
-        if path:
-            try:
-                self.import_json(path)
-            except ClassTableError as exc:
-                self._warn(str(exc))
+        self._with_file(path, self.import_json)
 
     def _export_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export class table", "classes.json",
                                               "Class table (*.json)")
-        if path:
-            try:
-                self.export_json(path)
-            except (ClassTableError, OSError) as exc:
-                self._warn(str(exc))
+        self._with_file(path, self.export_json)
 
-    def _warn(self, text: str) -> None:
-        from qgis.PyQt.QtWidgets import QMessageBox
+    def _with_file(self, path: str, action: Callable[[str], object]) -> None:
+        """``action(path)`` when a file was chosen; what goes wrong is shown as a warning."""
+        if not path:
+            return
+        try:
+            action(path)
+        except (ClassTableError, OSError) as exc:
+            from qgis.PyQt.QtWidgets import QMessageBox
 
-        QMessageBox.warning(self, "SatSynth class table", text)
+            QMessageBox.warning(self, "SatSynth class table", str(exc))

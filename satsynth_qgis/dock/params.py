@@ -111,7 +111,7 @@ def train_segmenter(i: DockInputs) -> dict[str, Any]:
          "SEED": s.seed, "OUTPUT": str(rf.segmenter)}
     if s.encoder_weights:
         p["ENCODER_WEIGHTS"] = s.encoder_weights
-    if rf.has_synthetic() and s.synthetic_ratio > 0:
+    if rf.has("synthetic") and s.synthetic_ratio > 0:
         p.update({"SYNTHETIC": str(rf.synthetic), "RATIO": s.synthetic_ratio})
     return p
 
@@ -125,7 +125,7 @@ def experiment(i: DockInputs) -> dict[str, Any]:
          "REAL_FRACTION": s.real_fraction, "ARCH": s.arch, "ENCODER": s.encoder,
          "EPOCHS": s.epochs, "BATCH_SIZE": s.batch_size, **_device(s),
          "OUTPUT": str(rf.experiment)}
-    if rf.has_generator():
+    if rf.has("generator"):
         p["GENERATOR"] = str(rf.generator)
         if s.upsampler:  # the same cascade as Synthesize uses
             p["UPSAMPLER"] = s.upsampler

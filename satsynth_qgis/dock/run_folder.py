@@ -32,65 +32,45 @@ def safe_name(text: str) -> str:
     return cleaned or "run"
 
 
+class _Below:
+    """A path in a run's folder, read as an attribute of :class:`RunFolder` (``run.dataset``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: RunFolder, owner: type | None = None) -> Path:
+        return run.root / self.name
+
+
 @dataclass(frozen=True)
 class RunFolder:
-    """Paths of one run's outputs."""
+    """Paths of one run's outputs (see the module's layout)."""
 
     root: Path
+
+    classes = _Below("classes.json")
+    record = _Below("run.json")
+    # one folder a stage, named for the folder kind it holds
+    dataset = _Below("dataset")
+    generator = _Below("generator")
+    synthetic = _Below("synthetic")
+    segmenter = _Below("segmenter")
+    evaluation = _Below("evaluation")
+    experiment = _Below("experiment")
 
     @classmethod
     def of(cls, output_folder: str | Path, run_name: str) -> RunFolder:
         return cls(Path(output_folder) / safe_name(run_name))
-
-    @property
-    def classes(self) -> Path:
-        return self.root / "classes.json"
-
-    @property
-    def record(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def dataset(self) -> Path:
-        return self.root / "dataset"
-
-    @property
-    def generator(self) -> Path:
-        return self.root / "generator"
-
-    @property
-    def synthetic(self) -> Path:
-        return self.root / "synthetic"
-
-    @property
-    def segmenter(self) -> Path:
-        return self.root / "segmenter"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation"
-
-    @property
-    def experiment(self) -> Path:
-        return self.root / "experiment"
 
     def prediction(self, layer_name: str, kind: str = "classes") -> Path:
         """``classes`` and ``confidence`` GeoTIFFs, ``polygons`` GeoPackage."""
         suffix = ".gpkg" if kind == "polygons" else ".tif"
         return self.root / "predictions" / f"{safe_name(layer_name)}_{kind}{suffix}"
 
-    # what exists (decides which stage buttons are enabled)
-    def has_dataset(self) -> bool:
-        return has_marker(self.dataset, "dataset")
-
-    def has_generator(self) -> bool:
-        return has_marker(self.generator, "generator")
-
-    def has_synthetic(self) -> bool:
-        return has_marker(self.synthetic, "synthetic")
-
-    def has_segmenter(self) -> bool:
-        return has_marker(self.segmenter, "segmenter")
+    def has(self, kind: str) -> bool:
+        """Whether the run's ``kind`` folder (dataset, generator, synthetic...) holds its marker:
+        decides which stage buttons are enabled."""
+        return has_marker(self.root / kind, kind)
 
     # the record
     def read_record(self) -> dict[str, Any]:

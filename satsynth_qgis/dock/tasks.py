@@ -9,6 +9,7 @@ into stopping the engine process.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from qgis.core import (
@@ -31,39 +32,30 @@ def _release(key: int) -> None:
     _ALIVE.pop(key, None)
 
 
+def _relay(method: str, level: str) -> Callable[..., None]:
+    """QgsProcessingFeedback's ``method``, which also emits its text as a ``level`` message."""
+
+    def relay(self: DockFeedback, text: str, *args: Any) -> None:
+        getattr(super(DockFeedback, self), method)(text, *args)
+        self.message.emit(level, text)
+
+    relay.__name__ = method
+    return relay
+
+
 class DockFeedback(QgsProcessingFeedback):
     """Feedback that re-emits every message as a signal (the log panel listens)."""
 
-    message = pyqtSignal(str, str)  # level ("stage", "info", "debug", "warning", "error",
-    #                                 "console", "command"), text
+    message = pyqtSignal(str, str)  # level, text
 
-    def setProgressText(self, text: str) -> None:  # noqa: N802 - Qt naming
-        super().setProgressText(text)
-        self.message.emit("stage", text)
-
-    def pushInfo(self, info: str) -> None:  # noqa: N802
-        super().pushInfo(info)
-        self.message.emit("info", info)
-
-    def pushCommandInfo(self, info: str) -> None:  # noqa: N802
-        super().pushCommandInfo(info)
-        self.message.emit("command", info)
-
-    def pushDebugInfo(self, info: str) -> None:  # noqa: N802
-        super().pushDebugInfo(info)
-        self.message.emit("debug", info)
-
-    def pushConsoleInfo(self, info: str) -> None:  # noqa: N802
-        super().pushConsoleInfo(info)
-        self.message.emit("console", info)
-
-    def pushWarning(self, warning: str) -> None:  # noqa: N802
-        super().pushWarning(warning)
-        self.message.emit("warning", warning)
-
-    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802,N803
-        super().reportError(error, fatalError)
-        self.message.emit("error", error)
+    # each message method (Qt's names) and the level it emits its text with
+    setProgressText = _relay("setProgressText", "stage")  # noqa: N815
+    pushInfo = _relay("pushInfo", "info")  # noqa: N815
+    pushCommandInfo = _relay("pushCommandInfo", "command")  # noqa: N815
+    pushDebugInfo = _relay("pushDebugInfo", "debug")  # noqa: N815
+    pushConsoleInfo = _relay("pushConsoleInfo", "console")  # noqa: N815
+    pushWarning = _relay("pushWarning", "warning")  # noqa: N815
+    reportError = _relay("reportError", "error")  # noqa: N815
 
 
 class StageRunner(QObject):

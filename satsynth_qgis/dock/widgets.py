@@ -38,6 +38,9 @@ from .class_table import ClassTableWidget
 from .presets import PRESETS, StageSettings
 from .readiness import STAGES
 
+RASTER = QgsMapLayerProxyModel.RasterLayer
+POLYGON = QgsMapLayerProxyModel.PolygonLayer
+
 
 def build_panel(dock: QDockWidget) -> None:
     """Create the panel's widgets as attributes of ``dock`` (as Qt Designer's ``setupUi`` does)
@@ -48,9 +51,7 @@ def build_panel(dock: QDockWidget) -> None:
     # engine status
     engine_row = QHBoxLayout()
     engine_row.addStretch(1)
-    dock.engine_label = QLabel("Engine: checking…")
-    dock.engine_label.setObjectName("engineStatus")
-    dock.engine_label.setWordWrap(True)
+    dock.engine_label = _label("engineStatus", "Engine: checking…")
     dock.engine_label.setOpenExternalLinks(False)
     dock.check_button = QPushButton("Check")
     dock.check_button.setToolTip("Run Check engine: version, device and GPU")
@@ -63,34 +64,21 @@ def build_panel(dock: QDockWidget) -> None:
     # inputs
     inputs = QGroupBox("Inputs")
     form = QFormLayout(inputs)
-    dock.image_combo = QgsMapLayerComboBox()
-    dock.image_combo.setObjectName("imageLayer")
-    dock.image_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-    dock.image_combo.setAllowEmptyLayer(True)
-    dock.image_combo.setLayer(None)
+    dock.image_combo = _layer_combo("imageLayer", RASTER)
     form.addRow("Image", dock.image_combo)
     mode_row = QHBoxLayout()
     dock.labels_raster_radio = QRadioButton("Raster")
     dock.labels_vector_radio = QRadioButton("Vector + field")
     dock.labels_vector_radio.setChecked(True)
     dock.label_mode_group = QButtonGroup(dock)
-    dock.label_mode_group.addButton(dock.labels_raster_radio)
-    dock.label_mode_group.addButton(dock.labels_vector_radio)
-    mode_row.addWidget(dock.labels_raster_radio)
-    mode_row.addWidget(dock.labels_vector_radio)
+    for radio in (dock.labels_raster_radio, dock.labels_vector_radio):
+        dock.label_mode_group.addButton(radio)
+        mode_row.addWidget(radio)
     mode_row.addStretch(1)
     form.addRow("Labels as", mode_row)
-    dock.label_raster_combo = QgsMapLayerComboBox()
-    dock.label_raster_combo.setObjectName("labelRaster")
-    dock.label_raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-    dock.label_raster_combo.setAllowEmptyLayer(True)
-    dock.label_raster_combo.setLayer(None)
+    dock.label_raster_combo = _layer_combo("labelRaster", RASTER)
     form.addRow("Label raster", dock.label_raster_combo)
-    dock.label_vector_combo = QgsMapLayerComboBox()
-    dock.label_vector_combo.setObjectName("labelVector")
-    dock.label_vector_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
-    dock.label_vector_combo.setAllowEmptyLayer(True)
-    dock.label_vector_combo.setLayer(None)
+    dock.label_vector_combo = _layer_combo("labelVector", POLYGON)
     form.addRow("Label polygons", dock.label_vector_combo)
     dock.field_combo = QgsFieldComboBox()
     dock.field_combo.setObjectName("classField")
@@ -99,17 +87,14 @@ def build_panel(dock: QDockWidget) -> None:
 
     # classes
     classes = QGroupBox("Classes")
-    cl = QVBoxLayout(classes)
     dock.class_table = ClassTableWidget()
-    cl.addWidget(dock.class_table)
+    QVBoxLayout(classes).addWidget(dock.class_table)
     outer.addWidget(classes)
 
     # run
     run = QGroupBox("Run")
     rform = QFormLayout(run)
-    dock.output_widget = QgsFileWidget()
-    dock.output_widget.setObjectName("outputFolder")
-    dock.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+    dock.output_widget = _folder_widget("outputFolder")
     dock.output_widget.setDialogTitle("Output folder for SatSynth runs")
     rform.addRow("Output folder", dock.output_widget)
     dock.run_name_edit = QLineEdit("satsynth run")
@@ -133,64 +118,39 @@ def build_panel(dock: QDockWidget) -> None:
     dock.buttons: dict[str, QPushButton] = {}
     for i, stage in enumerate(["prepare", "train_generator", "synthesize", "train_segmenter",
                                "evaluate", "experiment"]):
-        b = QPushButton(STAGES[stage])
-        b.setObjectName(f"stage_{stage}")
-        dock.buttons[stage] = b
-        grid.addWidget(b, i // 2, i % 2)
+        grid.addWidget(_stage_button(dock, stage), i // 2, i % 2)
     dock.buttons["experiment"].setWhatsThis(
         "Trains a segmenter per synthetic ratio R and seed (Advanced: experiment ratios, "
         "seeds, budget, real fraction) and compares each with real chips only; the report "
         "opens when done. Cancel keeps the finished runs: run it again to resume.")
     seg_box = QGroupBox("Segment")
     sform = QFormLayout(seg_box)
-    dock.segment_combo = QgsMapLayerComboBox()
-    dock.segment_combo.setObjectName("segmentLayer")
-    dock.segment_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-    dock.segment_combo.setAllowEmptyLayer(True)
-    dock.segment_combo.setLayer(None)
+    dock.segment_combo = _layer_combo("segmentLayer", RASTER)
     sform.addRow("Raster", dock.segment_combo)
     dock.extent_combo = QComboBox()
     dock.extent_combo.setObjectName("segmentExtent")
-    dock.extent_combo.addItem("Whole layer", "layer")
-    dock.extent_combo.addItem("Canvas extent", "canvas")
-    dock.extent_combo.addItem("AOI layer", "aoi")
+    for text, key in (("Whole layer", "layer"), ("Canvas extent", "canvas"), ("AOI layer", "aoi")):
+        dock.extent_combo.addItem(text, key)
     sform.addRow("Area", dock.extent_combo)
-    dock.aoi_combo = QgsMapLayerComboBox()
-    dock.aoi_combo.setObjectName("aoiLayer")
-    dock.aoi_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
-    dock.aoi_combo.setAllowEmptyLayer(True)
-    dock.aoi_combo.setLayer(None)
+    dock.aoi_combo = _layer_combo("aoiLayer", POLYGON)
     sform.addRow("AOI", dock.aoi_combo)
-    dock.segmenter_widget = QgsFileWidget()
-    dock.segmenter_widget.setObjectName("segmenterFolder")
-    dock.segmenter_widget.setStorageMode(QgsFileWidget.GetDirectory)
+    dock.segmenter_widget = _folder_widget("segmenterFolder")
     dock.segmenter_widget.lineEdit().setPlaceholderText("the run's segmenter")
     sform.addRow("Model", dock.segmenter_widget)
-    b = QPushButton(STAGES["segment"])
-    b.setObjectName("stage_segment")
-    dock.buttons["segment"] = b
-    sform.addRow(b)
-    b = QPushButton(STAGES["export"])
-    b.setObjectName("stage_export")
-    b.setToolTip("Write the segmenter as an ONNX model beside its folder (SEGMENTER.onnx), "
-                 "with the metadata Deepness reads (Export segmenter to ONNX)")
-    dock.buttons["export"] = b
-    sform.addRow(b)
+    sform.addRow(_stage_button(dock, "segment"))
+    sform.addRow(_stage_button(
+        dock, "export", "Write the segmenter as an ONNX model beside its folder (SEGMENTER.onnx), "
+        "with the metadata Deepness reads (Export segmenter to ONNX)"))
     grid.addWidget(seg_box, 3, 0, 1, 2)
-    b = QPushButton(STAGES["run_all"])
-    b.setObjectName("stage_run_all")
-    b.setToolTip("Prepare, train the generator, synthesize, train the segmenter and segment "
-                 "the image, as one algorithm (Run full pipeline)")
-    dock.buttons["run_all"] = b
-    grid.addWidget(b, 4, 0, 1, 2)
+    grid.addWidget(_stage_button(
+        dock, "run_all", "Prepare, train the generator, synthesize, train the segmenter and "
+        "segment the image, as one algorithm (Run full pipeline)"), 4, 0, 1, 2)
     outer.addWidget(stages)
 
     # progress
     prog = QGroupBox("Progress")
     pl = QVBoxLayout(prog)
-    dock.stage_label = QLabel("Idle")
-    dock.stage_label.setObjectName("stageText")
-    dock.stage_label.setWordWrap(True)
+    dock.stage_label = _label("stageText", "Idle")
     pl.addWidget(dock.stage_label)
     row = QHBoxLayout()
     dock.progress_bar = QProgressBar()
@@ -218,6 +178,42 @@ def build_panel(dock: QDockWidget) -> None:
     scroll.setWidgetResizable(True)
     scroll.setWidget(body)
     dock.setWidget(scroll)
+
+
+def _label(name: str, text: str) -> QLabel:
+    """A status line that wraps."""
+    label = QLabel(text)
+    label.setObjectName(name)
+    label.setWordWrap(True)
+    return label
+
+
+def _layer_combo(name: str, filters: Any) -> QgsMapLayerComboBox:
+    """A choice of the project's layers of ``filters``' kind, empty until one is chosen."""
+    combo = QgsMapLayerComboBox()
+    combo.setObjectName(name)
+    combo.setFilters(filters)
+    combo.setAllowEmptyLayer(True)
+    combo.setLayer(None)
+    return combo
+
+
+def _folder_widget(name: str) -> QgsFileWidget:
+    """A folder chooser."""
+    widget = QgsFileWidget()
+    widget.setObjectName(name)
+    widget.setStorageMode(QgsFileWidget.GetDirectory)
+    return widget
+
+
+def _stage_button(dock: QDockWidget, stage: str, tip: str = "") -> QPushButton:
+    """The button that runs ``stage``, in ``dock.buttons``."""
+    button = QPushButton(STAGES[stage])
+    button.setObjectName(f"stage_{stage}")
+    if tip:
+        button.setToolTip(tip)
+    dock.buttons[stage] = button
+    return button
 
 
 def _build_advanced(dock: QDockWidget, box: QgsCollapsibleGroupBox) -> None:
