@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputDefinition,
     QgsProcessingOutputFolder,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
@@ -286,6 +287,11 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
     def device_param(self) -> QgsProcessingParameterEnum:
         return self.enum_param("DEVICE", "Device", contract.DEVICES, contract.DEVICES[0])
 
+    def preset_param(self, name: str, description: str) -> QgsProcessingParameterEnum:
+        """A generator size preset: the engine's presets and its default."""
+        return self.enum_param(name, description, contract.GENERATOR_PRESETS,
+                               contract.GeneratorTrainFields.preset)
+
     def sampler_param(self) -> QgsProcessingParameterEnum:
         """SAMPLER: one of the engine's samplers, or the generator's own (model default)."""
         return self.enum_param("SAMPLER", "Sampler", SAMPLERS, MODEL_DEFAULT_SAMPLER)
@@ -294,6 +300,11 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         """Add ``params`` in order as advanced parameters (collapsed in the dialog)."""
         for param in params:
             self.addParameter(compat.advanced(param))
+
+    def add_outputs(self, kind: type[QgsProcessingOutputDefinition], **outputs: str) -> None:
+        """Outputs of one ``kind`` (QgsProcessingOutputFile...), in order: NAME="description"."""
+        for name, description in outputs.items():
+            self.addOutput(kind(name, self.tr(description)))
 
     def add_output_folder(self, description: str, output: str = "") -> None:
         """OUTPUT, the folder the algorithm writes, and the output ``output`` naming it."""

@@ -44,9 +44,8 @@ class CheckEngine(SatSynthAlgorithm):
     }
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        for name, description in self.OUTPUTS.items():
-            self.addOutput(QgsProcessingOutputString(name, self.tr(description)))
-        self.addOutput(QgsProcessingOutputBoolean("GPU_AVAILABLE", self.tr("A GPU is available")))
+        self.add_outputs(QgsProcessingOutputString, **self.OUTPUTS)
+        self.add_outputs(QgsProcessingOutputBoolean, GPU_AVAILABLE="A GPU is available")
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:

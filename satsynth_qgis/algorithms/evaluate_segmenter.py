@@ -46,9 +46,9 @@ class EvaluateSegmenter(SatSynthAlgorithm):
             "LABELS", self.tr("Reference labels raster for the image"), optional=True))
         self.addParameter(self.device_param())
         self.add_output_folder("Report folder")
-        self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", self.tr("Evaluation report")))
-        self.addOutput(QgsProcessingOutputFile("REPORT_JSON", self.tr("Evaluation report (JSON)")))
-        self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Mean IoU")))
+        self.add_outputs(QgsProcessingOutputHtml, REPORT_HTML="Evaluation report")
+        self.add_outputs(QgsProcessingOutputFile, REPORT_JSON="Evaluation report (JSON)")
+        self.add_outputs(QgsProcessingOutputNumber, MIOU="Mean IoU")
 
     def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         has_dataset = bool(self.parameterAsFile(parameters, "DATASET", context))

@@ -121,10 +121,9 @@ class PrepareChips(SatSynthAlgorithm):
                 "SEED", self.tr("Random seed of the split"), compat.NUMBER_INTEGER, 0, minValue=0),
         )
         self.add_output_folder("Dataset folder", "DATASET")
-        self.addOutput(QgsProcessingOutputVectorLayer("CHIPS", self.tr("Chip footprints")))
-        self.addOutput(QgsProcessingOutputNumber("TRAIN_CHIPS", self.tr("Training chips")))
-        self.addOutput(QgsProcessingOutputNumber("VAL_CHIPS", self.tr("Validation chips")))
-        self.addOutput(QgsProcessingOutputNumber("NUM_CLASSES", self.tr("Number of classes")))
+        self.add_outputs(QgsProcessingOutputVectorLayer, CHIPS="Chip footprints")
+        self.add_outputs(QgsProcessingOutputNumber, TRAIN_CHIPS="Training chips",
+                         VAL_CHIPS="Validation chips", NUM_CLASSES="Number of classes")
 
     def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         layout = self.enum_value(parameters, "DATASET_LAYOUT", context)

@@ -113,10 +113,9 @@ class RunExperiment(SatSynthAlgorithm):
                               "synthetic pairs through the cascade", optional=True),
         )
         self.add_output_folder("Experiment folder (the same folder resumes)")
-        self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", self.tr("Experiment report")))
-        self.addOutput(QgsProcessingOutputFile("RESULTS", self.tr("Results (JSON)")))
-        self.addOutput(QgsProcessingOutputFile("TABLE", self.tr("Table (Markdown)")))
-        self.addOutput(QgsProcessingOutputFile("PLOT", self.tr("Plot (PNG)")))
+        self.add_outputs(QgsProcessingOutputHtml, REPORT_HTML="Experiment report")
+        self.add_outputs(QgsProcessingOutputFile, RESULTS="Results (JSON)",
+                         TABLE="Table (Markdown)", PLOT="Plot (PNG)")
 
     def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         text = self.parameterAsString(parameters, "RATIOS", context)

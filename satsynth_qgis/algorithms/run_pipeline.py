@@ -55,9 +55,7 @@ class RunPipeline(SatSynthAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 64,
             minValue=MIN_CHIP, maxValue=4096))
-        self.addParameter(self.enum_param("GENERATOR_PRESET", "Generator size preset",
-                                          contract.GENERATOR_PRESETS,
-                                          contract.GeneratorTrainFields.preset))
+        self.addParameter(self.preset_param("GENERATOR_PRESET", "Generator size preset"))
         self.addParameter(QgsProcessingParameterNumber(
             "GENERATOR_STEPS", self.tr("Generator training steps"), compat.NUMBER_INTEGER, 500,
             minValue=1))
@@ -91,13 +89,12 @@ class RunPipeline(SatSynthAlgorithm):
         )
         self.addParameter(QgsProcessingParameterFolderDestination(
             "OUTPUT_FOLDER", self.tr("Output folder (one sub-folder per stage)")))
-        self.addOutput(QgsProcessingOutputFolder("DATASET", self.tr("Dataset folder")))
-        self.addOutput(QgsProcessingOutputFolder("GENERATOR", self.tr("Generator folder")))
-        self.addOutput(QgsProcessingOutputFolder("SYNTHETIC", self.tr("Synthetic folder")))
-        self.addOutput(QgsProcessingOutputFolder("SEGMENTER", self.tr("Segmenter folder")))
-        self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", self.tr("Evaluation report")))
-        self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Validation mIoU")))
-        self.addOutput(QgsProcessingOutputRasterLayer("PREDICTION", self.tr("Prediction")))
+        self.add_outputs(QgsProcessingOutputFolder, DATASET="Dataset folder",
+                         GENERATOR="Generator folder", SYNTHETIC="Synthetic folder",
+                         SEGMENTER="Segmenter folder")
+        self.add_outputs(QgsProcessingOutputHtml, REPORT_HTML="Evaluation report")
+        self.add_outputs(QgsProcessingOutputNumber, MIOU="Validation mIoU")
+        self.add_outputs(QgsProcessingOutputRasterLayer, PREDICTION="Prediction")
 
     def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         prepare = PrepareChips()

@@ -96,12 +96,11 @@ class Synthesize(SatSynthAlgorithm):
                 compat.NUMBER_DOUBLE, 0.0, minValue=0.0, maxValue=1.0),
         )
         self.add_output_folder("Synthetic folder", "SYNTHETIC")
-        self.addOutput(QgsProcessingOutputVectorLayer("FOOTPRINTS",
-                                                      self.tr("Synthetic pair footprints")))
-        self.addOutput(QgsProcessingOutputRasterLayer("IMAGES", self.tr("Synthetic images")))
-        self.addOutput(QgsProcessingOutputRasterLayer("LABELS", self.tr("Synthetic labels")))
-        self.addOutput(QgsProcessingOutputFile("REPORT", self.tr("Class-share report (JSON)")))
-        self.addOutput(QgsProcessingOutputFile("GRID", self.tr("Sample grid (PNG)")))
+        self.add_outputs(QgsProcessingOutputVectorLayer, FOOTPRINTS="Synthetic pair footprints")
+        self.add_outputs(QgsProcessingOutputRasterLayer, IMAGES="Synthetic images",
+                         LABELS="Synthetic labels")
+        self.add_outputs(QgsProcessingOutputFile, REPORT="Class-share report (JSON)",
+                         GRID="Sample grid (PNG)")
 
     def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         try:

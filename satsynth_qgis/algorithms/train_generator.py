@@ -72,9 +72,7 @@ class TrainGenerator(SatSynthAlgorithm):
     # --- shared with Train upsampler ------------------------------------------------------------
     def add_budget_parameters(self) -> None:
         """Preset, steps, time budget, batch size and device."""
-        self.addParameter(self.enum_param("PRESET", "Model size preset",
-                                          contract.GENERATOR_PRESETS,
-                                          contract.GeneratorTrainFields.preset))
+        self.addParameter(self.preset_param("PRESET", "Model size preset"))
         self.addParameter(QgsProcessingParameterNumber(
             "STEPS", self.tr("Training steps (0 = engine default)"), compat.NUMBER_INTEGER, 0,
             minValue=0))
@@ -89,9 +87,9 @@ class TrainGenerator(SatSynthAlgorithm):
     def add_training_outputs(self, folder: str, description: str) -> None:
         """The model folder (destination and output ``folder``), the log and the loss plot."""
         self.add_output_folder(description, folder)
-        self.addOutput(QgsProcessingOutputFile("LOG", self.tr("Training log (CSV)")))
-        self.addOutput(QgsProcessingOutputFile("LOSS_PLOT", self.tr("Loss plot (PNG)")))
-        self.addOutput(QgsProcessingOutputNumber("STEPS_DONE", self.tr("Steps trained")))
+        self.add_outputs(QgsProcessingOutputFile, LOG="Training log (CSV)",
+                         LOSS_PLOT="Loss plot (PNG)")
+        self.add_outputs(QgsProcessingOutputNumber, STEPS_DONE="Steps trained")
 
     def train(self, args: list[str], out: str, folder: str, parameters: dict[str, Any],
               context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> dict[str, Any]:

@@ -86,8 +86,8 @@ class TrainSegmenter(SatSynthAlgorithm):
                             contract.MIXED_PRECISIONS, d.mixed_precision),
         )
         self.add_output_folder("Segmenter folder", "MODEL")
-        self.addOutput(QgsProcessingOutputFile("METRICS", self.tr("Metrics (JSON)")))
-        self.addOutput(QgsProcessingOutputNumber("MIOU", self.tr("Validation mIoU")))
+        self.add_outputs(QgsProcessingOutputFile, METRICS="Metrics (JSON)")
+        self.add_outputs(QgsProcessingOutputNumber, MIOU="Validation mIoU")
 
     def values_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         problem = encoder_problem(self.enum_value(parameters, "ARCH", context),
