@@ -173,9 +173,9 @@ from satsynth.data.normalize import Normalizer
 from satsynth.segmenter.model import SegmenterConfig, build_segmenter
 torch.manual_seed(0)
 classes = ClassTable.from_dict([{{"id": i, "name": n}} for i, n in enumerate(
-    ["Unlabeled", "Building", "Land", "Road", "Vegetation", "Water"])]).to_dict()
+    ["Unlabeled", "Building", "Land", "Road", "Vegetation", "Water"])])
 cfg = SegmenterConfig(arch={arch!r}, encoder={encoder!r}, in_channels=3, classes=classes,
-                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8").to_dict(),
+                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8"),
                       crs="EPSG:32640", pixel_size=[0.5, 0.5])
 m = build_segmenter(cfg).eval()
 save_model_dir({str(path)!r}, "segmenter", cfg.to_dict(), {{"model": m.state_dict()}})

@@ -19,6 +19,7 @@ def main() -> None:
     import torch
 
     from satsynth import progress
+    from satsynth.data.classes import ClassInfo, ClassTable
     from satsynth.data.normalize import Normalizer
     from satsynth.data.store import ChipSplit
     from satsynth.segmenter.model import SegmenterConfig, build_segmenter
@@ -36,15 +37,15 @@ def main() -> None:
     torch.set_num_threads(1)
     progress.set_mode("quiet")
     k, n, s = a.classes, a.pairs, a.size
+    norm = Normalizer([0.0] * 3, [255.0] * 3, "uint8")
     cfg = SegmenterConfig(arch=a.arch, encoder=a.encoder, in_channels=3, chip_size=s,
-                          classes={"classes": [{"id": i, "name": f"class {i}", "color": "#808080"}
-                                               for i in range(k)]})
+                          classes=ClassTable([ClassInfo(i, f"class {i}", (128, 128, 128))
+                                              for i in range(k)]), normalization=norm)
     model = build_segmenter(cfg).eval()
     rng = np.random.default_rng(0)
     chips = ChipSplit(rng.integers(0, 255, (n, 3, s, s), dtype=np.uint8),
                       rng.integers(0, k, (n, s, s), dtype=np.uint8), np.zeros((n, 6)),
                       np.zeros(n, np.int32))
-    norm = Normalizer([0.0] * 3, [255.0] * 3, "uint8")
     cpu = []
     for rep in range(a.repeats):
         c0, w0 = time.process_time(), time.monotonic()

@@ -48,10 +48,12 @@ def bare_steps(arch: str, encoder: str, bands: int, k: int, size: int, batch: in
     import torch
 
     from satsynth.data.classes import ClassTable
+    from satsynth.data.normalize import Normalizer
     from satsynth.segmenter.model import SegmenterConfig, build_segmenter
 
     cfg = SegmenterConfig(arch=arch, encoder=encoder, in_channels=bands,
-                          classes=ClassTable.from_values(range(k)).to_dict(), chip_size=size)
+                          classes=ClassTable.from_values(range(k)),
+                          normalization=Normalizer([0.0] * bands, [255.0] * bands), chip_size=size)
     model = build_segmenter(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch, bands, size, size) * 2 - 1

@@ -72,7 +72,7 @@ def test_bands_assemble_to_the_single_process_raster(tmp_path, world, tile, over
                tile=tile, overlap=overlap, batch=3, multiple=1,
                lut=TABLE.index_to_id_lut(), aoi=None)
     with rasterio.open(src_path) as src, torch.inference_mode():
-        reader = TileReader(src, [1, 2, 3], cfg.normalizer, src_path)
+        reader = TileReader(src, [1, 2, 3], cfg.normalization, src_path)
         whole = PredictionWriter(tmp_path / "one.tif", width=150, height=height, crs=src.crs,
                                  transform=src.transform, confidence_path=tmp_path / "one.c.tif")
         _run_tiles(reader, region, whole, **run)

@@ -77,12 +77,12 @@ def test_export_round_trip_matches_torch_and_carries_deepness_metadata(tmp_path,
     v = np.array([0.0, 51.0, 255.0])
     mean, std = np.array(meta["standardization_mean"]), np.array(meta["standardization_std"])
     assert mean.shape == std.shape == (3,)
-    ours = cfg.normalizer.to_model(np.stack([v] * 3)[:, None, :])  # (C, 1, 3)
+    ours = cfg.normalization.to_model(np.stack([v] * 3)[:, None, :])  # (C, 1, 3)
     for band in range(3):
         np.testing.assert_allclose((v / 255 - mean[band]) / std[band], ours[band, 0], atol=1e-5)
     # the project's own
     assert meta["satsynth_classes"] == TABLE.to_dict()
-    assert meta["satsynth_normalization"] == cfg.normalizer.to_dict()
+    assert meta["satsynth_normalization"] == cfg.normalization.to_dict()
     assert meta["satsynth_bands"] == 3 and meta["satsynth_crs"] == "EPSG:32640"
     assert meta["satsynth_pixel_size"] == [0.5, 0.5] and meta["satsynth_tile"] == [64, 64]
     assert len(meta[DIGEST_KEY]) == 64

@@ -45,12 +45,12 @@ def make_model(path: Path, *, bands: int = 3, encoder: str = "w8d2", table: Clas
 
     torch.manual_seed(seed)
     cfg = SegmenterConfig(arch="tiny", encoder=encoder, in_channels=bands,
-                          classes=table.to_dict(),
-                          normalization=Normalizer([low] * bands, [high] * bands, dtype).to_dict(),
+                          classes=table,
+                          normalization=Normalizer([low] * bands, [high] * bands, dtype),
                           crs=crs, pixel_size=[pixel_size, pixel_size] if pixel_size else None)
     model = build_segmenter(cfg)
     if fit_to is not None:
-        x = torch.from_numpy(cfg.normalizer.to_model(fit_to[0])[None])
+        x = torch.from_numpy(cfg.normalization.to_model(fit_to[0])[None])
         y = torch.from_numpy(fit_to[1][None].astype(np.int64))
         opt = torch.optim.Adam(model.parameters(), lr=0.1)
         model.train()
@@ -167,7 +167,7 @@ def test_tiled_prediction_with_overlap_equals_one_pass(tmp_path):
         got = ds.read(1)
     from satsynth.segmenter.model import SegmenterConfig as C
     cfg = C.from_dict(json.loads((path / "config.json").read_text()))
-    ref = TABLE.index_to_id_lut()[one_pass(model, cfg.normalizer, img)]
+    ref = TABLE.index_to_id_lut()[one_pass(model, cfg.normalization, img)]
     assert len(np.unique(ref)) >= 2  # a non-trivial map
     agree = (got == ref).mean()
     assert agree >= 0.999, f"tiled vs one-pass agreement {agree:.5f}"
@@ -299,8 +299,8 @@ def test_clear_errors_for_bad_inputs(tmp_path, fitted):
         predict_raster(newer, tmp_path / "img.tif", tmp_path / "p.tif")
     # smp models need tiles that are multiples of 32
     smp_dir = tmp_path / "smp"
-    cfg = SegmenterConfig(arch="fpn", encoder="resnet18", classes=TABLE.to_dict(),
-                          normalization=Normalizer([0] * 3, [255] * 3).to_dict())
+    cfg = SegmenterConfig(arch="fpn", encoder="resnet18", classes=TABLE,
+                          normalization=Normalizer([0] * 3, [255] * 3))
     save_model_dir(smp_dir, "segmenter", cfg.to_dict(),
                    {"model": build_segmenter(cfg).state_dict()})
     with pytest.raises(SatSynthError, match="--tile 500 must be .* multiple of 32"):

@@ -146,8 +146,8 @@ from satsynth.segmenter.model import SegmenterConfig, build_segmenter
 table = ClassTable([ClassInfo(i, n, tuple(c)) for i, n, c in
                     [(1, "water", (31, 120, 180)), (2, "field", (178, 223, 138)),
                      (3, "building", (227, 26, 28))]])
-cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3, classes=table.to_dict(),
-                      normalization=Normalizer([0.0] * 3, [255.0] * 3).to_dict(),
+cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3, classes=table,
+                      normalization=Normalizer([0.0] * 3, [255.0] * 3),
                       chip_size=32, crs="EPSG:32633", pixel_size=[1.0, 1.0])
 save_model_dir(sys.argv[1], "segmenter", cfg.to_dict(), {"model": build_segmenter(cfg).state_dict()})
 """

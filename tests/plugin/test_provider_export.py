@@ -20,8 +20,8 @@ from satsynth.data.classes import ClassTable
 from satsynth.data.normalize import Normalizer
 from satsynth.segmenter.model import SegmenterConfig, build_segmenter
 table = ClassTable.from_dict([{"id": 1, "name": "water"}, {"id": 2, "name": "forest"}])
-cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3, classes=table.to_dict(),
-                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8").to_dict(),
+cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3, classes=table,
+                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8"),
                       crs="EPSG:32633", pixel_size=[2.0, 2.0])
 save_model_dir(sys.argv[1], "segmenter", cfg.to_dict(),
                {"model": build_segmenter(cfg).eval().state_dict()})

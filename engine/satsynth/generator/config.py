@@ -16,6 +16,9 @@ from satsynth.contract import (
     SNR_WEIGHTINGS,
     GeneratorTrainFields,
 )
+from satsynth.data.classes import ClassTable
+from satsynth.data.model_config import ModelConfig
+from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
 
 #: UNet sizes. ``tiny``: CPU demos and tests (about 1 M parameters); ``small``: a laptop GPU;
@@ -177,14 +180,17 @@ class GeneratorTrainOptions(GeneratorTrainFields):
 
 
 @dataclass
-class GeneratorConfig:
-    """Everything needed to rebuild the generator and sample georeferenced pairs (config.json)."""
+class GeneratorConfig(ModelConfig):
+    """Everything needed to rebuild the generator and sample georeferenced pairs (config.json:
+    :meth:`~satsynth.data.model_config.ModelConfig.to_dict`)."""
+
+    KIND = "generator"
 
     arch: ArchConfig
     diffusion: DiffusionConfig
     encoding: str
-    classes: dict[str, Any]  # ClassTable.to_dict()
-    normalization: dict[str, Any]  # Normalizer.to_dict()
+    classes: ClassTable
+    normalization: Normalizer
     bands: int
     dtype: str
     chip_size: int  # the model's pair size in px
@@ -203,10 +209,6 @@ class GeneratorConfig:
     training: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes["classes"])
-
-    @property
     def label_channels(self) -> int:
         from satsynth.generator.encoding import LabelEncoding
 
@@ -221,16 +223,7 @@ class GeneratorConfig:
         """UNet input channels: the noisy pair (and, for an upsampler, its condition)."""
         return self.channels
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
-        try:
-            known = {f.name for f in fields(cls)}
-            kw = {k: v for k, v in d.items() if k in known}
-            kw["arch"] = ArchConfig(**d["arch"])
-            kw["diffusion"] = DiffusionConfig(**d["diffusion"])
-            return cls(**kw)
-        except (KeyError, TypeError) as exc:
-            raise SatSynthError(f"generator config.json is incomplete or malformed ({exc})") from None
+    def _objects_from_dict(cls, d: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._objects_from_dict(d), "arch": ArchConfig(**d["arch"]),
+                "diffusion": DiffusionConfig(**d["diffusion"])}

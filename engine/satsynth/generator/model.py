@@ -76,7 +76,7 @@ def load_generator(path: str | Path, device: Any = "cpu", weights: str = "ema",
     """Load a generator folder (config.json + ``weights``.safetensors) in eval mode; ``kind`` and
     ``config_type`` load the other models of the cascade (an ``upsampler``)."""
     path = Path(path)
-    cfg = config_type.from_dict(load_config(path, kind))
+    cfg = config_type.from_dict(load_config(path, kind), path / "config.json")
     model = build_unet(cfg)
     state = load_tensors(path, weights)
     try:

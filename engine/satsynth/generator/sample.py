@@ -23,7 +23,6 @@ import numpy as np
 from satsynth import progress
 from satsynth.contract import SynthesizeFields
 from satsynth.data.classes import ClassTable, write_qml
-from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.distributed import processes
 from satsynth.errors import SatSynthError
@@ -154,8 +153,7 @@ def upsample_pairs(model: Any, cfg: UpsamplerConfig, base_cfg: GeneratorConfig, 
     :func:`generate` returns, at the upsampler's size. The upsampler's noise is a stream of its
     own, so each pair depends only on (seed, index)."""
     if base_cfg.normalization != cfg.normalization:  # trained on stores with other statistics
-        images = Normalizer.from_dict(cfg.normalization).to_model(
-            Normalizer.from_dict(base_cfg.normalization).from_model(images))
+        images = cfg.normalization.to_model(base_cfg.normalization.from_model(images))
     cond = condition_input(cfg, images, labels).to(device)
     sr_seed = int(np.random.SeedSequence([seed, 0x5352]).generate_state(1)[0])
     return generate(model, cfg, len(images), first, sampler, steps, sr_seed, device,
@@ -296,8 +294,8 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path,
         sr_model, geo = load_upsampler(upsampler, dev)
         check_cascade(cfg, geo, upsampler)
     out = Path(out)
-    table = ClassTable.from_dict(cfg.classes)
-    norm = Normalizer.from_dict(geo.normalization)
+    table = cfg.classes
+    norm = geo.normalization
     k = table.num_classes
     lut = table.index_to_id_lut()
     model_sha = _sha256(model_dir / "ema.safetensors")[:16]

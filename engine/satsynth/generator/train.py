@@ -116,8 +116,8 @@ def new_config(store: ChipStore, opts: GeneratorTrainOptions) -> GeneratorConfig
     size = opts.size or meta.chip_size
     f = check_factor(meta.chip_size, size, "--size")
     return GeneratorConfig(
-        arch=arch, diffusion=diff, encoding=opts.encoding, classes=meta.classes.to_dict(),
-        normalization=meta.normalizer.to_dict(), bands=meta.bands, dtype=meta.dtype,
+        arch=arch, diffusion=diff, encoding=opts.encoding, classes=meta.classes,
+        normalization=meta.normalizer, bands=meta.bands, dtype=meta.dtype,
         chip_size=size, source_chip_size=meta.chip_size if f > 1 else None, crs=meta.crs,
         pixel_size=[float(p) * f for p in meta.pixel_size] if meta.pixel_size else None,
         source_extent=extent, y_up=y_up,
@@ -133,7 +133,7 @@ def _check_compatible(cfg: GeneratorConfig, store: ChipStore, where: Path) -> No
     if meta.chip_size != (cfg.source_chip_size or cfg.chip_size):
         problems.append(f"the dataset's chips are {meta.chip_size} px, the model was trained on "
                         f"{cfg.source_chip_size or cfg.chip_size} px chips")
-    if meta.classes.ids != [c["id"] for c in cfg.classes["classes"]]:
+    if meta.classes.ids != cfg.classes.ids:
         problems.append(f"the class tables differ (dataset ids {meta.classes.ids})")
     if problems:
         raise SatSynthError("cannot resume on this dataset: " + "; ".join(problems), where)
@@ -282,7 +282,7 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
             raise SatSynthError("--resume: no checkpoint here to continue from (config.json "
                                 "missing); train without --resume first", out)
         raw = load_config(out, stage.kind)
-        cfg = stage.config_type.from_dict(raw)
+        cfg = stage.config_type.from_dict(raw, out / "config.json")
         _check_compatible(cfg, store, out)
         resume_state = raw.get("training_state") or {}
         prev = cfg.training or {}

@@ -109,7 +109,7 @@ def run_upsampler_training(dataset: str | Path, out: str | Path, base_size: int,
     if options.get("resume") and (Path(out) / "config.json").is_file():
         from satsynth.checkpoint import load_config
 
-        prev = UpsamplerConfig.from_dict(load_config(out, KIND))
+        prev = UpsamplerConfig.from_dict(load_config(out, KIND), Path(out) / "config.json")
         if (prev.base_size, prev.factor) != (base_size, factor):
             raise SatSynthError(f"--resume: this upsampler goes from {prev.base_size} px by "
                                 f"{prev.factor}x, not from {base_size} px by {factor}x", out)
@@ -135,9 +135,8 @@ def check_cascade(base: GeneratorConfig, up: UpsamplerConfig, where: Path) -> No
                         f"{up.base_size})")
     if base.bands != up.bands:
         problems.append(f"the generator has {base.bands} bands, the upsampler {up.bands}")
-    ids = [c["id"] for c in base.classes["classes"]]
-    if ids != [c["id"] for c in up.classes["classes"]]:
-        problems.append(f"the class tables differ (generator ids {ids})")
+    if base.classes.ids != up.classes.ids:
+        problems.append(f"the class tables differ (generator ids {base.classes.ids})")
     if (base.crs or None) != (up.crs or None):
         problems.append(f"the generator's CRS ({base.crs}) is not the upsampler's ({up.crs})")
     if problems:

@@ -72,16 +72,16 @@ def evaluate_pair(model_dir: str | Path, out: str | Path, image: Path, labels: P
         grid = grid_of(img)
     reader = RasterLabelReader(labels, image, grid, "raster", labels_on_image_grid)
     try:
-        to_classes = CodeMap(reader.kind, cfg.class_table)
+        to_classes = CodeMap(reader.kind, cfg.classes)
         _check_label_values(reader, to_classes, grid)
         metrics = SegmentationMetrics(cfg.num_classes)
         _compare_with_prediction(model_dir, image, grid, reader, to_classes, metrics, device,
-                                 cfg.class_table)
+                                 cfg.classes)
     finally:
         reader.close()
     info = {"image": str(image), "method": "whole raster through satsynth.predict",
             "width": grid.width, "height": grid.height}
-    return write_evaluation(metrics, cfg.class_table, out, {**model_info(model_dir, cfg), **info})
+    return write_evaluation(metrics, cfg.classes, out, {**model_info(model_dir, cfg), **info})
 
 
 def _row_windows(grid: Grid, stage: str) -> Iterator[Any]:

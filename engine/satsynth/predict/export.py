@@ -58,7 +58,7 @@ def onnx_metadata(cfg: Any, tile_h: int, tile_w: int, overlap: int, digest: str
     """The metadata an exported graph carries, every value JSON-encoded (as Deepness reads it)."""
     from satsynth.predict.source import model_resolution
 
-    table, norm = cfg.class_table, cfg.normalizer
+    table, norm = cfg.classes, cfg.normalization
     low, high = np.asarray(norm.low, float), np.asarray(norm.high, float)
     high = np.maximum(high, low + 1e-6)  # as Normalizer does
     meta: dict[str, Any] = {

@@ -24,7 +24,7 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.contract import PredictFields
-from satsynth.data.classes import ClassTable, write_qml
+from satsynth.data.classes import write_qml
 from satsynth.distributed import Processes, processes
 from satsynth.errors import SatSynthError
 from satsynth.io import atomic_path
@@ -121,7 +121,10 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     procs = processes(device)  # one, or those of accelerate launch / torchrun: bands of rows
     dev = procs.device
     model, cfg = load_segmenter(model_dir, dev)
-    table, normalizer = _model_tables(cfg, Path(model_dir))
+    table, normalizer = cfg.classes, cfg.normalization
+    if normalizer.bands != cfg.in_channels:
+        raise SatSynthError(f"config.json: normalization has {normalizer.bands} bands but the "
+                            f"model takes {cfg.in_channels}", Path(model_dir))
     multiple = input_multiple(model)
     check_tiling(tile, overlap, batch, multiple, cfg.arch)
     amp = dev.type == "cuda"
@@ -219,19 +222,6 @@ def _check_paths(image: Path, out: Path, conf: Path | None, vec: Path | None,
     for p in (out, out.with_suffix(".qml"), conf, vec):
         if p is not None:
             check_output(p, "file", inputs=inputs)
-
-
-def _model_tables(cfg: Any, model_dir: Path) -> tuple[ClassTable, Any]:
-    try:
-        table = cfg.class_table
-        normalizer = cfg.normalizer
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SatSynthError(f"config.json lacks the class table or normalization ({exc}): not a "
-                            "complete segmenter folder", model_dir) from None
-    if normalizer.bands != cfg.in_channels:
-        raise SatSynthError(f"config.json: normalization has {normalizer.bands} bands but the "
-                            f"model takes {cfg.in_channels}", model_dir)
-    return table, normalizer
 
 
 def _region(src: Any, box: tuple[float, float, float, float] | None,

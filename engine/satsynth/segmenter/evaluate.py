@@ -64,7 +64,7 @@ def evaluate_dataset(model_dir: str | Path, out: str | Path, dataset: str | Path
     model, cfg = load_segmenter(model_dir, dev)
     metrics = SegmentationMetrics(cfg.num_classes, dev)
     store = ChipStore(dataset)
-    _check_same_classes(cfg.class_table, store.classes, store.path)
+    _check_same_classes(cfg.classes, store.classes, store.path)
     if store.meta.bands != cfg.in_channels:
         raise SatSynthError(f"the dataset has {store.meta.bands} band(s), the model expects "
                             f"{cfg.in_channels}", store.path)
@@ -78,10 +78,10 @@ def evaluate_dataset(model_dir: str | Path, out: str | Path, dataset: str | Path
     if store.meta.synthetic:
         log.warning("%s is synthetic: these scores do not measure real-data accuracy",
                     store.path)
-    evaluate_chips(model, chips, cfg.normalizer, metrics, batch_size, dev, show_progress=True)
+    evaluate_chips(model, chips, cfg.normalization, metrics, batch_size, dev, show_progress=True)
     info = {**model_info(model_dir, cfg), "dataset": str(store.path), "split": split,
             "chips": len(chips), "method": "chips"}
-    return write_evaluation(metrics, cfg.class_table, out, info)
+    return write_evaluation(metrics, cfg.classes, out, info)
 
 
 def model_info(model_dir: str | Path, cfg: Any) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from satsynth.checkpoint import load_config, load_tensors
 from satsynth.contract import ARCHITECTURES, TINY_ARCH, TINY_ENCODER
 from satsynth.data.classes import ClassTable
+from satsynth.data.model_config import ModelConfig
 from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
 
@@ -26,39 +27,22 @@ SMP_CLASSES = {
 
 
 @dataclass
-class SegmenterConfig:
-    """Everything needed to rebuild a trained segmenter and apply it to new rasters."""
+class SegmenterConfig(ModelConfig):
+    """Everything needed to rebuild a trained segmenter and apply it to new rasters
+    (config.json: :meth:`~satsynth.data.model_config.ModelConfig.to_dict`)."""
+
+    KIND = "segmenter"
 
     arch: str = "fpn"
     encoder: str = "resnet18"
     in_channels: int = 3
-    classes: dict[str, Any] = field(default_factory=dict)  # ClassTable.to_dict()
-    normalization: dict[str, Any] = field(default_factory=dict)  # Normalizer.to_dict()
+    classes: ClassTable = field(kw_only=True)
+    normalization: Normalizer = field(kw_only=True)
     chip_size: int = 128
     crs: str | None = None
     pixel_size: list[float] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes["classes"])
-
-    @property
-    def class_table(self) -> ClassTable:
-        return ClassTable.from_dict(self.classes)
-
-    @property
-    def normalizer(self) -> Normalizer:
-        return Normalizer.from_dict(self.normalization)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SegmenterConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) -> Any:
@@ -164,7 +148,7 @@ def forward_logits(model: Any, x: Any) -> Any:
 
 def load_segmenter_config(path: str | Path) -> SegmenterConfig:
     """The configuration of a trained segmenter folder (its config.json)."""
-    return SegmenterConfig.from_dict(load_config(path, "segmenter"))
+    return SegmenterConfig.from_dict(load_config(path, "segmenter"), Path(path) / "config.json")
 
 
 def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, SegmenterConfig]:

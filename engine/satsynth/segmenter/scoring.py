@@ -121,7 +121,7 @@ def _load_scorer(segmenter: str | Path, store: ChipStore, device: str) -> tuple[
 
     dev = resolve_device(device)
     model, cfg = load_segmenter(segmenter, dev)
-    _check_same_classes(cfg.class_table, store.classes, store.path)
+    _check_same_classes(cfg.classes, store.classes, store.path)
     if store.meta.bands != cfg.in_channels:
         raise SatSynthError(f"the pairs have {store.meta.bands} band(s), the segmenter "
                             f"{segmenter} expects {cfg.in_channels}", store.path)
@@ -160,7 +160,7 @@ def score_pairs(synthetic: str | Path, segmenter: str | Path, device: str = "aut
     if fid_weights is not None:  # first: a bad weights file fails before the longer scoring
         realism = fid_kid(store, _real_store(real, cfg, segmenter), weights=fid_weights,
                           device=dev)
-    scores = pair_scores(model, chips, cfg.normalizer, cfg.num_classes, batch_size, dev)
+    scores = pair_scores(model, chips, cfg.normalization, cfg.num_classes, batch_size, dev)
     summary = summarize_scores(scores)
     seg_info = {"segmenter": str(Path(segmenter).resolve()),
                 "segmenter_val_miou": cfg.metrics.get("miou"),
@@ -168,7 +168,7 @@ def score_pairs(synthetic: str | Path, segmenter: str | Path, device: str = "aut
     order = np.argsort(score_ranks(scores))
     ends = np.unique(np.concatenate([order[:GRID_PAIRS], order[-GRID_PAIRS:]]))
     ends = ends[np.argsort(score_ranks(scores)[ends])]
-    preds = _predict(model, chips, ends, cfg.normalizer, dev)
+    preds = _predict(model, chips, ends, cfg.normalization, dev)
     with _updated_copy(syn_path) as tmp:
         with atomic_path(tmp / "train.scores.npy") as f:
             np.save(f, scores.astype(np.float32))
@@ -484,7 +484,7 @@ def filtered_pool(pool: list[str], out: Path, seed: int, baseline_model: Path | 
                                 f"experiment runs): run the filtered variants with a new --out, "
                                 f"or from the start with --keep-models", out)
         model, cfg, dev = _load_scorer(baseline_model, ChipStore(pool[0]), device)
-        scores = [pair_scores(model, ChipStore(p).split("train"), cfg.normalizer,
+        scores = [pair_scores(model, ChipStore(p).split("train"), cfg.normalization,
                               cfg.num_classes, 32, dev) for p in pool]
         filter_pairs(pool, folder, keep=keep, scores=scores,
                      note={"scored_by": fp, "segmenter": str(baseline_model)})

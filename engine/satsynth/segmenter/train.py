@@ -278,7 +278,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     device = acc.device
     k = meta.classes.num_classes
     cfg = SegmenterConfig(arch=opts.arch, encoder=opts.encoder, in_channels=meta.bands,
-                          classes=meta.classes.to_dict(), normalization=meta.normalizer.to_dict(),
+                          classes=meta.classes, normalization=meta.normalizer,
                           chip_size=meta.chip_size, crs=meta.crs,
                           pixel_size=list(meta.pixel_size) if meta.pixel_size else None)
     model = build_segmenter(cfg, opts.encoder_weights)

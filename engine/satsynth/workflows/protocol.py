@@ -123,8 +123,8 @@ def final_scores(model_dir: str | Path, dataset: str | Path, device: str = "auto
     dev = resolve_device(device)
     model, cfg = load_segmenter(model_dir, dev)
     metrics = SegmentationMetrics(cfg.num_classes, dev)
-    evaluate_chips(model, chips, cfg.normalizer, metrics, batch_size, dev, show_progress=True)
-    return metrics.compute(cfg.class_table.names), split
+    evaluate_chips(model, chips, cfg.normalization, metrics, batch_size, dev, show_progress=True)
+    return metrics.compute(cfg.classes.names), split
 
 
 def t_interval(values: list[float] | np.ndarray, level: float = 0.95) -> dict[str, Any]:
