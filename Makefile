@@ -33,7 +33,7 @@ test: $(STAMP) qgis
 	@bash scripts/run_tests.sh $(PYTEST_ARGS)
 
 test-engine: $(STAMP)
-	$(ENGINE_PY) -m pytest -q tests/engine tests/test_boundaries.py $(PYTEST_ARGS)
+	$(ENGINE_PY) -m pytest -q tests/engine tests/test_*.py $(PYTEST_ARGS)
 
 test-plugin: $(STAMP) qgis
 	QT_QPA_PLATFORM=offscreen SATSYNTH_PYTHON=$(abspath $(ENGINE_PY)) $(QGIS_PYTHON) -m pytest -q tests/plugin $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ run() {
 }
 
 run "lint" .venv/bin/ruff check engine satsynth_qgis tests benchmarks scripts
-run "engine tests" "$ENGINE_PY" -m pytest -q -p no:cacheprovider tests/engine tests/test_boundaries.py "$@"
+run "engine tests" "$ENGINE_PY" -m pytest -q -p no:cacheprovider tests/engine tests/test_*.py "$@"
 run "plugin tests (QGIS)" env QT_QPA_PLATFORM=offscreen SATSYNTH_PYTHON="$PWD/$ENGINE_PY" \
   "$QGIS_PY" -m pytest -q -p no:cacheprovider tests/plugin "$@"
 exit $status
