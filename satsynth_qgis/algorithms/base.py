@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,32 @@ GROUPS = {
 HELP_URL = "https://github.com/satsynth/satsynth-qgis/blob/main/docs/plugin.md"
 
 
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """What names an algorithm in the toolbox, and what its OUTPUT is checked as."""
+
+    #: the Processing id (``satsynth:<alg_id>``)
+    alg_id: str
+    display: str
+    #: a key of :data:`GROUPS`
+    group: str
+    #: an icon's file name in the plugin's icons folder, without .svg
+    icon: str
+    #: what the OUTPUT parameter receives (``satsynth check-output --kind``: dataset, generator,
+    #: file...); '' = no output check
+    output_kind: str = ""
+    #: the parameters naming the run's inputs, which OUTPUT must not be or hold
+    output_inputs: tuple[str, ...] = ()
+    #: the stage writes into an existing folder of its kind (evaluation, experiment)
+    output_into: bool = False
+
+
+def help_text(cls: type) -> str:
+    """An algorithm's help: its class docstring, each paragraph on one line."""
+    paragraphs = inspect.cleandoc(cls.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split("\n")) for paragraph in paragraphs)
+
+
 @contextmanager
 def plain_errors() -> Iterator[None]:
     """Re-raise the runner's errors as plain QgsProcessingException.
@@ -67,19 +95,10 @@ def plain_errors() -> Iterator[None]:
 
 
 class SatSynthAlgorithm(QgsProcessingAlgorithm):
-    """Base class: subclasses set ``ALG_ID``, ``DISPLAY``, ``GROUP``, ``ICON`` and ``HELP``."""
+    """Base class: a subclass declares its :class:`AlgorithmInfo` as ``INFO`` and its help
+    (Processing's short help) as its docstring, a blank line between paragraphs."""
 
-    ALG_ID = ""
-    DISPLAY = ""
-    GROUP = "engine"
-    ICON = "satsynth"
-    HELP = ""
-    #: what the OUTPUT parameter receives (``satsynth check-output --kind``: dataset, generator,
-    #: file...) and the parameters naming the run's inputs; '' = no output check
-    OUTPUT_KIND = ""
-    OUTPUT_INPUTS: tuple[str, ...] = ()
-    #: the stage writes into an existing folder of its kind (evaluation, experiment)
-    OUTPUT_INTO = False
+    INFO: AlgorithmInfo
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate("SatSynth", text)
@@ -88,25 +107,25 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     def name(self) -> str:
-        return self.ALG_ID
+        return self.INFO.alg_id
 
     def displayName(self) -> str:
-        return self.tr(self.DISPLAY)
+        return self.tr(self.INFO.display)
 
     def group(self) -> str:
-        return self.tr(GROUPS[self.GROUP])
+        return self.tr(GROUPS[self.INFO.group])
 
     def groupId(self) -> str:
-        return self.GROUP
+        return self.INFO.group
 
     def icon(self) -> QIcon:
-        return QIcon(icon_path(self.ICON))
+        return QIcon(icon_path(self.INFO.icon))
 
     def svgIconPath(self) -> str:
-        return icon_path(self.ICON)
+        return icon_path(self.INFO.icon)
 
     def shortHelpString(self) -> str:
-        return self.tr(self.HELP)
+        return self.tr(help_text(type(self)))
 
     def helpUrl(self) -> str:
         return HELP_URL
@@ -118,7 +137,7 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         ok, msg = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, msg
-        problem = self.output_problem(parameters, context) if self.OUTPUT_KIND else ""
+        problem = self.output_problem(parameters, context) if self.INFO.output_kind else ""
         if problem:
             return False, self.tr(problem)
         problem = self.values_problem(parameters, context)
@@ -137,12 +156,12 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         out = self._path_value(parameters, "OUTPUT", context)
         if not out or out.startswith(("TEMPORARY_OUTPUT", "memory:")):
             return ""
-        args = ["check-output", out, "--kind", self.OUTPUT_KIND]
-        for name in self.OUTPUT_INPUTS:
+        args = ["check-output", out, "--kind", self.INFO.output_kind]
+        for name in self.INFO.output_inputs:
             value = self._path_value(parameters, name, context)
             if value:
                 args += ["--input", value]
-        if self.OUTPUT_INTO:
+        if self.INFO.output_into:
             args.append("--into")
         try:
             runner.run_engine(args, None)

@@ -1,4 +1,7 @@
-"""Check engine: is the SatSynth engine installed, which version, and which device will it use."""
+"""Check engine: is the SatSynth engine installed, which version, and which device will it use.
+
+Runs ``satsynth check`` and reports the engine, torch, device and GPU.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +16,21 @@ from qgis.core import (
 
 from .. import runner
 from ..paths import plugin_version
-from .base import SatSynthAlgorithm, plain_errors
+from .base import AlgorithmInfo, SatSynthAlgorithm, plain_errors
 
 
 class CheckEngine(SatSynthAlgorithm):
-    """Runs ``satsynth check`` and reports the engine, torch, device and GPU."""
+    """Finds the SatSynth engine (a separate Python environment with PyTorch) and reports its
+    version, its Python and torch versions, and the device it will compute on (CUDA GPU, Apple MPS
+    or CPU) with the GPU's name.
 
-    ALG_ID = "check_engine"
-    DISPLAY = "Check engine"
-    GROUP = "engine"
-    ICON = "check_engine"
-    HELP = (
-        "Finds the SatSynth engine (a separate Python environment with PyTorch) and reports its "
-        "version, its Python and torch versions, and the device it will compute on (CUDA GPU, "
-        "Apple MPS or CPU) with the GPU's name.\n\n"
-        "The engine is looked for in this order: the 'Engine Python' setting (Processing > "
-        "Options > Providers > SatSynth), the SATSYNTH_PYTHON environment variable, the "
-        "repository's .venv when the plugin runs from a source checkout, and 'satsynth' on PATH. "
-        "When it is not found, the log says exactly where it looked and how to install it."
-    )
+    The engine is looked for in this order: the 'Engine Python' setting (Processing > Options >
+    Providers > SatSynth), the SATSYNTH_PYTHON environment variable, the repository's .venv when the
+    plugin runs from a source checkout, and 'satsynth' on PATH. When it is not found, the log says
+    exactly where it looked and how to install it.
+    """
+
+    INFO = AlgorithmInfo("check_engine", "Check engine", group="engine", icon="check_engine")
 
     OUTPUTS = {
         "ENGINE": "Engine command",

@@ -1,4 +1,7 @@
-"""Evaluate segmenter: mIoU, per-class IoU and confusion on reference labels (satsynth evaluate)."""
+"""Evaluate segmenter: mIoU, per-class IoU and confusion on reference labels (satsynth evaluate).
+
+``satsynth evaluate SEG (--dataset DS | --image IMG --labels LBL) --out REPORT``.
+"""
 
 from __future__ import annotations
 
@@ -15,26 +18,21 @@ from qgis.core import (
 )
 
 from .. import layers
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 
 
 class EvaluateSegmenter(SatSynthAlgorithm):
-    """``satsynth evaluate SEG (--dataset DS | --image IMG --labels LBL) --out REPORT``."""
+    """Scores a trained segmenter against reference labels: mean IoU, per-class IoU and F1, overall
+    accuracy and a confusion matrix, written as an HTML report (shown in the Results Viewer), JSON
+    and Markdown.
 
-    ALG_ID = "evaluate_segmenter"
-    DISPLAY = "Evaluate segmenter"
-    GROUP = "segmenter"
-    ICON = "evaluate"
-    OUTPUT_KIND = "evaluation"
-    OUTPUT_INPUTS = ("MODEL", "DATASET", "IMAGE", "LABELS")
-    OUTPUT_INTO = True
-    HELP = (
-        "Scores a trained segmenter against reference labels: mean IoU, per-class IoU and F1, "
-        "overall accuracy and a confusion matrix, written as an HTML report (shown in the "
-        "Results Viewer), JSON and Markdown.\n\n"
-        "Reference: either a dataset folder (its validation chips) or an image raster with its "
-        "labels raster of class ids (the whole image is segmented and compared)."
-    )
+    Reference: either a dataset folder (its validation chips) or an image raster with its labels
+    raster of class ids (the whole image is segmented and compared).
+    """
+
+    INFO = AlgorithmInfo("evaluate_segmenter", "Evaluate segmenter", group="segmenter",
+                         icon="evaluate", output_kind="evaluation",
+                         output_inputs=("MODEL", "DATASET", "IMAGE", "LABELS"), output_into=True)
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.stage_folder_param("MODEL"))

@@ -1,4 +1,7 @@
-"""Export segmenter: a trained segmenter as an ONNX model (satsynth export)."""
+"""Export segmenter: a trained segmenter as an ONNX model (satsynth export).
+
+``satsynth export SEG --format onnx --out MODEL.onnx --tile T --overlap O``.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +13,22 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 
 
 class ExportSegmenter(SatSynthAlgorithm):
-    """``satsynth export SEG --format onnx --out MODEL.onnx --tile T --overlap O``."""
+    """Writes a trained segmenter as an ONNX model for tiles of the given size and any batch size,
+    checked against the PyTorch model before it is kept. The file carries the class table, the
+    normalization, the band count, training pixel size, CRS and tile size, and the metadata the
+    Deepness plugin reads (model type Segmentor, class names, resolution in cm/px, tile size,
+    overlap in percent, input standardization), so it loads in Deepness with the right classes and
+    scale; ONNX Runtime and other tools load it too.
 
-    ALG_ID = "export_segmenter"
-    DISPLAY = "Export segmenter to ONNX"
-    GROUP = "prediction"
-    ICON = "segment"
-    OUTPUT_KIND = "file"
-    OUTPUT_INPUTS = ("MODEL",)
-    HELP = (
-        "Writes a trained segmenter as an ONNX model for tiles of the given size and any batch "
-        "size, checked against the PyTorch model before it is kept. The file carries the class "
-        "table, the normalization, the band count, training pixel size, CRS and tile size, and "
-        "the metadata the Deepness plugin reads (model type Segmentor, class names, resolution "
-        "in cm/px, tile size, overlap in percent, input standardization), so it loads in "
-        "Deepness with the right classes and scale; ONNX Runtime and other tools load it too.\n\n"
-        "Input: tiles normalized as Segment raster does; output: class probabilities."
-    )
+    Input: tiles normalized as Segment raster does; output: class probabilities.
+    """
+
+    INFO = AlgorithmInfo("export_segmenter", "Export segmenter to ONNX", group="prediction",
+                         icon="segment", output_kind="file", output_inputs=("MODEL",))
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.stage_folder_param("MODEL"))

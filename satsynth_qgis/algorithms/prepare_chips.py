@@ -1,4 +1,7 @@
-"""Prepare training chips: cut an image and its labels into georeferenced chips (satsynth prepare)."""
+"""Prepare training chips: cut an image and its labels into georeferenced chips (satsynth prepare).
+
+``satsynth prepare`` on one image and its labels (a class raster or a vector layer).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from qgis.core import (
 from .. import compat, layers
 from ..contract import contract
 from ..styling import ChipSplitPostProcessor
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 
 MIN_CHIP = 16
 #: The engine's ``prepare --layout`` names (satsynth.data.layouts), "none" for image + labels.
@@ -50,33 +53,31 @@ def add_label_inputs(alg: SatSynthAlgorithm, image_optional: bool = False) -> No
 
 
 class PrepareChips(SatSynthAlgorithm):
-    """``satsynth prepare`` on one image and its labels (a class raster or a vector layer)."""
+    """Cuts an image raster and its labels into square chips that keep their georeference, splits
+    them into training and validation chips by spatial blocks, and writes a dataset folder for the
+    generator and the segmenter.
 
-    ALG_ID = "prepare_chips"
-    DISPLAY = "Prepare training chips"
-    GROUP = "data"
-    ICON = "prepare"
-    OUTPUT_KIND = "dataset"
-    OUTPUT_INPUTS = ("IMAGE", "LABELS", "VECTOR", "CLASSES", "DATASET_FOLDER")
-    HELP = (
-        "Cuts an image raster and its labels into square chips that keep their georeference, "
-        "splits them into training and validation chips by spatial blocks, and writes a dataset "
-        "folder for the generator and the segmenter.\n\n"
-        "Labels are either a single-band raster of class ids (Labels raster) or a vector layer "
-        "with a class field (Label polygons + Class field; 'Selected features only' is honoured). "
-        "Without a class table file, classes are inferred from the label values or the field's "
-        "values. Class table file: JSON or YAML, e.g. "
-        '{"classes": [{"id": 1, "name": "water", "color": "#1f78b4"}]}.\n\n'
-        "Dataset layout: instead of an image and its labels, a published dataset folder as "
-        "downloaded (LoveDA: Train/Val x Urban/Rural x images_png + masks_png; OpenEarthMap: "
-        "region folders with images/ and labels/ GeoTIFFs and train.txt/val.txt; iSAID: "
-        "train/val with P0000.png images and P0000_instance_color_RGB.png semantic masks), read "
-        "with its own class table and official train/val split.\n\n"
-        "Labels raster drawn on the image's pixels: a labels raster of the image's exact size "
-        "without georeference (an annotation tool's export) takes the image's grid; it is "
-        "refused when the sizes differ.\n\n"
-        "Outputs: the dataset folder and a layer of chip footprints (train/val), which is loaded."
-    )
+    Labels are either a single-band raster of class ids (Labels raster) or a vector layer with a
+    class field (Label polygons + Class field; 'Selected features only' is honoured). Without a
+    class table file, classes are inferred from the label values or the field's values. Class table
+    file: JSON or YAML, e.g. {"classes": [{"id": 1, "name": "water", "color": "#1f78b4"}]}.
+
+    Dataset layout: instead of an image and its labels, a published dataset folder as downloaded
+    (LoveDA: Train/Val x Urban/Rural x images_png + masks_png; OpenEarthMap: region folders with
+    images/ and labels/ GeoTIFFs and train.txt/val.txt; iSAID: train/val with P0000.png images and
+    P0000_instance_color_RGB.png semantic masks), read with its own class table and official
+    train/val split.
+
+    Labels raster drawn on the image's pixels: a labels raster of the image's exact size without
+    georeference (an annotation tool's export) takes the image's grid; it is refused when the sizes
+    differ.
+
+    Outputs: the dataset folder and a layer of chip footprints (train/val), which is loaded.
+    """
+
+    INFO = AlgorithmInfo("prepare_chips", "Prepare training chips", group="data", icon="prepare",
+                         output_kind="dataset",
+                         output_inputs=("IMAGE", "LABELS", "VECTOR", "CLASSES", "DATASET_FOLDER"))
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         add_label_inputs(self, image_optional=True)

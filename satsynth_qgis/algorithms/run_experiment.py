@@ -1,4 +1,7 @@
-"""Does synthetic data help? mIoU against the synthetic ratio R over seeds (satsynth experiment)."""
+"""Does synthetic data help? mIoU against the synthetic ratio R over seeds (satsynth experiment).
+
+``satsynth experiment DATASET --generator GEN --ratios ... --seeds N --out EXP``.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from qgis.core import (
 
 from .. import compat
 from ..contract import contract
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 from .train_segmenter import encoder_problem
 
 
@@ -29,39 +32,34 @@ def parse_ratios(text: str) -> list[float] | None:
 
 
 class RunExperiment(SatSynthAlgorithm):
-    """``satsynth experiment DATASET --generator GEN --ratios ... --seeds N --out EXP``."""
+    """Answers the question the product exists for, on your data: for each ratio R (synthetic pairs
+    per real pair) and each seed, it trains a segmenter on the real chips plus R times as many
+    synthetic pairs from the generator, selects it on the real validation chips and scores it on the
+    held-out real chips (the test split when the dataset has one), and compares it with the
+    real-only run of the same seed. The HTML report (shown in the Results Viewer) has the plot and
+    the table: mIoU per R, the paired difference to R=0 with its 95 % interval, and per-class
+    changes.
 
-    ALG_ID = "run_experiment"
-    DISPLAY = "Does synthetic data help? (experiment)"
-    GROUP = "segmenter"
-    ICON = "evaluate"
-    OUTPUT_KIND = "experiment"
-    OUTPUT_INPUTS = ("DATASET", "GENERATOR", "UPSAMPLER")
-    OUTPUT_INTO = True  # the same folder again resumes the experiment
-    HELP = (
-        "Answers the question the product exists for, on your data: for each ratio R (synthetic "
-        "pairs per real pair) and each seed, it trains a segmenter on the real chips plus R times "
-        "as many synthetic pairs from the generator, selects it on the real validation chips and "
-        "scores it on the held-out real chips (the test split when the dataset has one), and "
-        "compares it with the real-only run of the same seed. The HTML report (shown in the "
-        "Results Viewer) has the plot and the table: mIoU per R, the paired difference to R=0 "
-        "with its 95 % interval, and per-class changes.\n\n"
-        "Ratios: comma separated, 0 is the real-only baseline (always run). Seeds: runs per "
-        "ratio; 3 or more give an interval. Budget: steps (every run makes the same number of "
-        "optimizer steps, so R changes the data, not the compute), epochs (R > 0 runs train "
-        "longer), or converge (each run trains until its validation mIoU stops improving). Real "
-        "fraction: train on this share of the real chips (the low-data setting where synthetic "
-        "pairs help most). Variants (advanced), comma separated: mix (default), pretrain "
-        "(synthetic first, then real fine-tuning), tstr (synthetic only), filtered and "
-        "filtered-pretrain (only the half of the synthetic pairs that the real-only segmenter "
-        "of the same seed finds most consistent with their masks); an unknown name is refused "
-        "with the list the engine knows. Upsampler folder (advanced): make the synthetic pairs "
-        "through the super-resolution cascade, the generator being its base.\n\n"
-        "Resumable: every finished run is kept in the experiment folder (runs.json) and the "
-        "synthetic pairs are cached there. Cancel at any time; run it again with the same "
-        "experiment folder and it does only the runs that are missing. Each run's progress "
-        "shows in the bar."
-    )
+    Ratios: comma separated, 0 is the real-only baseline (always run). Seeds: runs per ratio; 3 or
+    more give an interval. Budget: steps (every run makes the same number of optimizer steps, so R
+    changes the data, not the compute), epochs (R > 0 runs train longer), or converge (each run
+    trains until its validation mIoU stops improving). Real fraction: train on this share of the
+    real chips (the low-data setting where synthetic pairs help most). Variants (advanced), comma
+    separated: mix (default), pretrain (synthetic first, then real fine-tuning), tstr (synthetic
+    only), filtered and filtered-pretrain (only the half of the synthetic pairs that the real-only
+    segmenter of the same seed finds most consistent with their masks); an unknown name is refused
+    with the list the engine knows. Upsampler folder (advanced): make the synthetic pairs through
+    the super-resolution cascade, the generator being its base.
+
+    Resumable: every finished run is kept in the experiment folder (runs.json) and the synthetic
+    pairs are cached there. Cancel at any time; run it again with the same experiment folder and it
+    does only the runs that are missing. Each run's progress shows in the bar.
+    """
+
+    INFO = AlgorithmInfo("run_experiment", "Does synthetic data help? (experiment)",
+                         group="segmenter", icon="evaluate", output_kind="experiment",
+                         output_inputs=("DATASET", "GENERATOR", "UPSAMPLER"),
+                         output_into=True)  # the same folder again resumes the experiment
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         d = contract.ExperimentFields()

@@ -1,5 +1,8 @@
 """Run full pipeline: image + labels in; chips, generator, synthetic pairs, segmenter, report and
-a styled prediction out, by running the stage algorithms one after the other."""
+a styled prediction out, by running the stage algorithms one after the other.
+
+prepare -> train generator -> synthesize -> train segmenter -> evaluate -> segment.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from qgis.core import (
 from .. import compat
 from ..contract import contract
 from ..styling import ClassStylePostProcessor
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 from .prepare_chips import MIN_CHIP, PrepareChips, add_label_inputs
 
 #: Parameters handed unchanged to Prepare training chips.
@@ -32,22 +35,19 @@ PREPARE_INPUTS = ("IMAGE", "LABELS", "VECTOR", "CLASS_FIELD", "CLASSES", "CHIP_S
 
 
 class RunPipeline(SatSynthAlgorithm):
-    """prepare -> train generator -> synthesize -> train segmenter -> evaluate -> segment."""
+    """Runs every stage in one go on an image and its labels: prepares chips, trains the joint
+    generator, synthesizes image-mask pairs, trains a segmenter on real plus synthetic pairs (R
+    synthetic per real), evaluates it on the validation chips and segments the image (or another
+    raster). Each stage's folder is written under the output folder (dataset, generator, synthetic,
+    segmenter, evaluation, prediction.tif).
 
-    ALG_ID = "run_pipeline"
-    DISPLAY = "Run full pipeline"
-    GROUP = "pipeline"
-    ICON = "run_pipeline"
-    HELP = (
-        "Runs every stage in one go on an image and its labels: prepares chips, trains the joint "
-        "generator, synthesizes image-mask pairs, trains a segmenter on real plus synthetic "
-        "pairs (R synthetic per real), evaluates it on the validation chips and segments the "
-        "image (or another raster). Each stage's folder is written under the output folder "
-        "(dataset, generator, synthetic, segmenter, evaluation, prediction.tif).\n\n"
-        "Set the number of synthetic pairs or R to 0 to train on real chips only (no generator). "
-        "The defaults are small enough for a first try on a CPU; for real work use the "
-        "'small' or 'base' preset and more steps on a GPU."
-    )
+    Set the number of synthetic pairs or R to 0 to train on real chips only (no generator). The
+    defaults are small enough for a first try on a CPU; for real work use the 'small' or 'base'
+    preset and more steps on a GPU.
+    """
+
+    INFO = AlgorithmInfo("run_pipeline", "Run full pipeline", group="pipeline",
+                         icon="run_pipeline")
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         seg, predict = contract.SegmenterTrainFields(), contract.PredictFields()

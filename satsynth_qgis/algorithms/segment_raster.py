@@ -1,4 +1,7 @@
-"""Segment raster: apply a trained segmenter to a raster of any size (satsynth predict)."""
+"""Segment raster: apply a trained segmenter to a raster of any size (satsynth predict).
+
+``satsynth predict SEG --image IMG --out PRED.tif [...]``.
+"""
 
 from __future__ import annotations
 
@@ -23,33 +26,28 @@ from .. import compat, layers
 from ..contract import contract
 from ..folders import model_config
 from ..styling import ClassStylePostProcessor, VectorClassStylePostProcessor
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 
 
 class SegmentRaster(SatSynthAlgorithm):
-    """``satsynth predict SEG --image IMG --out PRED.tif [...]``."""
+    """Applies a trained segmenter to a raster layer of any size with overlapping, smoothly blended
+    windows (memory depends on the tile size, not on the raster's area). Writes a GeoTIFF of class
+    ids on the input's grid and CRS, loaded and styled with the class names and colours.
 
-    ALG_ID = "segment_raster"
-    DISPLAY = "Segment raster"
-    GROUP = "prediction"
-    ICON = "segment"
-    OUTPUT_KIND = "file"
-    OUTPUT_INPUTS = ("MODEL", "INPUT", "AOI")
-    HELP = (
-        "Applies a trained segmenter to a raster layer of any size with overlapping, smoothly "
-        "blended windows (memory depends on the tile size, not on the raster's area). Writes a "
-        "GeoTIFF of class ids on the input's grid and CRS, loaded and styled with the class "
-        "names and colours.\n\n"
-        "Extent: only segment this box. AOI mask: only segment inside these polygons (nodata "
-        "outside). Tile and overlap are in pixels. Optional outputs: a confidence raster (top "
-        "class probability x 255) and class polygons (GeoPackage with class_id, class_name, "
-        "area_m2).\n\n"
-        "The input must have the bands the segmenter was trained on, in the same order. Web and "
-        "database layers are first written to a temporary GeoTIFF over the extent.\n\n"
-        "Runtime (advanced): auto runs the model through ONNX Runtime on a CPU (faster than "
-        "PyTorch there, see docs/predict.md; exported into the segmenter folder on first use) "
-        "and PyTorch on a GPU; torch or onnx force one."
-    )
+    Extent: only segment this box. AOI mask: only segment inside these polygons (nodata outside).
+    Tile and overlap are in pixels. Optional outputs: a confidence raster (top class probability x
+    255) and class polygons (GeoPackage with class_id, class_name, area_m2).
+
+    The input must have the bands the segmenter was trained on, in the same order. Web and database
+    layers are first written to a temporary GeoTIFF over the extent.
+
+    Runtime (advanced): auto runs the model through ONNX Runtime on a CPU (faster than PyTorch
+    there, see docs/predict.md; exported into the segmenter folder on first use) and PyTorch on a
+    GPU; torch or onnx force one.
+    """
+
+    INFO = AlgorithmInfo("segment_raster", "Segment raster", group="prediction", icon="segment",
+                         output_kind="file", output_inputs=("MODEL", "INPUT", "AOI"))
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.stage_folder_param("MODEL"))

@@ -1,4 +1,7 @@
-"""Synthesize image-mask pairs from a trained joint generator (satsynth synthesize)."""
+"""Synthesize image-mask pairs from a trained joint generator (satsynth synthesize).
+
+``satsynth synthesize GENERATOR --count N --out SYN``.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from qgis.core import (
 from .. import compat
 from ..contract import contract
 from ..styling import ClassStylePostProcessor
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 
 
 def favor_items(text: str) -> list[str]:
@@ -37,38 +40,37 @@ def favor_items(text: str) -> list[str]:
 
 
 class Synthesize(SatSynthAlgorithm):
-    """``satsynth synthesize GENERATOR --count N --out SYN``."""
+    """Samples new image chips together with their label masks from a trained joint generator. The
+    pairs are written as a synthetic dataset (for 'Train segmenter'), as georeferenced GeoTIFF chips
+    laid out beside the source area, and as two mosaics (VRT) that are loaded: the synthetic images
+    and their labels, styled by class.
 
-    ALG_ID = "synthesize"
-    DISPLAY = "Synthesize image-mask pairs"
-    GROUP = "generator"
-    ICON = "synthesize"
-    OUTPUT_KIND = "synthetic"
-    OUTPUT_INPUTS = ("GENERATOR", "UPSAMPLER", "SCORE_WITH")
-    HELP = (
-        "Samples new image chips together with their label masks from a trained joint generator. "
-        "The pairs are written as a synthetic dataset (for 'Train segmenter'), as georeferenced "
-        "GeoTIFF chips laid out beside the source area, and as two mosaics (VRT) that are loaded: "
-        "the synthetic images and their labels, styled by class.\n\n"
-        "Sampler: model default (dpm, or ddpm for a generator trained with the paper's recipe), "
-        "dpm (DPM-Solver++, good in 20 steps), ddim, or ddpm (all 1000 steps, slow, the "
-        "reference). Steps applies to dpm and ddim.\n\n"
-        "Favor classes (advanced; generators trained with class-share conditioning, the "
-        "default): ask for more or less of some classes, as CLASS=FACTOR items separated by "
-        "semicolons, e.g. 'Water=3; Road=0.5' (class names or ids). A factor of 3 makes chips "
-        "made only of that class three times as likely.\n\n"
-        "Score with segmenter (advanced): a segmenter trained on real chips only segments every "
-        "synthetic image, and each pair is scored by how well that agrees with its mask (pair "
-        "mIoU and pixel accuracy). The scores are attributes of the pair footprints (miou, "
-        "pixel_accuracy, rank; 1 = most consistent): sort the attribute table to look at the "
-        "best and worst pairs. Keep fraction (0 = all) keeps only the most consistent pairs.\n\n"
-        "Upsampler folder (advanced, optional; from 'Train upsampler'): the super-resolution "
-        "cascade. Each pair is drawn at the generator's size, then at the upsampler's, which is "
-        "the size written (the generator must have been trained at the upsampler's base size)."
-        "\n\n"
-        "Outputs: the synthetic folder, both mosaics, the pair footprints, a sample grid (PNG) "
-        "and a report (JSON) comparing the class shares of real and synthetic labels."
-    )
+    Sampler: model default (dpm, or ddpm for a generator trained with the paper's recipe), dpm
+    (DPM-Solver++, good in 20 steps), ddim, or ddpm (all 1000 steps, slow, the reference). Steps
+    applies to dpm and ddim.
+
+    Favor classes (advanced; generators trained with class-share conditioning, the default): ask for
+    more or less of some classes, as CLASS=FACTOR items separated by semicolons, e.g. 'Water=3;
+    Road=0.5' (class names or ids). A factor of 3 makes chips made only of that class three times as
+    likely.
+
+    Score with segmenter (advanced): a segmenter trained on real chips only segments every synthetic
+    image, and each pair is scored by how well that agrees with its mask (pair mIoU and pixel
+    accuracy). The scores are attributes of the pair footprints (miou, pixel_accuracy, rank; 1 =
+    most consistent): sort the attribute table to look at the best and worst pairs. Keep fraction (0
+    = all) keeps only the most consistent pairs.
+
+    Upsampler folder (advanced, optional; from 'Train upsampler'): the super-resolution cascade.
+    Each pair is drawn at the generator's size, then at the upsampler's, which is the size written
+    (the generator must have been trained at the upsampler's base size).
+
+    Outputs: the synthetic folder, both mosaics, the pair footprints, a sample grid (PNG) and a
+    report (JSON) comparing the class shares of real and synthetic labels.
+    """
+
+    INFO = AlgorithmInfo("synthesize", "Synthesize image-mask pairs", group="generator",
+                         icon="synthesize", output_kind="synthetic",
+                         output_inputs=("GENERATOR", "UPSAMPLER", "SCORE_WITH"))
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.stage_folder_param("GENERATOR"))

@@ -1,4 +1,7 @@
-"""Train joint generator: a diffusion model of image chips and label masks (satsynth train-generator)."""
+"""Train joint generator: a diffusion model of image chips and label masks (satsynth train-generator).
+
+``satsynth train-generator DATASET --out MODEL``.
+"""
 
 from __future__ import annotations
 
@@ -14,43 +17,44 @@ from qgis.core import (
 
 from .. import compat
 from ..contract import contract
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 
 #: RECIPE "default": the product's recipe with the preset and conditioning chosen here; "paper":
 #: the engine's --recipe paper (its own preset and conditioning; the two choices here are not sent)
 
 
 class TrainGenerator(SatSynthAlgorithm):
-    """``satsynth train-generator DATASET --out MODEL``."""
+    """Trains a denoising diffusion model (SatSynth, CVPR 2024) on the image chips and their label
+    masks together, so that it can later sample new, consistent image-mask pairs.
 
-    ALG_ID = "train_generator"
-    DISPLAY = "Train joint generator"
-    GROUP = "generator"
-    ICON = "train_generator"
-    OUTPUT_KIND = "generator"
-    OUTPUT_INPUTS = ("DATASET",)
-    HELP = (
-        "Trains a denoising diffusion model (SatSynth, CVPR 2024) on the image chips and their "
-        "label masks together, so that it can later sample new, consistent image-mask pairs.\n\n"
-        "Preset: tiny (about 1 M parameters, for CPU trials), small, or base (paper scale, needs a "
-        "GPU). Steps: optimizer steps (0 = the engine's default of 2000); Time budget: stop "
-        "cleanly after this many minutes (0 = no limit), whichever comes first. Training on a CPU "
-        "is slow: use tiny and a few hundred steps to try things out.\n\n"
-        "Conditioning (advanced): class-shares (default) also teaches the model each chip's class "
-        "mix, so that synthesized pairs keep the real class mix and 'Favor classes' can ask for "
-        "more of a rare class; none is the paper's unconditional model.\n\n"
-        "Recipe: default (the product's, tuned for fast convergence) or paper: SatSynth "
-        "(CVPR 2024) as published, in one switch: analog bits, epsilon prediction, a linear "
-        "noise schedule, no SNR weighting, no class conditioning, the base UNet on 128 x 128 px "
-        "chips (other chip sizes are refused; prepare with chip size 128). With paper, the "
-        "preset and conditioning chosen here are not used, and Synthesize samples such a model "
-        "with DDPM's 1000 steps unless told otherwise. It needs a GPU.\n\n"
-        "Mixed precision (advanced): fp16 or bf16 on a CUDA GPU.\n\n"
-        "Train at chip size (advanced; 0 = the chips' size): train on the chips shrunk to "
-        "this size (image averaged, mask by majority class), e.g. 32 on 64 or 128 px chips: "
-        "the base of a super-resolution cascade with 'Train upsampler'.\n\n"
-        "Outputs: the generator folder, the training log (CSV) and a loss plot (PNG)."
-    )
+    Preset: tiny (about 1 M parameters, for CPU trials), small, or base (paper scale, needs a GPU).
+    Steps: optimizer steps (0 = the engine's default of 2000); Time budget: stop cleanly after this
+    many minutes (0 = no limit), whichever comes first. Training on a CPU is slow: use tiny and a
+    few hundred steps to try things out.
+
+    Conditioning (advanced): class-shares (default) also teaches the model each chip's class mix, so
+    that synthesized pairs keep the real class mix and 'Favor classes' can ask for more of a rare
+    class; none is the paper's unconditional model.
+
+    Recipe: default (the product's, tuned for fast convergence) or paper: SatSynth (CVPR 2024) as
+    published, in one switch: analog bits, epsilon prediction, a linear noise schedule, no SNR
+    weighting, no class conditioning, the base UNet on 128 x 128 px chips (other chip sizes are
+    refused; prepare with chip size 128). With paper, the preset and conditioning chosen here are
+    not used, and Synthesize samples such a model with DDPM's 1000 steps unless told otherwise. It
+    needs a GPU.
+
+    Mixed precision (advanced): fp16 or bf16 on a CUDA GPU.
+
+    Train at chip size (advanced; 0 = the chips' size): train on the chips shrunk to this size
+    (image averaged, mask by majority class), e.g. 32 on 64 or 128 px chips: the base of a
+    super-resolution cascade with 'Train upsampler'.
+
+    Outputs: the generator folder, the training log (CSV) and a loss plot (PNG).
+    """
+
+    INFO = AlgorithmInfo("train_generator", "Train joint generator", group="generator",
+                         icon="train_generator", output_kind="generator",
+                         output_inputs=("DATASET",))
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.stage_folder_param("DATASET"))

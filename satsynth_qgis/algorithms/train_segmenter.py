@@ -1,4 +1,7 @@
-"""Train segmenter: a segmentation model on real (+ synthetic) chips (satsynth train-segmenter)."""
+"""Train segmenter: a segmentation model on real (+ synthetic) chips (satsynth train-segmenter).
+
+``satsynth train-segmenter DATASET --out SEG [--synthetic SYN --ratio R]``.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from qgis.core import (
 
 from .. import compat
 from ..contract import contract
-from .base import SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm
 
 
 def encoder_problem(arch: str, encoder: str) -> str:
@@ -33,27 +36,23 @@ def encoder_problem(arch: str, encoder: str) -> str:
 
 
 class TrainSegmenter(SatSynthAlgorithm):
-    """``satsynth train-segmenter DATASET --out SEG [--synthetic SYN --ratio R]``."""
+    """Trains a semantic segmentation model on the real training chips of a dataset, optionally
+    mixed with synthetic pairs: Ratio R adds R synthetic pairs per real pair (the paper's |D'| = R
+    |D|). Validation always uses real chips only, and the model with the best validation mIoU is
+    kept.
 
-    ALG_ID = "train_segmenter"
-    DISPLAY = "Train segmenter"
-    GROUP = "segmenter"
-    ICON = "train_segmenter"
-    OUTPUT_KIND = "segmenter"
-    OUTPUT_INPUTS = ("DATASET", "SYNTHETIC", "ENCODER_WEIGHTS")
-    HELP = (
-        "Trains a semantic segmentation model on the real training chips of a dataset, "
-        "optionally mixed with synthetic pairs: Ratio R adds R synthetic pairs per real pair "
-        "(the paper's |D'| = R |D|). Validation always uses real chips only, and the model "
-        "with the best validation mIoU is kept.\n\n"
-        "Architecture: fpn (the paper's), unet, deeplabv3plus, pspnet, segformer (use encoder "
-        "mit_b0), or tiny (a small conv net for quick CPU checks; its encoder reads e.g. w16d2). "
-        "Encoders start from random weights unless 'Encoder weights' names a local file "
-        "(.safetensors or .pth, e.g. ImageNet weights of the chosen encoder): nothing is "
-        "downloaded. Mixed precision (fp16 or bf16) speeds training up on a CUDA GPU; on a CPU "
-        "it is ignored.\n\n"
-        "Outputs: the segmenter folder, its metrics file (JSON) and the validation mIoU."
-    )
+    Architecture: fpn (the paper's), unet, deeplabv3plus, pspnet, segformer (use encoder mit_b0), or
+    tiny (a small conv net for quick CPU checks; its encoder reads e.g. w16d2). Encoders start from
+    random weights unless 'Encoder weights' names a local file (.safetensors or .pth, e.g. ImageNet
+    weights of the chosen encoder): nothing is downloaded. Mixed precision (fp16 or bf16) speeds
+    training up on a CUDA GPU; on a CPU it is ignored.
+
+    Outputs: the segmenter folder, its metrics file (JSON) and the validation mIoU.
+    """
+
+    INFO = AlgorithmInfo("train_segmenter", "Train segmenter", group="segmenter",
+                         icon="train_segmenter", output_kind="segmenter",
+                         output_inputs=("DATASET", "SYNTHETIC", "ENCODER_WEIGHTS"))
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         d = contract.SegmenterTrainFields()

@@ -1,4 +1,8 @@
-"""Train upsampler: the super-resolution stage of the cascade (satsynth train-upsampler)."""
+"""Train upsampler: the super-resolution stage of the cascade (satsynth train-upsampler).
+
+``satsynth train-upsampler DATASET --base-size B --factor F --out UPSAMPLER`` (the
+budget parameters, outputs and checks are Train joint generator's).
+"""
 
 from __future__ import annotations
 
@@ -8,32 +12,31 @@ from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProcessing
 
 from .. import compat
 from ..contract import contract
+from .base import AlgorithmInfo
 from .train_generator import TrainGenerator
 
 FACTORS = [str(f) for f in contract.UPSAMPLER_FACTORS]
 
 
 class TrainUpsampler(TrainGenerator):
-    """``satsynth train-upsampler DATASET --base-size B --factor F --out UPSAMPLER`` (the
-    budget parameters, outputs and checks are Train joint generator's)."""
+    """Trains the super-resolution stage of the SatSynth cascade: a diffusion model that draws an
+    image-mask pair of Base size x Factor pixels given the same pair at Base size (the real chips
+    shrunk: image averaged, mask by majority class). The base generator then only has to learn the
+    layout at low resolution and the upsampler adds the detail.
 
-    ALG_ID = "train_upsampler"
-    OUTPUT_KIND = "upsampler"
-    DISPLAY = "Train upsampler"
-    GROUP = "generator"
-    ICON = "train_generator"
-    HELP = (
-        "Trains the super-resolution stage of the SatSynth cascade: a diffusion model that "
-        "draws an image-mask pair of Base size x Factor pixels given the same pair at Base size "
-        "(the real chips shrunk: image averaged, mask by majority class). The base generator "
-        "then only has to learn the layout at low resolution and the upsampler adds the detail.\n\n"
-        "Use it with a generator trained on the same dataset with 'Train at chip size' = Base "
-        "size: Synthesize with this folder as 'Upsampler folder' writes pairs of Base size x "
-        "Factor pixels. Base size x Factor must divide the dataset's chip size (chips larger "
-        "than that are shrunk to it).\n\n"
-        "Preset, Steps and Time budget as in 'Train joint generator'.\n\n"
-        "Outputs: the upsampler folder, the training log (CSV) and a loss plot (PNG)."
-    )
+    Use it with a generator trained on the same dataset with 'Train at chip size' = Base size:
+    Synthesize with this folder as 'Upsampler folder' writes pairs of Base size x Factor pixels.
+    Base size x Factor must divide the dataset's chip size (chips larger than that are shrunk to
+    it).
+
+    Preset, Steps and Time budget as in 'Train joint generator'.
+
+    Outputs: the upsampler folder, the training log (CSV) and a loss plot (PNG).
+    """
+
+    INFO = AlgorithmInfo("train_upsampler", "Train upsampler", group="generator",
+                         icon="train_generator", output_kind="upsampler",
+                         output_inputs=("DATASET",))
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.stage_folder_param("DATASET"))

@@ -48,7 +48,7 @@ _BUILT: dict[str, object] = {}  # the parameters live as long as their algorithm
 
 def _algorithm(alg_id: str):
     if alg_id not in _BUILT:
-        alg = next(cls() for cls in ALGORITHMS if cls.ALG_ID == alg_id)
+        alg = next(cls() for cls in ALGORITHMS if cls.INFO.alg_id == alg_id)
         alg.initAlgorithm()
         _BUILT[alg_id] = alg
     return _BUILT[alg_id]

@@ -86,6 +86,6 @@ def test_zip_installs_into_a_fresh_profile_and_loads(tmp_path_factory, tmp_path)
     assert out["provider"] == "SatSynth"
     from satsynth_qgis.algorithms import ALGORITHMS
 
-    assert out["algorithms"] == sorted(f"satsynth:{cls.ALG_ID}" for cls in ALGORITHMS)
+    assert out["algorithms"] == sorted(f"satsynth:{cls.INFO.alg_id}" for cls in ALGORITHMS)
     assert out["dock_menu"] == "DockMenu" and out["dock_widget"] == "SatSynthDock"
     assert out["unloaded"] and not out["provider_after_unload"]

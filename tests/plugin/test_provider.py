@@ -54,14 +54,14 @@ def test_headless_init_processing_without_iface():
 
 def test_registered_algorithms_have_stable_ids_and_only_known_ones(provider):
     ids = {a.name() for a in provider.algorithms()}
-    assert ids == {cls.ALG_ID for cls in ALGORITHMS}
+    assert ids == {cls.INFO.alg_id for cls in ALGORITHMS}
     assert ids <= set(ALL_IDS), f"unknown algorithm ids: {ids - set(ALL_IDS)}"
     assert "check_engine" in ids
 
 
-@pytest.mark.parametrize("cls", ALGORITHMS, ids=[c.ALG_ID for c in ALGORITHMS])
+@pytest.mark.parametrize("cls", ALGORITHMS, ids=[c.INFO.alg_id for c in ALGORITHMS])
 def test_every_algorithm_is_well_formed(provider, cls):
-    alg = QgsApplication.processingRegistry().algorithmById(f"satsynth:{cls.ALG_ID}")
+    alg = QgsApplication.processingRegistry().algorithmById(f"satsynth:{cls.INFO.alg_id}")
     assert alg is not None
     assert alg.displayName() and alg.group() and alg.groupId()
     assert len(alg.shortHelpString()) > 80, "every algorithm explains itself"
