@@ -6,13 +6,13 @@ budget parameters, outputs and checks are Train joint generator's).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProcessingParameterNumber
 
 from .. import compat
 from ..contract import contract
-from .base import AlgorithmInfo
 from .train_generator import TrainGenerator
 
 FACTORS = [str(f) for f in contract.UPSAMPLER_FACTORS]
@@ -34,9 +34,8 @@ class TrainUpsampler(TrainGenerator):
     Outputs: the upsampler folder, the training log (CSV) and a loss plot (PNG).
     """
 
-    INFO = AlgorithmInfo("train_upsampler", "Train upsampler", group="generator",
-                         icon="train_generator", output_kind="upsampler",
-                         output_inputs=("DATASET",))
+    INFO = replace(TrainGenerator.INFO, alg_id="train_upsampler", display="Train upsampler",
+                   output_kind="upsampler")
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(self.stage_folder_param("DATASET"))
