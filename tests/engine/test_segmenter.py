@@ -378,6 +378,7 @@ def test_experiment_caches_synthesis_and_resumes(real, tmp_path, monkeypatch):
     assert calls == {"synth": [16, 16, 32], "upsampler": [None, None, sr], "train": 10}
     res = json.loads(open(out["results"]).read())
     assert res["settings"]["upsampler"] == str(sr)
+    assert f"upsampler={sr}" in open(out["table"]).read()
     assert [r["runs"] for r in res["summary"]] == [2, 2, 2]
     with pytest.raises(SatSynthError, match="--upsampler needs --generator"):
         run_experiment(real, None, tmp_path / "exp", upsampler=sr, **opts)
