@@ -1,4 +1,5 @@
-"""The dock's Upsampler setting reaches Synthesize (the super-resolution cascade)."""
+"""The dock's Upsampler setting reaches Synthesize and the experiment (the super-resolution
+cascade)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def test_the_upsampler_folder_is_sent_to_synthesize_only_when_chosen(dock, scene
     assert parameters["UPSAMPLER"] == str(up)
     ok, message = alg.checkParameterValues(parameters, QgsProcessingContext())
     assert ok, message
+    # the experiment judges the same cascade: its pool is made through the upsampler
+    _, parameters = params.build("experiment", dock.inputs())
+    assert parameters["GENERATOR"] == str(run / "generator")
+    assert parameters["UPSAMPLER"] == str(up)
     # remembered with the other advanced settings
     settings = dock.stage_settings()
     assert settings.upsampler == str(up)
