@@ -1,0 +1,114 @@
+"""Check: an exported SatSynth segmenter loads in Deepness with the right classes and scale, and
+Deepness's own preprocessing and forward give the classes ``satsynth predict`` gives.
+
+Deepness (PUTvision/qgis-plugin-deepness) is a QGIS plugin, never a dependency of this project;
+its model classes (``deepness.processing.models``: ``Segmentor`` on ``ModelBase``) import no QGIS
+and run in the engine's venv, which has onnxruntime and numpy. Pass the ``src`` folder of a
+Deepness checkout:
+
+    git clone https://github.com/PUTvision/qgis-plugin-deepness /tmp/deepness
+    .venv/bin/python benchmarks/compare_deepness.py --deepness-src /tmp/deepness/src
+
+It builds a segmenter with random weights (the 6 Dubai classes, trained pixel size 0.5 m, tile
+512), exports it with ``satsynth export``, loads the file with Deepness's ``Segmentor`` and prints
+what Deepness reads from it (model type, class names, resolution, tile size, overlap, threshold,
+standardization, batch axis). Then one 512 x 512 RGB GeoTIFF (Dubai imagery where
+``../shared/datasets`` is present) is predicted by ``satsynth predict`` (PyTorch, one tile, so
+no blending) and by Deepness's ``Segmentor.process`` on the same 8-bit pixels (its division by
+255, its standardization from our metadata, its transposition), and the argmax of Deepness's
+output, mapped through the class table, is compared pixel by pixel with predict's class ids.
+Exits 1 when anything Deepness reads is wrong or fewer than 99.99 % of pixels agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import DUBAI, _dubai_patches, _procedural_patch, build_raster, make_model  # noqa: E402,I001
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--deepness-src", type=Path, required=True,
+                    help="the src folder of a Deepness checkout (holds the deepness package)")
+    ap.add_argument("--model", default="fpn:mobilenet_v2", metavar="ARCH:ENCODER")
+    a = ap.parse_args()
+    if not (a.deepness_src / "deepness" / "processing" / "models" / "segmentor.py").is_file():
+        ap.error(f"{a.deepness_src}: no deepness/processing/models/segmentor.py under it")
+    sys.path.insert(0, str(a.deepness_src))
+
+    import rasterio
+    from deepness.processing.models.segmentor import Segmentor
+
+    from satsynth import progress
+    from satsynth.predict.export import export_segmenter
+    from satsynth.predict.predict import predict_raster
+    from satsynth.segmenter.model import load_segmenter_config
+
+    progress.set_mode("quiet")
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="satsynth-deepness-") as tmp:
+        work = Path(tmp)
+        arch, encoder = a.model.split(":")
+        model_dir = work / "segmenter"
+        make_model(model_dir, arch, encoder)
+        onnx_path = work / "segmenter.onnx"
+        export_segmenter(model_dir, onnx_path, tile=512, overlap=64)
+        cfg = load_segmenter_config(model_dir)
+
+        seg = Segmentor(str(onnx_path))
+        read = {"model_type": seg.get_metadata_model_type(),
+                "class_names": seg.get_outputs_channel_names(),
+                "output_channels": seg.get_number_of_output_channels(),
+                "resolution_cm_per_px": seg.get_metadata_resolution(),
+                "tile_size": seg.get_metadata_tile_size(),
+                "input_size": list(seg.get_input_size_in_pixels()),
+                "tiles_overlap_percent": seg.get_metadata_tiles_overlap(),
+                "seg_thresh": seg.get_metadata_segmentation_threshold(),
+                "batch_size": seg.get_model_batch_size(),
+                "input_channels": seg.get_number_of_channels(),
+                "standardization_mean": seg.standardization_parameters.mean.tolist(),
+                "standardization_std": seg.standardization_parameters.std.tolist()}
+        print("Deepness reads:", json.dumps(read, indent=1))
+        names = cfg.classes.names
+        want = {"model_type": "Segmentor", "class_names": [names], "output_channels": [len(names)],
+                "resolution_cm_per_px": 100.0 * cfg.pixel_size[0], "tile_size": 512,
+                "input_size": [512, 512], "tiles_overlap_percent": 13, "seg_thresh": 0.0,
+                "batch_size": None, "input_channels": cfg.in_channels}
+        for key, value in want.items():
+            if read[key] != value:
+                problems.append(f"{key}: Deepness reads {read[key]!r}, expected {value!r}")
+
+        image = work / "scene.tif"
+        patches = _dubai_patches(limit=1) if DUBAI.is_dir() else [
+            _procedural_patch(np.random.default_rng(0))]
+        build_raster(image, 512, cfg.pixel_size[0], patches)
+        out = work / "classes.tif"
+        predict_raster(model_dir, image, out, tile=512, overlap=64, runtime="torch",
+                       device="cpu")
+        with rasterio.open(image) as src, rasterio.open(out) as pred:
+            pixels = src.read().transpose(1, 2, 0)[None]  # (1, H, W, C) uint8, as Deepness reads
+            ours = pred.read(1)
+        probs = seg.process(pixels)[0]  # (1, K, H, W)
+        ids = cfg.classes.index_to_id_lut()[probs[0].argmax(axis=0)]
+        same = float((ids == ours).mean())
+        print(f"imagery: {'Dubai' if DUBAI.is_dir() else 'procedural'}; Deepness's argmax "
+              f"equals satsynth predict's class on {100 * same:.4f}% of {ours.size} pixels "
+              f"(probabilities sum to {probs[0].sum(axis=0).mean():.4f})")
+        if same < 0.9999:
+            problems.append(f"only {100 * same:.4f}% of pixels agree")
+    for p in problems:
+        print("PROBLEM:", p)
+    print("Deepness check:", "FAILED" if problems else "passed")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
