@@ -21,7 +21,10 @@ bare onnx, end-to-end torch, end-to-end onnx, bare onnx, bare torch), each child
 threads. It prints the speed-up of onnx over torch end to end and bare, the onnx pipeline's
 overhead over the bare onnx forward, and the share of pixels with the same class in both
 predictions. Targets: onnx end to end >= 2.5x faster for smp models, onnx overhead <= 10%,
->= 99.99% identical pixels, 16384^2 peak <= 1.25x the 4096^2 run.
+>= 99.99% identical pixels, 16384^2 peak <= 1.25x the 4096^2 run. It also counts the forward's
+floating-point operations (torch's ``FlopCounterMode``) and measures the machine's
+single-precision matrix product on the same threads: the bare forwards' GFLOP/s against that
+peak bound the speed-up any runtime can give.
 
     .venv/bin/python benchmarks/bench_predict.py                      # tiny CPU model, both sizes
     .venv/bin/python benchmarks/bench_predict.py --real fpn:mobilenet_v2 --real-size 2048
@@ -195,6 +198,38 @@ OnnxForward(args['model'], model, cfg, torch.device('cpu'), args['overlap'])(
 print(json.dumps({}))
 """
 
+FLOPS = CHILD_PEAK + """
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from satsynth.segmenter.model import load_segmenter
+args = json.loads(sys.argv[1])
+model, cfg = load_segmenter(args['model'])
+x = torch.zeros(args['batch'], cfg.in_channels, args['tile'], args['tile'])
+with FlopCounterMode(display=False) as counter, torch.inference_mode():
+    model(x)
+import numpy as np, onnx, onnxruntime as ort
+from onnx import TensorProto, helper
+from satsynth.predict.onnx_format import open_session
+a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+graph = helper.make_graph([helper.make_node('MatMul', ['a', 'b'], ['c'])], 'mm',
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2048, 2048])
+                           for n in 'ab'],
+                          [helper.make_tensor_value_info('c', TensorProto.FLOAT, [2048, 2048])])
+path = args['work'] + '/matmul.onnx'
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]), path)
+sess = open_session(ort, path)
+ta = torch.from_numpy(a)
+best = {}
+for name, product in (('torch', lambda: ta @ ta), ('onnx', lambda: sess.run(None, {'a': a, 'b': a}))):
+    best[name] = float('inf')
+    for _ in range(10):  # the best of ten 2048^2 float32 products, in CPU seconds (as the bare runs)
+        c = cpu()
+        product()
+        best[name] = min(best[name], cpu() - c)
+print(json.dumps({'flops_per_tile': counter.get_total_flops() / args['batch'],
+                  'sgemm_gflops': {k: 2 * 2048 ** 3 / v / 1e9 for k, v in best.items()}}))
+"""
+
 THREADS = 1
 BARE_RUNS = 2
 
@@ -234,6 +269,7 @@ def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, o
     n = tiles_for(size, tile, overlap, multiple)
     common = {"model": str(model), "tile": tile, "overlap": overlap, "batch": batch}
     run_child(PREPARE_ONNX, common)  # the export predict caches; not timed
+    flops = run_child(FLOPS, {**common, "work": str(work)})
     order = [("bare", "torch"), ("bare", "onnx"), ("e2e", "torch"), ("e2e", "onnx"),
              ("bare", "onnx"), ("bare", "torch")][:6 if BARE_RUNS == 2 else 4]
     got: dict = {}
@@ -263,6 +299,8 @@ def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, o
            "load": os.getloadavg()[0],
            "overhead": {rt: e2e[rt]["seconds"] / bare[rt] - 1.0 for rt in bare},
            "agreement": agree,
+           "flops_per_tile": flops["flops_per_tile"], "sgemm_gflops": flops["sgemm_gflops"],
+           "bare_gflops": {rt: flops["flops_per_tile"] * n / bare_cpu[rt] / 1e9 for rt in bare},
            "peak_vmhwm_mb": {rt: e2e[rt]["vmhwm_mb"] for rt in e2e},
            "bare_peak_mb": {rt: got[("bare", rt)][0]["vmhwm_mb"] for rt in bare}}
     print(f"  {size}^2: {n} tiles, {THREADS} thread(s); end to end torch "
@@ -283,6 +321,17 @@ def bench_runtimes(model: Path, image: Path, size: int, gsd: float, tile: int, o
           f"torch {100 * res['cpu_overhead']['torch']:+.1f}%, onnx "
           f"{100 * res['cpu_overhead']['onnx']:+.1f}%; load average {res['load']:.1f}",
           flush=True)
+    g = res["bare_gflops"]
+    peak = max(flops["sgemm_gflops"].values())
+    res["speedup_bound"] = peak / g["torch"]
+    print(f"  the forward's arithmetic: {flops['flops_per_tile'] / 1e9:.1f} GFLOP per tile; bare "
+          f"forward torch {g['torch']:.0f} GFLOP/s, onnx {g['onnx']:.0f} GFLOP/s per CPU second "
+          f"({100 * g['onnx'] / peak:.0f}% of the best matrix product); a 2048^2 single-precision "
+          f"matrix product on {THREADS} thread(s) runs at {flops['sgemm_gflops']['torch']:.0f} "
+          f"GFLOP per CPU second in torch, {flops['sgemm_gflops']['onnx']:.0f} in ONNX Runtime: a "
+          f"forward that "
+          f"ran all its arithmetic at the better rate would be {res['speedup_bound']:.2f}x faster "
+          f"than torch's", flush=True)
     for rt in ("torch", "onnx"):
         (work / f"pred_{size}_{rt}.tif").unlink(missing_ok=True)
     return res
