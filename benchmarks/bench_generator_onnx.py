@@ -27,6 +27,9 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_predict import DUBAI_CLASSES  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -50,8 +53,7 @@ def main() -> None:
     from satsynth.predict.onnx_format import open_session
 
     torch.set_num_threads(a.threads)
-    classes = ClassTable.from_dict([{"id": i, "name": n} for i, n in enumerate(
-        ["Unlabeled", "Building", "Land", "Road", "Vegetation", "Water"])])
+    classes = ClassTable.from_dict([{"id": i, "name": n} for i, n in enumerate(DUBAI_CLASSES)])
 
     class Call(torch.nn.Module):  # the UNet call the sampler makes: (sample, timestep) -> output
         def __init__(self, unet: torch.nn.Module) -> None:

@@ -568,8 +568,8 @@ def test_memory_is_bounded_on_a_large_raster(tmp_path):
     another 537 MB. The streamed run stays within a few hundred MB of the same run on a 1024 x
     1024 raster (the imports, the model and the runtime's own fixed cost: ONNX Runtime's library
     and arena add about 150 MB to PyTorch's), and a raster four times as tall (same width) needs
-    about the same memory: no array grows with the area. (Resident memory rises over the first ~8000 rows, while GDAL's 64 MB block cache and the
-    allocator warm up, then stays flat: shorter rasters compared with this one showed 40-70 MB
+    about the same memory: no array grows with the area. (Resident memory rises over the first
+    ~8000 rows, while GDAL's 64 MB block cache and the allocator warm up, then stays flat: shorter rasters compared with this one showed 40-70 MB
     of warm-up that is not growth. Once warm, the peak still varies by up to ~50 MB from run to
     run, so the taller raster makes any growth with the rows stand well above that.)"""
     table = ClassTable.from_dict([{"id": 0, "name": "a"}, {"id": 1, "name": "b"}])
