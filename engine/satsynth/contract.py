@@ -448,6 +448,10 @@ class PredictFields:
 
 #: ``check-output --kind`` of single-file outputs (a prediction raster, a GeoPackage, a model).
 FILE_KIND = "file"
+#: The mark SatSynth writes into its single-file outputs (a GeoTIFF metadata tag, a GeoPackage's
+#: dataset metadata, a comment in a ``.qml``; an ONNX export carries ``satsynth_*`` metadata):
+#: only a file with it may be replaced by a new output.
+OUTPUT_MARK = "SATSYNTH_OUTPUT"
 #: What marks a chip store (a dataset, or a synthetic set with ``"synthetic": true``).
 DATASET_MARKER = "dataset.json"
 DATASET_FORMAT = "satsynth-chips"

@@ -20,41 +20,64 @@ def temp_name(path: Path, tag: str = "partial", is_file: bool = False) -> str:
     return f".{path.stem}.{mark}{path.suffix}" if is_file else f".{path.name}.{mark}"
 
 
-def _tmp_sibling(path: Path, is_dir: bool) -> Path:
+#: The file SatSynth writes inside each of its temporary folders: the stale-temporary cleanup
+#: (:func:`satsynth.outputs.clean_stale`) removes only folders that hold it.
+TEMP_MARKER = ".satsynth-temporary"
+
+
+def make_temp_dir(path: Path, tag: str = "partial", is_file: bool = False) -> Path:
+    """Create a marked temporary folder beside ``path`` (named by :func:`temp_name`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = path.parent / temp_name(path, is_file=not is_dir)
-        if not is_dir:
-            if not tmp.exists():
-                return tmp
-            continue
+        tmp = path.parent / temp_name(path, tag, is_file=is_file)
         try:
             tmp.mkdir()  # the umask applies (tempfile.mkdtemp would make it 0700)
         except FileExistsError:
             continue
-        return tmp
+        break
+    try:
+        (tmp / TEMP_MARKER).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    except OSError as exc:  # a full disk: say where
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(exc.errno, exc.strerror, str(tmp / TEMP_MARKER)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+@contextmanager
+def temp_dir(beside: str | Path, tag: str = "work") -> Iterator[Path]:
+    """A marked scratch folder beside ``beside`` for the block, removed afterwards."""
+    tmp = make_temp_dir(Path(beside), tag, is_file=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary file path (``path``'s name inside a marked temporary folder beside it,
+    so a library's own sidecars go with it); rename it onto ``path`` on success."""
     path = Path(path)
-    tmp = _tmp_sibling(path, is_dir=False)
+    folder = make_temp_dir(path, is_file=True)
+    tmp = folder / path.name
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; it replaces ``path`` on success."""
     path = Path(path)
-    tmp = _tmp_sibling(path, is_dir=True)
+    tmp = make_temp_dir(path)
     try:
         yield tmp
+        (tmp / TEMP_MARKER).unlink(missing_ok=True)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)
@@ -67,6 +90,46 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reserve_file(path: str | Path, what: str = "this output") -> None:
+    """Allocate every block of the file at ``path`` (its current size) now, so that writing it
+    through a memory map never meets a full disk, which would kill the process with SIGBUS: a
+    full disk is one clear error here, before any work. File systems without ``fallocate``
+    get the file written with zeros instead."""
+    import errno
+
+    from satsynth.errors import SatSynthError, _folder_above_temporaries
+
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if not hasattr(os, "posix_fallocate"):
+                raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            _write_zeros(fd, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        amount = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+        raise SatSynthError(f"not enough free space for {what} ({amount} more): free "
+                            "some space or choose a folder on another disk",
+                            _folder_above_temporaries(path)) from None
+    finally:
+        os.close(fd)
+
+
+def _write_zeros(fd: int, size: int, chunk: int = 1 << 20) -> None:
+    zeros = bytes(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    done = 0
+    while done < size:
+        done += os.write(fd, zeros[: min(chunk, size - done)])
 
 
 def umask_mode(path: str | Path, mode: int = 0o666) -> None:

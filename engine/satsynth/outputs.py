@@ -7,13 +7,22 @@ The rule, for every stage (and the plugin's pre-checks, through ``satsynth check
   folder's ``config.json`` ``kind``, an evaluation's ``report.json``...);
 - never an input of the same run, never a folder that contains an input or lies inside one;
 - never a non-empty folder that is not a SatSynth output of that kind (no option overrides this);
-- a single-file output (a prediction raster, a GeoPackage) never replaces an input or a folder;
+- a single-file output (a prediction raster, a GeoPackage, an ONNX model, a ``.qml`` style)
+  replaces only a file that carries SatSynth's mark (:func:`is_satsynth_file`), never a file
+  another program made, an input or a folder;
+- inputs are their whole file set (:func:`input_files`): the data files a VRT references, the
+  sidecars beside them (``.aux.xml``, ``.ovr``, ``.qml``, world files, ``.prj``), a shapefile's
+  parts, a GeoPackage's ``-wal``/``-shm``: no output, nor a sidecar an output writes beside
+  itself, may be one of them;
+- names the file system cannot hold (too long, control characters such as a newline) are
+  refused before any work;
 - the place must be writable (checked by creating and removing a probe file), so a read-only
   folder fails in a second, not after an hour of training.
 
 :func:`check_output` also removes the temporaries that killed runs left for that output (names
 carry the writer's PID: ``.NAME.PID-xxxx.partial``, ``.NAME.old-PID``, ``.STEM.PID-xxxx.work``),
-only when that process is gone. :func:`output_lock` keeps two runs from writing one output.
+only when that process is gone and the temporary is demonstrably SatSynth's (it holds the
+marker file :data:`satsynth.io.TEMP_MARKER`; an ``.old-PID`` folder is a SatSynth output). :func:`output_lock` keeps two runs from writing one output.
 """
 
 from __future__ import annotations
@@ -28,8 +37,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from satsynth.contract import FILE_KIND, FOLDER_KINDS, is_kind, output_kind
+from satsynth.contract import FILE_KIND, FOLDER_KINDS, OUTPUT_MARK, is_kind, output_kind
 from satsynth.errors import SatSynthError
+from satsynth.io import TEMP_MARKER
 
 PathLike = str | os.PathLike
 
@@ -54,7 +64,66 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_inputs(out: Path, given: PathLike, inputs: Iterable[PathLike | None]) -> None:
+#: Sidecars named by adding to a data file's whole name (``scene.tif.aux.xml``, ``db.gpkg-wal``).
+_ADDED_SIDECARS = (".aux.xml", ".ovr", ".msk", ".xml", ".aux", "-wal", "-shm", "-journal")
+#: Sidecars named by replacing its suffix: styles, projections, world files, shapefile parts.
+_STEM_SIDECARS = (".qml", ".qmd", ".sld", ".prj", ".aux", ".wld", ".tfw", ".tifw", ".tiffw",
+                  ".jgw", ".jpgw", ".pgw", ".pngw", ".j2w", ".gfw", ".bpw", ".shp", ".shx",
+                  ".dbf", ".cpg", ".sbn", ".sbx", ".qix", ".fix", ".shp.xml")
+
+
+def _sidecars(path: Path) -> list[Path]:
+    """The names a file's sidecars may have (whether they exist or not)."""
+    names = [path.with_name(path.name + s) for s in _ADDED_SIDECARS]
+    if path.suffix:
+        stem = path.with_suffix("")
+        for s in _STEM_SIDECARS:
+            names += [stem.with_name(stem.name + s), stem.with_name(stem.name + s.upper())]
+    return names
+
+
+def _data_files(path: Path) -> list[Path]:
+    """The files GDAL reads for a raster (a VRT's sources, overviews...); [] when it is not one
+    GDAL opens as a raster."""
+    if path.suffix.lower() in (".gpkg", ".shp", ".json", ".geojson", ".safetensors", ".onnx",
+                               ".txt", ".csv"):
+        return []
+    try:
+        import rasterio
+
+        with rasterio.Env(CPL_LOG="/dev/null"), rasterio.open(path) as ds:
+            return [Path(f) for f in ds.files if f]
+    except Exception:  # noqa: BLE001 - not a raster GDAL opens: no data files of its own
+        return []
+
+
+def input_files(path: PathLike, depth: int = 3) -> set[Path]:
+    """An input's whole file set: the file, the data files GDAL reads for it (recursively, for a
+    VRT of VRTs) and the sidecars of each that exist. A folder is itself alone (the containment
+    rules cover what is inside it)."""
+    p = _resolved(path)
+    found = {p}
+    if not p.is_file():
+        return found
+    found.update(q for q in _sidecars(p) if q.is_file())
+    if depth > 0:
+        for f in _data_files(p):
+            q = _resolved(f)
+            if q != p and q not in found:
+                found |= input_files(q, depth - 1)
+    return found
+
+
+def own_files(out: Path) -> list[Path]:
+    """The files a single-file output writes beside itself: GDAL's ``.aux.xml``, the ``.qml``
+    style predict writes beside a raster, a GeoPackage's journal files."""
+    return [out.with_name(out.name + s) for s in (".aux.xml", "-wal", "-shm", "-journal")] + (
+        [out.with_suffix(".qml")] if out.suffix.lower() in (".tif", ".tiff") else [])
+
+
+def _check_inputs(out: Path, given: PathLike, inputs: Iterable[PathLike | None],
+                  is_file: bool = False) -> None:
+    mine = own_files(out) if is_file else []
     for item in inputs:
         if item is None or os.fspath(item) == "":
             continue
@@ -68,6 +137,78 @@ def _check_inputs(out: Path, given: PathLike, inputs: Iterable[PathLike | None])
         if out.is_relative_to(inp) and inp.is_dir():
             raise SatSynthError(f"the output lies inside the input folder {item}; inputs are "
                                 "never modified: choose a path outside it", given)
+        for f in sorted(input_files(inp) - {inp}):
+            if _same(out, f):
+                raise SatSynthError(f"{f.name} is a file of the input {item}; inputs are never "
+                                    "replaced: choose another output path", given)
+            if not is_file and f.is_relative_to(out):
+                raise SatSynthError(f"the output folder contains {f.name}, a file of the input "
+                                    f"{item}; it would be replaced: choose another output path",
+                                    given)
+            side = next((m for m in mine if _same(m, f)), None)
+            if side is not None:
+                raise SatSynthError(f"the output would write {side.name} beside itself, which "
+                                    f"is a file of the input {item}: choose another output "
+                                    "name", given)
+
+
+def is_satsynth_file(path: PathLike) -> bool:
+    """Whether the file at ``path`` carries SatSynth's output mark (see
+    :data:`satsynth.contract.OUTPUT_MARK`): a GeoTIFF tag, a GeoPackage's dataset metadata, a
+    comment in a ``.qml`` style, ``satsynth_*`` metadata in an ONNX model."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import rasterio
+
+            with rasterio.Env(CPL_LOG="/dev/null"), rasterio.open(p) as ds:
+                return OUTPUT_MARK in ds.tags()
+        if suffix == ".gpkg":
+            import sqlite3
+
+            uri = Path(os.path.abspath(p)).as_uri() + "?mode=ro&immutable=1"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                rows = db.execute("SELECT metadata FROM gpkg_metadata").fetchall()
+            return any(OUTPUT_MARK in str(r[0]) for r in rows)
+        if suffix == ".onnx":
+            import onnx
+
+            model = onnx.load(str(p), load_external_data=False)
+            return any(m.key.startswith("satsynth_") for m in model.metadata_props)
+        if suffix == ".qml":
+            with p.open("rb") as f:
+                return OUTPUT_MARK.encode() in f.read(4096)
+    except Exception:  # noqa: BLE001 - unreadable or another format: not SatSynth's
+        return False
+    return False
+
+
+def _check_name(path: Path, given: PathLike) -> None:
+    """Refuse names with control characters and names the file system cannot hold (with room
+    for the temporary's name, ``.NAME.PID-xxxxxxxx.partial``)."""
+    text = os.fspath(given)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise SatSynthError("the path contains a control character (a newline or a tab): choose "
+                            "a plain name", repr(text))
+    here = path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        limit = os.pathconf(here, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in path.relative_to(here).parts:
+        n = len(os.fsencode(part)) + _TEMP_EXTRA
+        if n > limit:
+            short = part[:40] + "..."
+            raise SatSynthError(f"the name {short} is too long for this file system ({n - _TEMP_EXTRA} "
+                                f"bytes; at most {limit - _TEMP_EXTRA} here): choose a shorter name",
+                                path.parent)
+
+
+#: What a temporary's name adds to an output's: ``.`` + ``.PID-xxxxxxxx.partial``.
+_TEMP_EXTRA = 32
 
 
 def _probe_writable(folder: Path, given: PathLike) -> None:
@@ -137,19 +278,27 @@ def clean_stale(out: str | Path, inside: bool = False) -> list[Path]:
             if not m or not wanted(m["base"]) or pid_alive(int(m["pid"])):
                 continue
             p = Path(e.path)
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-                removed.append(p)
-            except OSError:
+            if not _made_by_satsynth(p, old=m.re is _OLD_RE):
                 continue
+            with contextlib.suppress(OSError):
+                shutil.rmtree(p)
+                removed.append(p)
     return removed
 
 
+def _made_by_satsynth(p: Path, old: bool) -> bool:
+    """Whether the leftover ``p`` is demonstrably SatSynth's: a temporary folder holding the
+    marker its creator wrote, or (``.NAME.old-PID``) an earlier output moved aside, which is a
+    SatSynth output of some kind. A file, or a folder without either, is never removed."""
+    if p.is_symlink() or not p.is_dir():
+        return False
+    if (p / TEMP_MARKER).is_file():
+        return True
+    return old and output_kind(p) is not None
+
+
 def check_output(out: str | Path, kind: str, inputs: Iterable[PathLike | None] = (),
-                 *, into: bool = False) -> Path:
+                 *, into: bool = False, clean: bool = True) -> Path:
     """Refuse an output path that would destroy data or cannot be written; returns ``Path(out)``.
 
     ``kind`` is the output's kind: ``file`` for a single file, else a folder kind (``dataset``,
@@ -157,16 +306,25 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[PathLike | None] =
     ``generator``/``segmenter`` found in ``config.json``). ``inputs`` are the run's input paths
     (files or folders; None and '' are skipped). ``into=True`` for stages that write into an
     existing folder of their kind instead of replacing it (evaluation, experiment, demo).
-    Also cleans the temporaries of dead processes for ``out`` (:func:`clean_stale`).
+    With ``clean`` (not for a plain ``satsynth check-output``) also removes the temporaries of
+    dead processes for ``out`` (:func:`clean_stale`).
     Raises :class:`SatSynthError` with one line naming ``out``, the problem and the way out.
     """
+    if kind != FILE_KIND and kind not in FOLDER_KINDS:
+        raise SatSynthError(f"unknown output kind {kind!r}: choose from "
+                            f"{', '.join((FILE_KIND, *FOLDER_KINDS))}")
     given = out
+    _check_name(Path(os.path.abspath(os.path.expanduser(os.fspath(out)))), given)
     path = _resolved(out)
     is_file = kind == FILE_KIND
-    _check_inputs(path, given, inputs)
+    _check_inputs(path, given, inputs, is_file)
     if path.exists():
         if is_file and path.is_dir():
             raise SatSynthError("is a folder; a file name is needed here", given)
+        if is_file and not is_satsynth_file(path):
+            raise SatSynthError("exists and was not written by SatSynth; SatSynth replaces only "
+                                "its own earlier outputs: choose another name, or delete the "
+                                "file first", given)
         if not is_file:
             if not path.is_dir():
                 raise SatSynthError(f"is a file; {_describe(kind)} is written here, so a "
@@ -184,7 +342,8 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[PathLike | None] =
     _probe_writable(path.parent, given)
     if not is_file and into and path.is_dir():
         _probe_writable(path, given)
-    clean_stale(path, inside=not is_file and into)
+    if clean:
+        clean_stale(path, inside=not is_file and into)
     return Path(out)
 
 

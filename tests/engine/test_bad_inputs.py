@@ -552,19 +552,39 @@ def test_sigterm_exits_130_and_leaves_no_partial_output(faults, stage):
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill9_leftovers_go_with_the_next_run_but_never_a_live_runs(w, faults, stage):
     """kill -9 leaves temporaries; the next run of the stage removes those of dead processes
-    (the killed one's PID is in their names) and keeps those of a live process."""
+    (the killed one's PID is in their names) that SatSynth demonstrably made (the marker inside
+    a temporary, a SatSynth output moved aside), keeps those of a live process and never
+    touches a user's folder or file that merely has such a name."""
+    from satsynth.io import TEMP_MARKER
+
     r = faults[("kill", stage)]
     assert r["code"] == -signal.SIGKILL
     out, dead = _out(r), r["pid"]
+
+    def temporary(path: Path) -> Path:
+        path.mkdir(exist_ok=True)
+        (path / TEMP_MARKER).write_text(str(dead))
+        return path
+
     # what a kill -9 during a save leaves (the run may have been killed between two saves)
-    (out.parent / f".{out.name}.{dead}-0badc0de.partial").mkdir(exist_ok=True)
-    (out.parent / f".{out.name}.old-{dead}").mkdir(exist_ok=True)
-    (out.parent / f".{out.stem}.{dead}-0badc0de.partial{out.suffix or '.json'}").write_text("x")
+    temporary(out.parent / f".{out.name}.{dead}-0badc0de.partial")
+    temporary(out.parent / f".{out.stem}.{dead}-0badc0de.partial{out.suffix or '.json'}")
+    moved_aside = out.parent / f".{out.name}.old-{dead}"
+    moved_aside.mkdir(exist_ok=True)
+    (moved_aside / "dataset.json").write_text('{"format": "satsynth-chips"}')
+    # a user's own folder and file with names of the same pattern: never removed
+    users = [out.parent / f".{out.name}.{dead}-mine.partial", out.parent / f".{out.name}.old-1"]
+    users[0].mkdir()
+    (users[0] / "notes.txt").write_text("mine")
+    users[1].write_text("mine")
     live = subprocess.Popen(["sleep", "600"])
-    planted_live = out.parent / f".{out.name}.{live.pid}-0badc0de.partial"
-    planted_live.mkdir()
+    planted_live = temporary(out.parent / f".{out.name}.{live.pid}-0badc0de.partial")
     try:
-        assert len(leftovers(r["folder"])) >= 4
+        assert len(leftovers(r["folder"])) >= 6
+        kind = {"train-generator": "generator", "train-segmenter": "segmenter",
+                "synthesize": "synthetic", "predict": "file"}[stage]
+        assert run(["check-output", str(out), "--kind", kind])[0] == 0
+        assert len(leftovers(r["folder"])) >= 6, "a plain check-output removed temporaries"
         argv = list(r["argv"])
         for opt, value in (("--steps", "1"), ("--epochs", "1"), ("--count", "2")):
             if opt in argv:
@@ -573,8 +593,251 @@ def test_kill9_leftovers_go_with_the_next_run_but_never_a_live_runs(w, faults, s
             argv[argv.index("--image") + 1] = str(w["img"])
         code, err = run(argv)
         assert code == 0, err
-        assert leftovers(r["folder"]) == [str(planted_live)]
+        assert leftovers(r["folder"]) == sorted(str(p) for p in (planted_live, *users))
+        assert (users[0] / "notes.txt").read_text() == "mine"
     finally:
         live.kill()
         live.wait()
-        planted_live.rmdir()
+        shutil.rmtree(planted_live)
+        shutil.rmtree(users[0], ignore_errors=True)
+        users[1].unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# outputs: what they may replace, the disk they fill, the names they take
+
+
+def _refused(argv: list[str], says: str, names: str, kept: list[Path], root: Path) -> str:
+    """Run ``argv``: exit 2, one error line saying ``says`` and naming ``names``, every file
+    under ``kept`` byte-identical, no temporary under ``root``. Returns the line."""
+    before = digest(kept)
+    code, err = run(argv)
+    lines = error_lines(err)
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("satsynth: error: "), err
+    assert says in lines[0] and names in lines[0], lines[0]
+    assert digest(kept) == before
+    assert leftovers(root) == []
+    return lines[0]
+
+
+def _predict(w: dict[str, Path], image: Path | None = None) -> list[str]:
+    return ["predict", str(w["seg"]), "--image", str(image or w["img"]), "--device", "cpu",
+            "--runtime", "torch"]
+
+
+def test_single_file_outputs_replace_only_files_satsynth_wrote(w, tmp_path):
+    """predict's --out, --confidence, --vector (and the .qml it writes beside --out) and
+    export's --out never replace a file another program made; SatSynth's own are replaced."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    mine_tif = write_raster(tmp_path / "mine.tif", np.zeros((8, 8), np.uint8))
+    mine_gpkg = tmp_path / "mine.gpkg"
+    shutil.copy(w["aoi"], mine_gpkg)
+    mine_onnx = tmp_path / "mine.onnx"
+    io_ = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
+                                                  "g", io_[:1], io_[1:])), str(mine_onnx))
+    (tmp_path / "styled.qml").write_text("<qgis/>")
+    kept = [tmp_path]
+    for argv, victim in (
+            ([*_predict(w), "--out", str(mine_tif)], mine_tif),
+            ([*_predict(w), "--out", str(tmp_path / "a.tif"), "--confidence", str(mine_tif)],
+             mine_tif),
+            ([*_predict(w), "--out", str(tmp_path / "a.tif"), "--vector", str(mine_gpkg)],
+             mine_gpkg),
+            ([*_predict(w), "--out", str(tmp_path / "styled.tif")], tmp_path / "styled.qml"),
+            (["export", str(w["seg"]), "--out", str(mine_onnx)], mine_onnx)):
+        line = _refused(argv, "not written by SatSynth", victim.name, kept, tmp_path)
+        assert "delete" in line and "another name" in line
+        assert not (tmp_path / "a.tif").exists() and not (tmp_path / "styled.tif").exists()
+    # an earlier SatSynth output of the same kind is replaced
+    ours = [*_predict(w), "--out", str(tmp_path / "p.tif"), "--confidence",
+            str(tmp_path / "c.tif"), "--vector", str(tmp_path / "v.gpkg")]
+    for argv in (ours, ours, ["export", str(w["seg"]), "--out", str(tmp_path / "m.onnx")],
+                 ["export", str(w["seg"]), "--out", str(tmp_path / "m.onnx")]):
+        code, err = run(argv)
+        assert code == 0, err
+    assert run(["check-output", str(tmp_path / "p.qml"), "--kind", "file"])[0] == 0
+    assert leftovers(tmp_path) == []
+
+
+def _vrt(path: Path, sources: list[Path], width: int, height: int) -> Path:
+    """A VRT placing ``sources`` (3-band rasters of height ``height``) side by side."""
+    bands = []
+    for b in (1, 2, 3):
+        simple, x = [], 0
+        for src in sources:
+            with rasterio.open(src) as s:
+                w_ = s.width
+            simple.append(
+                f'<SimpleSource><SourceFilename relativeToVRT="0">{src}</SourceFilename>'
+                f"<SourceBand>{b}</SourceBand><SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w_}\" "
+                f'ySize="{height}"/><DstRect xOff="{x}" yOff="0" xSize="{w_}" '
+                f'ySize="{height}"/></SimpleSource>')
+            x += w_
+        bands.append(f'<VRTRasterBand dataType="Byte" band="{b}">{"".join(simple)}'
+                     "</VRTRasterBand>")
+    gt = ", ".join(str(v) for v in ORIGIN.to_gdal())
+    path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>'
+                    f"{UTM.to_wkt()}</SRS><GeoTransform>{gt}</GeoTransform>"
+                    f"{''.join(bands)}</VRTDataset>")
+    return path
+
+
+def test_outputs_never_write_into_an_inputs_file_set(w, tmp_path):
+    """An input is its whole file set: the sources of a VRT, the sidecars beside an input
+    (.qml, .aux.xml, world files), a shapefile's parts. No output, nor the .qml predict writes
+    beside --out, may be one of them."""
+    import geopandas as gpd
+
+    with rasterio.open(w["img"]) as src:
+        img = src.read()
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    left = write_raster(tiles / "left.tif", img[:, :, : SIZE // 2])
+    right = write_raster(tiles / "right.tif", img[:, :, SIZE // 2:],
+                         transform=ORIGIN @ Affine.translation(SIZE // 2, 0))
+    (tiles / "left.tif.aux.xml").write_text("<PAMDataset/>")
+    (tiles / "left.tfw").write_text("0.5\n0\n0\n-0.5\n330000.25\n2789999.75\n")
+    scene = _vrt(tmp_path / "scene.vrt", [left, right], SIZE, SIZE)
+    (tmp_path / "scene.qml").write_text("<qgis>the user's style</qgis>")
+    gpd.read_file(w["aoi"]).to_file(tmp_path / "zone.shp")
+    (tmp_path / "zone.qml").write_text("<qgis>the user's style</qgis>")
+    kept = [tmp_path]
+    pred = [*_predict(w, scene), "--mask", str(tmp_path / "zone.shp")]
+    for argv, says, names in (
+            ([*pred, "--out", str(right)], "is a file of the input", "right.tif"),
+            ([*pred, "--out", str(tmp_path / "p.tif"), "--confidence",
+              str(tiles / "left.tif")], "is a file of the input", "left.tif"),
+            ([*pred, "--out", str(tmp_path / "scene.tif")], "beside itself", "scene.qml"),
+            ([*pred, "--out", str(tmp_path / "p.tif"), "--vector", str(tmp_path / "zone.dbf")],
+             "GeoPackage", "zone.dbf"),
+            ([*pred, "--out", str(tmp_path / "zone.tif")], "beside itself", "zone.qml"),
+            (["prepare", "--image", str(scene), "--labels", str(w["lab"]), "--out",
+              str(tiles), "--chip-size", "16"], "the output folder contains left.",
+             "scene.vrt")):
+        _refused(argv, says, names, kept, tmp_path)
+    code, err = run([*pred, "--out", str(tmp_path / "p.tif")])  # the VRT itself works
+    assert code == 0, err
+
+
+def test_stale_cleanup_removes_only_what_satsynth_made(w, tmp_path):
+    """Temporaries of a dead process go with the next run only when SatSynth demonstrably made
+    them (its marker inside); a user's file or folder that merely matches the name pattern
+    stays, and a plain check-output removes nothing."""
+    from satsynth.io import TEMP_MARKER
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = gone.pid
+    ours = tmp_path / f".p.{dead}-0badc0de.partial.tif"
+    ours.mkdir()
+    (ours / TEMP_MARKER).write_text(str(dead))
+    users = [tmp_path / f".p.{dead}-final.work", tmp_path / f".p.{dead}-0badc0de.partial.tif.bak",
+             tmp_path / f".p.tif.old-{dead}"]
+    users[0].mkdir()
+    (users[0] / "thesis.txt").write_text("precious")
+    users[1].write_text("precious")
+    users[2].mkdir()
+    before = digest(users)
+    assert run(["check-output", str(tmp_path / "p.tif"), "--kind", "file"])[0] == 0
+    assert ours.is_dir(), "a plain check-output removed a temporary"
+    code, err = run([*_predict(w), "--out", str(tmp_path / "p.tif")])
+    assert code == 0, err
+    assert not ours.exists()
+    assert all(p.exists() for p in users) and digest(users) == before
+
+
+FULL_DISK_STAGES = {
+    "prepare": "prepare --image {img} --labels {lab} --out {disk}/ds --chip-size 16",
+    "train-generator": "train-generator {ds} --out {disk}/gen --steps 2 " + " ".join(TINY_GEN),
+    "synthesize": "synthesize {gen} --count 8 --steps 2 --sampler ddim --out {disk}/syn "
+                  "--device cpu --batch-size 2",
+    "train-segmenter": "train-segmenter {ds} --out {disk}/seg --max-steps 2 " + " ".join(TINY_SEG),
+    "predict": "predict {seg} --image {img} --out {disk}/p.tif --confidence {disk}/c.tif "
+               "--vector {disk}/v.gpkg --device cpu --runtime torch",
+    "score-pairs": "score-pairs {disk}/syn --segmenter {seg} --device cpu",
+    "export": "export {seg} --out {disk}/m.onnx",
+}
+
+
+@pytest.mark.parametrize("leave", [0, 16_000, 60_000])
+def test_full_disk_is_one_line_and_leaves_nothing(w, small_disk, leave):
+    """Every writing stage on a full or nearly full disk (the last bytes run out at different
+    points of each stage): exit 2, one line naming the folder, no SIGBUS, no traceback, no
+    partial output, inputs untouched; or, where the output fits, success."""
+    disk = small_disk.path
+    failed = 0
+    for stage, template in FULL_DISK_STAGES.items():
+        if stage == "score-pairs":
+            shutil.copytree(w["syn"], disk / "syn")
+        small_disk.fill(leave)
+        before = digest([w["root"] / "inputs", w["ds"], w["gen"], w["seg"], disk / "syn"])
+        code, err = run(_p({**w, "disk": disk}, template).split())
+        lines = [ln for ln in error_lines(err) if not ln.startswith("WARNING: ")]
+        assert code in (0, 2) and "Traceback" not in err, (stage, err)
+        if code == 2:
+            failed += 1
+            assert len(lines) == 1 and str(disk) in lines[0], (stage, err)
+            assert "space" in lines[0], (stage, lines[0])
+            assert small_disk.left() == (["syn"] if stage == "score-pairs" else []), stage
+        assert digest([w["root"] / "inputs", w["ds"], w["gen"], w["seg"], disk / "syn"]) \
+            == before, stage
+        assert leftovers(disk) == [], stage
+        for p in disk.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    assert failed >= (len(FULL_DISK_STAGES) if leave == 0 else 1)
+
+
+def test_unwritable_folders_and_odd_names_are_one_line(w, tmp_path, monkeypatch):
+    """An output folder made immutable during the run, a 300-character name, a newline in
+    --out and a split list that is not UTF-8: one line each, nothing left, inputs untouched."""
+    kept = [w["root"] / "inputs", w["ds"]]
+    _refused([*_predict(w), "--out", str(tmp_path / ("x" * 300 + ".tif"))], "too long",
+             "choose a shorter name", kept, tmp_path)
+    _refused([*_predict(w), "--out", str(tmp_path / "a\nb.tif")], "control character",
+             "a\\nb.tif", kept, tmp_path)
+    oem = tmp_path / "OpenEarthMap" / "aachen"
+    for sub, data in (("images", np.zeros((3, 32, 32), np.uint8)),
+                      ("labels", np.ones((32, 32), np.uint8))):
+        (oem / sub).mkdir(parents=True)
+        write_raster(oem / sub / "aachen_1.tif", data)
+    (oem.parent / "train.txt").write_bytes(b"aachen_1.tif\n\xff\xfe caf\xe9.tif\n")
+    _refused(["prepare", "--folder", str(oem.parent), "--layout", "openearthmap", "--out",
+              str(tmp_path / "ds"), "--chip-size", "16"], "not UTF-8", "train.txt",
+             [oem.parent], tmp_path)
+    # the output's folder turns immutable after the checks (chattr +i, as root on ext4/xfs)
+    box = tmp_path / "box"
+    box.mkdir()
+    if subprocess.run(["chattr", "+i", str(box)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root and ext4/xfs/btrfs)")
+    subprocess.run(["chattr", "-i", str(box)], check=True)
+    import satsynth.segmenter.train as seg_train
+
+    def check_then_lock(*args, **kwargs):
+        out = seg_train_check(*args, **kwargs)
+        subprocess.run(["chattr", "+i", str(box)], check=True)
+        return out
+
+    seg_train_check = seg_train.check_output
+    monkeypatch.setattr(seg_train, "check_output", check_then_lock)
+    try:
+        _refused(["train-segmenter", str(w["ds"]), "--out", str(box / "seg"), "--max-steps",
+                  "1", *TINY_SEG], "not permitted", str(box), kept, tmp_path)
+    finally:
+        subprocess.run(["chattr", "-i", str(box)], check=True)
+    assert list(box.iterdir()) == []
+
+
+def test_unknown_kind_and_failed_commands_leave_no_new_folder(w, tmp_path):
+    """check-output with an unknown --kind exits 2 with one line; a command that fails after
+    creating its output folder removes it (and the parents it made) again."""
+    _refused(["check-output", str(tmp_path / "x"), "--kind", "segmentr"], "unknown output kind",
+             "segmenter", [w["ds"]], tmp_path)
+    out = tmp_path / "new" / "deeper" / "exp"
+    _refused(["experiment", str(w["ds"]), "--ratios", "0", "--arch", "fpn", "--encoder",
+              "resnet18", "--device", "cpu", "--out", str(out)], "multiple of 32", "",
+             [w["ds"]], tmp_path)
+    assert not (tmp_path / "new").exists()

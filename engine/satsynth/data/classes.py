@@ -17,6 +17,7 @@ import numpy as np
 
 from satsynth.contract import (
     IGNORE_INDEX,
+    OUTPUT_MARK,
     ClassInfo,
     ClassTableSpec,
     ContractError,
@@ -132,7 +133,11 @@ class ClassTable:
         path = Path(path)
         if not path.is_file():
             raise SatSynthError("class table not found", path)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SatSynthError(f"the class table is not UTF-8 text (byte {exc.start}): save it "
+                                "as UTF-8", path) from None
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -167,6 +172,7 @@ def write_qml(path: str | Path, table: ClassTable, band: int = 1) -> Path:
         for c in table.classes
     )
     qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<!-- {OUTPUT_MARK}: written by SatSynth -->
 <qgis version="3.22" styleCategories="AllStyleCategories">
   <pipe>
     <rasterrenderer type="paletted" band="{band}" opacity="1" alphaBand="-1" nodataColor="">

@@ -9,9 +9,7 @@ its area. Outputs appear at their final paths only when complete.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +25,7 @@ from satsynth.contract import PredictFields
 from satsynth.data.classes import write_qml
 from satsynth.distributed import Processes, processes
 from satsynth.errors import SatSynthError
-from satsynth.io import atomic_path
+from satsynth.io import atomic_path, temp_dir
 from satsynth.outputs import check_output
 from satsynth.predict.aoi import AreaOfInterest, bounds_to_window, parse_extent, tile_bounds
 from satsynth.predict.bands import run_bands
@@ -163,8 +161,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         tmp_qml = stack.enter_context(atomic_path(qml))
         tmp_conf = stack.enter_context(atomic_path(conf_path)) if conf_path else None
         tmp_vec = stack.enter_context(atomic_path(vec_path)) if vec_path else None
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(
-            prefix=f".{out.stem}.{os.getpid()}-", suffix=".work", dir=out.parent)))
+        work = stack.enter_context(temp_dir(out, "work"))
 
         vectorizer = None
         if tmp_vec is not None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from satsynth.contract import OUTPUT_MARK
 from satsynth.data.classes import ClassTable
-from satsynth.errors import SatSynthError
+from satsynth.errors import SatSynthError, system_error
 
 log = logging.getLogger("satsynth")
 
@@ -230,10 +231,13 @@ class StreamingVectorizer:
 
         gdf = self._frame(values, geoms, pixels, area)
         try:
+            mark = {} if self._created else {"dataset_metadata": {OUTPUT_MARK: "polygons"}}
             write_dataframe(gdf, self.path, layer=self.layer, driver="GPKG",
-                            append=self._created, geometry_type="Polygon")
+                            append=self._created, geometry_type="Polygon", **mark)
         except Exception as exc:  # noqa: BLE001 - GDAL write errors come in many types
-            raise SatSynthError(f"cannot write polygons ({exc})", self.path) from None
+            full = system_error(exc, [str(self.path)])  # a full disk: say so, not SQLite's words
+            raise (SatSynthError(full) if full else
+                   SatSynthError(f"cannot write polygons ({exc})", self.path)) from None
         self._created = True
         self.features += len(gdf)
 

@@ -16,8 +16,9 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from satsynth.contract import OUTPUT_MARK
 from satsynth.data.classes import ClassTable
-from satsynth.errors import SatSynthError
+from satsynth.errors import SatSynthError, system_error
 from satsynth.raster import quiet_georef_warnings
 
 CLASS_NODATA = 255
@@ -72,10 +73,14 @@ class PredictionWriter:
                     self._dsets.append(self._conf)
         except Exception as exc:  # noqa: BLE001 - GDAL reports unwritable paths many ways
             self.close()
-            raise SatSynthError(f"cannot create the output raster ({exc})", class_path) from None
+            full = system_error(exc, [str(class_path)])  # a full disk, a read-only folder
+            raise (SatSynthError(full) if full else SatSynthError(
+                f"cannot create the output raster ({exc})", class_path)) from None
+        self._cls.update_tags(**{OUTPUT_MARK: "prediction"})
         if table is not None:
             style_class_band(self._cls, table)
         if self._conf is not None:
+            self._conf.update_tags(**{OUTPUT_MARK: "confidence"})
             self._conf.set_band_description(1, "confidence (top class probability x 255)")
             self._conf.update_tags(1, SCALE="0.00392156862745098", meaning="probability of the "
                                    "predicted class; 0 = nodata")
