@@ -12,6 +12,9 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from satsynth import __version__, progress
@@ -19,10 +22,11 @@ from satsynth.cli_common import add_command
 from satsynth.contract import FILE_KIND, FOLDER_KINDS, PROGRESS_MODES
 from satsynth.data import cli as data_cli
 from satsynth.distributed import launch_rank
-from satsynth.errors import Cancelled, SatSynthError
+from satsynth.errors import Cancelled, SatSynthError, system_error
 from satsynth.generator import cli as generator_cli
 from satsynth.outputs import check_output, output_lock
 from satsynth.predict import cli as predict_cli
+from satsynth.raster import quiet_libtiff
 from satsynth.segmenter import cli as segmenter_cli
 from satsynth.workflows import cli as workflows_cli
 
@@ -40,7 +44,7 @@ OUTPUT_ARGS = ("out", "confidence", "vector")
 def _check_output(args: argparse.Namespace) -> dict[str, Any]:
     """Exit 0 when a stage may write PATH as an output of KIND with these inputs, else one line
     saying why (exit 2)."""
-    check_output(args.path, args.kind, inputs=args.input, into=args.into)
+    check_output(args.path, args.kind, inputs=args.input, into=args.into, clean=False)
     return {"ok": True}
 
 
@@ -101,12 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     mode = getattr(args, "progress", None) or ("bar" if sys.stderr.isatty() else "quiet")
     progress.set_mode(mode)
     progress.setup_logging(getattr(args, "verbose", False))
+    if not getattr(args, "verbose", False):
+        quiet_libtiff()
     progress.install_signal_handlers()
+    # one writer per output: under accelerate launch / torchrun the run's main process
+    locked = OUTPUT_ARGS if launch_rank() == 0 else ()
+    outs = [v for v in (getattr(args, k, None) for k in locked) if isinstance(v, str)]
     try:
-        # one writer per output: under accelerate launch / torchrun the run's main process
-        locked = OUTPUT_ARGS if launch_rank() == 0 else ()
-        outs = [v for v in (getattr(args, k, None) for k in locked) if isinstance(v, str)]
-        with output_lock(*outs):
+        with output_lock(*outs), _remove_new_folders_on_failure(outs):
             outputs = args.func(args) or {}
     except SatSynthError as exc:
         progress.emit_error(str(exc))
@@ -120,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         print("satsynth: cancelled; no partial output was kept", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - last resort: keep the protocol intact
-        traceback.print_exc(file=sys.stderr)
-        msg = f"internal error: {exc.__class__.__name__}: {exc} (please report this with the log)"
+        # a full disk, a read-only folder...: the user's to fix
+        msg = system_error(exc, outs or _path_values(args))
+        if msg is None:
+            return _internal_error(exc)
         progress.emit_error(msg)
-        print(f"satsynth: {msg}", file=sys.stderr)
-        return 1
+        print(f"satsynth: error: {msg}", file=sys.stderr)
+        return 2
     if outputs.get("interrupted") is True:  # stopped on request after a resumable checkpoint
         msg = f"cancelled; the checkpoint in {outputs.get('model')} continues with --resume"
         progress.emit_error(msg, cancelled=True)
@@ -135,6 +143,42 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
     return 0
+
+
+def _path_values(args: argparse.Namespace) -> list[str]:
+    """The command's arguments that name existing files or folders (where a stage without an
+    ``--out`` writes: score-pairs and filter-pairs update their folder in place)."""
+    values = [v for v in vars(args).values() if isinstance(v, str) and v not in ("", "-")]
+    return [v for v in values if os.path.sep in v or os.path.exists(v)]
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A bug: the traceback, then one line in the protocol (exit 1)."""
+    traceback.print_exc(file=sys.stderr)
+    msg = f"internal error: {exc.__class__.__name__}: {exc} (please report this with the log)"
+    progress.emit_error(msg)
+    print(f"satsynth: {msg}", file=sys.stderr)
+    return 1
+
+
+@contextmanager
+def _remove_new_folders_on_failure(outs: list[str]) -> Iterator[None]:
+    """When the command fails, remove the output folders (and their parents) that it created
+    and left empty: a run that fails early leaves nothing behind."""
+    made: list[Path] = []
+    for out in outs:
+        here = Path(os.path.abspath(out))
+        while not os.path.lexists(here) and here != here.parent:
+            made.append(here)
+            here = here.parent
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # deepest first
+            with suppress(OSError):
+                if folder.is_dir() and not folder.is_symlink():
+                    folder.rmdir()  # only when empty
+        raise
 
 
 def _silence_stdout() -> None:

@@ -39,6 +39,25 @@ def quiet_georef_warnings() -> Iterator[None]:
         yield
 
 
+def quiet_libtiff() -> None:
+    """Stop libtiff printing its errors straight to stderr (``_tiffWriteProc: No space left on
+    device`` once per block on a full disk): GDAL receives them too and rasterio raises them,
+    so the engine reports each error once. No-op where rasterio's libtiff cannot be found."""
+    import ctypes
+
+    import rasterio  # noqa: F401 - loads GDAL and its libtiff
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            libs = {ln.split()[-1] for ln in f if "libtiff" in ln and ".so" in ln}
+        for lib in libs:
+            handler = ctypes.CDLL(lib).TIFFSetErrorHandler
+            handler.argtypes, handler.restype = [ctypes.c_void_p], ctypes.c_void_p
+            handler(None)
+    except (OSError, AttributeError):
+        pass
+
+
 def open_raster(path: str | Path, what: str = "raster") -> Any:
     """Open a GDAL raster for reading, or raise a :class:`SatSynthError` naming the file."""
     import rasterio

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +23,38 @@ def one_thread() -> Iterator[None]:
     progress.set_mode("quiet")
     yield
     torch.set_num_threads(n)
+
+
+
+class SmallDisk:
+    """A 2 MB tmpfs mounted at ``path``: :meth:`fill` leaves it nearly full."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fill(self, leave: int) -> None:
+        """Fill it up to ``leave`` free bytes (a file named ``filler``)."""
+        st = os.statvfs(self.path)
+        with open(self.path / "filler", "ab") as f:
+            f.write(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
+
+    def left(self) -> list[str]:
+        """What is on it besides the filler."""
+        return sorted(p.name for p in self.path.iterdir() if p.name != "filler")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 2 MB tmpfs (a disk that fills up), unmounted afterwards; skipped with a message where
+    this process may not mount one (CI runs as root)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not root'}): "
+                    "the full-disk cases need root")
+    try:
+        yield SmallDisk(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -155,8 +155,12 @@ def _find_loveda(root: Path) -> list[PairSpec]:
 
 
 def _read_list(path: Path) -> set[str]:
-    return {Path(line.strip()).stem for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SatSynthError(f"the split list is not UTF-8 text (byte {exc.start}): save it as "
+                            "UTF-8, one file name a line", path) from None
+    return {Path(line.strip()).stem for line in text.splitlines() if line.strip()}
 
 
 def _find_openearthmap(root: Path) -> list[PairSpec]:

@@ -34,7 +34,7 @@ from satsynth import FORMAT_VERSION, __version__
 from satsynth.data.classes import IGNORE_INDEX, ClassTable, strict_int
 from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
-from satsynth.io import atomic_dir, read_json, write_json
+from satsynth.io import atomic_dir, read_json, reserve_file, write_json
 from satsynth.raster import footprint_boxes
 
 SPLITS = ("train", "val", "test")
@@ -274,6 +274,18 @@ def _col_name(name: str, used: set[str]) -> str:
     return col
 
 
+def _mapped(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A new ``.npy`` file mapped for writing, its space reserved on disk first (a full disk is
+    a clear error now, never a SIGBUS mid-write)."""
+    arr = np.lib.format.open_memmap(path, "w+", dtype, shape)
+    try:
+        reserve_file(path, "the chips")
+    except BaseException:
+        del arr
+        raise
+    return arr
+
+
 class ChipStoreWriter:
     """Writes a chip store into a temporary folder, renamed onto ``path`` when closed.
 
@@ -289,21 +301,28 @@ class ChipStoreWriter:
         self.tmp = self._ctx.__enter__()
         self._n: dict[str, int] = {}
         self._arr: dict[str, dict[str, np.ndarray]] = {}
-        s, c = meta.chip_size, meta.bands
+        try:
+            self._map(capacity)
+        except BaseException as exc:
+            self.abort(type(exc), exc, exc.__traceback__)
+            raise
+        self._px = {split: np.zeros(meta.classes.num_classes, np.int64) for split in capacity}
+        self._rows: list[dict[str, Any]] = []
+        self._scores: dict[str, np.ndarray] = {}
+
+    def _map(self, capacity: dict[str, int]) -> None:
+        """The arrays of each split, memory-mapped at their capacity (space reserved)."""
+        s, c = self.meta.chip_size, self.meta.bands
         for split, cap in capacity.items():
             cap = max(int(cap), 0)
             self._n[split] = 0
             self._arr[split] = {
-                "images": np.lib.format.open_memmap(self.tmp / f"{split}.images.npy.cap", "w+",
-                                                    np.dtype(meta.dtype), (cap, c, s, s)),
-                "labels": np.lib.format.open_memmap(self.tmp / f"{split}.labels.npy.cap", "w+",
-                                                    np.uint8, (cap, s, s)),
+                "images": _mapped(self.tmp / f"{split}.images.npy.cap", np.dtype(self.meta.dtype),
+                                  (cap, c, s, s)),
+                "labels": _mapped(self.tmp / f"{split}.labels.npy.cap", np.uint8, (cap, s, s)),
                 "transforms": np.zeros((cap, 6), np.float64),
                 "sources": np.zeros((cap,), np.int32),
             }
-        self._px = {split: np.zeros(meta.classes.num_classes, np.int64) for split in capacity}
-        self._rows: list[dict[str, Any]] = []
-        self._scores: dict[str, np.ndarray] = {}
 
     def __enter__(self) -> ChipStoreWriter:
         return self
@@ -380,7 +399,7 @@ class ChipStoreWriter:
                     del src
                     os.replace(self.tmp / f"{split}.{part}.npy.cap", final)
                     continue
-                dst = np.lib.format.open_memmap(final, "w+", src.dtype, (n, *src.shape[1:]))
+                dst = _mapped(final, src.dtype, (n, *src.shape[1:]))
                 for k in range(0, n, 256):
                     e = min(k + 256, n)
                     dst[k:e] = src[k:e]
