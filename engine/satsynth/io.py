@@ -116,12 +116,32 @@ def reserve_file(path: str | Path, what: str = "this output") -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
-        amount = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
-        raise SatSynthError(f"not enough free space for {what} ({amount} more): free "
+        raise SatSynthError(f"not enough free space for {what} ({_size(size)} more): free "
                             "some space or choose a folder on another disk",
                             _folder_above_temporaries(path)) from None
     finally:
         os.close(fd)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else \
+        f"{n / 1e3:.0f} kB"
+
+
+def check_free_space(folder: str | Path, need: int, what: str) -> None:
+    """Refuse, before the work, to write ``need`` bytes of ``what`` into ``folder`` when its
+    file system has less free space (one line naming the folder and both sizes)."""
+    from satsynth.errors import SatSynthError, _folder_above_temporaries
+
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise SatSynthError(f"{what} need {_size(need)} but only {_size(free)} are free: free "
+                            "some space or choose a folder on another disk",
+                            _folder_above_temporaries(Path(folder) / "x"))
 
 
 def _write_zeros(fd: int, size: int, chunk: int = 1 << 20) -> None:

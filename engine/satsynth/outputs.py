@@ -22,7 +22,8 @@ The rule, for every stage (and the plugin's pre-checks, through ``satsynth check
 :func:`check_output` also removes the temporaries that killed runs left for that output (names
 carry the writer's PID: ``.NAME.PID-xxxx.partial``, ``.NAME.old-PID``, ``.STEM.PID-xxxx.work``),
 only when that process is gone and the temporary is demonstrably SatSynth's (it holds the
-marker file :data:`satsynth.io.TEMP_MARKER`; an ``.old-PID`` folder is a SatSynth output). :func:`output_lock` keeps two runs from writing one output.
+marker file :data:`satsynth.io.TEMP_MARKER`; an ``.old-PID`` folder is a SatSynth output).
+:func:`output_lock` keeps two runs from writing one output.
 """
 
 from __future__ import annotations
@@ -106,11 +107,15 @@ def input_files(path: PathLike, depth: int = 3) -> set[Path]:
     if not p.is_file():
         return found
     found.update(q for q in _sidecars(p) if q.is_file())
-    if depth > 0:
-        for f in _data_files(p):
-            q = _resolved(f)
-            if q != p and q not in found:
-                found |= input_files(q, depth - 1)
+    for f in _data_files(p):
+        q = _resolved(f)
+        if q == p or q in found:
+            continue
+        if q.suffix.lower() == ".vrt" and depth > 0:  # a VRT of VRTs
+            found |= input_files(q, depth - 1)
+        elif q.is_file():  # a source (each opened once by GDAL above, not again here)
+            found.add(q)
+            found.update(r for r in _sidecars(q) if r.is_file())
     return found
 
 

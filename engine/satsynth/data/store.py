@@ -34,7 +34,7 @@ from satsynth import FORMAT_VERSION, __version__
 from satsynth.data.classes import IGNORE_INDEX, ClassTable, strict_int
 from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
-from satsynth.io import atomic_dir, read_json, reserve_file, write_json
+from satsynth.io import atomic_dir, check_free_space, read_json, reserve_file, write_json
 from satsynth.raster import footprint_boxes
 
 SPLITS = ("train", "val", "test")
@@ -313,6 +313,9 @@ class ChipStoreWriter:
     def _map(self, capacity: dict[str, int]) -> None:
         """The arrays of each split, memory-mapped at their capacity (space reserved)."""
         s, c = self.meta.chip_size, self.meta.bands
+        chip = s * s * (c * np.dtype(self.meta.dtype).itemsize + 1)
+        check_free_space(self.tmp, sum(max(int(n), 0) for n in capacity.values()) * chip,
+                         "the chips")
         for split, cap in capacity.items():
             cap = max(int(cap), 0)
             self._n[split] = 0
