@@ -50,7 +50,7 @@ def system_error(exc: BaseException, outputs: list[str] | tuple[str, ...] = ()) 
             full = _full_disk(outputs)
             return None if full is None else f"{full}: {_SYSTEM_ERRORS['ENOSPC']}"
     filename = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
-    where = _folder_above_temporaries(Path(str(filename))) if filename else (
+    where = folder_above_temporaries(Path(str(filename))) if filename else (
         Path(outputs[0]).absolute().parent if outputs else None)
     why = _SYSTEM_ERRORS[name]
     return f"{where}: {why}" if where is not None else why
@@ -73,11 +73,11 @@ def _full_disk(paths: list[str] | tuple[str, ...]) -> Path | None:
         except (OSError, AttributeError):
             continue
         if st.f_bavail * st.f_frsize < FULL_DISK_BYTES:
-            return _folder_above_temporaries(here / "x" if here.is_dir() else here)
+            return folder_above_temporaries(here / "x" if here.is_dir() else here)
     return None
 
 
-def _folder_above_temporaries(path: Path) -> Path:
+def folder_above_temporaries(path: Path) -> Path:
     """The folder of ``path``, above the temporaries SatSynth writes into (``.X.partial``...)."""
     parts = path.absolute().parts
     for i, part in enumerate(parts):

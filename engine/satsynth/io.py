@@ -99,7 +99,7 @@ def reserve_file(path: str | Path, what: str = "this output") -> None:
     get the file written with zeros instead."""
     import errno
 
-    from satsynth.errors import SatSynthError, _folder_above_temporaries
+    from satsynth.errors import SatSynthError, folder_above_temporaries
 
     path = Path(path)
     fd = os.open(path, os.O_RDWR)
@@ -118,7 +118,7 @@ def reserve_file(path: str | Path, what: str = "this output") -> None:
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise SatSynthError(f"not enough free space for {what} ({_size(size)} more): free "
                             "some space or choose a folder on another disk",
-                            _folder_above_temporaries(path)) from None
+                            folder_above_temporaries(path)) from None
     finally:
         os.close(fd)
 
@@ -131,7 +131,7 @@ def _size(n: float) -> str:
 def check_free_space(folder: str | Path, need: int, what: str) -> None:
     """Refuse, before the work, to write ``need`` bytes of ``what`` into ``folder`` when its
     file system has less free space (one line naming the folder and both sizes)."""
-    from satsynth.errors import SatSynthError, _folder_above_temporaries
+    from satsynth.errors import SatSynthError, folder_above_temporaries
 
     try:
         st = os.statvfs(folder)
@@ -141,7 +141,7 @@ def check_free_space(folder: str | Path, need: int, what: str) -> None:
     if need > free:
         raise SatSynthError(f"{what} need {_size(need)} but only {_size(free)} are free: free "
                             "some space or choose a folder on another disk",
-                            _folder_above_temporaries(Path(folder) / "x"))
+                            folder_above_temporaries(Path(folder) / "x"))
 
 
 def _write_zeros(fd: int, size: int, chunk: int = 1 << 20) -> None:
