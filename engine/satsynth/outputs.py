@@ -190,26 +190,24 @@ def is_satsynth_file(path: PathLike) -> bool:
 
 
 def _check_name(path: Path, given: PathLike) -> None:
-    """Refuse names with control characters and names the file system cannot hold (with room
-    for the temporary's name, ``.NAME.PID-xxxxxxxx.partial``)."""
-    text = os.fspath(given)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise SatSynthError("the path contains a control character (a newline or a tab): choose "
-                            "a plain name", repr(text))
+    """Refuse new names with control characters (a newline, a tab) and names the file system
+    cannot hold (with room for the temporary's name, ``.NAME.PID-xxxxxxxx.partial``)."""
     here = path.parent
-    while not here.exists() and here != here.parent:
+    while not os.path.lexists(here) and here != here.parent:
         here = here.parent
     try:
         limit = os.pathconf(here, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
     for part in path.relative_to(here).parts:
-        n = len(os.fsencode(part)) + _TEMP_EXTRA
-        if n > limit:
-            short = part[:40] + "..."
-            raise SatSynthError(f"the name {short} is too long for this file system ({n - _TEMP_EXTRA} "
-                                f"bytes; at most {limit - _TEMP_EXTRA} here): choose a shorter name",
-                                path.parent)
+        if any(ord(c) < 32 or ord(c) == 127 for c in part):
+            raise SatSynthError("the path contains a control character (a newline or a tab): "
+                                "choose a plain name", repr(os.fspath(given)))
+        n = len(os.fsencode(part))
+        if n + _TEMP_EXTRA > limit:
+            raise SatSynthError(f"the name {part[:40]}... is too long for this file system ({n} "
+                                f"bytes; at most {limit - _TEMP_EXTRA} here): choose a shorter "
+                                "name", here)
 
 
 #: What a temporary's name adds to an output's: ``.`` + ``.PID-xxxxxxxx.partial``.

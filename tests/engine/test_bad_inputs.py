@@ -573,7 +573,10 @@ def test_kill9_leftovers_go_with_the_next_run_but_never_a_live_runs(w, faults, s
     moved_aside.mkdir(exist_ok=True)
     (moved_aside / "dataset.json").write_text('{"format": "satsynth-chips"}')
     # a user's own folder and file with names of the same pattern: never removed
-    users = [out.parent / f".{out.name}.{dead}-mine.partial", out.parent / f".{out.name}.old-1"]
+    other = subprocess.Popen(["true"])
+    other.wait()  # another PID that no longer runs
+    users = [out.parent / f".{out.name}.{dead}-mine.partial",
+             out.parent / f".{out.name}.old-{other.pid}"]
     users[0].mkdir()
     (users[0] / "notes.txt").write_text("mine")
     users[1].write_text("mine")
