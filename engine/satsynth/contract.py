@@ -414,6 +414,7 @@ class ExperimentFields:
     count_per_real: float | None = None  # synthetic pool size per real chip (default max R)
     arch: str = _SEG.arch
     encoder: str = _SEG.encoder
+    encoder_weights: str | None = _SEG.encoder_weights
     epochs: int = _SEG.epochs
     budget: str = BUDGETS[0]  # one of BUDGETS
     variants: list[str] = field(default_factory=lambda: [VARIANTS[0]])
