@@ -48,6 +48,14 @@ class SegmenterConfig(ModelConfig):
     #: standardization (random or file weights, and every model folder older than this field)
     input_standardization: dict[str, Any] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's form; ``input_standardization`` only where there is one (so a model
+        from random weights writes the same file as before the field existed)."""
+        d = super().to_dict()
+        if d.get("input_standardization") is None:
+            d.pop("input_standardization", None)
+        return d
+
 
 def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) -> Any:
     """Build the smp model. ``encoder_weights`` (``--encoder-weights``) is a local
