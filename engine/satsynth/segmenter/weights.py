@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from satsynth.contract import TORCHGEO_PREFIX
 from satsynth.errors import SatSynthError
 
-TORCHGEO_PREFIX = "torchgeo:"
 #: Band names that mean red, green, blue (in this order) in TorchGeo's weights metadata.
 RGB_BANDS = (("B4", "B3", "B2"), ("B04", "B03", "B02"), ("R", "G", "B"))
 #: What SatSynth's normalization stretches to 0..1 stands for on the 8-bit scale TorchGeo's RGB
