@@ -294,3 +294,22 @@ def fetch_weights(value: str, encoder: str) -> dict[str, Any]:
     cache = str(torchgeo_cache()) if spec.kind == "torchgeo" else _hf_cache()
     return {"weights": spec.label, "encoder": encoder, "cache": cache,
             "standardization": std}
+
+
+def weights_cached(value: str, encoder: str) -> tuple[bool, str]:
+    """Whether named weights are in their cache (nothing is downloaded): (True, the file) or
+    (False, the cache folder they would be in). Files are (True, the path) when they exist."""
+    spec = parse_weights(value, encoder)
+    if spec is None:
+        return True, ""
+    if spec.kind == "file":
+        return Path(spec.name).is_file(), spec.name
+    if spec.kind == "torchgeo":
+        fname = os.path.basename(_torchgeo_weights(spec.name).url.split("?")[0])
+        path = torchgeo_cache() / fname
+        return path.is_file(), str(path if path.is_file() else torchgeo_cache())
+    from huggingface_hub import try_to_load_from_cache
+
+    s = _smp_settings(encoder, spec.name)
+    found = try_to_load_from_cache(s["repo_id"], "model.safetensors", revision=s["revision"])
+    return (True, found) if isinstance(found, str) else (False, _hf_cache())
