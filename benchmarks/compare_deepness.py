@@ -19,8 +19,8 @@ no blending) and by Deepness's ``Segmentor.process`` on the same 8-bit pixels (i
 output, mapped through the class table, is compared pixel by pixel with predict's class ids.
 Exits 1 when anything Deepness reads is wrong or fewer than 99.99 % of pixels agree.
 
-``--whole-image N`` then predicts an N x N raster (default 1500: not a multiple of Deepness's
-stride) both ways and reports where they differ. Deepness's map processor imports QGIS, so its
+``--whole-image N`` then predicts an N x N raster (a multiple of 512; default 1536, not a
+multiple of Deepness's stride) both ways and reports where they differ. Deepness's map processor imports QGIS, so its
 tiling is replayed here in numpy from its code (``extent_utils.calculate_extended_processing_extent``:
 the extent is extended to N stride + tile, and the pixels past the raster's edge are read as
 QGIS's raster block gives them, 0; ``TileParams.get_slice_on_full_image_for_copying``: each tile
@@ -47,8 +47,8 @@ def main() -> int:
     ap.add_argument("--deepness-src", type=Path, required=True,
                     help="the src folder of a Deepness checkout (holds the deepness package)")
     ap.add_argument("--model", default="fpn:mobilenet_v2", metavar="ARCH:ENCODER")
-    ap.add_argument("--whole-image", type=int, default=1500, metavar="N",
-                    help="also compare over an N x N raster (0: skip)")
+    ap.add_argument("--whole-image", type=int, default=1536, metavar="N",
+                    help="also compare over an N x N raster, N a multiple of 512 (0: skip)")
     a = ap.parse_args()
     if not (a.deepness_src / "deepness" / "processing" / "models" / "segmentor.py").is_file():
         ap.error(f"{a.deepness_src}: no deepness/processing/models/segmentor.py under it")

@@ -3,7 +3,7 @@ each output checked, with per-stage throughput and peak GPU memory.
 
     scripts/gpu_check.sh            # or: make gpu-check; .venv/bin/python scripts/gpu_check.py
 
-On a CUDA machine (about 8 minutes; ``--minutes`` sets the paper generator's budget, 3): the Dubai
+On a CUDA machine (about 8 minutes; ``--minutes`` sets the paper generator's budget, 2.5): the Dubai
 data in ``../shared/datasets/dubai-aerial`` (or ``--data``) prepared as 128 px chips (Tile 6 val,
 Tile 7 test); ``train-generator --recipe paper`` (base UNet, 128 px) in bf16; a 32 px base and a
 4x upsampler briefly (the cascade); ``synthesize`` from the paper generator and through the
@@ -11,6 +11,9 @@ cascade; ``train-segmenter`` FPN/ResNet-50 with fp16 AMP on real + cascade pairs
 an 8192 x 8192 raster (Dubai pixels tiled) with PyTorch and, where onnxruntime has the CUDA
 provider, with ONNX Runtime on it. Every stage runs as ``python -m satsynth`` in its own process,
 as a user runs it. Exits 1 on any failed stage or check; without a GPU it says so and exits 0.
+Peak GPU memory is what torch's allocator held in the stage's process (``max_memory_allocated``;
+ONNX Runtime's own CUDA arena is not in it). Budgets: generator 2.5 min, base 0.5, upsampler
+0.75, segmenter 0.75; preparing the Dubai chips and predicting 8192^2 twice take the rest.
 
 ``--tiny`` (or ``SATSYNTH_GPU_CHECK_TINY=1``) runs the same chain and checks on the CPU at toy
 scale (a generated 256 px scene, 32 px chips, a few steps, in-process) in well under a minute:
@@ -77,10 +80,10 @@ def scale(tiny: bool, minutes: float) -> Scale:
     return Scale(False, "cuda", 128, 32, 4, 8192, 64,
                  ["--recipe", "paper", "--minutes", f"{minutes:g}", *gpu],
                  ["--size", "32", "--preset", "small", "--minutes", "0.5", *gpu],
-                 ["--preset", "small", "--minutes", "1", *gpu],
+                 ["--preset", "small", "--minutes", "0.75", *gpu],
                  ["--sampler", "ddim", "--steps", "50", "--device", "cuda"],
                  ["--arch", "fpn", "--encoder", "resnet50", "--mixed-precision", "fp16",
-                  "--minutes", "1", "--batch-size", "32", "--device", "cuda"])
+                  "--minutes", "0.75", "--batch-size", "32", "--device", "cuda"])
 
 
 @dataclass
@@ -398,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", default=bool(os.environ.get(TINY_ENV)),
                     help=f"the toy chain on the CPU, in-process (also {TINY_ENV}=1)")
     ap.add_argument("--data", type=Path, default=DUBAI, help="the Dubai aerial folder")
-    ap.add_argument("--minutes", type=float, default=3.0,
-                    help="the paper generator's training budget (default 3)")
+    ap.add_argument("--minutes", type=float, default=2.5,
+                    help="the paper generator's training budget (default 2.5)")
     ap.add_argument("--work", type=Path, help="keep the outputs here (default: a temporary "
                                               "folder, removed)")
     a = ap.parse_args(argv)

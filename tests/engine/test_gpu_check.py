@@ -107,7 +107,7 @@ def test_the_gpu_scale_passes_only_options_the_cli_knows(gpu_check):
     """The GPU chain cannot run here: at least each of its commands parses."""
     from satsynth.cli import build_parser
 
-    sc = gpu_check.scale(False, 3)
+    sc = gpu_check.scale(False, 2.5)
     assert (sc.device, sc.chip, sc.raster) == ("cuda", 128, 8192)
     assert sc.generator[:2] == ["--recipe", "paper"] and "bf16" in sc.generator
     assert "fp16" in sc.segmenter and sc.segmenter[:2] == ["--arch", "fpn"]
