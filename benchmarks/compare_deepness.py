@@ -47,6 +47,9 @@ def main() -> int:
     ap.add_argument("--deepness-src", type=Path, required=True,
                     help="the src folder of a Deepness checkout (holds the deepness package)")
     ap.add_argument("--model", default="fpn:mobilenet_v2", metavar="ARCH:ENCODER")
+    ap.add_argument("--segmenter", type=Path, metavar="SEG_DIR",
+                    help="a trained segmenter folder instead of random weights (a random model's "
+                         "classes are near ties, which any change of tile context flips)")
     ap.add_argument("--whole-image", type=int, default=1536, metavar="N",
                     help="also compare over an N x N raster, N a multiple of 512 (0: skip)")
     a = ap.parse_args()
@@ -67,8 +70,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="satsynth-deepness-") as tmp:
         work = Path(tmp)
         arch, encoder = a.model.split(":")
-        model_dir = work / "segmenter"
-        make_model(model_dir, arch, encoder)
+        model_dir = a.segmenter or work / "segmenter"
+        if a.segmenter is None:
+            make_model(model_dir, arch, encoder)
         onnx_path = work / "segmenter.onnx"
         export_segmenter(model_dir, onnx_path, tile=512, overlap=64)
         cfg = load_segmenter_config(model_dir)
@@ -89,8 +93,9 @@ def main() -> int:
                 "small_segment": seg.get_metadata_segmentation_small_segment()}
         print("Deepness reads:", json.dumps(read, indent=1))
         names = cfg.classes.names
+        gsd = cfg.pixel_size[0] if cfg.pixel_size else 0.5
         want = {"model_type": "Segmentor", "class_names": [names], "output_channels": [len(names)],
-                "resolution_cm_per_px": 100.0 * cfg.pixel_size[0], "tile_size": 512,
+                "resolution_cm_per_px": 100.0 * gsd if cfg.crs else None, "tile_size": 512,
                 "input_size": [512, 512], "tiles_overlap_percent": 13, "seg_thresh": 0.0,
                 "batch_size": None, "input_channels": cfg.in_channels, "small_segment": 0}
         for key, value in want.items():
@@ -100,7 +105,7 @@ def main() -> int:
         image = work / "scene.tif"
         patches = _dubai_patches(limit=1) if DUBAI.is_dir() else [
             _procedural_patch(np.random.default_rng(0))]
-        build_raster(image, 512, cfg.pixel_size[0], patches)
+        build_raster(image, 512, gsd, patches)
         out = work / "classes.tif"
         predict_raster(model_dir, image, out, tile=512, overlap=64, runtime="torch",
                        device="cpu")
@@ -117,7 +122,7 @@ def main() -> int:
             problems.append(f"only {100 * same:.4f}% of pixels agree")
         if a.whole_image:
             whole = work / "whole.tif"
-            build_raster(whole, a.whole_image, cfg.pixel_size[0], patches)
+            build_raster(whole, a.whole_image, gsd, patches)
             predict_raster(model_dir, whole, work / "whole_classes.tif", tile=512, overlap=64,
                            runtime="torch", device="cpu")
             with rasterio.open(whole) as src, rasterio.open(work / "whole_classes.tif") as pred:
