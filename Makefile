@@ -9,7 +9,7 @@ STAMP       := $(VENV)/.satsynth-installed
 DEMO_OUT    ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-engine test-plugin test-setup lint package bench venv qgis clean
+.PHONY: demo test test-engine test-plugin test-setup lint package bench gpu-check venv qgis clean
 
 ## Engine environment: a venv with the engine installed (editable) and its test tools.
 $(STAMP): pyproject.toml constraints.txt
@@ -53,6 +53,11 @@ package:
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(ENGINE_PY) $$b || exit 1; done
+
+## The GPU path on one CUDA GPU (about 8 minutes; Dubai data in ../shared/datasets): every stage,
+## checked, with throughput and peak GPU memory; exits 0 without running where there is no GPU.
+gpu-check: $(STAMP)
+	SATSYNTH_PYTHON=$(ENGINE_PY) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache $(DEMO_OUT)

@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,10 @@ PLUGIN_DIR = Path(__file__).resolve().parent
 
 LineSink = Callable[[str], None]
 ProgressSink = Callable[[float, str], None]
+
+
+#: The name of the steps that fetch encoder weights (``build_plan(weights=...)``) starts so.
+FETCH_STEP = "fetch encoder weights"
 
 
 class SetupError(Exception):
@@ -319,14 +323,18 @@ def check_disk_space(folder: Path, needed: int) -> None:
 def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
                python: PythonInfo | None = None, gpu: GpuInfo | None | str = "detect",
                platform: str = sys.platform, build_dir: str | Path | None = None,
-               environ: dict[str, str] | None = None) -> SetupPlan:
+               environ: dict[str, str] | None = None,
+               weights: Sequence[tuple[str, str]] = ()) -> SetupPlan:
     """Plan the set-up: which Python, which torch index, and every command in order.
 
     ``gpu="detect"`` asks ``nvidia-smi``; pass a :class:`GpuInfo` or None to decide yourself.
     ``build_dir`` is where the engine source is copied before pip builds it (a fresh temporary
     folder by default), so the plugin folder stays clean. The environment itself is built in
     :func:`staging_dir_for` and moved to ``venv_dir`` by the last step. ``environ`` (default
-    ``os.environ``) may override the torch source (:func:`torch_source`).
+    ``os.environ``) may override the torch source (:func:`torch_source`). ``weights`` are
+    (``--encoder-weights`` name, encoder) pairs fetched into their cache once the engine works
+    (``satsynth fetch-weights``), so that training from them later works offline; TorchGeo
+    weights also install the engine's ``torchgeo`` extra.
     """
     venv_dir = Path(venv_dir).expanduser().absolute()
     src = Path(engine_src) if engine_src else default_engine_src()
@@ -358,6 +366,15 @@ def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
     def copy_source() -> None:
         _copy_engine_source(src, build_src)
 
+    torchgeo = any(name.startswith("torchgeo:") for name, _ in weights)
+    fetch_steps = [
+        Step(f"{FETCH_STEP} {name} ({encoder})",
+             [str(venv_python(venv_dir, platform)), "-m", "satsynth", "fetch-weights", name,
+              "--encoder", encoder, "--progress", "json"], weight=5,
+             advice="Check the internet connection (huggingface.co / hf.co must be reachable), "
+                    "then run the set-up again; the engine itself is installed.")
+        for name, encoder in weights]
+
     def put_in_place() -> None:
         move_into_place(staging, venv_dir, platform)
 
@@ -377,7 +394,7 @@ def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
              advice="Check that the temporary folder is writable."),
         Step("install the SatSynth engine",
              [vpy, "-m", "pip", "install", "--upgrade", "--upgrade-strategy", "only-if-needed",
-              str(build_src)], weight=25,
+              str(build_src) + ("[torchgeo]" if torchgeo else "")], weight=25,
              advice="Check the internet connection (pypi.org); the log above shows which "
                     "package failed."),
         Step("check the engine", [vpy, "-m", "satsynth", "check", "--progress", "json"],
@@ -393,6 +410,7 @@ def build_plan(venv_dir: str | Path, engine_src: str | Path | None = None,
              "--no-deps", str(build_src)], weight=3,
             advice="The engine works (the plugin runs it as python -m satsynth); re-run the "
                    "set-up for the satsynth.exe command."))
+    steps += fetch_steps  # last: the environment is in place even when a download fails
     return SetupPlan(py, venv_dir, src, index, gpu_info, steps, staging)
 
 
@@ -586,6 +604,7 @@ def _make_task_class() -> type:
             self.record = record
             self.report: dict[str, Any] = {}
             self.error = ""
+            self.installed = False
 
         def run(self) -> bool:
             try:
@@ -599,6 +618,8 @@ def _make_task_class() -> type:
                 return False
             except SetupError as exc:
                 self.error = str(exc)
+                # a download of weights failed after the environment was put in place: it works
+                self.installed = exc.step.startswith(FETCH_STEP)
                 return False
             except Exception as exc:  # noqa: BLE001 - show anything else, with its type
                 self.error = f"Set up engine failed: {exc.__class__.__name__}: {exc}"
@@ -606,7 +627,7 @@ def _make_task_class() -> type:
             return True
 
         def finished(self, ok: bool) -> None:
-            if ok and self.record:
+            if (ok or self.installed) and self.record:
                 record_engine(self.plan.engine_python)
             self.finishedWith.emit(ok, self.error, self.report)
 

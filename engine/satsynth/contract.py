@@ -285,6 +285,12 @@ ARCHITECTURES = ("fpn", "unet", "deeplabv3plus", "pspnet", "segformer", TINY_ARC
 #: Encoders suggested for the architectures other than tiny (any smp encoder name works).
 ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1",
             "mobilenet_v2", "mit_b0")
+#: Pretrained encoder weights the plugin offers besides a local file (``--encoder-weights``):
+#: random, smp's ImageNet weights, or TorchGeo weights named after :data:`TORCHGEO_PREFIX`.
+PRETRAINED = ("none", "imagenet", "torchgeo")
+TORCHGEO_PREFIX = "torchgeo:"
+#: TorchGeo weights suggested for RGB aerial/satellite images (an 8-bit RGB ResNet-50).
+TORCHGEO_SUGGESTED = "ResNet50_Weights.FMOW_RGB_GASSL"
 CLASS_WEIGHTS = ("none", "auto")
 #: How synthetic pairs enter training: mixed into every epoch, or a pre-training phase on them
 #: followed by fine-tuning on the real chips.
@@ -414,6 +420,7 @@ class ExperimentFields:
     count_per_real: float | None = None  # synthetic pool size per real chip (default max R)
     arch: str = _SEG.arch
     encoder: str = _SEG.encoder
+    encoder_weights: str | None = _SEG.encoder_weights
     epochs: int = _SEG.epochs
     budget: str = BUDGETS[0]  # one of BUDGETS
     variants: list[str] = field(default_factory=lambda: [VARIANTS[0]])

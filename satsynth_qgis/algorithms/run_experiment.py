@@ -19,7 +19,7 @@ from qgis.core import (
 from .. import compat
 from ..contract import contract
 from .base import AlgorithmInfo, SatSynthAlgorithm
-from .train_segmenter import encoder_problem
+from .train_segmenter import encoder_problem, encoder_weights, weights_parameters
 
 
 def parse_ratios(text: str) -> list[float] | None:
@@ -49,7 +49,9 @@ class RunExperiment(SatSynthAlgorithm):
     only), filtered and filtered-pretrain (only the half of the synthetic pairs that the real-only
     segmenter of the same seed finds most consistent with their masks); an unknown name is refused
     with the list the engine knows. Upsampler folder (advanced): make the synthetic pairs through
-    the super-resolution cascade, the generator being its base.
+    the super-resolution cascade, the generator being its base. Pretrained encoder weights
+    (advanced): every run's encoder starts from them (none, imagenet, TorchGeo weights or a file,
+    as in Train segmenter).
 
     Resumable: every finished run is kept in the experiment folder (runs.json) and the synthetic
     pairs are cached there. Cancel at any time; run it again with the same experiment folder and it
@@ -58,7 +60,7 @@ class RunExperiment(SatSynthAlgorithm):
 
     INFO = AlgorithmInfo("run_experiment", "Does synthetic data help? (experiment)",
                          group="segmenter", icon="evaluate", output_kind="experiment",
-                         output_inputs=("DATASET", "GENERATOR", "UPSAMPLER"),
+                         output_inputs=("DATASET", "GENERATOR", "UPSAMPLER", "ENCODER_WEIGHTS"),
                          output_into=True)  # the same folder again resumes the experiment
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
@@ -109,6 +111,7 @@ class RunExperiment(SatSynthAlgorithm):
                                          compat.NUMBER_INTEGER, d.steps, minValue=1),
             self.folder_param("UPSAMPLER", "Upsampler folder (from Train upsampler): make the "
                               "synthetic pairs through the cascade", optional=True),
+            *weights_parameters(self),
         )
         self.add_output_folder("Experiment folder (the same folder resumes)")
         self.add_outputs(QgsProcessingOutputHtml, REPORT_HTML="Experiment report")
@@ -126,6 +129,9 @@ class RunExperiment(SatSynthAlgorithm):
                            "generator); with only R = 0 there is nothing to compare.")
         problem = encoder_problem(self.enum_value(parameters, "ARCH", context),
                                   self.parameterAsString(parameters, "ENCODER", context).strip())
+        if problem:
+            return self.tr(problem)
+        problem = encoder_weights(self, parameters, context)[1]
         if problem:
             return self.tr(problem)
         if (self.parameterAsFile(parameters, "UPSAMPLER", context)
@@ -163,6 +169,9 @@ class RunExperiment(SatSynthAlgorithm):
             "BATCH_SIZE": "--batch-size", "VAL_EVERY": "--val-every",
             "MINUTES_PER_RUN": "--minutes-per-run", "COUNT_PER_REAL": "--count-per-real",
             "DEVICE": "--device"})
+        weights = encoder_weights(self, parameters, context)[0]
+        if weights:
+            args += ["--encoder-weights", weights]
         feedback.pushInfo("Runs already in the experiment folder are kept: only the missing "
                           "ones are trained.")
         outputs = self.engine(args, feedback, outer_stage="experiment")

@@ -35,6 +35,41 @@ def encoder_problem(arch: str, encoder: str) -> str:
     return ""
 
 
+def weights_parameters(alg: SatSynthAlgorithm) -> list[Any]:
+    """The encoder's starting weights: none (random), ImageNet, TorchGeo weights named in
+    TORCHGEO_WEIGHTS, or a local file (ENCODER_WEIGHTS)."""
+    return [
+        alg.enum_param("PRETRAINED", "Pretrained encoder weights (none: random, or the file "
+                       "below; imagenet; torchgeo: the TorchGeo weights named below)",
+                       contract.PRETRAINED, contract.PRETRAINED[0]),
+        QgsProcessingParameterString("TORCHGEO_WEIGHTS", alg.tr(
+            f"TorchGeo weights (with torchgeo), e.g. {contract.TORCHGEO_SUGGESTED}"), "",
+            optional=True),
+        QgsProcessingParameterFile("ENCODER_WEIGHTS", alg.tr(
+            "Encoder weights (a local .safetensors or .pth file)"), compat.FILE_FILE,
+            optional=True, fileFilter="Weights (*.safetensors *.pth *.pt)"),
+    ]
+
+
+def encoder_weights(alg: SatSynthAlgorithm, parameters: dict[str, Any],
+                    context: QgsProcessingContext) -> tuple[str, str]:
+    """(the ``--encoder-weights`` value, '' for random; why the choice is wrong, '' if not)."""
+    choice = alg.enum_value(parameters, "PRETRAINED", context) or contract.PRETRAINED[0]
+    name = alg.parameterAsString(parameters, "TORCHGEO_WEIGHTS", context).strip()
+    path = alg.parameterAsFile(parameters, "ENCODER_WEIGHTS", context)
+    if path and choice != contract.PRETRAINED[0]:
+        return "", f"Choose either {choice} weights or a weights file ({path}), not both."
+    if path:
+        return path, "" if Path(path).is_file() else f"Encoder weights file {path} does not exist."
+    if choice == "torchgeo":
+        name = name.removeprefix(contract.TORCHGEO_PREFIX)
+        if not name:
+            return "", ("TorchGeo weights: give the weights' name, e.g. "
+                        f"{contract.TORCHGEO_SUGGESTED}.")
+        return contract.TORCHGEO_PREFIX + name, ""
+    return ("" if choice == contract.PRETRAINED[0] else choice), ""
+
+
 class TrainSegmenter(SatSynthAlgorithm):
     """Trains a semantic segmentation model on the real training chips of a dataset, optionally
     mixed with synthetic pairs: Ratio R adds R synthetic pairs per real pair (the paper's |D'| = R
@@ -43,8 +78,12 @@ class TrainSegmenter(SatSynthAlgorithm):
 
     Architecture: fpn (the paper's), unet, deeplabv3plus, pspnet, segformer (use encoder mit_b0), or
     tiny (a small conv net for quick CPU checks; its encoder reads e.g. w16d2). Encoders start from
-    random weights unless 'Encoder weights' names a local file (.safetensors or .pth, e.g. ImageNet
-    weights of the chosen encoder): nothing is downloaded. Mixed precision (fp16 or bf16) speeds
+    random weights unless 'Pretrained encoder weights' says imagenet (the encoder's ImageNet
+    weights, as the paper's segmenters) or torchgeo (TorchGeo's RGB ResNet weights named in
+    'TorchGeo weights', e.g. ResNet50_Weights.FMOW_RGB_GASSL with encoder resnet50), or 'Encoder
+    weights' names a local file (.safetensors or .pth). Named weights are read from their cache:
+    the first run downloads them (or Set up engine fetches them); offline, the log says how to
+    copy them over. The model then scales its input as the weights expect. Mixed precision (fp16 or bf16) speeds
     training up on a CUDA GPU; on a CPU it is ignored.
 
     Outputs: the segmenter folder, its metrics file (JSON) and the validation mIoU.
@@ -78,9 +117,7 @@ class TrainSegmenter(SatSynthAlgorithm):
                                          compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
             QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
                                          d.seed, minValue=0),
-            QgsProcessingParameterFile("ENCODER_WEIGHTS", self.tr(
-                "Encoder weights (a local .safetensors or .pth file)"), compat.FILE_FILE,
-                optional=True, fileFilter="Weights (*.safetensors *.pth *.pt)"),
+            *weights_parameters(self),
             self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)",
                             contract.MIXED_PRECISIONS, d.mixed_precision),
         )
@@ -93,9 +130,9 @@ class TrainSegmenter(SatSynthAlgorithm):
                                   self.parameterAsString(parameters, "ENCODER", context).strip())
         if problem:
             return self.tr(problem)
-        weights = self.parameterAsFile(parameters, "ENCODER_WEIGHTS", context)
-        if weights and not Path(weights).is_file():
-            return self.tr(f"Encoder weights file {weights} does not exist.")
+        problem = encoder_weights(self, parameters, context)[1]
+        if problem:
+            return self.tr(problem)
         return self.folders_problem(parameters, context,
                                     {"DATASET": "dataset", "SYNTHETIC": "synthetic"})
 
@@ -114,8 +151,10 @@ class TrainSegmenter(SatSynthAlgorithm):
                      "--ratio", repr(self.parameterAsDouble(parameters, "RATIO", context))]
         args += self.optional_args(parameters, context, {
             "BATCH_SIZE": "--batch-size", "MINUTES": "--minutes",
-            "ENCODER_WEIGHTS": "--encoder-weights", "MIXED_PRECISION": "--mixed-precision",
-            "DEVICE": "--device"})
+            "MIXED_PRECISION": "--mixed-precision", "DEVICE": "--device"})
+        weights = encoder_weights(self, parameters, context)[0]
+        if weights:
+            args += ["--encoder-weights", weights]
         outputs = self.engine(args, feedback)
         self.push_number(feedback, outputs.get("miou"), "Validation mIoU: {:.3f}")
         return {"OUTPUT": out, "MODEL": str(outputs.get("model") or out),

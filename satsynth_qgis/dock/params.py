@@ -32,6 +32,8 @@ DEVICES = contract.DEVICES
 RECIPES = contract.RECIPES
 MIXED_PRECISION = contract.MIXED_PRECISIONS
 BUDGETS = contract.BUDGETS
+PRETRAINED = contract.PRETRAINED
+TORCHGEO_SUGGESTED = contract.TORCHGEO_SUGGESTED
 
 ALGORITHMS = {
     "prepare": "satsynth:prepare_chips",
@@ -104,13 +106,23 @@ def synthesize(i: DockInputs) -> dict[str, Any]:
             "OUTPUT": str(rf.synthetic)}
 
 
+def _weights(s: Any) -> dict[str, Any]:
+    """The encoder's starting weights (Train segmenter, the experiment): a file wins over the
+    pretrained choice."""
+    if s.encoder_weights:
+        return {"ENCODER_WEIGHTS": s.encoder_weights}
+    if s.pretrained == "torchgeo":
+        return {"PRETRAINED": "torchgeo",
+                "TORCHGEO_WEIGHTS": s.torchgeo_weights or TORCHGEO_SUGGESTED}
+    return {"PRETRAINED": s.pretrained} if s.pretrained in PRETRAINED[1:] else {}
+
+
 def train_segmenter(i: DockInputs) -> dict[str, Any]:
     s, rf = i.settings, _run(i)
     p = {"DATASET": str(rf.dataset), "ARCH": s.arch, "ENCODER": s.encoder, "EPOCHS": s.epochs,
          "BATCH_SIZE": s.batch_size, **_device(s), "MIXED_PRECISION": s.mixed_precision,
          "SEED": s.seed, "OUTPUT": str(rf.segmenter)}
-    if s.encoder_weights:
-        p["ENCODER_WEIGHTS"] = s.encoder_weights
+    p.update(_weights(s))
     if rf.has("synthetic") and s.synthetic_ratio > 0:
         p.update({"SYNTHETIC": str(rf.synthetic), "RATIO": s.synthetic_ratio})
     return p
@@ -124,7 +136,7 @@ def experiment(i: DockInputs) -> dict[str, Any]:
          "SEEDS": s.experiment_seeds, "BUDGET": s.experiment_budget,
          "REAL_FRACTION": s.real_fraction, "ARCH": s.arch, "ENCODER": s.encoder,
          "EPOCHS": s.epochs, "BATCH_SIZE": s.batch_size, **_device(s),
-         "OUTPUT": str(rf.experiment)}
+         "OUTPUT": str(rf.experiment), **_weights(s)}
     if rf.has("generator"):
         p["GENERATOR"] = str(rf.generator)
         if s.upsampler:  # the same cascade as Synthesize uses

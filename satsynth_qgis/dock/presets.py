@@ -27,6 +27,8 @@ class StageSettings:
     arch: str = "fpn"
     encoder: str = "resnet18"
     encoder_weights: str = ""  # a local weights file for the segmenter's encoder ('' = random)
+    pretrained: str = "none"  # none, imagenet, torchgeo (the segmenter's encoder; not with a file)
+    torchgeo_weights: str = ""  # with pretrained = torchgeo: TorchGeo's weights name
     epochs: int = 5
     synthetic_ratio: float = 0.5
     mixed_precision: str = "no"  # no, fp16, bf16 (a CUDA GPU)
@@ -78,7 +80,8 @@ PRESETS: dict[str, StageSettings] = {
     "Paper-scale on GPU": StageSettings(
         chip_size=128, stride=128, val_fraction=0.1, recipe="paper", generator_size="base",
         generator_steps=100000, batch_size=32, synth_count=5000, sampler="ddpm",
-        sampler_steps=1000, arch="fpn", encoder="resnet50", epochs=80, synthetic_ratio=1.0,
+        sampler_steps=1000, arch="fpn", encoder="resnet50", pretrained="imagenet", epochs=80,
+        synthetic_ratio=1.0,
         mixed_precision="bf16", experiment_ratios="0,1,2,3,5", experiment_seeds=3,
         device="cuda", tile=1024, overlap=128),
 }

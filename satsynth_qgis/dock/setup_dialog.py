@@ -11,6 +11,7 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -19,8 +20,22 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .. import setup_engine
+from ..contract import contract
+from . import params
 
 SETTINGS_PREFIX = "SatSynth/setup/"
+
+
+def parse_weights(text: str) -> list[tuple[str, str]]:
+    """'imagenet resnet18, torchgeo:X resnet50' -> [(weights, encoder), ...] (the encoder
+    defaults to train-segmenter's)."""
+    pairs = []
+    for item in text.split(","):
+        words = item.split()
+        if words:
+            pairs.append((words[0], words[1] if len(words) > 1
+                          else contract.SegmenterTrainFields().encoder))
+    return pairs
 
 
 class SetupEngineDialog(QDialog):
@@ -54,6 +69,15 @@ class SetupEngineDialog(QDialog):
         self.venv_widget.setFilePath(s.value(SETTINGS_PREFIX + "venv", "")
                                      or str(setup_engine.default_venv_dir()))
         form.addRow("Environment folder", self.venv_widget)
+        self.weights_edit = QLineEdit(self._chosen_weights())
+        self.weights_edit.setObjectName("setupWeights")
+        self.weights_edit.setPlaceholderText("none (e.g. imagenet resnet18, or "
+                                             "torchgeo:ResNet50_Weights.FMOW_RGB_GASSL resnet50)")
+        self.weights_edit.setToolTip(
+            "Pretrained encoder weights to download into their cache while online, as "
+            "'WEIGHTS ENCODER' pairs separated by commas (the dock's choice is filled in); "
+            "training from them then works offline")
+        form.addRow("Fetch encoder weights", self.weights_edit)
         layout.addLayout(form)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -79,12 +103,25 @@ class SetupEngineDialog(QDialog):
         self.cancel_button.clicked.connect(self.cancel)
         self.close_button.clicked.connect(self.close)
 
+    def _chosen_weights(self) -> str:
+        """The dock's pretrained choice as 'WEIGHTS ENCODER' ('' for none or a file)."""
+        try:
+            s = self.dock.stage_settings()
+        except AttributeError:  # no dock (tests, the toolbox)
+            return ""
+        if s.encoder_weights or s.pretrained == "none":
+            return ""
+        name = s.pretrained if s.pretrained != "torchgeo" else (
+            "torchgeo:" + (s.torchgeo_weights or params.TORCHGEO_SUGGESTED))
+        return f"{name} {s.encoder}"
+
     def make_plan(self) -> setup_engine.SetupPlan | None:
         """The plan for the chosen Python and folder (errors go to the log)."""
         try:
             python = self.python_widget.filePath().strip() or None
             info = setup_engine.find_python(python)
-            return setup_engine.build_plan(self.venv_widget.filePath().strip(), python=info)
+            return setup_engine.build_plan(self.venv_widget.filePath().strip(), python=info,
+                                           weights=parse_weights(self.weights_edit.text()))
         except setup_engine.SetupError as exc:
             self.log.appendPlainText(str(exc))
             self.step_label.setText(str(exc))

@@ -261,10 +261,19 @@ def _build_advanced(dock: QDockWidget, box: QgsCollapsibleGroupBox) -> None:
     dock.adv["upsampler"] = upsampler
     combo("arch", list(params.ARCHITECTURES), "Segmentation architecture")
     combo("encoder", list(params.ENCODERS), "Encoder backbone")
+    combo("pretrained", list(params.PRETRAINED),
+          "The encoder's starting weights: none (random, or the file below), imagenet, or "
+          "torchgeo (the TorchGeo weights named below); downloaded once into their cache (Set up "
+          "engine can fetch them)")
+    tg = QLineEdit()
+    tg.setPlaceholderText(params.TORCHGEO_SUGGESTED)
+    tg.setToolTip("With pretrained = torchgeo: TorchGeo's weights name (RGB ResNet weights, "
+                  "the encoder they were trained for, e.g. resnet50)")
+    dock.adv["torchgeo_weights"] = tg
     weights = QgsFileWidget()
     weights.setFilter("Weights (*.safetensors *.pth *.pt)")
-    weights.setToolTip("A local weights file for the encoder (e.g. ImageNet weights); "
-                       "empty: random weights. Nothing is downloaded.")
+    weights.setToolTip("A local weights file for the encoder; it is used instead of the "
+                       "pretrained choice above. Empty: that choice.")
     dock.adv["encoder_weights"] = weights
     spin("epochs", 1, 10_000, 1, "Segmenter training epochs")
     dspin("synthetic_ratio", 0.0, 10.0, 0.25,
@@ -290,7 +299,8 @@ def _build_advanced(dock: QDockWidget, box: QgsCollapsibleGroupBox) -> None:
               "batch_size": "Batch size", "synth_count": "Synthetic pairs",
               "sampler": "Sampler", "sampler_steps": "Sampler steps", "upsampler": "Upsampler",
               "arch": "Architecture", "encoder": "Encoder",
-              "encoder_weights": "Encoder weights", "epochs": "Epochs",
+              "pretrained": "Pretrained weights", "torchgeo_weights": "TorchGeo weights",
+              "encoder_weights": "Encoder weights file", "epochs": "Epochs",
               "synthetic_ratio": "Synthetic ratio", "mixed_precision": "Mixed precision",
               "experiment_ratios": "Experiment ratios", "experiment_seeds": "Experiment seeds",
               "experiment_budget": "Experiment budget", "real_fraction": "Real fraction",

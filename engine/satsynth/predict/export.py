@@ -14,7 +14,10 @@ consecutive from 0), ``resolution`` (float, cm/px), ``tile_size`` (int; its docu
 ``tiles_size``: both are written), ``tiles_overlap`` (int, percent of the tile), ``seg_thresh``
 (float; 0 turns its probability threshold off, so it takes the argmax as we do) and
 ``standardization_mean`` / ``standardization_std`` (per-band lists, applied after it divides
-8-bit values by 255), which reproduce our normalization exactly.
+8-bit values by 255), which reproduce our normalization exactly, and ``seg_small_segment`` (0:
+its small-segment median filter off, as SatSynth predicts). A model trained from pretrained
+weights standardizes its input as they expect inside the graph
+(``satsynth_input_standardization``), so the graph's input is the same for every model.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ def onnx_metadata(cfg: Any, tile_h: int, tile_w: int, overlap: int, digest: str
         "tiles_size": tile_w,
         "tiles_overlap": math.ceil(100 * overlap / tile_w),
         "seg_thresh": 0.0,
+        # Deepness's small-segment filter (a median filter of this size, 9 px by default) is
+        # off: SatSynth's models are trained and evaluated without a post-filter
+        "seg_small_segment": 0,
         # Deepness divides 8-bit values by 255, then (x - mean) / std: our [-1, 1] scaling
         "standardization_mean": [float(v) for v in (low + high) / 510.0],
         "standardization_std": [float(v) for v in (high - low) / 510.0],
@@ -85,6 +91,9 @@ def onnx_metadata(cfg: Any, tile_h: int, tile_w: int, overlap: int, digest: str
         "satsynth_overlap": overlap,
         "satsynth_input": "Normalizer.to_model: (value - low) / (high - low) * 2 - 1, "
                           "clipped to [-1, 1]",
+        # what pretrained encoder weights expect, applied inside the graph to its input x:
+        # ((x + 1) / 2 - mean) / std per band (null: none)
+        "satsynth_input_standardization": getattr(cfg, "input_standardization", None),
         "satsynth_output": "softmax class probabilities over the class indices 0..K-1",
         DIGEST_KEY: digest,
     }

@@ -51,6 +51,35 @@ def add_train_args(p: argparse.ArgumentParser, d: _Declared) -> None:
                    help="train on this fraction of the real training chips (low-data study)")
 
 
+def add_encoder_weights(p: argparse.ArgumentParser, default: str | None) -> None:
+    """``--encoder-weights``: random, a name smp knows, TorchGeo weights or a local file."""
+    p.add_argument("--encoder-weights", metavar="WEIGHTS", default=default,
+                   help="start the encoder from pretrained weights: a name smp knows for the "
+                        "encoder (imagenet, ...), torchgeo:NAME (TorchGeo's RGB ResNet weights, "
+                        "e.g. torchgeo:ResNet50_Weights.FMOW_RGB_GASSL; pip install "
+                        "'satsynth[torchgeo]'), or a local .safetensors/.pth file. Named "
+                        "weights are read from their cache (downloaded once: satsynth "
+                        "fetch-weights); the model then standardizes its input as they expect. "
+                        "Default: random weights")
+
+
+def _add_fetch_weights(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = add_command(subparsers, common, "fetch-weights", _fetch_weights,
+                    help="download pretrained encoder weights into their cache (while online), "
+                         "so that training from them works offline")
+    p.add_argument("weights", help="imagenet (or another name smp knows for the encoder) or "
+                                   "torchgeo:NAME")
+    p.add_argument("--encoder", default=SegmenterTrainFields.encoder,
+                   help=f"encoder backbone (default {SegmenterTrainFields.encoder})")
+
+
+def _fetch_weights(args: argparse.Namespace) -> dict[str, Any]:
+    """Fetch named encoder weights into the cache training reads them from."""
+    from satsynth.segmenter.weights import fetch_weights
+
+    return fetch_weights(args.weights, args.encoder)
+
+
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the segmenter sub-commands."""
     seg = SegmenterTrainFields()
@@ -64,8 +93,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="synthetic pairs per real pair R (|D'| = R |D|; default 1 with "
                         "--synthetic, else 0)")
     add_model_args(p, seg)
-    p.add_argument("--encoder-weights", metavar="PATH", default=seg.encoder_weights,
-                   help="local encoder weights (.safetensors or .pth); nothing is downloaded")
+    add_encoder_weights(p, seg.encoder_weights)
     add_train_args(p, seg)
     p.add_argument("--max-steps", type=int, default=seg.max_steps,
                    help="train for this many optimizer steps in total instead of --epochs")
@@ -94,6 +122,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     from satsynth.segmenter import scoring_cli
 
     scoring_cli.register(subparsers, common)  # score-pairs, filter-pairs, synthesize --score-with
+    _add_fetch_weights(subparsers, common)
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:

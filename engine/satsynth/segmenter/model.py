@@ -43,16 +43,42 @@ class SegmenterConfig(ModelConfig):
     pixel_size: list[float] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    #: what pretrained encoder weights expect, applied by the model to its normalized input
+    #: ({"weights", "mean", "std"} on 0..1: :mod:`satsynth.segmenter.weights`); None: no
+    #: standardization (random or file weights, and every model folder older than this field)
+    input_standardization: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's form; ``input_standardization`` only where there is one (so a model
+        from random weights writes the same file as before the field existed)."""
+        d = super().to_dict()
+        if d.get("input_standardization") is None:
+            d.pop("input_standardization", None)
+        return d
 
 
 def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) -> Any:
-    """Build the smp model; ``encoder_weights`` is a local safetensors/state file, never a
-    download."""
+    """Build the smp model. ``encoder_weights`` (``--encoder-weights``) is a local
+    safetensors/state file, a name smp knows for the encoder (``imagenet``, ...) or
+    ``torchgeo:NAME`` (:mod:`satsynth.segmenter.weights`: from their caches, downloaded once);
+    named weights set ``cfg.input_standardization``, which the model then applies to its input."""
     import segmentation_models_pytorch as smp
 
+    from satsynth.segmenter.weights import (
+        apply_input_standardization,
+        load_named_weights,
+        parse_weights,
+    )
+
     arch = cfg.arch.lower()
+    spec = parse_weights(encoder_weights, cfg.encoder)
     if arch == TINY_ARCH:
-        return _build_tiny(cfg)
+        if spec is not None and spec.kind != "file":
+            raise SatSynthError(f"the {TINY_ARCH} architecture has no pretrained weights "
+                                f"({spec.label}); choose an smp architecture")
+        tiny = _build_tiny(cfg)
+        apply_input_standardization(tiny, cfg.input_standardization)
+        return tiny
     if arch not in SMP_CLASSES:
         raise SatSynthError(f"unknown architecture {cfg.arch!r}; choose from {', '.join(ARCHITECTURES)}")
     cls = getattr(smp, SMP_CLASSES[arch])
@@ -64,8 +90,12 @@ def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) ->
         model = cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 - smp raises KeyError/ValueError for bad combos
         raise SatSynthError(f"cannot build {cfg.arch} with encoder {cfg.encoder!r}: {exc}") from None
-    if encoder_weights:
-        _load_encoder_weights(model, Path(encoder_weights))
+    if spec is not None and spec.kind == "file":
+        _load_encoder_weights(model, Path(spec.name))
+    elif spec is not None:
+        cfg.input_standardization = load_named_weights(model, spec, cfg.encoder,
+                                                       cfg.in_channels)
+    apply_input_standardization(model, cfg.input_standardization)
     return model
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from satsynth.cli_common import add_command
 from satsynth.contract import BUDGETS, SAMPLERS, ExperimentFields
-from satsynth.segmenter.cli import add_model_args, add_train_args
+from satsynth.segmenter.cli import add_encoder_weights, add_model_args, add_train_args
 from satsynth.workflows import demo
 
 
@@ -55,6 +55,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="steps between validations for the steps/converge budgets (default: "
                         "one pass over the real chips)")
     add_model_args(p, exp)
+    add_encoder_weights(p, exp.encoder_weights)
     add_train_args(p, exp)
 
     demo.register(subparsers, common)
@@ -69,7 +70,7 @@ def _experiment(args: argparse.Namespace) -> dict[str, Any]:
     return run_experiment(
         args.dataset, args.generator, args.out, upsampler=args.upsampler, ratios=args.ratios, seeds=args.seeds,
         real_fraction=args.real_fraction, count_per_real=args.count_per_real, arch=args.arch,
-        encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        encoder=args.encoder, encoder_weights=args.encoder_weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         dice=args.dice, class_weights=args.class_weights, patience=args.patience,
         minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
         device=args.device, keep_models=args.keep_models, budget=args.budget,

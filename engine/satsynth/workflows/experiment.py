@@ -57,8 +57,10 @@ class ExperimentConfig(ExperimentFields):
         """A short hash of every option that affects training."""
         keys = ("real_fraction", "arch", "encoder", "epochs", "budget", "batch_size", "lr",
                 "dice", "class_weights", "patience", "minutes_per_run", "val_every")
-        blob = json.dumps({"protocol": PROTOCOL, **{k: getattr(self, k) for k in keys}},
-                          sort_keys=True)
+        fields = {k: getattr(self, k) for k in keys}
+        if self.encoder_weights:  # absent when random: the keys of earlier runs stay valid
+            fields["encoder_weights"] = self.encoder_weights
+        blob = json.dumps({"protocol": PROTOCOL, **fields}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -240,7 +242,8 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
             mdir = model_dir(seed, variant, r)
             res = train_segmenter(
                 real.path, mdir, synthetic=stores, ratio=r, arch=cfg.arch,
-                encoder=cfg.encoder, batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
+                encoder=cfg.encoder, encoder_weights=cfg.encoder_weights,
+                batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
                 class_weights=cfg.class_weights, real_fraction=cfg.real_fraction,
                 minutes=cfg.minutes_per_run, seed=seed, device=cfg.device,
                 synthetic_mode="pretrain" if mode == "pretrain" else "mix",
