@@ -42,6 +42,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         subparsers, common, "score-pairs", _score,
         help="score each synthetic pair by how well a real-trained segmenter agrees with its mask")
     p.add_argument("synthetic", metavar="SYN_DIR", help="synthetic folder (satsynth synthesize)")
+    p.set_defaults(writes_into=("synthetic",))  # updated in place: locked as an output
     p.add_argument("--segmenter", required=True, metavar="SEG_DIR",
                    help="segmenter trained on real chips (satsynth train-segmenter)")
     add_batch_size(p, 32)
