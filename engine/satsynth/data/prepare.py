@@ -44,7 +44,7 @@ from satsynth.data.labels import (
     ignore_codes,
 )
 from satsynth.data.normalize import Normalizer
-from satsynth.data.sources import PairSpec, find_folder_pairs
+from satsynth.data.sources import PairSpec, find_folder_pairs, refuse_repeats
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
 from satsynth.outputs import check_output
@@ -166,10 +166,12 @@ def _pair_specs(images: list[Path], labels: list[Path], vectors: list[Path],
         if len(labels) != len(images):
             raise SatSynthError(f"{len(images)} --image but {len(labels)} --labels: give one label "
                                 "raster per image, in the same order")
+        refuse_repeats(images, "--image")
         return [PairSpec(i, lab, "raster") for i, lab in zip(images, labels, strict=True)]
     if len(vectors) not in (1, len(images)):
         raise SatSynthError(f"{len(images)} --image but {len(vectors)} --vector: give one vector "
                             "file for all images, or one per image")
+    refuse_repeats(images, "--image")
     vecs = vectors * len(images) if len(vectors) == 1 else vectors
     return [PairSpec(i, v, "vector", layer) for i, v in zip(images, vecs, strict=True)]
 

@@ -33,6 +33,7 @@ import numpy as np
 from satsynth import progress
 from satsynth.data.classes import IGNORE_INDEX, ClassTable
 from satsynth.data.normalize import Normalizer
+from satsynth.data.sources import refuse_repeats
 from satsynth.data.store import (
     SCORE_COLUMNS,
     ChipSplit,
@@ -350,6 +351,7 @@ def filter_pairs(synthetic: str | Path | list[str | Path], out: str | Path,
     paths = [Path(p) for p in ([synthetic] if isinstance(synthetic, (str, Path)) else synthetic)]
     if not paths:
         raise SatSynthError("no synthetic folder to filter")
+    refuse_repeats(paths, "filter-pairs")
     check_output(out, "synthetic", inputs=paths)
     stores = [ChipStore(p) for p in paths]
     first = stores[0]
