@@ -300,3 +300,28 @@ def test_one_folder_given_twice_is_refused(w, tmp_path):
                 str(w["img"]), "--labels", str(w["lab"]), "--out", str(r / "o"),
                 "--chip-size", "16"], keep, "given twice to --image", "img.tif", fresh=r / "o")
 
+
+
+# --- 4. synthesize --score-with checks the segmenter before sampling -----------------------------
+
+def test_score_with_checks_the_segmenter_before_sampling(w, tmp_path, monkeypatch):
+    import json
+
+    import satsynth.generator.sample as sample
+
+    def no_sampling(*_a, **_k):
+        raise AssertionError("sampled before checking the scoring segmenter")
+
+    monkeypatch.setattr(sample, "synthesize", no_sampling)
+    other = tmp_path / "seg_other"
+    shutil.copytree(w["seg"], other, ignore=shutil.ignore_patterns("*.onnx"))
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["classes"]["classes"][0]["name"] = "lava"
+    (other / "config.json").write_text(json.dumps(cfg))
+    nan = _poison(w["seg"], tmp_path / "seg_nan", "model")
+    out = tmp_path / "syn"
+    for seg, says in ((other, "differ from the model's"), (nan, "NaN or infinite")):
+        for extra in ([], ["--keep", "0.5"]):
+            refused(w, ["synthesize", str(w["gen"]), "--count", "2", "--out", str(out),
+                        "--score-with", str(seg), "--device", "cpu", *extra],
+                    [w["gen"], seg], says, seg.name if seg == nan else "gen", fresh=out)

@@ -116,17 +116,26 @@ def summarize_scores(scores: np.ndarray) -> dict[str, Any]:
 
 
 def _load_scorer(segmenter: str | Path, store: ChipStore, device: str) -> tuple[Any, Any, Any]:
+    return load_scorer(segmenter, store.classes, store.meta.bands, store.meta.chip_size,
+                       store.path, device)
+
+
+def load_scorer(segmenter: str | Path, classes: ClassTable, bands: int, chip_size: int,
+                where: str | Path, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """The scoring segmenter ``(model, config, device)`` for pairs of ``classes``, ``bands`` and
+    ``chip_size`` (those of the synthetic folder, or of the generator that will make them:
+    ``synthesize --score-with`` checks before sampling); one line naming ``where`` otherwise."""
     from satsynth.device import resolve_device
     from satsynth.segmenter.evaluate import _check_same_classes
     from satsynth.segmenter.model import check_chip_size, load_segmenter
 
     dev = resolve_device(device)
     model, cfg = load_segmenter(segmenter, dev)
-    _check_same_classes(cfg.classes, store.classes, store.path)
-    if store.meta.bands != cfg.in_channels:
-        raise SatSynthError(f"the pairs have {store.meta.bands} band(s), the segmenter "
-                            f"{segmenter} expects {cfg.in_channels}", store.path)
-    check_chip_size(model, store.meta.chip_size, cfg.arch, cfg.encoder)
+    _check_same_classes(cfg.classes, classes, Path(where))
+    if bands != cfg.in_channels:
+        raise SatSynthError(f"the pairs have {bands} band(s), the segmenter "
+                            f"{segmenter} expects {cfg.in_channels}", where)
+    check_chip_size(model, chip_size, cfg.arch, cfg.encoder)
     return model, cfg, dev
 
 
