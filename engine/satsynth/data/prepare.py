@@ -166,12 +166,10 @@ def _pair_specs(images: list[Path], labels: list[Path], vectors: list[Path],
         if len(labels) != len(images):
             raise SatSynthError(f"{len(images)} --image but {len(labels)} --labels: give one label "
                                 "raster per image, in the same order")
-        refuse_repeats(images, "--image")
         return [PairSpec(i, lab, "raster") for i, lab in zip(images, labels, strict=True)]
     if len(vectors) not in (1, len(images)):
         raise SatSynthError(f"{len(images)} --image but {len(vectors)} --vector: give one vector "
                             "file for all images, or one per image")
-    refuse_repeats(images, "--image")
     vecs = vectors * len(images) if len(vectors) == 1 else vectors
     return [PairSpec(i, v, "vector", layer) for i, v in zip(images, vecs, strict=True)]
 
@@ -592,6 +590,8 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
     table = _load_table(classes)
     specs = pairs if pairs is not None else \
         _pair_specs(_as_list(images), _as_list(labels), _as_list(vectors), folder_p, layer)
+    refuse_repeats([sp.image for sp in specs], "--image" if folder_p is None else
+                   f"--folder (its images; {folder_p})")
     sources = _open_images(specs, cfg, lenient=folder_p is not None)
     try:
         for s in sources:
