@@ -335,7 +335,7 @@ def test_score_with_checks_the_segmenter_before_sampling(w, tmp_path, monkeypatc
     (other / "config.json").write_text(json.dumps(cfg))
     nan = _poison(w["seg"], tmp_path / "seg_nan", "model")
     out = tmp_path / "syn"
-    for seg, says in ((other, "differ from the model's"), (nan, "NaN or infinite")):
+    for seg, says in ((other, "differ from those of the segmenter"), (nan, "NaN or infinite")):
         for extra in ([], ["--keep", "0.5"]):
             refused(w, ["synthesize", str(w["gen"]), "--count", "2", "--out", str(out),
                         "--score-with", str(seg), "--device", "cpu", *extra],

@@ -126,12 +126,13 @@ def load_scorer(segmenter: str | Path, classes: ClassTable, bands: int, chip_siz
     ``chip_size`` (those of the synthetic folder, or of the generator that will make them:
     ``synthesize --score-with`` checks before sampling); one line naming ``where`` otherwise."""
     from satsynth.device import resolve_device
-    from satsynth.segmenter.evaluate import _check_same_classes
     from satsynth.segmenter.model import check_chip_size, load_segmenter
 
     dev = resolve_device(device)
     model, cfg = load_segmenter(segmenter, dev)
-    _check_same_classes(cfg.classes, classes, Path(where))
+    if [(c.id, c.name) for c in cfg.classes.classes] != [(c.id, c.name) for c in classes.classes]:
+        raise SatSynthError(f"the pairs' classes {classes.names} differ from those of the "
+                            f"segmenter {segmenter} ({cfg.classes.names})", where)
     if bands != cfg.in_channels:
         raise SatSynthError(f"the pairs have {bands} band(s), the segmenter "
                             f"{segmenter} expects {cfg.in_channels}", where)
