@@ -236,6 +236,12 @@ def test_forged_onnx_cache_is_rebuilt(w, tmp_path):
         np.testing.assert_array_equal(a.read(1), b.read(1))
     code, err = _predict(w, seg, tmp_path / "again.tif", "onnx")  # the rebuilt cache is reused
     assert code == 0 and "exporting" not in err, err
+    cache.unlink()
+    cache.mkdir()  # something that is not SatSynth's under the cache's name: left alone
+    (cache / "mine.txt").write_text("mine")
+    code, err = _predict(w, seg, tmp_path / "beside.tif", "onnx")
+    assert code == 0 and "is not a file" in err, err
+    assert (cache / "mine.txt").read_text() == "mine" and leftovers(w["root"]) == []
 
 
 def test_one_export_per_tile_size_and_none_of_old_weights(w, tmp_path):

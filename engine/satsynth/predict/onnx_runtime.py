@@ -128,10 +128,7 @@ class OnnxForward(Forward):
         self.sessions: dict[tuple[int, int], Any] = {}
         self._scratch: tempfile.TemporaryDirectory | None = None
         folder = folder or cache_folder(model_dir)
-        if folder is None:  # nowhere to keep it: for this run only
-            self._scratch = tempfile.TemporaryDirectory(prefix="satsynth-onnx-")
-            folder = Path(self._scratch.name)
-        self.folder = folder
+        self.folder = folder if folder is not None else self._scratch_folder()
         self.exported: list[Path] = []
 
     def __call__(self, x: np.ndarray) -> Any:
@@ -144,6 +141,12 @@ class OnnxForward(Forward):
         sess = self.sessions.get((th, tw)) or self._session(th, tw)
         probs = onnx_format.run_session(sess, x)[..., :h, :w]
         return torch.from_numpy(np.ascontiguousarray(probs)).to(self.device)
+
+    def _scratch_folder(self) -> Path:
+        """A temporary folder for exports kept for this run only (nowhere to cache them)."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="satsynth-onnx-")
+        return Path(self._scratch.name)
 
     def _open(self, path: Path) -> Any:
         return onnx_format.open_session(self.ort, path, self.providers)
@@ -170,6 +173,9 @@ class OnnxForward(Forward):
 
     def _session(self, tile_h: int, tile_w: int) -> Any:
         path = self.folder / cache_path(self.model_dir, tile_h, tile_w).name
+        if path.exists() and not path.is_file():  # not ours to replace: this run only
+            log.info("%s is not a file: the ONNX export is kept for this run only", path)
+            path = self._scratch_folder() / path.name
         sess = self._cached(path, tile_h, tile_w) if path.is_file() else None
         if sess is None:
             log.info("exporting the model to ONNX for %d x %d tiles into %s (once per model and "
