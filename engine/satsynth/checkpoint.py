@@ -7,6 +7,7 @@ everything needed to rebuild and use the model) and one ``<name>.safetensors`` p
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ def save_model_dir(path: str | Path, kind: str, config: dict[str, Any],
     from safetensors.torch import save_file
 
     path = Path(path)
+    for name, state in tensors.items():
+        bad = first_non_finite(state)
+        if bad is not None:
+            raise SatSynthError(
+                f"the {kind}'s {name} tensor {bad} holds NaN or infinite values: training "
+                "diverged, so nothing was saved (check the dataset for NaN/inf pixels, or lower "
+                "the learning rate)", path)
     cfg = {"kind": kind, "format_version": FORMAT_VERSION, "satsynth_version": __version__,
            **config}
     with atomic_dir(path) as tmp:
@@ -84,6 +92,33 @@ def load_tensors(path: str | Path, name: str = "model", device: str = "cpu") -> 
     if not f.is_file():
         raise SatSynthError(f"weights file {f.name} is missing", Path(path))
     try:
-        return load_file(str(f), device=device)
+        state = load_file(str(f), device=device)
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad files
         raise SatSynthError(f"weights file is corrupt or truncated ({exc})", f) from None
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise SatSynthError(f"tensor {bad} holds NaN or infinite values: these weights come from "
+                            "a diverged training and are not used; train the model again", f)
+    return state
+
+
+def first_non_finite(state: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding NaN or inf (None: all
+    finite). A model with such weights is never saved nor loaded."""
+    import torch
+
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and \
+                not bool(torch.isfinite(t).all()):
+            return key
+    return None
+
+
+def check_finite_loss(loss: float, step: int, dataset: str | Path, lr: float) -> None:
+    """Stop a training whose loss became NaN or infinite (its weights are lost), with one line
+    naming the dataset and what to check. Called once per optimizer step."""
+    if not math.isfinite(loss):
+        raise SatSynthError(
+            f"training stopped at step {step}: the loss is {loss} (not finite), the weights "
+            "diverged and are not saved; check the dataset for NaN/inf "
+            f"pixels (a float image's nodata) or lower the learning rate (now {lr:g})", dataset)

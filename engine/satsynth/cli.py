@@ -37,7 +37,8 @@ COMMAND_MODULES = (data_cli, generator_cli, segmenter_cli, predict_cli, workflow
 
 
 #: Options naming an output (a single path; prepare's repeatable --vector inputs are lists, not
-#: locked): each is locked while a command runs, so two runs never write one output.
+#: locked): each is locked while a command runs, so two runs never write one output. A command
+#: that updates an input folder in place names its option in ``set_defaults(writes_into=...)``.
 OUTPUT_ARGS = ("out", "confidence", "vector")
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libtiff()
     progress.install_signal_handlers()
     # one writer per output: under accelerate launch / torchrun the run's main process
-    locked = OUTPUT_ARGS if launch_rank() == 0 else ()
+    locked = (*OUTPUT_ARGS, *getattr(args, "writes_into", ())) if launch_rank() == 0 else ()
     outs = [v for v in (getattr(args, k, None) for k in locked) if isinstance(v, str)]
     try:
         with output_lock(*outs), _remove_new_folders_on_failure(outs):

@@ -357,13 +357,34 @@ def check_output(out: str | Path, kind: str, inputs: Iterable[PathLike | None] =
 _held: dict[str, object] = {}
 
 
-def _lock_key(path: Path) -> str:
-    return hashlib.sha1(os.fsencode(str(path))).hexdigest()[:32]
+def lock_keys(out: PathLike) -> list[str]:
+    """What a lock on the output ``out`` is keyed on: its place by identity (the device and inode
+    of its nearest existing parent folder, symbolic links resolved, plus the rest of the path)
+    and, when it exists, its own device and inode. The same folder reached through a symbolic
+    link, a bind mount or another spelling of the path gets the same keys."""
+    path = _resolved(out)
+    here, rest = path.parent, [path.name]
+    while not here.exists() and here != here.parent:
+        here, rest = here.parent, [here.name, *rest]
+    try:
+        st = os.stat(here)
+    except OSError:  # not even the parent can be looked at: the path is all there is
+        return [str(path)]
+    keys = [f"{st.st_dev}:{st.st_ino}/" + "/".join(rest)]
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        keys.append(f"{st.st_dev}:{st.st_ino}")
+    return keys
 
 
-def _acquire(path: Path) -> object | None:
-    """A handle that holds the lock on ``path`` until closed (None: another process holds it)."""
-    key = _lock_key(path)
+def _lock_key(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:32]
+
+
+def _acquire(identity: str) -> object | None:
+    """A handle that holds the lock ``identity`` until closed (None: another process holds
+    it)."""
+    key = _lock_key(identity)
     if sys.platform.startswith("linux"):
         # an abstract-namespace socket: no file anywhere, released by the kernel when the
         # process ends, however it ends
@@ -392,6 +413,7 @@ def _acquire(path: Path) -> object | None:
 @contextlib.contextmanager
 def output_lock(*outs: str | Path | None) -> Iterator[None]:
     """Hold a lock on each output for the block; another process asking for one is refused.
+    Locks go by the output's identity (:func:`lock_keys`), not by how its path is spelled.
 
     Re-entrant within a process (the demo and the experiment call stages in-process)."""
     taken: list[str] = []
@@ -399,15 +421,16 @@ def output_lock(*outs: str | Path | None) -> Iterator[None]:
         for out in outs:
             if out is None or os.fspath(out) == "":
                 continue
-            key = str(_resolved(out))
-            if key in _held:
-                continue
-            handle = _acquire(Path(key))
-            if handle is None:
-                raise SatSynthError("another SatSynth run is writing this output right now: "
-                                    "wait for it to finish or choose another output path", out)
-            _held[key] = handle
-            taken.append(key)
+            for key in lock_keys(out):
+                if key in _held:
+                    continue
+                handle = _acquire(key)
+                if handle is None:
+                    raise SatSynthError("another SatSynth run is writing this output right now: "
+                                        "wait for it to finish or choose another output path",
+                                        out)
+                _held[key] = handle
+                taken.append(key)
         yield
     finally:
         for key in taken:

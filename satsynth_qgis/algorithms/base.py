@@ -134,7 +134,7 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
                              context: QgsProcessingContext) -> tuple[bool, str]:
         """Processing's checks, then the engine's output rule for OUTPUT (see
         :meth:`output_problem`), then the algorithm's own (see :meth:`values_problem`)."""
-        ok, msg = super().checkParameterValues(parameters, context)
+        ok, msg = super().checkParameterValues(self.enum_texts(parameters), context)
         if not ok:
             return ok, msg
         problem = self.output_problem(parameters, context) if self.INFO.output_kind else ""
@@ -331,9 +331,27 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         if output:
             self.addOutput(QgsProcessingOutputFolder(output, self.tr(description)))
 
+    def enum_texts(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """``parameters`` with every choice given by its number (``DEVICE=1``, as ``qgis_process
+        help`` documents them, or 1 from a model or script) replaced by the option's text, which
+        the choices (static strings, see :meth:`enum_param`) take; other values unchanged."""
+        fixed = dict(parameters)
+        for param in self.parameterDefinitions():
+            if param.type() != "enum" or not param.usesStaticStrings():
+                continue
+            value, options = parameters.get(param.name()), list(param.options())
+            if isinstance(value, bool) or value in options:
+                continue
+            if isinstance(value, str) and value.strip().isdigit():
+                value = int(value)
+            if isinstance(value, int) and 0 <= value < len(options):
+                fixed[param.name()] = options[value]
+        return fixed
+
     def enum_value(self, parameters: dict[str, Any], name: str,
                    context: QgsProcessingContext) -> str:
         """The chosen option's text (also when a model or script passes its index)."""
+        parameters = self.enum_texts(parameters)
         value = self.parameterAsEnumString(parameters, name, context)
         if not value:  # an index given for a static-string enum
             param = self.parameterDefinition(name)

@@ -183,9 +183,18 @@ def check_label_grid(image_path: Path, image_grid: Grid, label_path: Path, label
     warped onto the image grid). Refuses pairs that cannot be aligned or do not overlap.
 
     ``on_image_grid``: the labels were drawn on the image's pixels (an annotation tool's export
-    without georeference): taken on the image grid when the sizes are equal, refused otherwise.
+    without georeference): taken on the image grid when the sizes are equal, refused otherwise,
+    and refused for georeferenced labels that do not lie on the image's grid (the flag never
+    overrides a georeference).
     """
     if on_image_grid:
+        if label_grid.georeferenced and not label_grid.same_as(image_grid):
+            raise SatSynthError(
+                f"--labels-on-image-grid is for labels without a georeference, but these are "
+                f"in {crs_name(label_grid.crs)} on another grid than the image "
+                f"{image_path.name}: drop the flag (georeferenced labels are aligned by their "
+                "georeference), or remove their georeference if they were drawn on the image's "
+                "pixels", label_path)
         if label_grid.shape != image_grid.shape:
             raise SatSynthError(
                 f"--labels-on-image-grid needs labels of the image's size: the labels are "

@@ -30,9 +30,13 @@ class Normalizer:
         return lo, np.maximum(hi, lo + 1e-6)
 
     def to_model(self, x: np.ndarray) -> np.ndarray:
-        """(C,H,W) or (N,C,H,W) source values -> float32 in [-1, 1]."""
+        """(C,H,W) or (N,C,H,W) source values -> float32 in [-1, 1]. Non-finite values (a float
+        image's NaN/inf nodata, kept as they are in a dataset's chips, whose labels are ignore
+        there) become 0, the value ``predict`` gives pixels without data."""
         lo, hi = self._lh(x.ndim)
         y = (x.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0
+        if np.issubdtype(x.dtype, np.floating):
+            np.nan_to_num(y, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return np.clip(y, -1.0, 1.0, out=y)
 
     def from_model(self, y: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ from satsynth.data.labels import (
     ignore_codes,
 )
 from satsynth.data.normalize import Normalizer
-from satsynth.data.sources import PairSpec, find_folder_pairs
+from satsynth.data.sources import PairSpec, find_folder_pairs, refuse_repeats
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
 from satsynth.outputs import check_output
@@ -590,6 +590,8 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
     table = _load_table(classes)
     specs = pairs if pairs is not None else \
         _pair_specs(_as_list(images), _as_list(labels), _as_list(vectors), folder_p, layer)
+    refuse_repeats([sp.image for sp in specs], "--image" if folder_p is None else
+                   f"--folder (its images; {folder_p})")
     sources = _open_images(specs, cfg, lenient=folder_p is not None)
     try:
         for s in sources:

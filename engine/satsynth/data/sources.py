@@ -30,6 +30,24 @@ MASK_DIR_NAMES = ("masks", "mask", "labels", "label", "annotations", "gt")
 LABEL_KINDS = ("raster", "colors", "vector")
 
 
+def refuse_repeats(paths: list[Path], option: str) -> None:
+    """Refuse an input given twice to a command that merges its inputs (``--image``, synthetic
+    folders...): by identity, so ``a``, ``./a``, a symbolic link to it or the same folder through
+    a bind mount count as one. Merging one input twice would duplicate every chip or pair."""
+    seen: dict[object, Path] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:  # missing: the command says so itself
+            key = os.path.realpath(p)
+        if key in seen:
+            same = "" if str(seen[key]) == str(p) else f" (the same as {seen[key]})"
+            raise SatSynthError(f"given twice to {option}{same}: each input counts once, so "
+                                "give it once", p)
+        seen[key] = p
+
+
 @dataclass
 class PairSpec:
     """One image and its labels, before anything is read."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from satsynth import progress
-from satsynth.checkpoint import load_config, load_tensors, save_model_dir
+from satsynth.checkpoint import check_finite_loss, load_config, load_tensors, save_model_dir
 from satsynth.data.classes import IGNORE_INDEX
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
@@ -443,6 +443,7 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 loss_sum += float(loss.detach())
+            check_finite_loss(loss_sum, step + 1, dataset, lr)
             ema.step(acc.unwrap_model(model).parameters())
             step += 1
             run_s = time.monotonic() - t_start

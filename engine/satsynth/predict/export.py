@@ -184,6 +184,23 @@ def _check_against_torch(module: Any, path: Path, shape: tuple[int, int, int, in
     return float(np.abs(got - want).max())
 
 
+def matches_model(model: Any, path: str | Path, bands: int, tile_h: int, tile_w: int) -> bool:
+    """Whether the graph in ``path`` gives ``model``'s class probabilities (within
+    :data:`TOLERANCE`) on random input: how a cached export is checked before it is used, since
+    its metadata alone says nothing about the graph and weights it holds."""
+    import torch
+
+    device = next(iter(model.parameters())).device
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            diff = _check_against_torch(_deployed(model), Path(path),
+                                        (1, bands, tile_h, tile_w), device)
+    except Exception as exc:  # noqa: BLE001 - another graph may fail in many ways on this input
+        log.debug("%s does not run on %d x %d tiles: %s", path, tile_w, tile_h, exc)
+        return False
+    return diff <= TOLERANCE
+
+
 def write_onnx(model: Any, cfg: Any, path: str | Path, tile_h: int, tile_w: int, *,
                overlap: int, digest: str) -> dict[str, Any]:
     """Export ``model`` (a loaded segmenter, in eval mode) for ``tile_h x tile_w`` tiles to

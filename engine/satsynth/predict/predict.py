@@ -126,7 +126,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
     multiple = input_multiple(model)
     check_tiling(tile, overlap, batch, multiple, cfg.arch)
     amp = dev.type == "cuda"
-    forward = select_forward(runtime, model_dir, model, cfg, dev, overlap)
+    forward = select_forward(runtime, model_dir, model, cfg, dev, overlap, tile)
     log.info("model: %s/%s, %d classes, %d bands; device %s", cfg.arch, cfg.encoder,
              len(table), cfg.in_channels, dev)
 

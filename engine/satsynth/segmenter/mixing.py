@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from satsynth.data.sources import refuse_repeats
 from satsynth.data.store import ChipSplit, ChipStore
 from satsynth.data.subset import real_subset
 from satsynth.errors import SatSynthError
@@ -45,6 +46,7 @@ def draw_synthetic(pool: int, count: int, seed: int = 0) -> np.ndarray:
 
 def open_synthetic(paths: list[str | Path], real: ChipStore) -> list[ChipStore]:
     """Open synthetic stores and check they fit the real dataset (classes, bands, chip size)."""
+    refuse_repeats([Path(p) for p in paths], "--synthetic")
     stores = []
     for p in paths:
         p = Path(p)

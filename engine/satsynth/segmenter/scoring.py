@@ -33,6 +33,7 @@ import numpy as np
 from satsynth import progress
 from satsynth.data.classes import IGNORE_INDEX, ClassTable
 from satsynth.data.normalize import Normalizer
+from satsynth.data.sources import refuse_repeats
 from satsynth.data.store import (
     SCORE_COLUMNS,
     ChipSplit,
@@ -115,17 +116,27 @@ def summarize_scores(scores: np.ndarray) -> dict[str, Any]:
 
 
 def _load_scorer(segmenter: str | Path, store: ChipStore, device: str) -> tuple[Any, Any, Any]:
+    return load_scorer(segmenter, store.classes, store.meta.bands, store.meta.chip_size,
+                       store.path, device)
+
+
+def load_scorer(segmenter: str | Path, classes: ClassTable, bands: int, chip_size: int,
+                where: str | Path, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """The scoring segmenter ``(model, config, device)`` for pairs of ``classes``, ``bands`` and
+    ``chip_size`` (those of the synthetic folder, or of the generator that will make them:
+    ``synthesize --score-with`` checks before sampling); one line naming ``where`` otherwise."""
     from satsynth.device import resolve_device
-    from satsynth.segmenter.evaluate import _check_same_classes
     from satsynth.segmenter.model import check_chip_size, load_segmenter
 
     dev = resolve_device(device)
     model, cfg = load_segmenter(segmenter, dev)
-    _check_same_classes(cfg.classes, store.classes, store.path)
-    if store.meta.bands != cfg.in_channels:
-        raise SatSynthError(f"the pairs have {store.meta.bands} band(s), the segmenter "
-                            f"{segmenter} expects {cfg.in_channels}", store.path)
-    check_chip_size(model, store.meta.chip_size, cfg.arch, cfg.encoder)
+    if [(c.id, c.name) for c in cfg.classes.classes] != [(c.id, c.name) for c in classes.classes]:
+        raise SatSynthError(f"the pairs' classes {classes.names} differ from those of the "
+                            f"segmenter {segmenter} ({cfg.classes.names})", where)
+    if bands != cfg.in_channels:
+        raise SatSynthError(f"the pairs have {bands} band(s), the segmenter "
+                            f"{segmenter} expects {cfg.in_channels}", where)
+    check_chip_size(model, chip_size, cfg.arch, cfg.encoder)
     return model, cfg, dev
 
 
@@ -350,6 +361,7 @@ def filter_pairs(synthetic: str | Path | list[str | Path], out: str | Path,
     paths = [Path(p) for p in ([synthetic] if isinstance(synthetic, (str, Path)) else synthetic)]
     if not paths:
         raise SatSynthError("no synthetic folder to filter")
+    refuse_repeats(paths, "filter-pairs")
     check_output(out, "synthetic", inputs=paths)
     stores = [ChipStore(p) for p in paths]
     first = stores[0]

@@ -42,6 +42,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         subparsers, common, "score-pairs", _score,
         help="score each synthetic pair by how well a real-trained segmenter agrees with its mask")
     p.add_argument("synthetic", metavar="SYN_DIR", help="synthetic folder (satsynth synthesize)")
+    p.set_defaults(writes_into=("synthetic",))  # updated in place: locked as an output
     p.add_argument("--segmenter", required=True, metavar="SEG_DIR",
                    help="segmenter trained on real chips (satsynth train-segmenter)")
     add_batch_size(p, 32)
@@ -111,6 +112,7 @@ def _scored_synthesis(synthesize: Any) -> Any:
         seg = Path(args.score_with)
         if not (seg / "config.json").is_file():
             raise SatSynthError("segmenter folder not found (no config.json)", seg)
+        _check_scorer_first(args, seg)
         if not filtering:
             outputs = synthesize(args)
             scored = score_pairs(args.out, seg, device=args.device, fid_weights=args.fid_weights)
@@ -133,3 +135,18 @@ def _scored_synthesis(synthesize: Any) -> Any:
         return outputs
 
     return run
+
+
+def _check_scorer_first(args: argparse.Namespace, seg: Path) -> None:
+    """Check the scoring segmenter against the pairs the generator (and upsampler) will make,
+    before any sampling: classes, bands, chip size and its weights."""
+    from satsynth.checkpoint import load_config
+    from satsynth.data.classes import ClassTable
+    from satsynth.segmenter.scoring import load_scorer
+
+    gen = load_config(args.model, "generator")
+    size = gen.get("chip_size")
+    if getattr(args, "upsampler", None):
+        size = load_config(args.upsampler, "upsampler").get("chip_size", size)
+    load_scorer(seg, ClassTable.from_dict(gen["classes"]), int(gen["bands"]), int(size),
+                args.model, "cpu")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from satsynth import progress
-from satsynth.checkpoint import save_model_dir
+from satsynth.checkpoint import check_finite_loss, save_model_dir
 from satsynth.contract import (
     ARCHITECTURES,
     CLASS_WEIGHTS,
@@ -393,6 +393,7 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                         p = float(acc.reduce(torch.tensor([p], device=device), "max").item())
                     schedule.step(p)  # at p = 1 the learning rate is at its end
                     pending["losses"].append(float(loss.detach()))
+                    check_finite_loss(pending["losses"][-1], step + 1, dataset, opts.lr)
                     pending["chips"] += len(rows)
                     pending["train_s"] += _now() - t_step
                     step += 1
