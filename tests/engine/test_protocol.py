@@ -410,6 +410,56 @@ def test_paired_difference_interval_on_a_hand_example():
     assert rows["tstr"]["ratio_to_real"] == pytest.approx(0.5)  # 0.25/0.5, 0.3/0.6, 0.2/0.4
     assert rows["tstr"]["ratio_to_real_ci"] == pytest.approx([0.5, 0.5])
     assert rows["real"]["miou_delta"] == pytest.approx(0.0)
+    # power: sd 0.02 over 3 seeds; (t(0.975, 2) + t(0.8, 2)) = 4.302653 + 1.060660 = 5.363313,
+    # MDE = 5.363313 * 0.02 / sqrt(3) = 0.061930; the interval holds 0: "cannot tell"
+    assert mix["miou_delta_sd"] == pytest.approx(0.02)
+    assert mix["mde"] == pytest.approx(0.061930, abs=1e-6)
+    assert mix["seeds_for_target"] == 10 and mix["verdict"] == "cannot tell"
+
+
+def test_minimum_detectable_difference_and_seeds_needed_on_known_values():
+    from satsynth.workflows.protocol import min_detectable_difference, seeds_needed, verdict
+
+    # sd 0.02: at 10 seeds (t(0.975, 9) 2.262157 + t(0.8, 9) 0.883404) * 0.02 / sqrt(10)
+    # = 0.019894 <= 0.02; at 9 seeds (2.306004 + 0.888890) * 0.02 / 3 = 0.021300 > 0.02
+    assert min_detectable_difference(0.02, 10) == pytest.approx(0.019894, abs=1e-6)
+    assert min_detectable_difference(0.02, 9) == pytest.approx(0.021300, abs=1e-6)
+    assert seeds_needed(0.02) == 10
+    # sd 0.05 (the spread): 52 seeds; 51 are not enough
+    assert seeds_needed(0.05) == 52
+    assert min_detectable_difference(0.05, 51) > 0.02 >= min_detectable_difference(0.05, 52)
+    assert min_detectable_difference(0.05, 1) is None and seeds_needed(None) is None
+    assert seeds_needed(0.0) == 2
+    assert verdict(-0.064, 0.042, 0.09) == "cannot tell"  # the mix R=0.5
+    assert verdict(-0.01, 0.01, 0.015) == "no difference of 0.02 or more"
+    assert verdict(0.001, 0.04, 0.03) == "better" and verdict(-0.04, -0.01, 0.03) == "worse"
+    assert verdict(None, None, None) == "cannot tell (1 seed)"
+
+
+def test_the_table_gives_the_power_next_to_each_interval():
+    from satsynth.workflows.protocol import paired_summary
+    from satsynth.workflows.report import experiment_html, experiment_markdown
+
+    def run(variant, ratio, seed, miou):
+        return {"variant": variant, "ratio": ratio, "seed": seed, "miou": miou, "iou": [miou],
+                "mode": "mix", "val_miou": miou, "reported_on": "test", "steps": 10,
+                "real_chips": 16, "synthetic_chips": 16 * ratio}
+
+    runs = [run("real", 0.0, s, m) for s, m in enumerate((0.5, 0.6, 0.4))]
+    runs += [run("mix", 1.0, s, m) for s, m in enumerate((0.51, 0.63, 0.45))]
+    summary = paired_summary(runs, ["a"])
+    md = experiment_markdown(summary, ["a"], {"arch": "tiny"})
+    row = next(line for line in md.splitlines() if line.startswith("| mix |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    head = next(line for line in md.splitlines() if line.startswith("| variant |"))
+    names = [c.strip() for c in head.strip("|").split("|")]
+    assert len(cells) == len(names)
+    got = dict(zip(names, cells, strict=True))
+    assert got["detectable Δ"] == "0.0619" and got["seeds for ±0.02"] == "10"
+    assert got["reading"] == "cannot tell" and "not significant" not in md
+    real = next(line for line in md.splitlines() if line.startswith("| real |"))
+    assert len(real.strip("|").split("|")) == len(names)
+    assert "<td>cannot tell</td>" in experiment_html(md, "plot.png", "t")
 
 
 def test_cli_exposes_the_protocol_flags():
