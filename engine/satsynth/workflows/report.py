@@ -87,7 +87,7 @@ def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
         lines += ["", "Per-class IoU at R=0: " + ", ".join(
             f"{n} {fmt_score(v)}" for n, v in zip(class_names, base["iou_mean"], strict=True)) + "."]
     keys = ("arch", "encoder", "epochs", "budget", "batch_size", "real_fraction", "seeds",
-            "variants", "val_every", "generator", "upsampler")
+            "variants", "val_every", "generator", "upsampler", "protocol")
     lines += ["", "Settings: " + ", ".join(f"{k}={settings[k]}" for k in keys
                                            if settings.get(k) is not None)
               + ".", ""]
