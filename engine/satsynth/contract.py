@@ -358,6 +358,12 @@ class SegmenterTrainFields:
     val_every: int | None = None  # optimizer steps between validations (None: every epoch)
     patience_steps: int | None = None  # with val_every: stop after this many steps w/o gain
     lr_schedule: str = "cosine"
+    # mix: every batch holds batch_size real chips (the real-only run's batches) plus R x
+    # batch_size synthetic ones on top, so every R sees the same real chips at every step
+    synthetic_on_top: bool = False
+    # after training: this many more steps with the learning rate annealed to 0 (cosine) and the
+    # weights averaged over them; the average is the model kept (not the best validation)
+    anneal_steps: int | None = None
 
 
 @dataclass

@@ -37,13 +37,17 @@ class RunExperiment(SatSynthAlgorithm):
     synthetic pairs from the generator, selects it on the real validation chips and scores it on the
     held-out real chips (the test split when the dataset has one), and compares it with the
     real-only run of the same seed. The HTML report (shown in the Results Viewer) has the plot and
-    the table: mIoU per R, the paired difference to R=0 with its 95 % interval, and per-class
-    changes.
+    the table: mIoU per R, the paired difference to R=0 with its 95 % interval, the smallest
+    difference the seeds could detect, the seeds that would detect 0.02, the reading (better,
+    worse, or cannot tell when the interval holds 0 and 0.02 was out of reach), and per-class
+    changes; the panel's log repeats each reading.
 
     Ratios: comma separated, 0 is the real-only baseline (always run). Seeds: runs per ratio; 3 or
-    more give an interval. Budget: steps (every run makes the same number of optimizer steps, so R
-    changes the data, not the compute), epochs (R > 0 runs train longer), or converge (each run
-    trains until its validation mIoU stops improving). Real fraction: train on this share of the
+    more give an interval. Every run sees the same real chips at every step, the synthetic pairs
+    coming on top of them. Budget: steps (every run makes the same number of optimizer steps),
+    epochs (validated after each pass over the real chips), or converge (each run trains until its
+    validation mIoU stops improving, then anneals its learning rate and reports the average of its
+    last weights). Real fraction: train on this share of the
     real chips (the low-data setting where synthetic pairs help most). Variants (advanced), comma
     separated: mix (default), pretrain (synthetic first, then real fine-tuning), tstr (synthetic
     only), filtered and filtered-pretrain (only the half of the synthetic pairs that the real-only

@@ -347,6 +347,9 @@ class SatSynthDock(QDockWidget):
                                   f"report: {report}")
                 if open_reports():
                     QDesktopServices.openUrl(QUrl.fromLocalFile(report))
+            if stage == "experiment":  # the outcome in the engine's words (cannot tell...)
+                for line in params.experiment_outcome(results):
+                    self._log("info", f"Does synthetic data help? {line}")
 
     # ------------------------------------------------------------------ engine
     def refresh_engine_status(self) -> None:

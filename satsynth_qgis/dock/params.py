@@ -221,3 +221,34 @@ def report_path(results: dict[str, Any]) -> str:
             if c.lower().endswith(suffix) and Path(c).is_file():
                 return c
     return ""
+
+
+def experiment_outcome(results: dict[str, Any]) -> list[str]:
+    """One line per compared variant of a finished experiment, from its ``results.json`` (the
+    engine's reading of each paired interval: better, worse, cannot tell, or no difference of
+    0.02 or more, with the minimum detectable difference and the seeds that would detect 0.02);
+    [] when the file is missing or unreadable."""
+    import json
+
+    path = str(results.get("RESULTS") or "")
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))["summary"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    lines = []
+    for row in summary:
+        if row.get("variant") == "real" or row.get("miou_delta") is None:
+            continue
+        ci = row.get("miou_delta_ci")
+        line = (f"{row['variant']} R={row['ratio']:g}: {row.get('verdict', '')} "
+                f"(Δ mIoU {row['miou_delta']:+.3f}"
+                + (f", 95 % interval [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + ")")
+        if row.get("mde") is not None:
+            need = row.get("seeds_for_target")
+            line += (f"; the smallest difference these {len(row.get('paired_seeds', []))} "
+                     f"seeds could detect: {row['mde']:.3f}"
+                     + (f"; {need} seeds would detect {row.get('target_difference', 0.02):g}"
+                        if need else ""))
+        lines.append(line)
+    return lines
+

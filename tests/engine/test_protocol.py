@@ -272,16 +272,18 @@ def test_experiment_validates_every_r_at_the_same_step_cadence(ds, tmp_path, mon
 
     def spy(*a, **k):
         seen.append((k["ratio"], k.get("val_every"), k.get("patience_steps"), k.get("max_steps"),
-                     k.get("lr_schedule")))
+                     k.get("lr_schedule"), k.get("anneal_steps"), k.get("synthetic_on_top")))
         return original(*a, **k)
 
     monkeypatch.setattr(train_mod, "train_segmenter", spy)
     gen = _stand_in_generator(tmp_path, monkeypatch)
     out = run_experiment(ds, gen, tmp_path / "exp", ratios="0,1", seeds=1, epochs=2,
                          budget="converge", patience=2, real_fraction=0.25, **TINY)
-    # 16 real chips = 2 steps per pass: validate every 2 steps for R=0 and R=1 alike
+    # 16 real chips = 2 steps per pass: validate every 2 steps for R=0 and R=1 alike; the cap
+    # (--epochs passes over the real chips), the patience and the anneal are the same for every
+    # R, in real passes, and the synthetic chips come on top of the real ones
     assert [s[:3] for s in seen] == [(0.0, 2, 4), (1.0, 2, 4)]
-    assert {s[3] for s in seen} == {8} and {s[4] for s in seen} == {"constant"}
+    assert {s[3:] for s in seen} == {(4, "constant", 4, True)}
     res = json.loads(open(out["results"]).read())
     assert res["settings"]["budget"] == "converge" and res["settings"]["val_every"] == 2
 
@@ -297,10 +299,12 @@ class ReadSpy:
         from satsynth.segmenter.mixing import TrainingMix
 
         self.rows = []
+        self.paused = False
         original = TrainingMix.read
 
         def read(mix, rows):
-            self.rows.append(np.asarray(rows).copy())
+            if not self.paused:
+                self.rows.append(np.asarray(rows).copy())
             return original(mix, rows)
 
         monkeypatch.setattr(TrainingMix, "read", read)
@@ -362,24 +366,41 @@ def test_tstr_trains_on_no_real_chip_and_selects_on_real_val(ds, syn, tmp_path, 
 
 
 def test_pretrain_runs_synthetic_phase_then_real_fine_tuning(ds, syn, tmp_path, monkeypatch):
+    import satsynth.segmenter.train as train_mod
     from satsynth.segmenter.train import train_segmenter
 
     spy = ReadSpy(monkeypatch)
+    bn_rows = []
+    original = train_mod.reestimate_batch_norm
+
+    def reestimate(model, mix, rows, *a):  # batch norm on real chips, between the phases
+        bn_rows.append((np.asarray(rows).copy(), len(spy.rows)))
+        spy.paused = True
+        try:
+            return original(model, mix, rows, *a)
+        finally:
+            spy.paused = False
+
+    monkeypatch.setattr(train_mod, "reestimate_batch_norm", reestimate)
     res = train_segmenter(ds, tmp_path / "m", synthetic=syn, ratio=1, synthetic_mode="pretrain",
                           real_fraction=0.25, max_steps=8, patience=0, **TINY)
     kinds = spy.kinds()
     first_real = kinds.index(0)
     assert set(kinds[:first_real]) == {1} and set(kinds[first_real:]) == {0}
+    # once, at the switch (after the 8 synthetic batches), on the 16 real chips
+    assert len(bn_rows) == 1 and bn_rows[0][1] == 8
+    assert set(bn_rows[0][0][:, 0]) == {0} and len(np.unique(bn_rows[0][0][:, 1])) == 16
     m = json.loads(open(res["metrics"]).read())
-    assert m["synthetic_mode"] == "pretrain" and m["steps"] == 8
+    assert m["synthetic_mode"] == "pretrain" and m["steps"] == 16
     cfg = json.loads(open(tmp_path / "m" / "config.json").read())
+    # fine-tuning gets the whole budget of the real-only run; pre-training R times it
     assert [(p["phase"], p["planned_steps"]) for p in cfg["training"]["phases"]] == [
-        ("synthetic pre-training", 4), ("real fine-tuning", 4)]  # R=1: half and half
-    # fine-tuning visits the real chips in the order the real-only run of this seed does
+        ("synthetic pre-training", 8), ("real fine-tuning", 8)]
+    # fine-tuning visits the real chips the real-only run of this seed does, in its order
     pretrain_real = spy.real_sequence()
     spy = ReadSpy(monkeypatch)
     train_segmenter(ds, tmp_path / "r0", real_fraction=0.25, max_steps=8, patience=0, **TINY)
-    assert pretrain_real == spy.real_sequence()[:len(pretrain_real)] and len(pretrain_real) == 32
+    assert pretrain_real == spy.real_sequence() and len(pretrain_real) == 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,6 +431,56 @@ def test_paired_difference_interval_on_a_hand_example():
     assert rows["tstr"]["ratio_to_real"] == pytest.approx(0.5)  # 0.25/0.5, 0.3/0.6, 0.2/0.4
     assert rows["tstr"]["ratio_to_real_ci"] == pytest.approx([0.5, 0.5])
     assert rows["real"]["miou_delta"] == pytest.approx(0.0)
+    # power: sd 0.02 over 3 seeds; (t(0.975, 2) + t(0.8, 2)) = 4.302653 + 1.060660 = 5.363313,
+    # MDE = 5.363313 * 0.02 / sqrt(3) = 0.061930; the interval holds 0: "cannot tell"
+    assert mix["miou_delta_sd"] == pytest.approx(0.02)
+    assert mix["mde"] == pytest.approx(0.061930, abs=1e-6)
+    assert mix["seeds_for_target"] == 10 and mix["verdict"] == "cannot tell"
+
+
+def test_minimum_detectable_difference_and_seeds_needed_on_known_values():
+    from satsynth.workflows.protocol import min_detectable_difference, seeds_needed, verdict
+
+    # sd 0.02: at 10 seeds (t(0.975, 9) 2.262157 + t(0.8, 9) 0.883404) * 0.02 / sqrt(10)
+    # = 0.019894 <= 0.02; at 9 seeds (2.306004 + 0.888890) * 0.02 / 3 = 0.021300 > 0.02
+    assert min_detectable_difference(0.02, 10) == pytest.approx(0.019894, abs=1e-6)
+    assert min_detectable_difference(0.02, 9) == pytest.approx(0.021300, abs=1e-6)
+    assert seeds_needed(0.02) == 10
+    # sd 0.05 (the issue's spread): 52 seeds; 51 are not enough
+    assert seeds_needed(0.05) == 52
+    assert min_detectable_difference(0.05, 51) > 0.02 >= min_detectable_difference(0.05, 52)
+    assert min_detectable_difference(0.05, 1) is None and seeds_needed(None) is None
+    assert seeds_needed(0.0) == 2
+    assert verdict(-0.064, 0.042, 0.09) == "cannot tell"  # the issue's mix R=0.5
+    assert verdict(-0.01, 0.01, 0.015) == "no difference of 0.02 or more"
+    assert verdict(0.001, 0.04, 0.03) == "better" and verdict(-0.04, -0.01, 0.03) == "worse"
+    assert verdict(None, None, None) == "cannot tell (1 seed)"
+
+
+def test_the_table_gives_the_power_next_to_each_interval():
+    from satsynth.workflows.protocol import paired_summary
+    from satsynth.workflows.report import experiment_html, experiment_markdown
+
+    def run(variant, ratio, seed, miou):
+        return {"variant": variant, "ratio": ratio, "seed": seed, "miou": miou, "iou": [miou],
+                "mode": "mix", "val_miou": miou, "reported_on": "test", "steps": 10,
+                "real_chips": 16, "synthetic_chips": 16 * ratio}
+
+    runs = [run("real", 0.0, s, m) for s, m in enumerate((0.5, 0.6, 0.4))]
+    runs += [run("mix", 1.0, s, m) for s, m in enumerate((0.51, 0.63, 0.45))]
+    summary = paired_summary(runs, ["a"])
+    md = experiment_markdown(summary, ["a"], {"arch": "tiny"})
+    row = next(line for line in md.splitlines() if line.startswith("| mix |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    head = next(line for line in md.splitlines() if line.startswith("| variant |"))
+    names = [c.strip() for c in head.strip("|").split("|")]
+    assert len(cells) == len(names)
+    got = dict(zip(names, cells, strict=True))
+    assert got["detectable Δ"] == "0.0619" and got["seeds for ±0.02"] == "10"
+    assert got["reading"] == "cannot tell" and "not significant" not in md
+    real = next(line for line in md.splitlines() if line.startswith("| real |"))
+    assert len(real.strip("|").split("|")) == len(names)
+    assert "<td>cannot tell</td>" in experiment_html(md, "plot.png", "t")
 
 
 def test_cli_exposes_the_protocol_flags():
@@ -422,6 +493,9 @@ def test_cli_exposes_the_protocol_flags():
     assert (a.synthetic_mode, a.val_every, a.patience_steps, a.lr_schedule, a.synthetic_only) == (
         "pretrain", 5, 10, "constant", False)
     assert p.parse_args(["train-segmenter", "D", "--out", "S", "--synthetic-only"]).synthetic_only
+    a = p.parse_args(["train-segmenter", "D", "--out", "S", "--synthetic-on-top",
+                      "--anneal-steps", "7"])
+    assert (a.synthetic_on_top, a.anneal_steps) == (True, 7)
     a = p.parse_args(["experiment", "D", "--out", "E", "--budget", "converge", "--variants",
                       "mix,pretrain,tstr", "--val-every", "3"])
     assert (a.budget, a.variants, a.val_every) == ("converge", "mix,pretrain,tstr", 3)
@@ -437,3 +511,117 @@ def test_cli_exposes_the_protocol_flags():
 
     with pytest.raises(SatSynthError, match="unknown bogus"):
         parse_variants("mix,bogus")
+
+
+# --------------------------------------------------------------------------------------------
+# the same real exposure for every R, pretrain, and the end of training
+
+
+def test_synthetic_on_top_gives_every_r_the_real_chips_of_the_real_only_run(ds, syn, tmp_path,
+                                                                            monkeypatch):
+    """At R=1 (and R=0.5) with the synthetic chips on top, the run sees exactly the real chips
+    of R=0, batch for batch, and R x batch size synthetic ones in each batch."""
+    from satsynth.segmenter.train import train_segmenter
+
+    batches = {}
+    for name, ratio in (("r0", 0), ("r1", 1), ("r05", 0.5)):
+        spy = ReadSpy(monkeypatch)
+        res = train_segmenter(ds, tmp_path / name, synthetic=syn if ratio else None, ratio=ratio,
+                              real_fraction=0.25, max_steps=6, seed=1, patience=0,
+                              synthetic_on_top=True, **TINY)
+        assert json.loads(open(res["metrics"]).read())["steps"] == 6
+        batches[name] = [b for b in spy.rows if len(b) > 0]
+    real = {n: [b[b[:, 0] == 0, 1].tolist() for b in bs] for n, bs in batches.items()}
+    assert real["r1"] == real["r0"] == real["r05"]  # the same real chips at every step
+    assert sum(len(b) for b in real["r1"]) == 6 * 8  # 6 steps of 8 real chips
+    assert [int((b[:, 0] == 1).sum()) for b in batches["r1"]] == [8] * 6
+    assert [int((b[:, 0] == 1).sum()) for b in batches["r05"]] == [4] * 6
+    # each synthetic chip once per pass over the real chips (16 of them, 2 steps per pass)
+    syn1 = np.concatenate([b[b[:, 0] == 1, 1] for b in batches["r1"][:2]])
+    assert len(np.unique(syn1)) == 16
+    # without the option the real-only budget halves the real chips at R=1 (the old defect)
+    spy = ReadSpy(monkeypatch)
+    train_segmenter(ds, tmp_path / "mixed", synthetic=syn, ratio=1, real_fraction=0.25,
+                    max_steps=6, seed=1, patience=0, **TINY)
+    assert len(spy.real_sequence()) < 6 * 8
+
+
+def test_pretrain_keeps_a_model_of_the_real_phase_only(ds, syn, tmp_path, monkeypatch):
+    """Even when a validation of the synthetic pre-training scores higher than any of the real
+    fine-tuning, the model kept comes from the fine-tuning."""
+    import satsynth.segmenter.metrics as metrics_mod
+    from satsynth.segmenter.train import train_segmenter
+
+    original = metrics_mod.SegmentationMetrics.compute
+    calls = []
+
+    def compute(self, names=None):
+        out = original(self, names)
+        calls.append(1)
+        return {**out, "miou": 0.99 if len(calls) <= 2 else 0.1 + 0.01 * len(calls)}
+
+    monkeypatch.setattr(metrics_mod.SegmentationMetrics, "compute", compute)
+    res = train_segmenter(ds, tmp_path / "m", synthetic=syn, ratio=1, synthetic_mode="pretrain",
+                          real_fraction=0.25, max_steps=4, val_every=2, patience=0, **TINY)
+    m = json.loads(open(res["metrics"]).read())
+    phases = [(h["extra"]["phase"], h["val_miou"]) for h in m["history"]]
+    assert phases[:2] == [("synthetic pre-training", 0.99)] * 2
+    assert m["miou"] < 0.5 and m["best_step"] > 4  # kept in the fine-tuning (steps 5-8)
+    assert m["miou"] == max(v for p, v in phases if p == "real fine-tuning")
+
+
+def test_batch_norm_is_reestimated_on_the_given_chips(ds):
+    """After re-estimation the first batch norm's running mean is the mean of its input over the
+    chips, whatever training left there."""
+    from satsynth.data.store import ChipStore
+    from satsynth.segmenter.mixing import build_mix
+    from satsynth.segmenter.model import SegmenterConfig, build_segmenter
+    from satsynth.segmenter.train import reestimate_batch_norm
+
+    store = ChipStore(ds)
+    mix = build_mix(store, [], 0.0, real_fraction=0.25)
+    meta = store.meta
+    model = build_segmenter(SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=meta.bands,
+                                            classes=meta.classes, normalization=meta.normalizer,
+                                            chip_size=meta.chip_size))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    bns[0].running_mean.fill_(5.0)
+    rows = mix.entries()
+    reestimate_batch_norm(model, mix, rows, meta.normalizer, 8, "cpu")
+    x = torch.from_numpy(meta.normalizer.to_model(mix.read(rows)[0]))
+    with torch.no_grad():
+        expected = conv(x).mean((0, 2, 3))
+    torch.testing.assert_close(bns[0].running_mean, expected, rtol=1e-4, atol=1e-5)
+    assert model.training  # the training mode is left as it was
+
+
+def test_anneal_keeps_the_average_of_its_steps_not_the_best_validation(ds, tmp_path,
+                                                                       monkeypatch):
+    from safetensors.torch import load_file
+
+    import satsynth.segmenter.train as train_mod
+
+    states = []
+    original = train_mod.average_weights
+
+    def average(optimizer, module):  # also record the weights after every anneal step
+        avg = original(optimizer, module)
+        optimizer.register_step_post_hook(lambda *_: states.append(
+            {k: v.detach().clone() for k, v in module.state_dict().items()}))
+        return avg
+
+    monkeypatch.setattr(train_mod, "average_weights", average)
+    res = train_mod.train_segmenter(ds, tmp_path / "m", max_steps=6, val_every=2, lr=1e-2,
+                                    lr_schedule="constant", anneal_steps=4, **TINY)
+    m = json.loads(open(res["metrics"]).read())
+    assert len(states) == 4 and m["steps"] == 10 and m["best_step"] == 10
+    assert m["history"][-1]["extra"]["phase"] == "average of the anneal"
+    assert m["miou"] == m["history"][-1]["val_miou"]
+    lrs = [h["lr"] for h in m["history"]]
+    assert lrs[0] == pytest.approx(1e-2) and 0 < lrs[-2] < 1e-2  # constant, then annealing
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # ...to 0 at the end
+    saved = load_file(str(tmp_path / "m" / "model.safetensors"))
+    for k, v in saved.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, torch.stack([s[k].float() for s in states]).mean(0))

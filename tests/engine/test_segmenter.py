@@ -420,3 +420,39 @@ def test_cli_exposes_the_documented_flags():
     assert (a.ratios, a.seeds, a.count_per_real, a.budget) == ("0,1,2,3,5", 3, 5.0, "steps")
     with pytest.raises(SystemExit):
         p.parse_args(["train-segmenter", "D", "--out", "S", "--arch", "resnet"])
+
+
+def test_ignore_pixels_of_synthetic_masks_are_left_out_of_loss_and_metrics(real, tmp_path):
+    """Synthetic masks mark undecided pixels 255 (generator.encoding): the loss and the metrics
+    must not see them, whatever the model predicts there, and training on such pairs works."""
+    from satsynth.data.classes import IGNORE_INDEX
+    from satsynth.segmenter.metrics import SegmentationMetrics
+    from satsynth.segmenter.train import make_loss, train_segmenter
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    y = torch.randint(0, 3, (2, 8, 8), generator=g)
+    y[:, :3] = IGNORE_INDEX
+    other = logits.clone()
+    other[:, :, :3] = torch.randn(2, 3, 3, 8, generator=g) * 10  # any prediction where ignored
+    loss_fn = make_loss(3, dice=True, weights=None, device="cpu")
+    assert torch.isfinite(loss_fn(logits, y))
+    assert float(loss_fn(other, y)) == pytest.approx(float(loss_fn(logits, y)), rel=1e-6)
+    a, b = SegmentationMetrics(3), SegmentationMetrics(3)
+    a.update(logits, y)
+    b.update(other, y)
+    assert a.compute() == b.compute() and a.compute()["pixels"] == 2 * 5 * 8
+
+    src = ChipStore(make_store(tmp_path / "syn0", n_train=32, synthetic=True, seed=3))
+    s, syn = src.split("train"), tmp_path / "syn"
+    with ChipStoreWriter(syn, src.meta, {"train": len(s)}, write_index=False) as w:
+        for i in range(len(s)):
+            lab = np.asarray(s.labels[i]).copy()
+            lab[::2] = IGNORE_INDEX  # every other row undecided
+            w.add("train", s.images[i], lab, s.transforms[i])
+    assert (ChipStore(syn).split("train").labels[:, 0] == IGNORE_INDEX).all()
+    res = train_segmenter(real, tmp_path / "m", synthetic=syn, ratio=0.5, synthetic_only=True,
+                          arch="tiny", encoder="w16d2", epochs=6, batch_size=8, lr=1e-2,
+                          device="cpu", augment=False, patience=0)
+    hist = json.loads(open(res["metrics"]).read())["history"]
+    assert all(np.isfinite(h["loss"]) for h in hist) and res["miou"] > 0.2

@@ -150,7 +150,9 @@ def test_overfit_upsampler_reproduces_its_chips_with_sharper_edges_than_bilinear
     img, _ = _model_space(chips)
     real = np.stack([c[1] for c in chips])
     imgs, labs, _, _ = _upsample(trained["train"]["model"], chips)
-    assert float((labs == real).mean()) > 0.95
+    decided = labs != 255  # undecided analog bits are written as ignore (generator.encoding)
+    assert float(decided.mean()) > 0.85
+    assert float((labs == real)[decided].mean()) > 0.95
     own = float(((torch.from_numpy(imgs) - img) ** 2).mean())
     others = float(((torch.from_numpy(imgs) - img[np.roll(np.arange(len(chips)), 1)]) ** 2).mean())
     assert own < 0.3 * others, (own, others)
@@ -261,3 +263,37 @@ def test_cli_trains_an_upsampler_and_a_low_resolution_base(tmp_path):
                  "--factor", "4", "--progress", "quiet"]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
+
+
+def test_conditioning_augmentation_noises_the_low_resolution_image_only(trained, tmp_path):
+    """--cond-noise: in training the low-resolution image gets Gaussian noise of a level drawn per
+    chip from U(0, SIGMA), the label code stays as it is, a batch's stream makes it reproducible,
+    and the level is saved with the upsampler."""
+    from dataclasses import replace
+
+    from satsynth.cli import build_parser
+
+    _, cfg = load_upsampler(trained["train"]["model"])
+    assert cfg.cond_noise == 0.0  # off by default
+    img, lab = _model_space(trained["chips"][:6])
+    clean = training_inputs(cfg, img, lab, torch.Generator().manual_seed(1))[2]
+    noisy_cfg = replace(cfg, cond_noise=0.3)
+    a = training_inputs(noisy_cfg, img, lab, torch.Generator().manual_seed(1))
+    b = training_inputs(noisy_cfg, img, lab, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a[2], b[2])  # the same stream, the same noise
+    torch.testing.assert_close(a[0], training_inputs(cfg, img, lab)[0])  # targets untouched
+    diff = a[2] - clean
+    assert torch.equal(diff[:, 2:], torch.zeros_like(diff[:, 2:]))  # label code: no noise
+    per_chip = diff[:, :2].std((1, 2, 3))
+    assert per_chip.max() > 0.02 and per_chip.max() < 0.3  # levels up to 0.3, bilinear-smoothed
+    assert per_chip.std() > 0.005  # a level of its own per chip
+    assert a[2][:, :2].abs().max() <= 1.0
+    ds = trained["ds"]
+    res = run_upsampler_training(ds, tmp_path / "sr", BASE, 2, cond_noise=0.25, steps=2,
+                                 **TINY)
+    assert load_upsampler(res["model"])[1].cond_noise == 0.25
+    with pytest.raises(SatSynthError, match="--cond-noise"):
+        run_upsampler_training(ds, tmp_path / "sr2", BASE, 2, cond_noise=2.0, steps=2, **TINY)
+    args = build_parser().parse_args(["train-upsampler", "d", "--out", "o", "--base-size", "8",
+                                      "--cond-noise", "0.2"])
+    assert args.cond_noise == 0.2

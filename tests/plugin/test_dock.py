@@ -248,3 +248,25 @@ def test_every_stage_sends_only_parameters_its_algorithm_declares(dock, scene, t
         assert parameters["LABELS"] is scene["labels"] and "DATASET" not in parameters
     if variant == "segment over an AOI":
         assert parameters["AOI"] is scene["polygons"]
+
+
+def test_the_experiment_outcome_reads_cannot_tell_with_the_detectable_difference(tmp_path):
+    """The dock states each variant's outcome in the engine's words (results.json): 'cannot
+    tell' with the smallest difference the seeds could detect, never 'not significant'."""
+    from satsynth_qgis.dock.params import experiment_outcome
+
+    summary = [{"variant": "real", "ratio": 0.0, "miou_delta": 0.0},
+               {"variant": "mix", "ratio": 0.5, "miou_delta": -0.011,
+                "miou_delta_ci": [-0.064, 0.042], "mde": 0.0907, "seeds_for_target": 52,
+                "target_difference": 0.02, "paired_seeds": [0, 1, 2], "verdict": "cannot tell"},
+               {"variant": "tstr", "ratio": 1.0, "miou_delta": -0.1, "miou_delta_ci": None,
+                "mde": None, "verdict": "cannot tell (1 seed)"}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"summary": summary}))
+    lines = experiment_outcome({"RESULTS": str(path), "OUTPUT": str(tmp_path)})
+    assert lines[0] == ("mix R=0.5: cannot tell (Δ mIoU -0.011, 95 % interval [-0.064, +0.042]);"
+                        " the smallest difference these 3 seeds could detect: 0.091; 52 seeds "
+                        "would detect 0.02")
+    assert lines[1] == "tstr R=1: cannot tell (1 seed) (Δ mIoU -0.100)"
+    assert not any("significant" in line for line in lines)
+    assert experiment_outcome({"RESULTS": str(tmp_path / "missing.json")}) == []

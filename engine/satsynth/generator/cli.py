@@ -70,7 +70,7 @@ def _train_upsampler(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.generator.upsampler import run_upsampler_training
 
     return run_upsampler_training(args.dataset, args.out, args.base_size, args.factor,
-                                  **_options(args, RECIPE_OPTIONS))
+                                  cond_noise=args.cond_noise, **_options(args, RECIPE_OPTIONS))
 
 
 def _favor(text: str) -> tuple[str, float]:
@@ -181,6 +181,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     u.add_argument("--factor", type=int, choices=UPSAMPLER_FACTORS, default=UPSAMPLER_FACTORS[0],
                    help="upsampling factor; the output is BASE_SIZE x FACTOR px, which must "
                         "divide the chips' size (default %(default)s)")
+    u.add_argument("--cond-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="conditioning augmentation: add Gaussian noise of a level drawn per chip "
+                        "from U(0, SIGMA) to the low-resolution image in training, so that the "
+                        "upsampler does not copy the base's noise (e.g. 0.2; default 0: off)")
     _add_recipe_arguments(u)
 
     s = add_command(subparsers, common, "synthesize", _synthesize,

@@ -1,11 +1,17 @@
 """Label masks as model channels: analog bits (default) or one-hot, and back.
 
 Analog bits (Chen et al. 2022, used by SatSynth): class index ``k`` becomes the ``B = ceil(log2 K)``
-bits of ``k`` written as +-1 values. Decoding picks, per pixel, the valid code (index < K) nearest
-to the analog vector; for a vector whose thresholded code is valid that is exactly thresholding at 0,
-otherwise it is the nearest valid code, and those pixels are counted as *invalid codes*.
-One-hot uses K channels of +-1 and decodes by argmax. Ignore pixels (255) are encoded as all zeros
-(the midpoint) and are left out of the label loss.
+bits of ``k`` written as +-1 values. One-hot uses K channels of +-1. Ignore pixels (255) are encoded
+as all zeros (the midpoint) and are left out of the label loss.
+
+Decoding (the default, ``margin`` :data:`UNDECIDED_MARGIN`): a pixel whose channels are all
+decided (|value| >= the margin) and whose thresholded code is a class's code gets that class;
+every other pixel is *ignore* (255): a channel still undecided at the end of sampling (where
+Building 001 meets Land 010, an undecided middle bit would otherwise make Road 011 or Unlabeled
+000, a third class along the boundary), or a code of no class (bits >= K, or a one-hot vector
+with no or several positive channels). Segmenters leave ignore pixels out of their loss and
+metrics. ``margin=None`` decodes every pixel: the nearest valid code (thresholding at 0 where
+that code is valid; argmax for one-hot).
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from satsynth.data.classes import IGNORE_INDEX
 from satsynth.errors import SatSynthError
 
 ENCODINGS = ("bits", "onehot")
+#: Label channels closer to 0 than this at the end of sampling are undecided: the pixel decodes
+#: to ignore (255). Half the distance from the midpoint to a code value.
+UNDECIDED_MARGIN = 0.5
 
 
 def bit_count(num_classes: int) -> int:
@@ -68,15 +77,25 @@ class LabelEncoding:
         codes = codes.masked_fill(ignore[..., None], 0.0).permute(0, 3, 1, 2).contiguous()
         return codes[0] if squeeze else codes
 
-    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(N,C,H,W) analog label channels -> ((N,H,W) uint8 class indices, invalid-code count)."""
+    def decode(self, x: torch.Tensor, margin: float | None = UNDECIDED_MARGIN
+               ) -> tuple[torch.Tensor, int]:
+        """(N,C,H,W) analog label channels -> ((N,H,W) uint8 class indices, count of pixels that
+        decode to no class). With ``margin`` (default) those pixels are ignore (255): a channel
+        with |value| < margin, or a thresholded code of no class. ``margin=None``: the nearest
+        valid code everywhere, counting the pixels whose thresholded bits were no class."""
         x = x.float()
         book = self.codebook(x.device)  # (K, C)
         scores = torch.einsum("nchw,kc->nkhw", x, book)
         index = scores.argmax(1)
-        invalid = 0
+        c = self.channels
         if self.kind == "bits":
-            shifts = torch.arange(self.channels - 1, -1, -1, device=x.device)
+            shifts = torch.arange(c - 1, -1, -1, device=x.device)
             raw = ((x > 0).long() << shifts[None, :, None, None]).sum(1)
-            invalid = int((raw >= self.num_classes).sum())
-        return index.to(torch.uint8), invalid
+            no_class = raw >= self.num_classes
+        else:  # one-hot: exactly one positive channel
+            no_class = (x > 0).sum(1) != 1
+        if margin is None:
+            return index.to(torch.uint8), int(no_class.sum()) if self.kind == "bits" else 0
+        ignore = no_class | (x.abs() < margin).any(1)
+        index = index.masked_fill(ignore, IGNORE_INDEX)
+        return index.to(torch.uint8), int(ignore.sum())

@@ -382,7 +382,8 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path,
             got = np.stack([np.bincount(lab.ravel(), minlength=k)[:k] for lab in labs])
             counts += got.sum(0)
             if asked is not None:
-                cond_tv += float(0.5 * np.abs(got / (s * s) - asked).sum())
+                shares = got / np.maximum(got.sum(1, keepdims=True), 1)  # of decided pixels
+                cond_tv += float(0.5 * np.abs(shares - asked).sum())
             if sum(len(g) for g in grid_imgs) < GRID_SAMPLES:
                 grid_imgs.append(imgs[:GRID_SAMPLES])
                 grid_labs.append(labs[:GRID_SAMPLES])

@@ -227,9 +227,11 @@ def plot_loss(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 # --- training ------------------------------------------------------------------------------------
-def resized_pair(cfg: GeneratorConfig, image: Any, mask: Any) -> tuple[Any, Any, Any]:
+def resized_pair(cfg: GeneratorConfig, image: Any, mask: Any, generator: Any = None
+                 ) -> tuple[Any, Any, Any]:
     """The base generator's training pair: real chips at the model's size (area-downsampled
-    images, majority-class masks when ``--size`` is below the chips' size); no extra input."""
+    images, majority-class masks when ``--size`` is below the chips' size); no extra input.
+    (``generator``: the batch's random stream, unused here.)"""
     from satsynth.generator.resample import downsample_pair
 
     return (*downsample_pair(image, mask, cfg.chip_size, cfg.num_classes), None)
@@ -239,16 +241,18 @@ def resized_pair(cfg: GeneratorConfig, image: Any, mask: Any) -> tuple[Any, Any,
 class TrainStage:
     """Which model of the cascade the training loop trains (the base generator by default).
 
-    ``new_config(store, opts)`` makes a fresh config; ``inputs(cfg, image, mask)`` turns a batch
+    ``new_config(store, opts)`` makes a fresh config; ``inputs(cfg, image, mask, generator)`` turns a batch
     of real chips (model-space images, class-index masks, at the dataset's chip size) into the
     pair to learn at the model's size plus extra input channels concatenated to the noisy pair
-    (None: none); ``kind`` is the model folder's kind and ``task`` the progress task's name."""
+    (None: none), drawing anything random from ``generator`` (the batch's stream, so a resumed
+    run draws the same); ``kind`` is the model folder's kind and ``task`` the progress task's
+    name."""
 
     kind: str = "generator"
     task: str = "train-generator"
     config_type: type[GeneratorConfig] = GeneratorConfig
     new_config: Callable[[ChipStore, GeneratorTrainOptions], GeneratorConfig] = new_config
-    inputs: Callable[[GeneratorConfig, Any, Any], tuple[Any, Any, Any]] = resized_pair
+    inputs: Callable[[GeneratorConfig, Any, Any, Any], tuple[Any, Any, Any]] = resized_pair
 
 
 def train_generator(dataset: str | Path, out: str | Path, **options: Any) -> Path:
@@ -369,7 +373,7 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         if opts.augment:
             img, mask = random_dihedral_batch(img, mask, generator=g)
-        img, mask, extra = stage.inputs(cfg, img, mask)
+        img, mask, extra = stage.inputs(cfg, img, mask, g)
         noise = torch.randn((img.shape[0], cfg.channels, *img.shape[2:]), generator=g)
         t = torch.randint(0, T, (img.shape[0],), generator=g)
         cond = shares[np.sort(idx)] if shares is not None else None  # dihedral moves keep shares

@@ -12,6 +12,12 @@ to ``base_size`` (the majority class for the mask), so that a base generator tra
 each pair's high-resolution version from the upsampler, with the same sampler and steps
 (:func:`satsynth.generator.sample.upsample_pairs`).
 
+Conditioning augmentation (``train-upsampler --cond-noise SIGMA``, off by default): the upsampler
+is trained on real low-resolution inputs but fed the base generator's synthetic ones, which
+carry more colour noise; as cascades do (Ho et al. 2021), training then adds Gaussian noise of a
+level drawn per chip from U(0, SIGMA) to the low-resolution image (model space, [-1, 1]), so the
+upsampler learns not to copy noise from its input. Sampling feeds the base's pairs as they are.
+
 The upsampler is conditioned on the low-resolution pair only, not on class shares: the
 low-resolution mask already fixes each chip's class mix (the paper's G_SR is conditioned the same
 way); class-share requests (``--favor``) act through the base generator.
@@ -39,6 +45,7 @@ class UpsamplerConfig(GeneratorConfig):
     """A generator config (``chip_size`` = the output size) plus the low-resolution input size."""
 
     base_size: int = 0
+    cond_noise: float = 0.0  # conditioning augmentation: noise levels U(0, cond_noise) in training
 
     @property
     def factor(self) -> int:
@@ -64,17 +71,32 @@ def condition_input(cfg: UpsamplerConfig, images: Any, labels: Any) -> Any:
     return upsample_condition(pair, cfg.chip_size)
 
 
-def training_inputs(cfg: UpsamplerConfig, image: Any, mask: Any) -> tuple[Any, Any, Any]:
+def training_inputs(cfg: UpsamplerConfig, image: Any, mask: Any, generator: Any = None
+                    ) -> tuple[Any, Any, Any]:
     """Real chips -> (target images, target masks at the output size, condition input)."""
     from satsynth.generator.resample import downsample_pair
 
     k = cfg.num_classes
     img, lab = downsample_pair(image, mask, cfg.chip_size, k)
     low_img, low_lab = downsample_pair(image, mask, cfg.base_size, k)
+    low_img = augment_condition(low_img, cfg.cond_noise, generator)
     return img, lab, condition_input(cfg, low_img, low_lab)
 
 
-def _stage(base_size: int, factor: int) -> Any:
+def augment_condition(low_img: Any, max_sigma: float, generator: Any = None) -> Any:
+    """Conditioning augmentation: ``low_img`` (N,C,b,b, model space, on the CPU) plus Gaussian
+    noise of a level drawn per chip from U(0, ``max_sigma``) (from ``generator``), clipped to
+    [-1, 1]; unchanged when 0."""
+    import torch
+
+    if not max_sigma:
+        return low_img
+    sigma = torch.rand(low_img.shape[0], 1, 1, 1, generator=generator) * float(max_sigma)
+    noise = torch.randn(low_img.shape, generator=generator, dtype=low_img.dtype)
+    return (low_img + sigma.to(low_img.dtype) * noise).clamp(-1, 1)
+
+
+def _stage(base_size: int, factor: int, cond_noise: float = 0.0) -> Any:
     from satsynth.generator.resample import check_factor
     from satsynth.generator.train import TrainStage, new_config
 
@@ -84,17 +106,18 @@ def _stage(base_size: int, factor: int) -> Any:
         cfg = new_config(store, opts)
         kw = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
         kw["model_id"] = "sr-" + cfg.model_id.removeprefix("gen-")
-        return UpsamplerConfig(**kw, base_size=base_size)
+        return UpsamplerConfig(**kw, base_size=base_size, cond_noise=float(cond_noise))
 
     return TrainStage(kind=KIND, task="train-upsampler", config_type=UpsamplerConfig,
                       new_config=make_config, inputs=training_inputs)
 
 
 def run_upsampler_training(dataset: str | Path, out: str | Path, base_size: int, factor: int,
-                           **options: Any) -> dict[str, Any]:
+                           cond_noise: float = 0.0, **options: Any) -> dict[str, Any]:
     """Train (or with ``resume=True`` continue) an upsampler from ``base_size`` px pairs to
     ``base_size * factor`` px on a chip store; ``options`` are :class:`GeneratorTrainOptions` fields
-    (``size`` and ``condition`` are set by the stage). Returns the outputs of
+    (``size`` and ``condition`` are set by the stage); ``cond_noise``: the largest noise level of
+    the conditioning augmentation (0: none). Returns the outputs of
     :func:`~satsynth.generator.train.run_training`."""
     from satsynth.generator.train import run_training
 
@@ -102,6 +125,8 @@ def run_upsampler_training(dataset: str | Path, out: str | Path, base_size: int,
         raise SatSynthError(f"--factor must be {' or '.join(map(str, FACTORS))}, got {factor}")
     if base_size < 8:
         raise SatSynthError(f"--base-size must be at least 8 px, got {base_size}")
+    if not 0 <= cond_noise <= 1:
+        raise SatSynthError(f"--cond-noise must be a noise level in [0, 1], got {cond_noise}")
     for key in ("size", "condition"):
         if options.pop(key, None) is not None:
             raise SatSynthError(f"an upsampler sets {key} itself (from --base-size and --factor; "
@@ -113,7 +138,7 @@ def run_upsampler_training(dataset: str | Path, out: str | Path, base_size: int,
         if (prev.base_size, prev.factor) != (base_size, factor):
             raise SatSynthError(f"--resume: this upsampler goes from {prev.base_size} px by "
                                 f"{prev.factor}x, not from {base_size} px by {factor}x", out)
-    return run_training(dataset, out, stage=_stage(base_size, factor),
+    return run_training(dataset, out, stage=_stage(base_size, factor, cond_noise),
                         size=base_size * factor, condition="none", **options)
 
 

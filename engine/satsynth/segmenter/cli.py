@@ -102,8 +102,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "stops there")
     p.add_argument("--synthetic-mode", choices=SYNTHETIC_MODES, default=seg.synthetic_mode,
                    help="mix (default): synthetic pairs mixed into every epoch; pretrain: first "
-                        "the synthetic pairs, then fine-tuning on the real chips (each phase "
-                        "gets its chips' share of the steps and minutes)")
+                        "the synthetic pairs, then fine-tuning on the real chips with the whole "
+                        "real-only budget (pre-training gets R times it)")
     p.add_argument("--synthetic-only", action="store_true",
                    help="train on the synthetic pairs alone (R |D| of them) and validate on the "
                         "real chips: train-on-synthetic, test-on-real (TSTR)")
@@ -115,6 +115,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=seg.lr_schedule,
                    help="after the 5%% warm-up: cosine to 0 by the end of the budget (default) "
                         "or constant")
+    p.add_argument("--synthetic-on-top", action="store_true",
+                   help="mix: every batch holds --batch-size real chips (those of the real-only "
+                        "run of this seed) plus R x --batch-size synthetic ones on top, so every "
+                        "R sees the same real chips at every step")
+    p.add_argument("--anneal-steps", type=int, default=seg.anneal_steps, metavar="N",
+                   help="after training, N more steps with the learning rate annealed to 0 and "
+                        "the weights averaged over them; the average is the model kept")
     add_seed(p, seg.seed)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=seg.mixed_precision,
                    help="mixed precision on a CUDA GPU")
@@ -139,4 +146,5 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device, mixed_precision=args.mixed_precision,
         synthetic_mode=args.synthetic_mode, synthetic_only=args.synthetic_only,
         val_every=args.val_every, patience_steps=args.patience_steps,
-        lr_schedule=args.lr_schedule)
+        lr_schedule=args.lr_schedule, synthetic_on_top=args.synthetic_on_top,
+        anneal_steps=args.anneal_steps)

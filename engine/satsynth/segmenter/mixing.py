@@ -197,6 +197,22 @@ class PairedOrder:
         return order
 
 
+def on_top_batches(order: PairedOrder, n_real: int, n_synthetic: int, batch_size: int,
+                   num_shards: int = 1, shard: int = 0) -> list[np.ndarray]:
+    """One epoch's batches with the real chips fixed per batch and the synthetic ones on top:
+    the real chips form exactly the batches of the real-only run of this seed (``batch_size``
+    real chips each, the same order), and the epoch's ``n_synthetic`` chips (R |D|) are dealt
+    over those batches as evenly as possible (R x ``batch_size`` per batch), so every R sees the
+    same real chips at every step. Entries as :meth:`TrainingMix.entries` (real rows first)."""
+    real = order_batches(order.real.permutation(n_real), batch_size)
+    if n_synthetic and real:
+        syn = n_real + order.synthetic.permutation(n_synthetic)
+        real = [np.concatenate([r, s]) for r, s in
+                zip(real, np.array_split(syn, len(real)), strict=True)]
+    usable = len(real) - len(real) % num_shards
+    return real[shard:usable:num_shards]
+
+
 def order_batches(order: np.ndarray, batch_size: int, num_shards: int = 1,
                   shard: int = 0) -> list[np.ndarray]:
     """Batches over entries in ``order``; a trailing batch of one chip is dropped (batch norm

@@ -4,9 +4,12 @@ Cross-entropy with the ignore index (optionally + Dice, optionally class-weighte
 mild photometric augmentation, AdamW with warm-up and a cosine schedule laid over the run's budget
 (steps or wall time: :mod:`satsynth.segmenter.schedule`), early stopping on the validation mIoU
 (real chips only; validated every epoch or every N optimizer steps), mixed precision on GPU.
-Synthetic pairs are mixed in (``mix``), trained on first and then fine-tuned away from
-(``pretrain``), or trained on alone (``synthetic_only``: train on synthetic, test on real). The
-weights of the best validation are saved. The dataset's ``test`` split is never opened here.
+Synthetic pairs are mixed in (``mix``; ``synthetic_on_top``: on top of the real-only run's real
+batches), trained on first and then fine-tuned away from (``pretrain``: batch norm re-estimated
+on the real chips at the switch, selection in the fine-tuning only), or trained on alone
+(``synthetic_only``: train on synthetic, test on real). The weights of the best validation are
+saved, or with ``anneal_steps`` the average of the weights over a final anneal of the learning
+rate to 0. The dataset's ``test`` split is never opened here.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from satsynth.segmenter.mixing import (
     PairedOrder,
     TrainingMix,
     build_mix,
+    on_top_batches,
     open_synthetic,
     order_batches,
 )
@@ -52,6 +56,8 @@ log = logging.getLogger("satsynth")
 
 #: The clock of time budgets (a test can replace it).
 _now = time.monotonic
+#: The name of the end-of-training phase of ``anneal_steps`` (in the history and the phases).
+ANNEAL_PHASE = "anneal"
 
 
 class SegmenterTrainOptions(SegmenterTrainFields):
@@ -92,6 +98,8 @@ class SegmenterTrainOptions(SegmenterTrainFields):
                                 "give --val-every N too")
         if self.lr_schedule not in LR_SCHEDULES:
             raise SatSynthError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if self.anneal_steps is not None and self.anneal_steps < 1:
+            raise SatSynthError(f"--anneal-steps must be >= 1, got {self.anneal_steps}")
 
 
 @dataclass
@@ -200,6 +208,67 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# budgets and the end of training
+
+
+def phase_budgets(phases: list[tuple[str, int, int]], max_steps: int | None, epochs: int,
+                  steps_per_epoch: Any, on_top: bool = False) -> tuple[list[int], list[float]]:
+    """The planned optimizer steps of each phase (name, real chips, synthetic chips) and its
+    share of ``--minutes``.
+
+    One phase (mix, synthetic-only): ``max_steps``, or ``epochs`` passes over its chips (over
+    the real chips when the synthetic ones come on top of them). Pretrain: fine-tuning gets the
+    whole budget of the real-only run (``max_steps``, or ``epochs`` passes over the real chips,
+    and all of ``--minutes``) and pre-training as many passes over the synthetic chips (R x
+    ``max_steps``, R x ``--minutes``), so a pretrain run costs (1 + R) real-only runs."""
+    if len(phases) == 1:
+        _, n_real, n_syn = phases[0]
+        n = n_real if on_top else n_real + n_syn
+        return [int(max_steps) if max_steps else epochs * steps_per_epoch(n)], [1.0]
+    (_, _, n_syn), (_, n_real, _) = phases
+    if max_steps:
+        return [max(1, int(round(max_steps * n_syn / n_real))), int(max_steps)], \
+            [n_syn / n_real, 1.0]
+    return [epochs * steps_per_epoch(n_syn), epochs * steps_per_epoch(n_real)], \
+        [n_syn / n_real, 1.0]
+
+
+def reestimate_batch_norm(model: Any, mix: TrainingMix, rows: np.ndarray, normalizer: Any,
+                          batch_size: int, device: Any) -> None:
+    """Batch-norm running statistics re-estimated on the chips of ``rows`` (entries of ``mix``,
+    without augmentation): their average over one pass (``torch.optim.swa_utils.update_bn``),
+    replacing what the synthetic pre-training left before fine-tuning on real chips."""
+    import torch
+    from torch.optim.swa_utils import update_bn
+
+    batches = (torch.from_numpy(normalizer.to_model(mix.read(rows[i:i + batch_size])[0]))
+               for i in range(0, len(rows), batch_size) if len(rows[i:i + batch_size]) > 1)
+    update_bn(batches, model, device)
+
+
+class WeightAverage:
+    """An equal average of a model's weights and batch-norm statistics
+    (``torch.optim.swa_utils.AveragedModel``), updated after every step of an optimizer from
+    now on; ``model.module`` holds it, :meth:`remove` stops the updates."""
+
+    def __init__(self, optimizer: Any, module: Any) -> None:
+        from torch.optim.swa_utils import AveragedModel
+
+        self.model = AveragedModel(module, use_buffers=True)
+        self._hook = optimizer.register_step_post_hook(
+            lambda *_: self.model.update_parameters(module))
+
+    def remove(self) -> None:
+        """Stop averaging."""
+        self._hook.remove()
+
+
+def average_weights(optimizer: Any, module: Any) -> WeightAverage:
+    """Start averaging ``module``'s weights after every step of ``optimizer``."""
+    return WeightAverage(optimizer, module)
+
+
+# --------------------------------------------------------------------------------------------
 # the run
 
 
@@ -304,12 +373,15 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     n_train = sum(r + s_ for _, r, s_ in phases)
     if any(steps_per_epoch(r + s_) == 0 for _, r, s_ in phases):
         raise SatSynthError(f"not enough training chips ({n_train}) for one batch per process")
-    # the budget: planned steps (--max-steps, or --epochs over the chips trained on) and time;
-    # pre-training gets the synthetic chips' share of both, fine-tuning the real chips' share
-    total = int(opts.max_steps) if opts.max_steps else opts.epochs * steps_per_epoch(n_train)
-    shares = [(r + s_) / n_train for _, r, s_ in phases]
-    phase_steps = [max(1, int(round(total * sh))) for sh in shares]
-    phase_steps[-1] = max(1, total - sum(phase_steps[:-1]))
+    on_top = opts.synthetic_on_top and mode == "mix" and mix.n_synthetic > 0
+    # the budget: planned steps and time of each phase (phase_budgets)
+    phase_steps, shares = phase_budgets(phases, opts.max_steps, opts.epochs, steps_per_epoch,
+                                        on_top)
+    if opts.anneal_steps:  # the end of training: the last phase's chips, annealed and averaged
+        phases.append((ANNEAL_PHASE, *phases[-1][1:]))
+        phase_steps.append(int(opts.anneal_steps))
+        shares.append(0.0)
+    total = sum(phase_steps)
     seconds_budget = opts.minutes * 60 if opts.minutes else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     raw_optimizer = optimizer
@@ -334,7 +406,8 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
     schedule: BudgetSchedule | None = None
     pending: dict[str, Any] = {"losses": [], "chips": 0, "t0": _now(), "train_s": 0.0}
 
-    def validate(phase: str) -> None:
+    def validate(phase: str, keep: bool = True) -> float:
+        """Score the model on the validation chips; keep its weights if ``keep`` and best."""
         nonlocal best
         t_val = _now()
         metrics.reset()
@@ -356,28 +429,43 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                        "fraction": round(step / total, 4),
                        "message": f"step {step}: val mIoU {rec.val_miou:.3f}",
                        "epoch": epoch, "val_miou": rec.val_miou, "loss": rec.loss})
-        if scores["miou"] > best["miou"]:
+        if keep and scores["miou"] > best["miou"]:
             state = acc.unwrap_model(model).state_dict()
             best = {"miou": scores["miou"], "epoch": epoch, "step": step, "metrics": scores,
                     "state": {n: t.detach().cpu().clone() for n, t in state.items()}}
         pending.update(losses=[], chips=0, t0=_now(), train_s=0.0)
+        return float(scores["miou"])
 
     with progress.task("train-segmenter", total=total, unit="step") as bar:
         for p_i, ((phase, n_r, n_s), p_steps) in enumerate(zip(phases, phase_steps,
                                                                  strict=True)):
-            last_phase = p_i == len(phases) - 1
+            annealing = phase == ANNEAL_PHASE
+            last_phase = p_i == len(phases) - 1 - int(bool(opts.anneal_steps))
+            # the kept model: the best validation of the last phase (the real chips' phase of
+            # pretrain, never the synthetic pre-training alone), or the anneal's average
+            keep = last_phase and not opts.anneal_steps
             rows_of_phase = phase_rows(n_r, n_s)
+            if phase == "real fine-tuning":  # batch norm from the synthetic phase: re-estimated
+                reestimate_batch_norm(model, mix, entries[phase_rows(n_r, 0)], meta.normalizer,
+                                      opts.batch_size, device)
             schedule = BudgetSchedule(
-                raw_optimizer, opts.lr_schedule, opts.warmup_fraction, p_steps,
-                seconds_budget * shares[p_i] if seconds_budget else None, clock=_now)
+                raw_optimizer, "cosine" if annealing else opts.lr_schedule,
+                0.0 if annealing else opts.warmup_fraction, p_steps,
+                seconds_budget * shares[p_i] if seconds_budget and shares[p_i] else None,
+                clock=_now)
+            averager = average_weights(raw_optimizer, acc.unwrap_model(model)) \
+                if annealing else None
             phase_start, phase_epoch0 = step, epoch
-            best_in_phase = {"step": step, "epoch": epoch, "miou": best["miou"]}
+            best_in_phase = {"step": step, "epoch": epoch, "miou": -1.0}
             end = None
             while end is None:
                 epoch += 1
                 model.train()
-                batches = order_batches(rows_of_phase[order.epoch(n_r, n_s)], opts.batch_size,
-                                        acc.num_processes, acc.process_index)
+                batches = [rows_of_phase[b] for b in on_top_batches(
+                    order, n_r, n_s, opts.batch_size, acc.num_processes, acc.process_index)] \
+                    if on_top else order_batches(rows_of_phase[order.epoch(n_r, n_s)],
+                                                 opts.batch_size, acc.num_processes,
+                                                 acc.process_index)
                 for rows in batches:
                     t_step = _now()
                     x, y = pipeline(entries[rows])
@@ -403,23 +491,29 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                         end = "time limit" if step - phase_start < p_steps else "completed"
                         break
                     if opts.val_every and step % opts.val_every == 0:
-                        validate(phase)
-                        if best["miou"] > best_in_phase["miou"]:
-                            best_in_phase = {"step": step, "epoch": epoch, "miou": best["miou"]}
-                        if opts.patience_steps and \
+                        score = validate(phase, keep)
+                        if score > best_in_phase["miou"]:
+                            best_in_phase = {"step": step, "epoch": epoch, "miou": score}
+                        if opts.patience_steps and not annealing and \
                                 step - best_in_phase["step"] >= opts.patience_steps:
                             end = (f"early stop (no better val mIoU for "
                                    f"{opts.patience_steps} steps)")
                             break
                 if end is None and not opts.val_every:
-                    validate(phase)
-                    if best["miou"] > best_in_phase["miou"]:
-                        best_in_phase = {"step": step, "epoch": epoch, "miou": best["miou"]}
-                    if opts.patience and epoch - max(best_in_phase["epoch"], phase_epoch0) \
+                    score = validate(phase, keep)
+                    if score > best_in_phase["miou"]:
+                        best_in_phase = {"step": step, "epoch": epoch, "miou": score}
+                    if opts.patience and not annealing and \
+                            epoch - max(best_in_phase["epoch"], phase_epoch0) \
                             >= opts.patience:
                         end = f"early stop (no better val mIoU for {opts.patience} epochs)"
-            if pending["losses"] or not history:
-                validate(phase)
+            if averager is not None:  # the kept model: the average over the anneal
+                averager.remove()
+                acc.unwrap_model(model).load_state_dict(averager.model.module.state_dict())
+                best["miou"] = -1.0
+                validate("average of the anneal")
+            elif pending["losses"] or not history:
+                validate(phase, keep)
             if len(phases) > 1:
                 log.info("%s: %s after %d steps", phase, end, step - phase_start)
             if last_phase:
@@ -438,6 +532,8 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
         "class_weights": weights, "best_epoch": best["epoch"], "best_step": best["step"],
         "epochs_run": epoch, "validations": len(history),
         "stopped": stopped, "steps": step, "seconds": seconds, "device": str(device),
+        "synthetic_on_top": on_top, "kept": "average of the anneal" if opts.anneal_steps else
+        "best validation" + (" of the real fine-tuning" if mode == "pretrain" else ""),
         "processes": acc.num_processes,
         "history": [asdict(h) for h in history],
     }

@@ -40,12 +40,37 @@ from satsynth.workflows.protocol import (
 log = logging.getLogger("satsynth")
 
 # BUDGETS (contract), ``--budget``: ``steps`` (every run makes the optimizer steps of --epochs
-# over the real chips alone), ``epochs`` (--epochs passes over real + synthetic), ``converge``
+# over the real chips alone), ``epochs`` (--epochs passes, validated after each), ``converge``
 # (every run trains until the val mIoU has not improved for --patience validations, validated
 # every N steps with the same N for every R, at a constant learning rate after warm-up; at most
-# --epochs passes).
-#: Version of the run protocol (runs of an older protocol are not mixed in).
-PROTOCOL = 2
+# --epochs passes; then the same end of training for every run: ``experiment_train_options``).
+# In every budget a mixed batch holds the real chips of the real-only run's batch with the
+# synthetic chips on top, so every R sees the same real chips at every step.
+#: Version of the run protocol (runs of an older protocol are not mixed in). 3: synthetic chips
+#: on top of the real ones, pretrain fine-tuning with the real-only budget, converge annealed and
+#: averaged at its end.
+PROTOCOL = 3
+
+
+def experiment_train_options(budget: str, epochs: int, real_epoch: int, every: int,
+                             patience: int) -> dict[str, Any]:
+    """The training options that make a budget, the same for every R and variant, in passes
+    over the real chips (``real_epoch`` optimizer steps each): ``steps`` --epochs passes;
+    ``converge`` at a constant learning rate until the validation mIoU has not improved for
+    ``patience`` validations (every ``every`` steps), at most --epochs passes, then an anneal of
+    ``patience`` validations' steps (cosine to 0) whose weight average is the model reported,
+    not the best of noisy validations; ``epochs`` --epochs passes validated after each."""
+    opts: dict[str, Any] = {"epochs": epochs, "synthetic_on_top": True}
+    if budget == "steps":
+        opts.update(max_steps=epochs * real_epoch, val_every=every,
+                    patience_steps=patience * every)
+    elif budget == "converge":
+        opts.update(max_steps=epochs * real_epoch, val_every=every,
+                    patience_steps=max(patience, 1) * every, lr_schedule="constant",
+                    anneal_steps=max(patience, 1) * every)
+    else:
+        opts.update(patience=patience)
+    return opts
 
 
 class ExperimentConfig(ExperimentFields):
@@ -169,16 +194,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     real_epoch = len(epoch_batches(n_real, cfg.batch_size, np.random.default_rng(0)))
     every = cfg.val_every or real_epoch
     max_r = max(cfg.ratios)
-    train_opts: dict[str, Any] = {"epochs": cfg.epochs}
-    if cfg.budget == "steps":  # the steps of --epochs over the real chips alone
-        train_opts.update(max_steps=cfg.epochs * real_epoch, val_every=every,
-                          patience_steps=cfg.patience * every)
-    elif cfg.budget == "converge":
-        train_opts.update(max_steps=int(math.ceil(cfg.epochs * real_epoch * (1 + max_r))),
-                          val_every=every, patience_steps=max(cfg.patience, 1) * every,
-                          lr_schedule="constant")
-    else:
-        train_opts.update(patience=cfg.patience)
+    train_opts = experiment_train_options(cfg.budget, cfg.epochs, real_epoch, every, cfg.patience)
     per_real = cfg.count_per_real if cfg.count_per_real is not None else max_r
     if max_r > 0 and per_real < max_r:
         log.warning("--count-per-real %g < largest ratio %g: synthetic chips will repeat",

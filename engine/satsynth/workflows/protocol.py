@@ -144,6 +144,65 @@ def t_interval(values: list[float] | np.ndarray, level: float = 0.95) -> dict[st
     return {"mean": mean, "se": se, "low": mean - h, "high": mean + h, "n": n}
 
 
+#: The smallest paired difference in test mIoU the experiment is meant to detect (the paper's
+#: smaller gains are 1-2 points); the table says how many seeds would detect it.
+TARGET_DIFFERENCE = 0.02
+#: Power at which the minimum detectable difference is given.
+POWER = 0.8
+
+
+def min_detectable_difference(sd: float, n: int, level: float = 0.95,
+                              power: float = POWER) -> float | None:
+    """The smallest true paired difference a two-sided Student-t test at ``level`` detects with
+    probability ``power`` from ``n`` paired seeds whose differences have standard deviation ``sd``:
+    (t_{(1+level)/2, n-1} + t_{power, n-1}) sd / sqrt(n). None for fewer than two seeds."""
+    from scipy import stats
+
+    if n < 2 or sd is None or not math.isfinite(sd):
+        return None
+    t = stats.t.ppf(0.5 + level / 2, n - 1) + stats.t.ppf(power, n - 1)
+    return float(t * sd / math.sqrt(n))
+
+
+def seeds_needed(sd: float | None, target: float = TARGET_DIFFERENCE, level: float = 0.95,
+                 power: float = POWER, most: int = 100_000) -> int | None:
+    """The fewest paired seeds whose minimum detectable difference (at this ``sd``) is at most
+    ``target``; None when ``sd`` is unknown or more than ``most`` would be needed."""
+    if sd is None or not math.isfinite(sd):
+        return None
+    if sd == 0:
+        return 2
+    # the normal approximation gives a lower bound; count up from it
+    from scipy import stats
+
+    z = stats.norm.ppf(0.5 + level / 2) + stats.norm.ppf(power)
+    n = max(2, int(math.floor((z * sd / target) ** 2)))
+    while n <= most:
+        mde = min_detectable_difference(sd, n, level, power)
+        if mde is not None and mde <= target:
+            return n
+        n += 1
+    return None
+
+
+def verdict(low: float | None, high: float | None, mde: float | None,
+            target: float = TARGET_DIFFERENCE) -> str:
+    """What a paired interval says, in the words the table, the report, the dock and the README
+    use: ``better`` / ``worse`` (the 95 % interval excludes 0), ``cannot tell`` (it contains 0 and
+    the experiment could not have detected ``target``: too few seeds for their spread), ``no
+    difference of {target} or more`` (it contains 0 although ``target`` would have been
+    detected), or ``cannot tell (1 seed)``."""
+    if low is None or high is None:
+        return "cannot tell (1 seed)"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    if mde is None or mde > target:
+        return "cannot tell"
+    return f"no difference of {target:g} or more"
+
+
 def paired_summary(runs: list[dict[str, Any]], class_names: list[str]) -> list[dict[str, Any]]:
     """One row per (variant, R): reported mIoU mean ± SE, the paired difference to R=0 of the
     same seeds (mean, 95 % t-interval), per-class IoU differences, and for synthetic-only runs
@@ -173,6 +232,7 @@ def paired_summary(runs: list[dict[str, Any]], class_names: list[str]) -> list[d
             row["paired_seeds"] = [a["seed"] for a, _ in paired]
             row["miou_delta"] = d["mean"]
             row["miou_delta_ci"] = [d["low"], d["high"]] if d["low"] is not None else None
+            row.update(power_summary([a["miou"] - b["miou"] for a, b in paired], d))
             row["iou_delta"] = [_mean([None if a["iou"][k] is None or b["iou"][k] is None
                                        else a["iou"][k] - b["iou"][k] for a, b in paired])
                                 for k in range(len(class_names))]
@@ -184,10 +244,24 @@ def paired_summary(runs: list[dict[str, Any]], class_names: list[str]) -> list[d
     return rows
 
 
+def power_summary(differences: list[float], interval: dict[str, Any]) -> dict[str, Any]:
+    """The power of a paired comparison: the standard deviation of the differences, the minimum
+    detectable difference (95 %, 80 % power) with the seeds observed, the seeds that would detect
+    :data:`TARGET_DIFFERENCE` at that spread, and the :func:`verdict`."""
+    d = np.asarray([x for x in differences if x is not None and math.isfinite(x)], dtype=float)
+    n = len(d)
+    sd = float(d.std(ddof=1)) if n >= 2 else None
+    mde = min_detectable_difference(sd, n) if sd is not None else None
+    return {"miou_delta_sd": sd, "mde": mde, "power": POWER,
+            "target_difference": TARGET_DIFFERENCE, "seeds_for_target": seeds_needed(sd),
+            "verdict": verdict(interval.get("low"), interval.get("high"), mde)}
+
+
 def _mean(values: list[float | None]) -> float | None:
     v = [x for x in values if x is not None]
     return float(np.mean(v)) if v else None
 
 
-__all__ = ["BASELINE", "VARIANTS", "PoolContext", "Variant", "final_scores", "paired_summary",
-           "parse_variants", "register_variant", "t_interval"]
+__all__ = ["BASELINE", "POWER", "TARGET_DIFFERENCE", "VARIANTS", "PoolContext", "Variant",
+           "final_scores", "min_detectable_difference", "paired_summary", "parse_variants",
+           "power_summary", "register_variant", "seeds_needed", "t_interval", "verdict"]

@@ -8,17 +8,43 @@ from typing import Any
 
 from satsynth.io import atomic_path
 from satsynth.segmenter.report import fmt_score
+from satsynth.workflows.protocol import POWER, TARGET_DIFFERENCE
 
 
 def _ci(ci: list[float | None] | None) -> str:
     return "n/a (1 seed)" if not ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
+#: What the power columns of the table mean (table.md and the HTML report).
+POWER_NOTE = (
+    f"Detectable Δ: the smallest true paired difference the experiment would have found (95 % "
+    f"two-sided t-test, {POWER:.0%} power) with its seeds and the spread of their differences; "
+    f"Seeds for ±{TARGET_DIFFERENCE:g}: the paired seeds that would detect a difference of "
+    f"{TARGET_DIFFERENCE:g} at that spread. Reading: **better** / **worse** when the 95 % "
+    f"interval excludes 0; **cannot tell** when it contains 0 and the detectable Δ is above "
+    f"{TARGET_DIFFERENCE:g} (too few seeds for their spread: this is not evidence of no effect); "
+    f"**no difference of {TARGET_DIFFERENCE:g} or more** when it contains 0 although "
+    f"{TARGET_DIFFERENCE:g} would have been detected.")
+
+
+def power_cells(row: dict[str, Any]) -> str:
+    """The paired Δ, its interval, the detectable Δ, the seeds for ±0.02 and the reading of one
+    summary row, as table cells ('| a | b | ... |')."""
+    mde = row.get("mde")
+    need = row.get("seeds_for_target")
+    delta = "n/a" if row["miou_delta"] is None else f"{row['miou_delta']:+.4f}"
+    return (f"{delta} | {_ci(row['miou_delta_ci'])} | "
+            + ("n/a" if mde is None else f"{mde:.4f}") + " | "
+            + ("n/a" if need is None else str(need)) + f" | {row.get('verdict', '')} |")
+
+
 def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
                         settings: dict[str, Any]) -> str:
     """The experiment table (one row per variant and R, from
     :func:`satsynth.workflows.protocol.paired_summary`): reported mIoU, the paired difference to
-    R=0 with its 95 % interval, the selection (val) mIoU, and per-class IoU differences."""
+    R=0 with its 95 % interval, its power (the minimum detectable difference, the seeds that would
+    detect 0.02, the reading: :func:`satsynth.workflows.protocol.verdict`), the selection (val)
+    mIoU, and per-class IoU differences."""
     def pm(r: dict[str, Any]) -> str:
         se = r["miou_se"]
         return f"{r['miou_mean']:.4f} ± {se:.4f}" if se is not None else f"{r['miou_mean']:.4f}"
@@ -31,14 +57,16 @@ def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
              + (")." if split == "test" else "; the dataset has no test split, so the reported "
                 "split is also the selection split)."), "",
              f"| variant | R | real chips | synthetic chips | seeds | {split} mIoU (mean ± SE) | "
-             "paired Δ vs R=0 | 95 % interval (t) | val mIoU | steps |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"paired Δ vs R=0 | 95 % interval (t) | detectable Δ | seeds for ±{TARGET_DIFFERENCE:g} | "
+             "reading | "
+             "val mIoU | steps |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in summary:
         lines.append(f"| {r['variant']} | {r['ratio']:g} | {r['real_chips']} | "
                      f"{r['synthetic_chips']} | {r['runs']} | {pm(r)} | "
-                     + ("" if r["variant"] == "real" else sgn(r["miou_delta"])) + " | "
-                     + ("" if r["variant"] == "real" else _ci(r["miou_delta_ci"])) + " | "
+                     + ("| | | | |" if r["variant"] == "real" else power_cells(r)) + " "
                      + f"{fmt_score(r['val_miou_mean'], 4)} | {r['steps_mean']:.0f} |")
+    lines += ["", POWER_NOTE]
     tstr = [r for r in summary if r.get("ratio_to_real") is not None]
     for r in tstr:
         lines += ["", f"TSTR ({r['variant']}, R={r['ratio']:g}: synthetic pairs only, scored on "
@@ -59,7 +87,7 @@ def experiment_markdown(summary: list[dict[str, Any]], class_names: list[str],
         lines += ["", "Per-class IoU at R=0: " + ", ".join(
             f"{n} {fmt_score(v)}" for n, v in zip(class_names, base["iou_mean"], strict=True)) + "."]
     keys = ("arch", "encoder", "epochs", "budget", "batch_size", "real_fraction", "seeds",
-            "variants", "val_every", "generator", "upsampler")
+            "variants", "val_every", "generator", "upsampler", "protocol")
     lines += ["", "Settings: " + ", ".join(f"{k}={settings[k]}" for k in keys
                                            if settings.get(k) is not None)
               + ".", ""]
