@@ -72,8 +72,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory next to ``path``; it replaces ``path`` on success."""
+    """Yield a temporary directory next to ``path``; it replaces ``path`` on success. A symbolic
+    link named as ``path`` stays a link: the folder it points to is the one replaced."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     tmp = make_temp_dir(path)
     try:
         yield tmp

@@ -13,7 +13,7 @@ from satsynth.data.classes import ClassTable, write_qml
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStore, ChipStoreWriter, StoreMeta
 from satsynth.errors import SatSynthError
-from satsynth.io import atomic_path
+from satsynth.io import atomic_dir, atomic_path
 
 
 def _meta(k: int = 3) -> StoreMeta:
@@ -104,6 +104,19 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
             tmp.write_text("half")
             raise ValueError
     assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_atomic_dir_through_a_link_replaces_the_folder_it_points_to_and_keeps_the_link(tmp_path):
+    real = tmp_path / "store"
+    real.mkdir()
+    (real / "old.txt").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with atomic_dir(link) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert link.is_symlink() and link.resolve() == real
+    assert sorted(p.name for p in real.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "store"]
 
 
 def test_cli_reports_errors_as_one_json_line_and_exit_code_2(tmp_path):
