@@ -294,6 +294,8 @@ CASES = [
      "also an input", "ds"),
     ("experiment-out-foreign", "experiment {ds} --ratios 0 --out {mydocs}", None, ["mydocs"],
      "not a SatSynth experiment folder", "mydocs"),
+    ("experiment-batch-zero", "experiment {ds} --ratios 0 --batch-size 0 --out {root}/o",
+     "o", ["ds"], "--batch-size must be >= 2", ""),
     ("demo-out-foreign", "demo --out {mydocs}", None, ["mydocs"],
      "not a SatSynth demo folder", "mydocs"),
 ]

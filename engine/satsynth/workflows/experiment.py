@@ -73,6 +73,16 @@ def experiment_train_options(budget: str, epochs: int, real_epoch: int, every: i
     return opts
 
 
+def _check_run_options(cfg: ExperimentFields) -> None:
+    """Refuse, before any work, segmenter options that every run would refuse (one line)."""
+    from satsynth.segmenter.train import SegmenterTrainOptions
+
+    SegmenterTrainOptions(arch=cfg.arch, encoder=cfg.encoder, epochs=cfg.epochs,
+                          batch_size=cfg.batch_size, lr=cfg.lr, class_weights=cfg.class_weights,
+                          real_fraction=cfg.real_fraction, minutes=cfg.minutes_per_run,
+                          patience=cfg.patience).check()
+
+
 class ExperimentConfig(ExperimentFields):
     """What the experiment runs (the fields and defaults of
     :class:`satsynth.contract.ExperimentFields`); everything that changes a run's result is in
@@ -180,6 +190,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
         raise SatSynthError(f"--seeds must be >= 1, got {cfg.seeds}")
     if not 0 < cfg.filter_keep <= 1:
         raise SatSynthError(f"--filter-keep must be a fraction in (0, 1], got {cfg.filter_keep}")
+    _check_run_options(cfg)
     variants = parse_variants(cfg.variants)
     if upsampler is not None and generator is None:
         raise SatSynthError("--upsampler needs --generator: the cascade's base generator")
