@@ -24,6 +24,7 @@ from satsynth.generator import cli as generator_cli
 from satsynth.outputs import check_output, output_lock
 from satsynth.predict import cli as predict_cli
 from satsynth.segmenter import cli as segmenter_cli
+from satsynth.threads import apply_threads, set_wait_policy
 from satsynth.workflows import cli as workflows_cli
 
 log = logging.getLogger("satsynth")
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "on stdout (for the QGIS plugin), or nothing")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="debug logging on stderr")
+    common.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N",
+                        help="CPU threads to compute with (default: the usable CPUs that the "
+                             "machine's load leaves free, at least 1)")
     parser = argparse.ArgumentParser(
         prog="satsynth", parents=[common],
         description="SatSynth: learn joint image-mask diffusion from labeled rasters, synthesize "
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     progress.set_mode(mode)
     progress.setup_logging(getattr(args, "verbose", False))
     progress.install_signal_handlers()
+    if args.command != "check-output":  # before torch is imported: OpenMP reads it once
+        set_wait_policy()
+        apply_threads(getattr(args, "threads", None))
     try:
         # one writer per output: under accelerate launch / torchrun the run's main process
         locked = OUTPUT_ARGS if launch_rank() == 0 else ()

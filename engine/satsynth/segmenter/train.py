@@ -188,14 +188,10 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
     """An Accelerator on the asked device (``accelerate launch`` picks the processes)."""
     from accelerate import Accelerator
 
-    from satsynth.device import resolve_device
+    from satsynth.device import mixed_precision_for, resolve_device
 
     dev = resolve_device(device)
-    mp = mixed_precision
-    if dev.type != "cuda" and mp != "no":
-        log.warning("--mixed-precision %s needs a CUDA GPU; training in full precision on %s",
-                    mp, dev.type)
-        mp = "no"
+    mp = mixed_precision_for(mixed_precision, dev)
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=mp)
 
 
