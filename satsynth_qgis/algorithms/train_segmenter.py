@@ -44,8 +44,9 @@ class TrainSegmenter(SatSynthAlgorithm):
     Architecture: fpn (the paper's), unet, deeplabv3plus, pspnet, segformer (use encoder mit_b0), or
     tiny (a small conv net for quick CPU checks; its encoder reads e.g. w16d2). Encoders start from
     random weights unless 'Encoder weights' names a local file (.safetensors or .pth, e.g. ImageNet
-    weights of the chosen encoder): nothing is downloaded. Mixed precision (fp16 or bf16) speeds
-    training up on a CUDA GPU; on a CPU it is ignored.
+    weights of the chosen encoder): nothing is downloaded. Mixed precision: auto (the default)
+    computes in bf16 on CPUs with AVX512-BF16 or AMX and on GPUs with bf16, fp16 on other
+    tensor-core GPUs, float32 elsewhere; the weights stay float32.
 
     Outputs: the segmenter folder, its metrics file (JSON) and the validation mIoU.
     """
@@ -81,7 +82,8 @@ class TrainSegmenter(SatSynthAlgorithm):
             QgsProcessingParameterFile("ENCODER_WEIGHTS", self.tr(
                 "Encoder weights (a local .safetensors or .pth file)"), compat.FILE_FILE,
                 optional=True, fileFilter="Weights (*.safetensors *.pth *.pt)"),
-            self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)",
+            self.enum_param("MIXED_PRECISION",
+                            "Mixed precision (auto: bf16 where the CPU or GPU has it)",
                             contract.MIXED_PRECISIONS, d.mixed_precision),
         )
         self.add_output_folder("Segmenter folder", "MODEL")

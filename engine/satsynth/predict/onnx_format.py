@@ -60,16 +60,28 @@ def import_onnxruntime(purpose: str) -> Any:
     return onnxruntime
 
 
+#: ONNX Runtime session options on top of its defaults (benchmarks/bench_predict_memory.py):
+#: no CPU memory arena (it keeps every batch's peak allocations for the session's life) and
+#: intra-op threads that sleep instead of spinning while they wait (a busy machine).
+SESSION_OPTIONS: dict[str, Any] = {"enable_cpu_mem_arena": False}
+SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+
+
 def open_session(ort: Any, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)
                  ) -> Any:
-    """An ONNX Runtime session of an exported graph on ``providers``, with torch's thread count
-    and errors-only logging (warnings would reach the plugin's log as noise)."""
+    """An ONNX Runtime session of an exported graph on ``providers``, with torch's thread count,
+    :data:`SESSION_OPTIONS` and errors-only logging (warnings would reach the plugin's log as
+    noise)."""
     import torch
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    for key, value in SESSION_OPTIONS.items():
+        setattr(opts, key, value)
+    for key, value in SESSION_CONFIG.items():
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), opts, providers=list(providers))
 
 
