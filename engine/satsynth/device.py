@@ -15,6 +15,9 @@ def resolve_device(name: str = "auto") -> Any:
     """'auto' picks CUDA, then Apple MPS, then the CPU; asking for a missing one is an error."""
     import torch
 
+    from satsynth.threads import report_choice
+
+    report_choice()
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():

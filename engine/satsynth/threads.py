@@ -101,8 +101,8 @@ def set_wait_policy() -> None:
 
 
 def apply_threads(asked: int | None = None) -> ThreadChoice:
-    """Choose the thread count (:func:`choose_threads`), hand it to OpenMP/MKL through the
-    environment (and to torch itself when it is already loaded), and log the choice."""
+    """Choose the thread count (:func:`choose_threads`) and hand it to OpenMP/MKL through the
+    environment (and to torch itself when it is already loaded); :func:`report_choice` logs it."""
     choice = choose_threads(asked)
     user_set = "OMP_NUM_THREADS" in os.environ and asked is None
     if user_set:  # the user's OMP_NUM_THREADS wins over the automatic choice
@@ -116,5 +116,19 @@ def apply_threads(asked: int | None = None) -> ThreadChoice:
             os.environ[key] = str(choice.threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(choice.threads)
-    log.info(choice.describe())
+    global _chosen
+    _chosen = choice
+    log.debug(choice.describe())
     return choice
+
+
+_chosen: ThreadChoice | None = None
+
+
+def report_choice() -> None:
+    """Log the command's thread choice once, when its computing starts (``resolve_device``):
+    a command that stops on bad input says only what is wrong, in one line."""
+    global _chosen
+    if _chosen is not None:
+        log.info(_chosen.describe())
+        _chosen = None

@@ -20,7 +20,13 @@ from satsynth.contract import (
     GeneratorTrainFields,
     SegmenterTrainFields,
 )
-from satsynth.device import Capability, capability, choose_mixed_precision, cpu_flags
+from satsynth.device import (
+    Capability,
+    capability,
+    choose_mixed_precision,
+    cpu_flags,
+    resolve_device,
+)
 from satsynth.predict.windows import device_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,6 +66,8 @@ def test_apply_threads_sets_openmp_and_logs(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="satsynth"):
             choice = threads.apply_threads(1)
+            assert "threads:" not in caplog.text  # not before the command's work starts
+            resolve_device("cpu")
         assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
         assert torch.get_num_threads() == 1 and choice.reason == "--threads"
         assert "threads: 1 (--threads" in caplog.text

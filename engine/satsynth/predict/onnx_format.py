@@ -60,10 +60,11 @@ def import_onnxruntime(purpose: str) -> Any:
     return onnxruntime
 
 
-#: ONNX Runtime session options on top of its defaults (benchmarks/bench_predict_memory.py):
-#: no CPU memory arena (it keeps every batch's peak allocations for the session's life) and
-#: intra-op threads that sleep instead of spinning while they wait (a busy machine).
-SESSION_OPTIONS: dict[str, Any] = {"enable_cpu_mem_arena": False}
+#: ONNX Runtime session attributes set on top of its defaults (none: without its CPU memory
+#: arena a 4096^2 prediction saved 40-65 MiB but cost 5-8 % more CPU time, and resident memory
+#: crept up with the raster's length; benchmarks/bench_predict_memory.py varies them).
+SESSION_OPTIONS: dict[str, Any] = {}
+#: Session config entries: intra-op threads sleep instead of spinning while they wait.
 SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
 
 
