@@ -323,6 +323,15 @@ def format_seconds(seconds: float) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
+def engine_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """What the engine's environment adds to ours (then ``env``): it leaves
+    ``contract.PLUGIN_LEAVE_CORES`` CPU core(s) to QGIS when it chooses its thread count, unless
+    our environment already sets ``contract.ENV_LEAVE_CORES``."""
+    extra = ({} if contract.ENV_LEAVE_CORES in os.environ
+             else {contract.ENV_LEAVE_CORES: str(contract.PLUGIN_LEAVE_CORES)})
+    return {**extra, **(env or {})}
+
+
 def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
                engine: Engine | None = None, grace_s: float = GRACE_SECONDS,
                cwd: str | os.PathLike[str] | None = None,
@@ -351,7 +360,7 @@ def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
         finished = run_streaming(
             argv, relay_line,
             is_cancelled=(feedback.isCanceled if feedback is not None else lambda: False),
-            grace_s=grace_s, cwd=cwd, env=env)
+            grace_s=grace_s, cwd=cwd, env=engine_environment(env))
     except OSError as exc:
         raise EngineNotFound(f"Could not start the SatSynth engine ({engine.describe()}): {exc}.\n"
                              + not_found_message()) from None

@@ -28,6 +28,7 @@ from satsynth.outputs import check_output, output_lock
 from satsynth.predict import cli as predict_cli
 from satsynth.raster import quiet_libtiff
 from satsynth.segmenter import cli as segmenter_cli
+from satsynth.threads import apply_threads, set_wait_policy
 from satsynth.workflows import cli as workflows_cli
 
 log = logging.getLogger("satsynth")
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "on stdout (for the QGIS plugin), or nothing")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="debug logging on stderr")
+    common.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N",
+                        help="CPU threads to compute with (default: the usable CPUs that the "
+                             "machine's load leaves free, at least 1)")
     parser = argparse.ArgumentParser(
         prog="satsynth", parents=[common],
         description="SatSynth: learn joint image-mask diffusion from labeled rasters, synthesize "
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "verbose", False):
         quiet_libtiff()
     progress.install_signal_handlers()
+    if args.command != "check-output":  # before torch is imported: OpenMP reads it once
+        set_wait_policy()
+        apply_threads(getattr(args, "threads", None))
     # one writer per output: under accelerate launch / torchrun the run's main process
     locked = (*OUTPUT_ARGS, *getattr(args, "writes_into", ())) if launch_rank() == 0 else ()
     outs = [v for v in (getattr(args, k, None) for k in locked) if isinstance(v, str)]

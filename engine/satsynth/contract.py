@@ -274,7 +274,15 @@ def parse_normalization(data: Any) -> NormalizationSpec:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: ``--progress``: a bar on stderr for people, JSON lines on stdout for the plugin, or nothing.
 PROGRESS_MODES = ("bar", "json", "quiet")
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
+#: ``--mixed-precision``: auto (the default) autocasts to bf16 where the device computes it fast
+#: (CPUs with AVX512-BF16 or AMX, GPUs with bf16), to fp16 where only fp16 is fast, and stays in
+#: float32 elsewhere (``satsynth.device.choose_mixed_precision``); weights stay float32.
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+#: Environment variable: CPU cores the engine leaves to other programs when it chooses its thread
+#: count (``satsynth.threads``); the QGIS plugin sets it to :data:`PLUGIN_LEAVE_CORES`.
+ENV_LEAVE_CORES = "SATSYNTH_LEAVE_CORES"
+#: Cores the plugin leaves to QGIS itself (on a machine with more than one usable core).
+PLUGIN_LEAVE_CORES = 1
 
 #: The small conv net without downsampling (tests, quick CPU runs); its encoder reads
 #: "w<width>d<depth>", e.g. :data:`TINY_ENCODER`.
@@ -322,6 +330,10 @@ LAYOUTS = ("loveda", "openearthmap", "isaid")
 #: ``predict --runtime``: ONNX Runtime on a CPU when installed (auto), torch, or onnx.
 RUNTIMES = ("auto", "torch", "onnx")
 EXPORT_FORMATS = ("onnx",)
+#: ``predict``'s tiles per forward pass per device type when ``--batch`` is 0 (the default): on a
+#: CPU a bigger batch costs memory and buys no speed (benchmarks/bench_predict_memory.py); on a
+#: GPU it fills the device.
+PREDICT_BATCH = {"cpu": 1, "cuda": 8, "mps": 8}
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +362,7 @@ class SegmenterTrainFields:
     minutes: float | None = None
     seed: int = 0
     device: str = "auto"
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     augment: bool = True
     val_batch_size: int = 32
     synthetic_mode: str = "mix"
@@ -389,7 +401,7 @@ class GeneratorTrainFields:
     warmup: int = 100
     ema_decay: float = 0.999
     grad_accum: int = 1
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     class_balanced: bool = False
     augment: bool = True
     checkpoint_every: int = 500
@@ -451,7 +463,7 @@ class PredictFields:
 
     tile: int = 512
     overlap: int = 64
-    batch: int = 8
+    batch: int = 0  # 0: the device's (PREDICT_BATCH)
     runtime: str = RUNTIMES[0]
     device: str = "auto"
 

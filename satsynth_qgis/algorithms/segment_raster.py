@@ -60,8 +60,10 @@ class SegmentRaster(SatSynthAlgorithm):
         self.add_tiling_parameters("Overlap between tiles (pixels)")
         self.addParameter(self.device_param())
         self.add_advanced(
-            QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch"),
-                                         compat.NUMBER_INTEGER, 8, minValue=1),
+            QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch (0: the device's "
+                                                          "default)"),
+                                         compat.NUMBER_INTEGER, contract.PredictFields.batch,
+                                         minValue=0),
             self.enum_param("RUNTIME", "Runtime", contract.RUNTIMES,
                             contract.PredictFields.runtime),
             QgsProcessingParameterBoolean(

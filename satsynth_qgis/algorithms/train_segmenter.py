@@ -83,8 +83,9 @@ class TrainSegmenter(SatSynthAlgorithm):
     'TorchGeo weights', e.g. ResNet50_Weights.FMOW_RGB_GASSL with encoder resnet50), or 'Encoder
     weights' names a local file (.safetensors or .pth). Named weights are read from their cache:
     the first run downloads them (or Set up engine fetches them); offline, the log says how to
-    copy them over. The model then scales its input as the weights expect. Mixed precision (fp16 or bf16) speeds
-    training up on a CUDA GPU; on a CPU it is ignored.
+    copy them over. The model then scales its input as the weights expect. Mixed precision: auto
+    (the default) computes in bf16 on CPUs with AVX512-BF16 or AMX and on GPUs with bf16, fp16 on
+    other tensor-core GPUs, float32 elsewhere; the weights stay float32.
 
     Outputs: the segmenter folder, its metrics file (JSON) and the validation mIoU.
     """
@@ -118,7 +119,8 @@ class TrainSegmenter(SatSynthAlgorithm):
             QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
                                          d.seed, minValue=0),
             *weights_parameters(self),
-            self.enum_param("MIXED_PRECISION", "Mixed precision (CUDA GPU)",
+            self.enum_param("MIXED_PRECISION",
+                            "Mixed precision (auto: bf16 where the CPU or GPU has it)",
                             contract.MIXED_PRECISIONS, d.mixed_precision),
         )
         self.add_output_folder("Segmenter folder", "MODEL")

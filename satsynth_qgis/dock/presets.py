@@ -31,7 +31,7 @@ class StageSettings:
     torchgeo_weights: str = ""  # with pretrained = torchgeo: TorchGeo's weights name
     epochs: int = 5
     synthetic_ratio: float = 0.5
-    mixed_precision: str = "no"  # no, fp16, bf16 (a CUDA GPU)
+    mixed_precision: str = "auto"  # auto (bf16/fp16 where the device has it), no, fp16, bf16
     experiment_ratios: str = "0,0.5,1"  # Experiment: synthetic pairs per real pair to compare
     experiment_seeds: int = 2
     experiment_budget: str = "steps"

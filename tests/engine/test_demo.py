@@ -14,8 +14,8 @@ import rasterio
 def test_demo_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "satsynth", "demo", "--progress", "json", "--out", str(out),
-           "--scene-size", "256", "--chip-size", "32", "--generator-minutes", "0.05",
-           "--segmenter-minutes", "0.05", "--segmenter-epochs", "1", "--arch", "tiny",
+           "--scene-size", "256", "--chip-size", "32", "--generator-steps", "3",
+           "--segmenter-steps", "3", "--arch", "tiny",
            "--encoder", "w8d2", "--count", "8", "--sampler-steps", "2", "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -44,3 +44,27 @@ def test_demo_runs_every_stage_and_reports(tmp_path):
     # the report states the outcome with the measured figures
     real, filt = summary["runs"]["real"]["miou"], summary["runs"]["real+synthetic (filtered)"]
     assert f"Real only: {real:.3f}" in html and f"{filt['miou'] - real:+.3f}" in html
+
+
+def _summary_without_timings(out) -> dict:
+    text = (out / "summary.json").read_text().replace(str(out), "OUT")
+    summary = json.loads(text)
+    summary.pop("timings_s")
+    return summary
+
+
+@pytest.mark.slow
+def test_two_demo_runs_give_identical_summaries(tmp_path):
+    """Fixed step counts, not time budgets: the same command gives the same figures however busy
+    the machine is (on the same number of threads)."""
+    from satsynth.cli import main
+
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert main(["demo", "--progress", "quiet", "--threads", "1", "--out", str(out),
+                     "--scene-size", "256", "--chip-size", "32", "--generator-steps", "4",
+                     "--segmenter-steps", "4", "--arch", "tiny", "--encoder", "w8d2",
+                     "--count", "8", "--sampler-steps", "2", "--device", "cpu"]) == 0
+    a, b = (_summary_without_timings(out) for out in outs)
+    assert a["generator_steps"] == 4
+    assert a == b

@@ -105,5 +105,6 @@ def test_the_algorithms_defaults_are_the_declared_options():
             ("SEEDS", "BUDGET", "EPOCHS", "PATIENCE", "VARIANTS", "SAMPLER_STEPS")] == [
         exp.seeds, exp.budget, exp.epochs, exp.patience, ",".join(exp.variants), exp.steps]
     alg = _algorithm("segment_raster")
-    assert [alg.parameterDefinition(n).defaultValue() for n in ("TILE", "OVERLAP", "RUNTIME")
-            ] == [predict.tile, predict.overlap, predict.runtime]
+    assert [alg.parameterDefinition(n).defaultValue() for n in ("TILE", "OVERLAP", "RUNTIME",
+                                                                 "BATCH")
+            ] == [predict.tile, predict.overlap, predict.runtime, predict.batch]

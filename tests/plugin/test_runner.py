@@ -14,6 +14,7 @@ import pytest
 from qgis.core import QgsProcessingException
 
 from satsynth_qgis import runner
+from satsynth_qgis.contract import contract
 
 
 def fake_engine(tmp_path: Path, body: str) -> runner.Engine:
@@ -155,6 +156,17 @@ def test_qgis_python_and_proj_paths_do_not_leak_into_the_engine(tmp_path, feedba
     out = runner.run_engine(["check"], feedback, engine=engine).outputs
     assert out == {"PYTHONPATH": None, "PROJ_LIB": None, "SATSYNTH_MARKER": "kept",
                    "PYTHONUNBUFFERED": "1"}
+
+
+def test_the_engine_leaves_a_core_to_qgis_unless_told_otherwise(tmp_path, feedback, monkeypatch):
+    monkeypatch.delenv(contract.ENV_LEAVE_CORES, raising=False)
+    engine = fake_engine(tmp_path, f"""
+        emit(event="done", outputs={{"leave": os.environ.get({contract.ENV_LEAVE_CORES!r})}})
+    """)
+    out = runner.run_engine(["check"], feedback, engine=engine).outputs
+    assert out == {"leave": str(contract.PLUGIN_LEAVE_CORES)} and contract.PLUGIN_LEAVE_CORES == 1
+    monkeypatch.setenv(contract.ENV_LEAVE_CORES, "0")  # the user's own setting is kept
+    assert runner.run_engine(["check"], feedback, engine=engine).outputs == {"leave": "0"}
 
 
 # --- finding the engine ---------------------------------------------------------------------------

@@ -133,7 +133,9 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, default=d.grad_accum,
                    help="gradient accumulation steps (default %(default)s)")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=d.mixed_precision,
-                   help="mixed precision on GPU (default %(default)s)")
+                   help="autocast format: auto (default) = bf16 on CPUs with AVX512-BF16 or AMX "
+                        "and GPUs with bf16, fp16 on other tensor-core GPUs, else float32; "
+                        "weights stay float32")
     p.add_argument("--class-balanced", action="store_true",
                    help="draw chips with rare classes more often")
     p.add_argument("--no-augment", action="store_true",

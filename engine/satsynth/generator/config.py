@@ -156,7 +156,7 @@ class GeneratorTrainOptions(GeneratorTrainFields):
         if not 0.0 <= self.ema_decay < 1.0:
             raise SatSynthError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.mixed_precision not in MIXED_PRECISIONS:
-            raise SatSynthError("--mixed-precision must be no, fp16 or bf16")
+            raise SatSynthError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISIONS)}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             self.snr_gamma = None
         if self.snr_weighting not in SNR_WEIGHTINGS:

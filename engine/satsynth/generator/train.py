@@ -271,7 +271,7 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
 
     from satsynth.data.augment import random_dihedral_batch
     from satsynth.data.torch_dataset import ChipDataset
-    from satsynth.device import resolve_device
+    from satsynth.device import mixed_precision_for, resolve_device
     from satsynth.generator.model import build_unet, noise_scheduler
 
     stage = stage or TrainStage()
@@ -302,10 +302,7 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
         check_recipe_size(opts.recipe, cfg.chip_size, store.path)
 
     dev = resolve_device(opts.device)
-    mp = opts.mixed_precision
-    if dev.type == "cpu" and mp == "fp16":
-        log.warning("fp16 mixed precision needs a GPU; training in full precision on the CPU")
-        mp = "no"
+    mp = mixed_precision_for(opts.mixed_precision, dev)
     acc = Accelerator(cpu=dev.type == "cpu", mixed_precision=mp,
                       gradient_accumulation_steps=opts.grad_accum)
     device = acc.device

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from satsynth.cli_common import add_batch_size, add_command, add_device
-from satsynth.contract import EXPORT_FORMATS, RUNTIMES, PredictFields
+from satsynth.contract import EXPORT_FORMATS, PREDICT_BATCH, RUNTIMES, PredictFields
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -35,7 +35,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="pixels shared by neighbouring windows, blended smoothly (default "
                         "%(default)s)")
     p.add_argument("--batch", type=int, default=d.batch,
-                   help="windows per forward pass (default %(default)s)")
+                   help="windows per forward pass (default 0: the device's, "
+                        + ", ".join(f"{v} on {k}" for k, v in PREDICT_BATCH.items()) + ")")
     add_device(p, d.device)
     p.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
                    help="the forward pass: onnx (ONNX Runtime; exported into SEG_DIR once and "

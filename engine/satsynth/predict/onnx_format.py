@@ -60,16 +60,29 @@ def import_onnxruntime(purpose: str) -> Any:
     return onnxruntime
 
 
+#: ONNX Runtime session attributes set on top of its defaults (none: without its CPU memory
+#: arena a 4096^2 prediction saved 40-65 MiB but cost 5-8 % more CPU time, and resident memory
+#: crept up with the raster's length; benchmarks/bench_predict_memory.py varies them).
+SESSION_OPTIONS: dict[str, Any] = {}
+#: Session config entries: intra-op threads sleep instead of spinning while they wait.
+SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+
+
 def open_session(ort: Any, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)
                  ) -> Any:
-    """An ONNX Runtime session of an exported graph on ``providers``, with torch's thread count
-    and errors-only logging (warnings would reach the plugin's log as noise)."""
+    """An ONNX Runtime session of an exported graph on ``providers``, with torch's thread count,
+    :data:`SESSION_OPTIONS` and errors-only logging (warnings would reach the plugin's log as
+    noise)."""
     import torch
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    for key, value in SESSION_OPTIONS.items():
+        setattr(opts, key, value)
+    for key, value in SESSION_CONFIG.items():
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), opts, providers=list(providers))
 
 

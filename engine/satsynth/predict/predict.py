@@ -41,7 +41,7 @@ from satsynth.predict.source import (
     select_bands,
 )
 from satsynth.predict.vectorize import StreamingVectorizer
-from satsynth.predict.windows import check_tiling
+from satsynth.predict.windows import check_tiling, device_batch
 from satsynth.predict.writer import PredictionWriter, aux_xml, to_cog
 from satsynth.raster import TileGrid, crs_name, fmt_coord, open_raster, quiet_georef_warnings
 
@@ -124,6 +124,7 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         raise SatSynthError(f"config.json: normalization has {normalizer.bands} bands but the "
                             f"model takes {cfg.in_channels}", Path(model_dir))
     multiple = input_multiple(model)
+    batch = device_batch(batch, dev)
     check_tiling(tile, overlap, batch, multiple, cfg.arch)
     amp = dev.type == "cuda"
     forward = select_forward(runtime, model_dir, model, cfg, dev, overlap, tile)

@@ -5,6 +5,9 @@ can use, and which tile rows each process of a distributed run takes. The tiles 
 
 from __future__ import annotations
 
+from typing import Any
+
+from satsynth.contract import PREDICT_BATCH
 from satsynth.errors import SatSynthError
 from satsynth.raster import TileGrid
 
@@ -18,7 +21,15 @@ def check_tiling(tile: int, overlap: int, batch: int, multiple: int, arch: str) 
         raise SatSynthError(f"--overlap {overlap} must be between 0 and half the tile "
                             f"({tile // 2} for --tile {tile})")
     if batch < 1:
-        raise SatSynthError(f"--batch {batch} must be at least 1")
+        raise SatSynthError(f"--batch {batch} must be at least 1 (or 0: the device's default)")
+
+
+def device_batch(batch: int, device: Any) -> int:
+    """``--batch``, or for 0 (the default) the device type's (:data:`PREDICT_BATCH`): one tile at
+    a time on a CPU, where a bigger batch only costs memory; 8 on a GPU."""
+    if batch:
+        return batch
+    return PREDICT_BATCH.get(getattr(device, "type", str(device)), PREDICT_BATCH["cuda"])
 
 
 def rows_for_rank(grid: TileGrid, rank: int, world: int) -> tuple[range, int, int]:

@@ -124,7 +124,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "the weights averaged over them; the average is the model kept")
     add_seed(p, seg.seed)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=seg.mixed_precision,
-                   help="mixed precision on a CUDA GPU")
+                   help="autocast format: auto (default) = bf16 on CPUs with AVX512-BF16 or AMX "
+                        "and GPUs with bf16, fp16 on other tensor-core GPUs, else float32; "
+                        "weights stay float32")
 
     from satsynth.segmenter import scoring_cli
 

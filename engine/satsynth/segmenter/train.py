@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,15 +198,29 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
     """An Accelerator on the asked device (``accelerate launch`` picks the processes)."""
     from accelerate import Accelerator
 
-    from satsynth.device import resolve_device
+    from satsynth.device import mixed_precision_for, resolve_device
 
     dev = resolve_device(device)
-    mp = mixed_precision
-    if dev.type != "cuda" and mp != "no":
-        log.warning("--mixed-precision %s needs a CUDA GPU; training in full precision on %s",
-                    mp, dev.type)
-        mp = "no"
+    mp = mixed_precision_for(mixed_precision, dev)
     return Accelerator(cpu=dev.type == "cpu", mixed_precision=mp)
+
+
+@contextmanager
+def float32_forward(model: Any) -> Iterator[None]:
+    """Within: ``model`` (prepared by Accelerate) runs its forward in float32, without the
+    autocast Accelerate wraps around it for mixed-precision training, so that validation scores
+    what ``evaluate`` and ``predict`` will compute with the saved float32 weights."""
+    inner = getattr(model, "module", model)  # DDP keeps the patched module inside
+    original = inner.__dict__.get("_original_forward")  # Accelerate's own record of it
+    if original is None:
+        yield
+        return
+    patched = inner.forward
+    inner.forward = original
+    try:
+        yield
+    finally:
+        inner.forward = patched
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,8 +427,9 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
         nonlocal best
         t_val = _now()
         metrics.reset()
-        evaluate_chips(model, val_chips, meta.normalizer, metrics, opts.val_batch_size,
-                       device, indices=val_idx, shard=(acc.num_processes, acc.process_index))
+        with float32_forward(model):
+            evaluate_chips(model, val_chips, meta.normalizer, metrics, opts.val_batch_size,
+                           device, indices=val_idx, shard=(acc.num_processes, acc.process_index))
         scores = metrics.compute(meta.classes.names)
         losses, train_s = pending["losses"], pending["train_s"]
         rec = EpochRecord(epoch, len(losses), float(np.mean(losses)) if losses else float("nan"),

@@ -27,6 +27,10 @@ from satsynth.outputs import check_output
 
 log = logging.getLogger("satsynth")
 
+#: The demo's fixed training lengths (step counts, not time budgets: the same result everywhere).
+DEMO_GENERATOR_STEPS = 500
+DEMO_SEGMENTER_STEPS = 400
+
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``demo`` sub-command."""
@@ -41,8 +45,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_seed(p, 0)
     p.add_argument("--scene-size", type=int, default=2048, help="generated scene side, px")
     p.add_argument("--chip-size", type=int, default=64)
-    p.add_argument("--generator-minutes", type=float, default=3.0)
-    p.add_argument("--segmenter-minutes", type=float, default=1.25)
+    p.add_argument("--generator-steps", type=int, default=DEMO_GENERATOR_STEPS,
+                   help="generator training steps (default %(default)s): fixed, so that the demo "
+                        "gives the same models and report on any machine, however loaded")
+    p.add_argument("--generator-minutes", type=float, default=None,
+                   help="also stop the generator after this many minutes (a time budget: the "
+                        "result then depends on the machine and its load)")
+    p.add_argument("--segmenter-steps", type=int, default=DEMO_SEGMENTER_STEPS,
+                   help="optimizer steps per segmenter (default %(default)s; 0: --segmenter-epochs)")
+    p.add_argument("--segmenter-minutes", type=float, default=None,
+                   help="also stop each segmenter after this many minutes (a time budget)")
     p.add_argument("--segmenter-epochs", type=int, default=seg.epochs)
     p.add_argument("--arch", default=seg.arch, choices=ARCHITECTURES)
     p.add_argument("--encoder", default=seg.encoder)
@@ -60,8 +72,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Generate a georeferenced labeled scene (or use --data), then prepare chips, train a
     generator, synthesize pairs, train a segmenter on real data only, score every synthetic pair
     with it, train on real + all synthetic pairs and on real + the most consistent ones, evaluate
-    each, predict the scene and write report.html. The defaults fit about 8 minutes on 2 CPU
-    cores."""
+    each, predict the scene and write report.html. Training runs fixed step counts, so the same
+    command gives the same models and report on any machine (time budgets are an option); the
+    defaults take about 8 minutes on 2 quiet CPU cores."""
     from satsynth.data.prepare import prepare_dataset
     from satsynth.data.store import ChipStore
     from satsynth.generator.sample import synthesize
@@ -107,8 +120,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     # 2. generator
     t = time.monotonic()
     gen = run_training(dataset, out / "generator", minutes=args.generator_minutes,
-                       steps=1_000_000, seed=args.seed, device=args.device,
-                       checkpoint_every=10_000)
+                       steps=args.generator_steps, seed=args.seed, device=args.device,
+                       checkpoint_every=max(args.generator_steps, 1))
     outputs.update(generator=str(gen["model"]), generator_loss_plot=str(gen["loss_plot"]))
     _step("train-generator", t)
 
@@ -124,7 +137,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     # the real-only segmenter finds most consistent (R = kept / |D|)
     ratio = round(args.count / max(n_train, 1), 3)
     seg_opts = dict(arch=args.arch, encoder=args.encoder, epochs=args.segmenter_epochs,
-                    minutes=args.segmenter_minutes, seed=args.seed, device=args.device)
+                    max_steps=args.segmenter_steps or None, minutes=args.segmenter_minutes,
+                    seed=args.seed, device=args.device)
     runs: dict[str, dict[str, Any]] = {}
 
     def _segmenter(name: str, suffix: str, syn_dir: str | None, r: float | None) -> None:
@@ -168,6 +182,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary = {"runs": runs, "best": best, "train_chips": n_train,
                "val_chips": store.meta.counts.get("val", 0), "synthetic_pairs": args.count,
                "ratio": ratio, "tv_distance": syn.get("tv_distance"), "timings_s": timings,
+               "generator_steps": gen["steps"],
                "pair_consistency": read_json(scored["report"])["pair_consistency"],
                "pair_consistency_grid": scored["grid"],
                "filter": read_json(filtered["report"])["filter"] if filtered else None}

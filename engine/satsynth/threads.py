@@ -1,0 +1,134 @@
+"""How many CPU threads the engine computes with, chosen once per command before torch starts.
+
+An analyst's machine is never idle: QGIS and other programs share its cores. A thread that waits
+for a core another program holds makes every step of a parallel loop wait, and OpenMP threads
+that spin while they wait burn the core they would give back. So the engine counts the CPUs it
+may use (``os.sched_getaffinity``), takes away what the rest of the machine keeps busy (the
+1-minute load average, spread over all the machine's CPUs) and the cores the caller asks it to
+leave free (the QGIS plugin leaves one to QGIS, :data:`~satsynth.contract.ENV_LEAVE_CORES`), and
+uses at least one thread; ``--threads N`` overrides. Waiting threads sleep
+(``OMP_WAIT_POLICY=PASSIVE``, ONNX Runtime without spinning). Standard library only: this runs
+before torch is imported, since OpenMP reads its environment once, when torch loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from satsynth.contract import ENV_LEAVE_CORES
+
+log = logging.getLogger("satsynth")
+
+#: Environment the engine's OpenMP starts with unless the user set it: waiting threads sleep.
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: Variables that carry the thread count to OpenMP, MKL and OpenBLAS when torch loads them.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The thread count and why: the CPUs usable, the load seen, the cores left to others."""
+
+    threads: int
+    usable: int
+    load: float
+    leave: int
+    reason: str
+
+    def describe(self) -> str:
+        """One log line: what was chosen and from what."""
+        return (f"threads: {self.threads} ({self.reason}; {self.usable} usable CPU(s), load "
+                f"average {self.load:.1f}, {self.leave} left to other programs)")
+
+
+def usable_cpus(affinity: Callable[[int], set[int]] | None = None) -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where the
+    platform has no affinity)."""
+    get = affinity or getattr(os, "sched_getaffinity", None)
+    if get is not None:
+        try:
+            return max(1, len(get(0)))
+        except OSError:
+            pass
+    return max(1, os.cpu_count() or 1)
+
+
+def machine_load() -> float:
+    """The 1-minute load average (0 where the platform has none, e.g. Windows)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(asked: int | None = None, *, usable: int | None = None,
+                   load: float | None = None, total: int | None = None,
+                   leave: int | None = None) -> ThreadChoice:
+    """The intra-op thread count: ``asked`` when given (``--threads``), else the usable CPUs
+    minus the share of the machine's load that falls on them (rounded) minus ``leave``, at
+    least 1. ``usable``, ``load``, ``total`` (the machine's CPUs) and ``leave`` default to this
+    process's affinity, the load average, ``os.cpu_count()`` and
+    :data:`~satsynth.contract.ENV_LEAVE_CORES` (0 when unset)."""
+    usable = usable_cpus() if usable is None else max(1, usable)
+    load = machine_load() if load is None else max(0.0, load)
+    total = max(usable, os.cpu_count() or usable) if total is None else max(usable, total)
+    leave = _env_leave() if leave is None else max(0, leave)
+    if asked is not None and asked > 0:
+        return ThreadChoice(asked, usable, load, leave, "--threads")
+    busy_here = load * usable / total  # others' work spread over every CPU of the machine
+    free = int(usable - busy_here + 0.5) - leave
+    n = max(1, min(usable - leave, free))
+    reason = "all usable CPUs" if n == usable else "the CPUs free of other work"
+    return ThreadChoice(n, usable, load, leave, reason)
+
+
+def _env_leave() -> int:
+    try:
+        return max(0, int(os.environ.get(ENV_LEAVE_CORES, "0")))
+    except ValueError:
+        return 0
+
+
+def set_wait_policy() -> None:
+    """Waiting OpenMP threads sleep instead of spinning (unless the user set a policy); must run
+    before torch is imported."""
+    for key, value in WAIT_POLICY.items():
+        os.environ.setdefault(key, value)
+
+
+def apply_threads(asked: int | None = None) -> ThreadChoice:
+    """Choose the thread count (:func:`choose_threads`) and hand it to OpenMP/MKL through the
+    environment (and to torch itself when it is already loaded); :func:`report_choice` logs it."""
+    choice = choose_threads(asked)
+    user_set = "OMP_NUM_THREADS" in os.environ and asked is None
+    if user_set:  # the user's OMP_NUM_THREADS wins over the automatic choice
+        try:
+            n = max(1, int(os.environ["OMP_NUM_THREADS"]))
+        except ValueError:
+            n = choice.threads
+        choice = ThreadChoice(n, choice.usable, choice.load, choice.leave, "OMP_NUM_THREADS")
+    for key in THREAD_VARS:
+        if key == "OMP_NUM_THREADS" or asked is not None or key not in os.environ:
+            os.environ[key] = str(choice.threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(choice.threads)
+    global _chosen
+    _chosen = choice
+    log.debug(choice.describe())
+    return choice
+
+
+_chosen: ThreadChoice | None = None
+
+
+def report_choice() -> None:
+    """Log the command's thread choice once, when its computing starts (``resolve_device``):
+    a command that stops on bad input says only what is wrong, in one line."""
+    global _chosen
+    if _chosen is not None:
+        log.info(_chosen.describe())
+        _chosen = None
