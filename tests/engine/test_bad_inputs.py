@@ -298,6 +298,8 @@ CASES = [
      "o", ["ds"], "--batch-size must be >= 2", ""),
     ("demo-out-foreign", "demo --out {mydocs}", None, ["mydocs"],
      "not a SatSynth demo folder", "mydocs"),
+    ("demo-chip-size-too-small", "demo --out {root}/o --chip-size 7", "o", [],
+     "chip size must be at least 8 px", ""),
 ]
 
 

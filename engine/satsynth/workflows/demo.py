@@ -75,7 +75,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     each, predict the scene and write report.html. Training runs fixed step counts, so the same
     command gives the same models and report on any machine (time budgets are an option); the
     defaults take about 8 minutes on 2 quiet CPU cores."""
-    from satsynth.data.prepare import prepare_dataset
+    from satsynth.data.prepare import PrepareConfig, prepare_dataset
     from satsynth.data.store import ChipStore
     from satsynth.generator.sample import synthesize
     from satsynth.generator.train import run_training
@@ -85,6 +85,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from satsynth.segmenter.train import train_segmenter
 
     out = check_output(Path(args.out).resolve(), "demo", inputs=[args.data], into=True)
+    PrepareConfig(chip_size=args.chip_size, seed=args.seed, max_chips=args.max_chips)  # checks
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     timings: dict[str, float] = {}
