@@ -27,7 +27,7 @@ import numpy as np
 from satsynth.errors import SatSynthError
 from satsynth.predict import onnx_format
 from satsynth.predict.export import write_onnx
-from satsynth.predict.forward import Forward
+from satsynth.predict.forward import Forward, pad_to_tile
 
 log = logging.getLogger("satsynth")
 
@@ -113,7 +113,8 @@ class OnnxForward(Forward):
     """Class probabilities ``(N, K, h, w)`` of normalized tiles through ONNX Runtime; one session
     per tile size, its graph exported once into the cache folder (:func:`cache_folder`) and
     reused once it is checked to give the model's output. Tiles smaller than ``tile`` (a raster
-    smaller than one tile) are padded up to it by reflection, so one export serves every raster.
+    smaller than one tile) are padded up to it (:func:`~satsynth.predict.forward.pad_to_tile`,
+    as in every runtime), so one export serves every raster.
     """
 
     name = "onnx"
@@ -135,9 +136,8 @@ class OnnxForward(Forward):
         import torch
 
         h, w = int(x.shape[-2]), int(x.shape[-1])
-        th, tw = (max(h, self.tile), max(w, self.tile)) if self.tile else (h, w)
-        if (th, tw) != (h, w):
-            x = np.pad(x, ((0, 0), (0, 0), (0, th - h), (0, tw - w)), mode="reflect")
+        x = pad_to_tile(x, self.tile)
+        th, tw = int(x.shape[-2]), int(x.shape[-1])
         sess = self.sessions.get((th, tw)) or self._session(th, tw)
         probs = onnx_format.run_session(sess, x)[..., :h, :w]
         return torch.from_numpy(np.ascontiguousarray(probs)).to(self.device)

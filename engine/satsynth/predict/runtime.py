@@ -34,7 +34,7 @@ def select_forward(runtime: str, model_dir: str | Path, model: Any, cfg: Any, de
         if folder is None and runtime == "auto":
             log.info("forward: PyTorch (neither the model folder nor %s can be written, so "
                      "there is no place for the ONNX export)", user_cache_root())
-            return TorchForward(model, device, amp=False)
+            return TorchForward(model, device, amp=False, tile=tile)
         if folder is None:
             log.info("forward: ONNX Runtime (neither the model folder nor %s can be written: "
                      "the export is kept for this run only)", user_cache_root())
@@ -46,4 +46,4 @@ def select_forward(runtime: str, model_dir: str | Path, model: Any, cfg: Any, de
         return OnnxForward(model_dir, model, cfg, device, overlap, tile, folder)
     log.info("forward: PyTorch%s", "" if runtime == "torch" or not on_cpu else
              " (onnxruntime is not installed)")
-    return TorchForward(model, device, amp=getattr(device, "type", None) == "cuda")
+    return TorchForward(model, device, amp=getattr(device, "type", None) == "cuda", tile=tile)
