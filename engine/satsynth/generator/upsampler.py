@@ -51,6 +51,13 @@ class UpsamplerConfig(GeneratorConfig):
     def factor(self) -> int:
         return self.chip_size // max(self.base_size, 1)
 
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's form; ``cond_noise`` only where it was used (older folders' layout)."""
+        d = super().to_dict()
+        if not self.cond_noise:
+            d.pop("cond_noise")
+        return d
+
     @property
     def in_channels(self) -> int:
         """The noisy high-resolution pair and the upsampled low-resolution pair."""
