@@ -649,13 +649,12 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
 
 
 def _report_ignored(sources: list[_Source]) -> None:
-    from satsynth.data.labels import IGNORE_VALUE
 
     for s in sources:
         if s.kind != "raster":
             continue
         total = sum(s.hist.values())
-        n = s.hist.get(IGNORE_VALUE, 0)
+        n = s.hist.get(IGNORE_INDEX, 0)
         if total and n:
             log.info("%s: %.1f%% of pixels have value 255, which means ignore (not trained on); "
                      "if 255 marks a class, recode it first, e.g. gdal_calc.py --calc='(A==255)*1'",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from satsynth.contract import OUTPUT_MARK
-from satsynth.data.classes import ClassTable
+from satsynth.data.classes import IGNORE_INDEX, ClassTable
 from satsynth.errors import SatSynthError, system_error
 
 log = logging.getLogger("satsynth")
@@ -69,13 +69,12 @@ class StreamingVectorizer:
     with ``class_id``, ``class_name``, ``pixels`` and ``area_m2``."""
 
     def __init__(self, path: Path, *, crs: Any, transform: Any, table: ClassTable,
-                 layer: str, simplify: float = 0.0, min_area: float = 0.0,
-                 nodata: int = 255) -> None:
+                 layer: str, simplify: float = 0.0, min_area: float = 0.0) -> None:
         self.path = Path(path)
         self.crs = crs
         self.transform = transform
         self.layer = layer
-        self.nodata = nodata
+        self.nodata = IGNORE_INDEX
         self.names = {c.id: c.name for c in table.classes}
         self.min_area = float(min_area)
         self.features = 0
