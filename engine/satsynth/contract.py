@@ -445,6 +445,22 @@ class ExperimentFields:
     keep_models: bool = False
 
 
+def parse_ratios(text: str | Sequence[float]) -> list[float]:
+    """The experiment's synthetic ratios R: '2, 0, 1, 1' (or a list) -> [0.0, 1.0, 2.0], sorted and
+    without repeats. Raises :class:`ContractError` unless they are finite numbers >= 0."""
+    try:
+        if isinstance(text, str):
+            vals = [float(t) for t in text.replace(" ", "").split(",") if t]
+        else:
+            vals = [float(v) for v in text]
+    except (TypeError, ValueError):
+        raise ContractError(f"--ratios must be numbers separated by commas, got {text!r}"
+                            ) from None
+    if not vals or any(v < 0 or not math.isfinite(v) for v in vals):
+        raise ContractError(f"--ratios must be numbers >= 0, got {text!r}")
+    return sorted(set(vals))
+
+
 @dataclass
 class PredictFields:
     """The options of ``predict`` that the plugin shows too, and their defaults."""
