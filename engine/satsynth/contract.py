@@ -329,6 +329,53 @@ EXPORT_FORMATS = ("onnx",)
 # and the plugin's parameters take their defaults from them
 
 
+def bounds(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """A field's accepted range (inclusive; None: unbounded), as ``field(metadata=...)``."""
+    return {"min": low, "max": high}
+
+
+def field_bounds(fields_cls: Any, name: str) -> tuple[Any, Any]:
+    """(min, max) declared with a stage field (``bounds``); (None, None) when it declares none."""
+    meta = fields_cls.__dataclass_fields__[name].metadata
+    return meta.get("min"), meta.get("max")
+
+
+def range_problems(options: Any) -> list[str]:
+    """One line per field of ``options`` (a stage-fields dataclass) outside its declared range,
+    naming the command-line option: '--chip-size must be in 8..4096, got 4'."""
+    problems = []
+    for name, f in options.__dataclass_fields__.items():
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        value = getattr(options, name)
+        if value is None or (low is None and high is None):
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"at least {low:g}" if high is None else f"in {low:g}..{high:g}"
+            problems.append(f"--{name.replace('_', '-')} must be {span}, got {value:g}")
+    return problems
+
+
+@dataclass
+class PrepareFields:
+    """How ``prepare`` cuts and splits chips: its options, defaults and accepted ranges (the
+    plugin's Prepare and Pipeline parameters take theirs from these)."""
+
+    chip_size: int = field(default=128, metadata=bounds(8, 4096))
+    stride: int | None = field(default=None, metadata=bounds(1, 4096))  # None: the chip size
+    val_fraction: float = field(default=0.2, metadata=bounds(0.0, 0.9))
+    val_sources: tuple[str, ...] = ()
+    test_fraction: float = field(default=0.0, metadata=bounds(0.0, 0.9))  # spatial blocks
+    test_sources: tuple[str, ...] = ()
+    block_size: int = field(default=4, metadata=bounds(1))  # spatial split block, in chips
+    seed: int = 0
+    min_labeled: float = field(default=0.5, metadata=bounds(0.0, 1.0))
+    max_chips: int | None = field(default=None, metadata=bounds(1))
+    line_buffer: float = field(default=0.0, metadata=bounds(0.0))  # metres, lines and points
+    all_touched: bool = False
+    labels_on_image_grid: bool = False  # label rasters drawn on the image's pixels, no georef
+    background: str | None = "background"  # None: pixels no feature covers are ignored
+
+
 @dataclass
 class SegmenterTrainFields:
     """The options of one segmenter training run (``train-segmenter``) and their defaults."""
