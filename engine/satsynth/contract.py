@@ -20,6 +20,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,14 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 #: "w<width>d<depth>", e.g. :data:`TINY_ENCODER`.
 TINY_ARCH = "tiny"
 TINY_ENCODER = "w16d2"
+
+
+def tiny_encoder(encoder: str) -> tuple[int, int] | None:
+    """(width, depth) of a tiny-net encoder name 'w<width>d<depth>' (width >= 1), e.g. 'w16d2' ->
+    (16, 2); None when ``encoder`` is not one."""
+    m = re.fullmatch(r"w(\d+)d(\d+)", str(encoder))
+    return (int(m[1]), int(m[2])) if m and int(m[1]) >= 1 else None
+
 #: Segmenter architectures: segmentation_models_pytorch's, then :data:`TINY_ARCH`.
 ARCHITECTURES = ("fpn", "unet", "deeplabv3plus", "pspnet", "segformer", TINY_ARCH)
 #: Encoders suggested for the architectures other than tiny (any smp encoder name works).

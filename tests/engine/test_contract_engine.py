@@ -151,3 +151,21 @@ def test_prepare_refuses_what_is_outside_the_declared_ranges():
                          (dict(chip_size=16, stride=17), "stride must be between 1 and the chip")):
         with pytest.raises(SatSynthError, match=message):
             PrepareConfig(**bad)
+
+
+def test_the_tiny_encoder_rule_is_the_contracts():
+    """One reading of 'w<width>d<depth>': the engine builds what the contract accepts and refuses
+    the rest with one line (the plugin's encoder check uses the same function)."""
+    from satsynth.data.normalize import Normalizer
+    from satsynth.segmenter.model import SegmenterConfig, build_segmenter
+
+    assert contract.tiny_encoder(contract.TINY_ENCODER) == (16, 2)
+    assert contract.tiny_encoder("w8d0") == (8, 0)
+    for bad in ("wide", "w0d2", "w8", "resnet18", "w8d2x"):
+        assert contract.tiny_encoder(bad) is None, bad
+        cfg = SegmenterConfig(arch="tiny", encoder=bad, in_channels=3,
+                              classes=ClassTable.from_dict([{"id": 0, "name": "a"},
+                                                            {"id": 1, "name": "b"}]),
+                              normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8"))
+        with pytest.raises(SatSynthError, match="takes an encoder like 'w16d2'"):
+            build_segmenter(cfg)

@@ -126,6 +126,9 @@ def test_experiment_ratios_follow_the_engines_rule(engine_args, dataset, tmp_pat
     ({"RATIOS": "0,1"}, "Ratios above 0 need a generator folder"),
     ({"RATIOS": "0", "UPSAMPLER": "/no/sr"}, "An upsampler folder needs a generator folder"),
     ({"RATIOS": "0", "ARCH": "fpn", "ENCODER": "w8d2"}, "is for the tiny architecture"),
+    # the contract's tiny-encoder rule (the plugin's guess took any name starting with "w")
+    ({"RATIOS": "0", "ARCH": "tiny", "ENCODER": "wide"}, "takes an encoder like w16d2"),
+    ({"RATIOS": "0", "ARCH": "tiny", "ENCODER": "w0d2"}, "takes an encoder like w16d2"),
 ])
 def test_experiment_refuses_bad_parameters_before_starting(engine_args, dataset, tmp_path,
                                                             params, message):
