@@ -660,3 +660,13 @@ EVENT_ERROR = "error"
 #: engine's own log goes to stderr as plain lines.
 MESSAGE_EVENTS = ("log", "warning", "info")
 EVENT_WARNING = "warning"
+
+#: The CLI's exit codes besides 0 (success) and 1 (an internal error, with its traceback): a
+#: refused input or a failure the user can fix (one line, also in the "error" event), a cancel
+#: (Ctrl+C, a stop signal, or a resumable stop after a checkpoint).
+EXIT_REFUSED = 2
+EXIT_CANCELLED = 130
+#: How the CLI's last stderr line starts when it repeats the "error" event's message.
+CLI_ERROR = "satsynth: error: "
+CLI_INTERNAL_ERROR = "satsynth: internal error: "
+CLI_CANCELLED = "satsynth: cancelled"
