@@ -199,7 +199,7 @@ class RunResult:
 
 
 #: How the CLI's last line starts when its protocol "error" event carries the same message.
-CLI_ERROR_PREFIXES = ("satsynth: error: ", "satsynth: internal error: ", "satsynth: cancelled")
+CLI_ERROR_PREFIXES = (contract.CLI_ERROR, contract.CLI_INTERNAL_ERROR, contract.CLI_CANCELLED)
 
 
 class _Relay:
@@ -376,7 +376,7 @@ def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
 
 def _failure_message(args: Sequence[str], code: int | None, relay: _Relay, tail: list[str]) -> str:
     command = args[0] if args else "?"
-    if relay.cancelled_by_engine or (relay.error and code == 130):
+    if relay.cancelled_by_engine or (relay.error and code == contract.EXIT_CANCELLED):
         return f"SatSynth {command} was cancelled (the engine received a stop signal)."
     if relay.error:
         return f"SatSynth {command} failed: {relay.error}"

@@ -19,7 +19,16 @@ from typing import Any
 
 from satsynth import __version__, progress
 from satsynth.cli_common import add_command
-from satsynth.contract import FILE_KIND, FOLDER_KINDS, PROGRESS_MODES
+from satsynth.contract import (
+    CLI_CANCELLED,
+    CLI_ERROR,
+    CLI_INTERNAL_ERROR,
+    EXIT_CANCELLED,
+    EXIT_REFUSED,
+    FILE_KIND,
+    FOLDER_KINDS,
+    PROGRESS_MODES,
+)
 from satsynth.data import cli as data_cli
 from satsynth.distributed import launch_rank
 from satsynth.errors import Cancelled, SatSynthError, system_error
@@ -124,28 +133,28 @@ def main(argv: list[str] | None = None) -> int:
             outputs = args.func(args) or {}
     except SatSynthError as exc:
         progress.emit_error(str(exc))
-        print(f"satsynth: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{CLI_ERROR}{exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except BrokenPipeError:  # the reader went away (``satsynth info DS | head``): not an error
         _silence_stdout()
         return 0
     except (Cancelled, KeyboardInterrupt):
         progress.emit_error("cancelled", cancelled=True)
-        print("satsynth: cancelled; no partial output was kept", file=sys.stderr)
-        return 130
+        print(f"{CLI_CANCELLED}; no partial output was kept", file=sys.stderr)
+        return EXIT_CANCELLED
     except Exception as exc:  # noqa: BLE001 - last resort: keep the protocol intact
         # a full disk, a read-only folder...: the user's to fix
         msg = system_error(exc, outs or _path_values(args))
         if msg is None:
             return _internal_error(exc)
         progress.emit_error(msg)
-        print(f"satsynth: error: {msg}", file=sys.stderr)
-        return 2
+        print(f"{CLI_ERROR}{msg}", file=sys.stderr)
+        return EXIT_REFUSED
     if outputs.get("interrupted") is True:  # stopped on request after a resumable checkpoint
-        msg = f"cancelled; the checkpoint in {outputs.get('model')} continues with --resume"
-        progress.emit_error(msg, cancelled=True)
-        print(f"satsynth: {msg}", file=sys.stderr)
-        return 130
+        where = f"; the checkpoint in {outputs.get('model')} continues with --resume"
+        progress.emit_error(f"cancelled{where}", cancelled=True)
+        print(f"{CLI_CANCELLED}{where}", file=sys.stderr)
+        return EXIT_CANCELLED
     try:
         _report_outputs(outputs)
     except BrokenPipeError:
@@ -163,9 +172,9 @@ def _path_values(args: argparse.Namespace) -> list[str]:
 def _internal_error(exc: BaseException) -> int:
     """A bug: the traceback, then one line in the protocol (exit 1)."""
     traceback.print_exc(file=sys.stderr)
-    msg = f"internal error: {exc.__class__.__name__}: {exc} (please report this with the log)"
-    progress.emit_error(msg)
-    print(f"satsynth: {msg}", file=sys.stderr)
+    msg = f"{exc.__class__.__name__}: {exc} (please report this with the log)"
+    progress.emit_error(f"internal error: {msg}")
+    print(f"{CLI_INTERNAL_ERROR}{msg}", file=sys.stderr)
     return 1
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +289,14 @@ PLUGIN_LEAVE_CORES = 1
 #: "w<width>d<depth>", e.g. :data:`TINY_ENCODER`.
 TINY_ARCH = "tiny"
 TINY_ENCODER = "w16d2"
+
+
+def tiny_encoder(encoder: str) -> tuple[int, int] | None:
+    """(width, depth) of a tiny-net encoder name 'w<width>d<depth>' (width >= 1), e.g. 'w16d2' ->
+    (16, 2); None when ``encoder`` is not one."""
+    m = re.fullmatch(r"w(\d+)d(\d+)", str(encoder))
+    return (int(m[1]), int(m[2])) if m and int(m[1]) >= 1 else None
+
 #: Segmenter architectures: segmentation_models_pytorch's, then :data:`TINY_ARCH`.
 ARCHITECTURES = ("fpn", "unet", "deeplabv3plus", "pspnet", "segformer", TINY_ARCH)
 #: Encoders suggested for the architectures other than tiny (any smp encoder name works).
@@ -339,6 +348,53 @@ PREDICT_BATCH = {"cpu": 1, "cuda": 8, "mps": 8}
 # --------------------------------------------------------------------------------------------
 # stage options, declared once: the engine's option classes derive from these, the CLI parsers
 # and the plugin's parameters take their defaults from them
+
+
+def bounds(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """A field's accepted range (inclusive; None: unbounded), as ``field(metadata=...)``."""
+    return {"min": low, "max": high}
+
+
+def field_bounds(fields_cls: Any, name: str) -> tuple[Any, Any]:
+    """(min, max) declared with a stage field (``bounds``); (None, None) when it declares none."""
+    meta = fields_cls.__dataclass_fields__[name].metadata
+    return meta.get("min"), meta.get("max")
+
+
+def range_problems(options: Any) -> list[str]:
+    """One line per field of ``options`` (a stage-fields dataclass) outside its declared range,
+    naming the command-line option: '--chip-size must be in 8..4096, got 4'."""
+    problems = []
+    for name, f in options.__dataclass_fields__.items():
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        value = getattr(options, name)
+        if value is None or (low is None and high is None):
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"at least {low:g}" if high is None else f"in {low:g}..{high:g}"
+            problems.append(f"--{name.replace('_', '-')} must be {span}, got {value:g}")
+    return problems
+
+
+@dataclass
+class PrepareFields:
+    """How ``prepare`` cuts and splits chips: its options, defaults and accepted ranges (the
+    plugin's Prepare and Pipeline parameters take theirs from these)."""
+
+    chip_size: int = field(default=128, metadata=bounds(8, 4096))
+    stride: int | None = field(default=None, metadata=bounds(1, 4096))  # None: the chip size
+    val_fraction: float = field(default=0.2, metadata=bounds(0.0, 0.9))
+    val_sources: tuple[str, ...] = ()
+    test_fraction: float = field(default=0.0, metadata=bounds(0.0, 0.9))  # spatial blocks
+    test_sources: tuple[str, ...] = ()
+    block_size: int = field(default=4, metadata=bounds(1))  # spatial split block, in chips
+    seed: int = 0
+    min_labeled: float = field(default=0.5, metadata=bounds(0.0, 1.0))
+    max_chips: int | None = field(default=None, metadata=bounds(1))
+    line_buffer: float = field(default=0.0, metadata=bounds(0.0))  # metres, lines and points
+    all_touched: bool = False
+    labels_on_image_grid: bool = False  # label rasters drawn on the image's pixels, no georef
+    background: str | None = "background"  # None: pixels no feature covers are ignored
 
 
 @dataclass
@@ -455,6 +511,22 @@ class ExperimentFields:
     synth_batch_size: int = _SYN.batch_size
     device: str = "auto"
     keep_models: bool = False
+
+
+def parse_ratios(text: str | Sequence[float]) -> list[float]:
+    """The experiment's synthetic ratios R: '2, 0, 1, 1' (or a list) -> [0.0, 1.0, 2.0], sorted and
+    without repeats. Raises :class:`ContractError` unless they are finite numbers >= 0."""
+    try:
+        if isinstance(text, str):
+            vals = [float(t) for t in text.replace(" ", "").split(",") if t]
+        else:
+            vals = [float(v) for v in text]
+    except (TypeError, ValueError):
+        raise ContractError(f"--ratios must be numbers separated by commas, got {text!r}"
+                            ) from None
+    if not vals or any(v < 0 or not math.isfinite(v) for v in vals):
+        raise ContractError(f"--ratios must be numbers >= 0, got {text!r}")
+    return sorted(set(vals))
 
 
 @dataclass
@@ -600,3 +672,13 @@ EVENT_ERROR = "error"
 #: engine's own log goes to stderr as plain lines.
 MESSAGE_EVENTS = ("log", "warning", "info")
 EVENT_WARNING = "warning"
+
+#: The CLI's exit codes besides 0 (success) and 1 (an internal error, with its traceback): a
+#: refused input or a failure the user can fix (one line, also in the "error" event), a cancel
+#: (Ctrl+C, a stop signal, or a resumable stop after a checkpoint).
+EXIT_REFUSED = 2
+EXIT_CANCELLED = 130
+#: How the CLI's last stderr line starts when it repeats the "error" event's message.
+CLI_ERROR = "satsynth: error: "
+CLI_INTERNAL_ERROR = "satsynth: internal error: "
+CLI_CANCELLED = "satsynth: cancelled"

@@ -210,6 +210,15 @@ def crs_name(crs: Any) -> str:
         return "custom CRS (no EPSG code)"
 
 
+def metres_per_unit(crs: Any) -> float:
+    """Metres per unit of a non-geographic CRS's axes (0.3048... for US survey feet); 1.0 where
+    the CRS does not declare its linear units (e.g. a local engineering CRS): taken as metres."""
+    try:
+        return float(crs.linear_units_factor[1])
+    except Exception:  # noqa: BLE001 - rasterio raises CRSError for undeclared units
+        return 1.0
+
+
 def crs_to_string(crs: Any) -> str | None:
     """How a CRS is stored in our metadata: 'EPSG:n' when exact, otherwise WKT."""
     if crs is None:

@@ -166,7 +166,7 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         try:
             runner.run_engine(args, None)
         except runner.EngineError as exc:
-            if exc.exit_code == 2:
+            if exc.exit_code == contract.EXIT_REFUSED:
                 return str(exc).split(" failed: ", 1)[-1]
         except QgsProcessingException:  # no engine: the run itself will say so
             pass

@@ -27,7 +27,14 @@ from ..contract import contract
 from ..styling import ChipSplitPostProcessor
 from .base import AlgorithmInfo, SatSynthAlgorithm
 
-MIN_CHIP = 16
+#: prepare's defaults and accepted ranges (the contract's PrepareFields).
+PREP = contract.PrepareFields()
+
+
+def prep_bounds(name: str) -> dict[str, Any]:
+    """A Processing number parameter's minValue/maxValue for a PrepareFields field."""
+    low, high = contract.field_bounds(contract.PrepareFields, name)
+    return {k: v for k, v in (("minValue", low), ("maxValue", high)) if v is not None}
 #: The engine's ``prepare --layout`` names (satsynth.data.layouts), "none" for image + labels.
 NO_LAYOUT = "none"
 LAYOUTS = [NO_LAYOUT, *contract.LAYOUTS]
@@ -90,36 +97,37 @@ class PrepareChips(SatSynthAlgorithm):
         self.addParameter(self.folder_param(
             "DATASET_FOLDER", "Dataset folder as downloaded (for a dataset layout)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 128,
-            minValue=MIN_CHIP, maxValue=4096))
+            "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, PREP.chip_size,
+            **prep_bounds("chip_size")))
         self.addParameter(QgsProcessingParameterNumber(
             "STRIDE", self.tr("Stride between chips (pixels, 0 = chip size)"),
-            compat.NUMBER_INTEGER, 0, minValue=0, maxValue=4096))
+            compat.NUMBER_INTEGER, 0, minValue=0, maxValue=prep_bounds("stride")["maxValue"]))
         self.addParameter(QgsProcessingParameterNumber(
-            "VAL_FRACTION", self.tr("Validation fraction"), compat.NUMBER_DOUBLE, 0.2,
-            minValue=0.0, maxValue=0.9))
+            "VAL_FRACTION", self.tr("Validation fraction"), compat.NUMBER_DOUBLE,
+            PREP.val_fraction, **prep_bounds("val_fraction")))
         self.add_advanced(
             QgsProcessingParameterNumber(
                 "LINE_BUFFER", self.tr("Buffer for line/point labels (metres, 0 = 1 pixel wide)"),
-                compat.NUMBER_DOUBLE, 0.0, minValue=0.0),
+                compat.NUMBER_DOUBLE, PREP.line_buffer, **prep_bounds("line_buffer")),
             QgsProcessingParameterBoolean(
-                "ALL_TOUCHED", self.tr("Burn every pixel a feature touches"), False),
+                "ALL_TOUCHED", self.tr("Burn every pixel a feature touches"), PREP.all_touched),
             QgsProcessingParameterString(
-                "BACKGROUND", self.tr("Class name for pixels no feature covers"), "background",
+                "BACKGROUND", self.tr("Class name for pixels no feature covers"), PREP.background,
                 optional=True),
             QgsProcessingParameterBoolean(
                 "BACKGROUND_IGNORE", self.tr("Do not train on pixels no feature covers"), False),
             QgsProcessingParameterNumber(
                 "MIN_LABELED", self.tr("Skip chips with a smaller labelled fraction"),
-                compat.NUMBER_DOUBLE, 0.5, minValue=0.0, maxValue=1.0),
+                compat.NUMBER_DOUBLE, PREP.min_labeled, **prep_bounds("min_labeled")),
             QgsProcessingParameterNumber(
                 "BLOCK_SIZE", self.tr("Spatial split block side (chips)"), compat.NUMBER_INTEGER,
-                4, minValue=1),
+                PREP.block_size, **prep_bounds("block_size")),
             QgsProcessingParameterNumber(
                 "MAX_CHIPS", self.tr("Keep at most this many chips (0 = all)"),
                 compat.NUMBER_INTEGER, 0, minValue=0),
             QgsProcessingParameterNumber(
-                "SEED", self.tr("Random seed of the split"), compat.NUMBER_INTEGER, 0, minValue=0),
+                "SEED", self.tr("Random seed of the split"), compat.NUMBER_INTEGER, PREP.seed,
+                minValue=0),
         )
         self.add_output_folder("Dataset folder", "DATASET")
         self.add_outputs(QgsProcessingOutputVectorLayer, CHIPS="Chip footprints")

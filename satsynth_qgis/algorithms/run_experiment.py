@@ -23,12 +23,12 @@ from .train_segmenter import encoder_problem, encoder_weights, weights_parameter
 
 
 def parse_ratios(text: str) -> list[float] | None:
-    """'0, 1, 2.5' -> [0.0, 1.0, 2.5]; None when it is not a list of numbers >= 0."""
+    """The contract's rule ('2, 0, 1' -> [0.0, 1.0, 2.0], sorted, unique, finite, >= 0); None
+    when the text is not such a list."""
     try:
-        values = [float(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
+        return contract.parse_ratios(text)
+    except contract.ContractError:
         return None
-    return values if values and all(v >= 0 for v in values) else None
 
 
 class RunExperiment(SatSynthAlgorithm):

@@ -28,7 +28,7 @@ from .. import compat
 from ..contract import contract
 from ..styling import ClassStylePostProcessor
 from .base import AlgorithmInfo, SatSynthAlgorithm
-from .prepare_chips import MIN_CHIP, PrepareChips, add_label_inputs
+from .prepare_chips import PrepareChips, add_label_inputs, prep_bounds
 
 #: Parameters handed unchanged to Prepare training chips.
 PREPARE_INPUTS = ("IMAGE", "LABELS", "VECTOR", "CLASS_FIELD", "CLASSES", "CHIP_SIZE")
@@ -54,7 +54,7 @@ class RunPipeline(SatSynthAlgorithm):
         add_label_inputs(self)
         self.addParameter(QgsProcessingParameterNumber(
             "CHIP_SIZE", self.tr("Chip size (pixels)"), compat.NUMBER_INTEGER, 64,
-            minValue=MIN_CHIP, maxValue=4096))
+            **prep_bounds("chip_size")))
         self.addParameter(self.preset_param("GENERATOR_PRESET", "Generator size preset"))
         self.addParameter(QgsProcessingParameterNumber(
             "GENERATOR_STEPS", self.tr("Generator training steps"), compat.NUMBER_INTEGER, 500,

@@ -26,10 +26,10 @@ from .base import AlgorithmInfo, SatSynthAlgorithm
 def encoder_problem(arch: str, encoder: str) -> str:
     """Why ``encoder`` does not fit ``arch`` ('' when it does)."""
     tiny, example = contract.TINY_ARCH, contract.TINY_ENCODER
-    if arch == tiny and not encoder.startswith("w"):
+    if arch == tiny and contract.tiny_encoder(encoder) is None:
         return (f"The {tiny} architecture takes an encoder like {example} (width 16, depth 2), "
                 f"not '{encoder}'.")
-    if arch != tiny and encoder.startswith("w") and encoder[1:2].isdigit():
+    if arch != tiny and contract.tiny_encoder(encoder) is not None:
         return (f"Encoder '{encoder}' is for the {tiny} architecture; choose e.g. "
                 f"{contract.ENCODERS[0]} for the others.")
     return ""

@@ -89,6 +89,12 @@ def test_the_cli_defaults_are_the_declared_options():
     for name in ("steps", "batch_size", "lr", "warmup", "ema_decay", "grad_accum", "seed",
                  "device", "snr_weighting", "mixed_precision", "recipe"):
         assert parsed[name] == getattr(gen, name), name
+    prep = contract.PrepareFields()
+    parsed = vars(build_parser().parse_args(["prepare", "--out", "o"]))
+    for f in fields(prep):
+        if f.name not in ("val_sources", "test_sources"):
+            assert parsed[f.name] == getattr(prep, f.name), f.name
+    assert parsed["background_ignore"] is False
     syn = contract.SynthesizeFields()
     parsed = vars(build_parser().parse_args(["synthesize", "m", "--count", "1", "--out", "o"]))
     assert {f.name: parsed[f.name] for f in fields(syn)} == vars(syn)
@@ -127,3 +133,39 @@ def test_output_kinds_are_recognised_by_the_contracts_markers(tmp_path):
     assert contract.output_kind(seg) == "segmenter"
     with pytest.raises(SatSynthError, match="is a segmenter model folder, not a dataset folder"):
         check_output(seg, "dataset")
+
+
+def test_prepare_refuses_what_is_outside_the_declared_ranges():
+    """PrepareConfig checks the ranges declared with PrepareFields (the plugin's min/max)."""
+    from satsynth.data.prepare import PrepareConfig
+
+    low, high = contract.field_bounds(contract.PrepareFields, "chip_size")
+    assert PrepareConfig(chip_size=low).stride == low and PrepareConfig(chip_size=high)
+    for bad, message in ((dict(chip_size=low - 1), f"--chip-size must be in {low}..{high}, got 7"),
+                         (dict(chip_size=high + 1), "--chip-size must be in"),
+                         (dict(val_fraction=0.95), "--val-fraction must be in 0..0.9, got 0.95"),
+                         (dict(min_labeled=1.5), "--min-labeled must be in 0..1"),
+                         (dict(max_chips=0), "--max-chips must be at least 1, got 0"),
+                         (dict(line_buffer=-1.0), "--line-buffer must be at least 0"),
+                         (dict(stride=0), "--stride must be in 1..4096, got 0"),
+                         (dict(chip_size=16, stride=17), "stride must be between 1 and the chip")):
+        with pytest.raises(SatSynthError, match=message):
+            PrepareConfig(**bad)
+
+
+def test_the_tiny_encoder_rule_is_the_contracts():
+    """One reading of 'w<width>d<depth>': the engine builds what the contract accepts and refuses
+    the rest with one line (the plugin's encoder check uses the same function)."""
+    from satsynth.data.normalize import Normalizer
+    from satsynth.segmenter.model import SegmenterConfig, build_segmenter
+
+    assert contract.tiny_encoder(contract.TINY_ENCODER) == (16, 2)
+    assert contract.tiny_encoder("w8d0") == (8, 0)
+    for bad in ("wide", "w0d2", "w8", "resnet18", "w8d2x"):
+        assert contract.tiny_encoder(bad) is None, bad
+        cfg = SegmenterConfig(arch="tiny", encoder=bad, in_channels=3,
+                              classes=ClassTable.from_dict([{"id": 0, "name": "a"},
+                                                            {"id": 1, "name": "b"}]),
+                              normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8"))
+        with pytest.raises(SatSynthError, match="takes an encoder like 'w16d2'"):
+            build_segmenter(cfg)

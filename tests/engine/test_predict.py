@@ -377,6 +377,35 @@ def test_streamed_polygons_match_whole_raster_polygonization(tmp_path):
     assert sorted(got.area_m2.round(3)) == whole_area
 
 
+def test_crs_units_to_metres_one_rule_for_resolution_areas_and_simplify(tmp_path):
+    """Feet are converted, and a CRS that declares no linear unit (a local engineering CRS) is
+    read as metres by every caller (the model-resolution check and the polygon writer used to
+    stop with a rasterio traceback on it)."""
+    import geopandas as gpd
+    from rasterio.crs import CRS
+
+    from satsynth.predict.source import ground_resolution, model_resolution
+    from satsynth.predict.vectorize import StreamingVectorizer, simplify_tolerance_note
+    from satsynth.raster import metres_per_unit
+
+    feet, local = CRS.from_epsg(2229), CRS.from_wkt('LOCAL_CS["site grid",UNIT["unknown",1]]')
+    assert metres_per_unit(feet) == pytest.approx(0.3048006096)
+    assert metres_per_unit(local) == 1.0 and metres_per_unit(CRS.from_string(UTM)) == 1.0
+    assert ground_resolution(feet, T_UTM, 10, 10) == pytest.approx((0.5 * 0.3048006096,) * 2)
+    assert ground_resolution(local, T_UTM, 10, 10) == (0.5, 0.5)
+    assert model_resolution(local.to_wkt(), [0.5, 0.5], local, T_UTM, 10, 10) == (0.5, 0.5)
+    assert simplify_tolerance_note(feet).startswith("US survey foot (factor 0.3048")
+    assert simplify_tolerance_note(local) == "metres"
+    ids = np.full((8, 8), 255, np.uint8)
+    ids[2:6, 2:6] = 1
+    for crs, m2 in ((feet, 16 * 0.25 * 0.3048006096 ** 2), (local, 16 * 0.25)):
+        v = StreamingVectorizer(tmp_path / f"{crs.linear_units}.gpkg", crs=crs, transform=T_UTM,
+                                table=TABLE, layer="v", simplify=0.1)
+        v.add_block(0, ids, last=True)
+        v.close()
+        assert gpd.read_file(v.path).area_m2.sum() == pytest.approx(m2, rel=1e-9)
+
+
 def test_vector_output_areas_simplify_and_min_area(tmp_path, fitted):
     import geopandas as gpd
 

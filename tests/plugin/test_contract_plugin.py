@@ -108,3 +108,22 @@ def test_the_algorithms_defaults_are_the_declared_options():
     assert [alg.parameterDefinition(n).defaultValue() for n in ("TILE", "OVERLAP", "RUNTIME",
                                                                  "BATCH")
             ] == [predict.tile, predict.overlap, predict.runtime, predict.batch]
+
+
+def test_prepares_parameters_take_the_declared_defaults_and_ranges():
+    """One range for prepare's options: the plugin's minimum chip size was 16 while the engine
+    prepares 8 px chips; every prepare number parameter now has the contract's min/max."""
+    prep = contract.PrepareFields()
+    names = {"CHIP_SIZE": "chip_size", "VAL_FRACTION": "val_fraction",
+             "LINE_BUFFER": "line_buffer", "MIN_LABELED": "min_labeled",
+             "BLOCK_SIZE": "block_size"}
+    alg = _algorithm("prepare_chips")
+    for param, field in names.items():
+        p = alg.parameterDefinition(param)
+        low, high = contract.field_bounds(contract.PrepareFields, field)
+        assert p.defaultValue() == getattr(prep, field), param
+        assert (p.minimum(), p.maximum() if high is not None else None) == (low, high), param
+    assert alg.parameterDefinition("CHIP_SIZE").minimum() == 8
+    pipe = _algorithm("run_pipeline").parameterDefinition("CHIP_SIZE")
+    assert (pipe.minimum(), pipe.maximum()) == contract.field_bounds(contract.PrepareFields,
+                                                                     "chip_size")

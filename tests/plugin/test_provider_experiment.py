@@ -106,11 +106,29 @@ def test_experiment_options_reach_the_engine(engine_args, dataset, generator, tm
             "OUTPUT": str(tmp_path / "exp2")})
 
 
+def test_experiment_ratios_follow_the_engines_rule(engine_args, dataset, tmp_path):
+    """The plugin reads ratios by the contract's rule: sorted, without repeats, and a non-finite
+    value is refused before the run (its own copy passed '2,0,1,1' unsorted and 'nan' on)."""
+    from satsynth_qgis.algorithms.run_experiment import parse_ratios
+
+    assert parse_ratios("2, 0, 1,1") == [0.0, 1.0, 2.0]
+    assert parse_ratios("0,nan") is None and parse_ratios("inf") is None
+    assert parse_ratios("0,-1") is None and parse_ratios(" , ") is None
+    for bad in ("0,nan", "0,inf"):
+        with pytest.raises(QgsProcessingException, match="Ratios must be numbers >= 0"):
+            run_alg("satsynth:run_experiment", {"DATASET": dataset["DATASET"], **TINY,
+                                                "RATIOS": bad, "OUTPUT": str(tmp_path / "e")})
+    assert engine_args == []
+
+
 @pytest.mark.parametrize("params, message", [
     ({"RATIOS": "0,one"}, "Ratios must be numbers >= 0 separated by commas"),
     ({"RATIOS": "0,1"}, "Ratios above 0 need a generator folder"),
     ({"RATIOS": "0", "UPSAMPLER": "/no/sr"}, "An upsampler folder needs a generator folder"),
     ({"RATIOS": "0", "ARCH": "fpn", "ENCODER": "w8d2"}, "is for the tiny architecture"),
+    # the contract's tiny-encoder rule (the plugin's guess took any name starting with "w")
+    ({"RATIOS": "0", "ARCH": "tiny", "ENCODER": "wide"}, "takes an encoder like w16d2"),
+    ({"RATIOS": "0", "ARCH": "tiny", "ENCODER": "w0d2"}, "takes an encoder like w16d2"),
 ])
 def test_experiment_refuses_bad_parameters_before_starting(engine_args, dataset, tmp_path,
                                                             params, message):

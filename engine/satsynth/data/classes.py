@@ -96,7 +96,7 @@ class ClassTable:
 
     def index_to_id_lut(self) -> np.ndarray:
         """256-entry lookup: model index -> label value (255 stays 255, the output nodata)."""
-        lut = np.full(256, 255, dtype=np.uint8)
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
         for i, c in enumerate(self.classes):
             lut[i] = c.id
         return lut
@@ -104,7 +104,7 @@ class ClassTable:
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         """A rasterio colour map keyed by label value (ids), nodata 255 transparent."""
         cmap = {c.id: (*c.color, 255) for c in self.classes}
-        cmap[255] = (0, 0, 0, 0)
+        cmap[IGNORE_INDEX] = (0, 0, 0, 0)
         return cmap
 
     def palette_by_index(self) -> np.ndarray:

@@ -8,7 +8,9 @@ from typing import Any
 
 from satsynth import progress
 from satsynth.cli_common import add_command, add_seed
-from satsynth.contract import LAYOUTS
+from satsynth.contract import LAYOUTS, PrepareFields
+
+_PREP = PrepareFields()
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -27,13 +29,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     src.add_argument("--class-field", metavar="FIELD",
                      help="attribute holding each feature's class name or id (default: every "
                           "feature is one class, named after the file)")
-    src.add_argument("--line-buffer", type=float, default=0.0, metavar="METRES",
+    src.add_argument("--line-buffer", type=float, default=_PREP.line_buffer, metavar="METRES",
                      help="buffer distance (half width) in metres for lines and points, e.g. "
                           "roads (default 0: lines are burnt one pixel wide)")
     src.add_argument("--all-touched", action="store_true",
                      help="burn every pixel a feature touches (default: pixel centres inside)")
     bg = src.add_mutually_exclusive_group()
-    bg.add_argument("--background", default="background", metavar="NAME",
+    bg.add_argument("--background", default=_PREP.background, metavar="NAME",
                     help="class for pixels no feature covers (default 'background', id 0)")
     bg.add_argument("--background-ignore", action="store_true",
                     help="do not train on pixels no feature covers")
@@ -52,24 +54,26 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="class table (JSON/YAML: id, name, colour; ignore_ids/ignore_colors); "
                         "default DIR/classes.json for --folder, else inferred from the labels")
     p.add_argument("--out", required=True, metavar="DATASET", help="dataset folder to write")
-    p.add_argument("--chip-size", type=int, default=128, help="chip size in pixels (default 128)")
+    p.add_argument("--chip-size", type=int, default=_PREP.chip_size,
+                   help=f"chip size in pixels (default {_PREP.chip_size})")
     p.add_argument("--stride", type=int, help="step between chips (default: the chip size)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of chips held out for validation, by spatial blocks (default 0.2)")
+    p.add_argument("--val-fraction", type=float, default=_PREP.val_fraction,
+                   help="share of chips held out for validation, by spatial blocks (default "
+                        f"{_PREP.val_fraction:g})")
     p.add_argument("--val-sources", metavar="PATTERNS", default="",
                    help="comma-separated parts of source paths that go wholly to validation, "
                         "e.g. 'Tile 6,Tile 7' (then --val-fraction is not used)")
-    p.add_argument("--test-fraction", type=float, default=0.0,
+    p.add_argument("--test-fraction", type=float, default=_PREP.test_fraction,
                    help="share of chips held out for the final test, by spatial blocks (default "
                         "0: no test split); the test split is read only by the final evaluation")
     p.add_argument("--test-sources", metavar="PATTERNS", default="",
                    help="comma-separated parts of source paths that go wholly to the test split, "
                         "e.g. 'Tile 7' (then --test-fraction is not used)")
-    p.add_argument("--block-size", type=int, default=4,
-                   help="side of a spatial split block, in chips (default 4)")
-    add_seed(p, 0, "random seed of the split")
-    p.add_argument("--min-labeled", type=float, default=0.5,
-                   help="skip chips with a smaller labeled fraction (default 0.5)")
+    p.add_argument("--block-size", type=int, default=_PREP.block_size,
+                   help=f"side of a spatial split block, in chips (default {_PREP.block_size})")
+    add_seed(p, _PREP.seed, "random seed of the split")
+    p.add_argument("--min-labeled", type=float, default=_PREP.min_labeled,
+                   help=f"skip chips with a smaller labeled fraction (default {_PREP.min_labeled:g})")
     p.add_argument("--max-chips", type=int, help="keep at most this many chips (quick runs)")
 
     r = add_command(subparsers, common, "subset", subset_command,

@@ -35,8 +35,6 @@ from satsynth.raster import (
 log = logging.getLogger("satsynth")
 
 NODATA_CODE = -1
-#: Raster label value that always means "ignore" (class ids are 0..254).
-IGNORE_VALUE = 255
 _PALETTE_MISSING = 1 << 24  # code offset for palette indices that have no colour
 
 
@@ -79,7 +77,7 @@ def ignore_codes(kind: str, table: ClassTable | None) -> set[int]:
     """Codes that mean "not labeled" for a reader kind (before any class is looked up)."""
     codes = {NODATA_CODE}
     if kind == "raster":
-        codes.add(IGNORE_VALUE)
+        codes.add(IGNORE_INDEX)  # a raster label value that always means "ignore"
         if table is not None:
             codes.update(int(v) for v in table.ignore_ids)
     elif kind == "colors" and table is not None:

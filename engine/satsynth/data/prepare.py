@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from satsynth import progress
+from satsynth.contract import PrepareFields, range_problems
 from satsynth.data.chipping import (
     SPLIT_NAMES,
     TEST,
@@ -70,23 +71,10 @@ GDAL_CACHE_MB = 64
 
 
 @dataclass
-class PrepareConfig:
-    """How chips are cut and split (the ``satsynth prepare`` options)."""
+class PrepareConfig(PrepareFields):
+    """How chips are cut and split (the ``satsynth prepare`` options, :class:`PrepareFields`),
+    checked against the ranges declared there."""
 
-    chip_size: int = 128
-    stride: int | None = None  # default: chip_size (no overlap)
-    val_fraction: float = 0.2
-    val_sources: tuple[str, ...] = ()
-    test_fraction: float = 0.0  # share of chips held out for the final test, as spatial blocks
-    test_sources: tuple[str, ...] = ()
-    block_size: int = 4  # spatial split block, in chips
-    seed: int = 0
-    min_labeled: float = 0.5
-    max_chips: int | None = None
-    line_buffer: float = 0.0  # metres (buffer distance) for vector lines and points
-    all_touched: bool = False
-    labels_on_image_grid: bool = False  # label rasters drawn on the image's pixels, no georef
-    background: str | None = "background"  # None: pixels no feature covers are ignored
     tile_span: int = 2048  # largest window side read at once (memory bound)
 
     def __post_init__(self) -> None:
@@ -98,28 +86,17 @@ class PrepareConfig:
             self.test_sources = tuple(s.strip() for s in self.test_sources.split(",")
                                       if s.strip())
         self.test_sources = tuple(self.test_sources)
-        if self.chip_size < 8:
-            raise SatSynthError(f"chip size must be at least 8 px, got {self.chip_size}")
-        if not 1 <= self.stride <= self.chip_size:
+        problems = range_problems(self)
+        if problems:
+            raise SatSynthError(problems[0])
+        if self.stride > self.chip_size:
             raise SatSynthError(f"stride must be between 1 and the chip size ({self.chip_size}), "
                                 f"got {self.stride}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise SatSynthError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise SatSynthError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
         held = (0.0 if self.val_sources else self.val_fraction) + \
             (0.0 if self.test_sources else self.test_fraction)
         if held >= 1.0:
             raise SatSynthError(f"--val-fraction and --test-fraction add up to {held:g}: nothing "
                                 "would be left for training")
-        if not 0.0 <= self.min_labeled <= 1.0:
-            raise SatSynthError(f"--min-labeled must be in [0, 1], got {self.min_labeled}")
-        if self.block_size < 1:
-            raise SatSynthError(f"block size must be at least 1 chip, got {self.block_size}")
-        if self.max_chips is not None and self.max_chips < 1:
-            raise SatSynthError(f"--max-chips must be at least 1, got {self.max_chips}")
-        if self.line_buffer < 0:
-            raise SatSynthError(f"--line-buffer must not be negative, got {self.line_buffer}")
 
 
 @dataclass
@@ -649,13 +626,12 @@ def _prepare(out: PathLike, images: Any, labels: Any, vectors: Any, folder: Path
 
 
 def _report_ignored(sources: list[_Source]) -> None:
-    from satsynth.data.labels import IGNORE_VALUE
 
     for s in sources:
         if s.kind != "raster":
             continue
         total = sum(s.hist.values())
-        n = s.hist.get(IGNORE_VALUE, 0)
+        n = s.hist.get(IGNORE_INDEX, 0)
         if total and n:
             log.info("%s: %.1f%% of pixels have value 255, which means ignore (not trained on); "
                      "if 255 marks a class, recode it first, e.g. gdal_calc.py --calc='(A==255)*1'",

@@ -18,7 +18,7 @@ import numpy as np
 from satsynth.data.classes import ClassInfo, ClassTable, default_color
 from satsynth.data.labels import NODATA_CODE, check_georef_match
 from satsynth.errors import SatSynthError
-from satsynth.raster import Grid, crs_name, fmt_bounds
+from satsynth.raster import Grid, crs_name, fmt_bounds, metres_per_unit
 
 log = logging.getLogger("satsynth")
 
@@ -244,11 +244,7 @@ class VectorLabelReader:
             log.info("%s: %d lines/points buffered by %.3g m in %s", self.path.name,
                      int(sel.sum()), metres, local.name)
         else:
-            try:
-                factor = float(crs.linear_units_factor[1])
-            except Exception:  # noqa: BLE001 - unknown units: assume metres
-                factor = 1.0
-            out[sel] = shapely.buffer(geoms[sel], metres / factor)
+            out[sel] = shapely.buffer(geoms[sel], metres / metres_per_unit(crs))
             log.info("%s: %d lines/points buffered by %.3g m", self.path.name, int(sel.sum()),
                      metres)
         return out

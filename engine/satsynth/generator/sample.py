@@ -22,7 +22,7 @@ import numpy as np
 
 from satsynth import progress
 from satsynth.contract import SynthesizeFields
-from satsynth.data.classes import ClassTable, write_qml
+from satsynth.data.classes import IGNORE_INDEX, ClassTable, write_qml
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.distributed import processes
 from satsynth.errors import SatSynthError
@@ -215,7 +215,7 @@ def _write_vrt(path: Path, files: list[str], transforms: list[tuple[float, ...]]
     for b in range(1, bands + 1):
         lines.append(f'  <VRTRasterBand dataType="{gdt}" band="{b}">')
         if table is not None:
-            lines.append("    <NoDataValue>255</NoDataValue>")
+            lines.append(f"    <NoDataValue>{IGNORE_INDEX}</NoDataValue>")
             lines.append("    <ColorInterp>Palette</ColorInterp>")
             lines.append("    <ColorTable>")
             cmap = table.colormap()
@@ -402,7 +402,7 @@ def synthesize(model_dir: str | Path, count: int, out: str | Path,
                     dst.update_tags(**tags, SATSYNTH_INDEX=str(i),
                                     TIFFTAG_IMAGEDESCRIPTION=f"SatSynth synthetic image {i}")
                 with rasterio.open(w.tmp / "labels" / name, "w", count=1, dtype="uint8",
-                                   nodata=255, **profile) as dst:
+                                   nodata=IGNORE_INDEX, **profile) as dst:
                     dst.write(lut[labs[j]][None])
                     dst.write_colormap(1, table.colormap())
                     dst.update_tags(**tags, SATSYNTH_INDEX=str(i),

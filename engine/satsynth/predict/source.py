@@ -13,7 +13,7 @@ import numpy as np
 
 from satsynth.data.normalize import Normalizer
 from satsynth.errors import SatSynthError
-from satsynth.raster import quiet_georef_warnings, read_window, valid_mask
+from satsynth.raster import metres_per_unit, quiet_georef_warnings, read_window, valid_mask
 
 log = logging.getLogger("satsynth")
 
@@ -96,7 +96,7 @@ def ground_resolution(crs: Any, transform: Any, width: int, height: int
         x1, y1 = transform @ (width / 2 + 1, height / 2)
         x2, y2 = transform @ (width / 2, height / 2 + 1)
         return (abs(geod.inv(cx, cy, x1, y1)[2]), abs(geod.inv(cx, cy, x2, y2)[2]))
-    factor = crs.linear_units_factor[1]
+    factor = metres_per_unit(crs)
     return (math.hypot(transform.a, transform.d) * factor,
             math.hypot(transform.b, transform.e) * factor)
 
@@ -116,7 +116,7 @@ def model_resolution(model_crs: str | None, pixel_size: list[float] | None, imag
         return None
     px, py = abs(float(pixel_size[0])), abs(float(pixel_size[-1]))
     if not crs.is_geographic:
-        f = crs.linear_units_factor[1]
+        f = metres_per_unit(crs)
         return px * f, py * f
     if image_crs is None:
         return None

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from satsynth.contract import OUTPUT_MARK
-from satsynth.data.classes import ClassTable
+from satsynth.data.classes import IGNORE_INDEX, ClassTable
 from satsynth.errors import SatSynthError, system_error
+from satsynth.raster import metres_per_unit
 
 log = logging.getLogger("satsynth")
 
@@ -69,13 +70,12 @@ class StreamingVectorizer:
     with ``class_id``, ``class_name``, ``pixels`` and ``area_m2``."""
 
     def __init__(self, path: Path, *, crs: Any, transform: Any, table: ClassTable,
-                 layer: str, simplify: float = 0.0, min_area: float = 0.0,
-                 nodata: int = 255) -> None:
+                 layer: str, simplify: float = 0.0, min_area: float = 0.0) -> None:
         self.path = Path(path)
         self.crs = crs
         self.transform = transform
         self.layer = layer
-        self.nodata = nodata
+        self.nodata = IGNORE_INDEX
         self.names = {c.id: c.name for c in table.classes}
         self.min_area = float(min_area)
         self.features = 0
@@ -95,8 +95,8 @@ class StreamingVectorizer:
             self._area_factor = None  # areas in an equal-area projection
             self._tol = float(simplify) / M_PER_DEGREE
         else:
-            self._area_factor = crs.linear_units_factor[1] ** 2
-            self._tol = float(simplify) / crs.linear_units_factor[1]
+            self._area_factor = metres_per_unit(crs) ** 2
+            self._tol = float(simplify) / metres_per_unit(crs)
 
     def add_block(self, row: int, ids: np.ndarray, last: bool = False) -> None:
         """Polygonize rows ``row .. row + len(ids)`` (the next block); ``last`` ends the raster."""
@@ -280,5 +280,5 @@ def simplify_tolerance_note(crs: Any) -> str:
         return "pixels (the image has no CRS)"
     if crs.is_geographic:
         return f"degrees (metres / {M_PER_DEGREE:.0f})"
-    unit = crs.linear_units_factor
-    return f"{unit[0]} (factor {unit[1]:g} m)" if not math.isclose(unit[1], 1.0) else "metres"
+    factor = metres_per_unit(crs)
+    return f"{crs.linear_units} (factor {factor:g} m)" if not math.isclose(factor, 1.0) else "metres"

@@ -17,11 +17,10 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from satsynth.contract import OUTPUT_MARK
-from satsynth.data.classes import ClassTable
+from satsynth.data.classes import IGNORE_INDEX, ClassTable
 from satsynth.errors import SatSynthError, system_error
 from satsynth.raster import quiet_georef_warnings
 
-CLASS_NODATA = 255
 CONFIDENCE_NODATA = 0
 BLOCK = 512
 
@@ -64,7 +63,7 @@ class PredictionWriter:
         try:
             with quiet_georef_warnings():
                 self._cls = rasterio.open(class_path, "w", **gtiff_profile(
-                    width, height, crs, transform, CLASS_NODATA))
+                    width, height, crs, transform, IGNORE_INDEX))
                 self._dsets.append(self._cls)
                 self._conf = None
                 if confidence_path is not None:
@@ -116,7 +115,7 @@ class PredictionWriter:
             outside = ~self.aoi.inside(t, n, self.width)
             if outside.any():
                 out_ids = out_ids.copy()
-                out_ids[outside] = CLASS_NODATA
+                out_ids[outside] = IGNORE_INDEX
                 if out_conf is not None:
                     out_conf = out_conf.copy()
                     out_conf[outside] = CONFIDENCE_NODATA

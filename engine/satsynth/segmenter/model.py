@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from satsynth.checkpoint import load_config, load_tensors
-from satsynth.contract import ARCHITECTURES, TINY_ARCH, TINY_ENCODER
+from satsynth.contract import ARCHITECTURES, TINY_ARCH, TINY_ENCODER, tiny_encoder
 from satsynth.data.classes import ClassTable
 from satsynth.data.model_config import ModelConfig
 from satsynth.data.normalize import Normalizer
@@ -100,15 +100,13 @@ def build_segmenter(cfg: SegmenterConfig, encoder_weights: str | None = None) ->
 
 
 def _build_tiny(cfg: SegmenterConfig) -> Any:
-    import re
-
     from torch import nn
 
-    m = re.fullmatch(r"w(\d+)d(\d+)", str(cfg.encoder))
-    if not m or int(m[1]) < 1:
+    shape = tiny_encoder(cfg.encoder)
+    if shape is None:
         raise SatSynthError(f"the {TINY_ARCH} architecture takes an encoder like '{TINY_ENCODER}' "
                             f"(width 16, 2 layers), got {cfg.encoder!r}")
-    width, depth = int(m[1]), int(m[2])
+    width, depth = shape
     layers: list[Any] = []
     ch = cfg.in_channels
     for _ in range(depth):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from satsynth import progress
+from satsynth import contract, progress
 from satsynth.contract import BUDGETS, ExperimentFields
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
@@ -100,18 +100,12 @@ class ExperimentConfig(ExperimentFields):
 
 
 def parse_ratios(text: str | list[float]) -> list[float]:
-    """'0,1,2.5' -> [0.0, 1.0, 2.5] (sorted, unique, >= 0)."""
-    if isinstance(text, str):
-        try:
-            vals = [float(t) for t in text.replace(" ", "").split(",") if t]
-        except ValueError:
-            raise SatSynthError(f"--ratios must be numbers separated by commas, got {text!r}"
-                                ) from None
-    else:
-        vals = [float(v) for v in text]
-    if not vals or any(v < 0 or not math.isfinite(v) for v in vals):
-        raise SatSynthError(f"--ratios must be numbers >= 0, got {text!r}")
-    return sorted(set(vals))
+    """:func:`satsynth.contract.parse_ratios` ('0,1,2.5' -> [0.0, 1.0, 2.5]), a problem as a
+    :class:`SatSynthError`."""
+    try:
+        return contract.parse_ratios(text)
+    except contract.ContractError as exc:
+        raise SatSynthError(str(exc)) from None
 
 
 def _generator_fingerprint(generator: Path, upsampler: Path | None = None) -> str:
