@@ -299,7 +299,7 @@ CASES = [
     ("demo-out-foreign", "demo --out {mydocs}", None, ["mydocs"],
      "not a SatSynth demo folder", "mydocs"),
     ("demo-chip-size-too-small", "demo --out {root}/o --chip-size 7", "o", [],
-     "chip size must be at least 8 px", ""),
+     "--chip-size must be in 8..4096, got 7", ""),
 ]
 
 
