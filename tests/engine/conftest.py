@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,18 +44,24 @@ class SmallDisk:
         return sorted(p.name for p in self.path.iterdir() if p.name != "filler")
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A 2 MB tmpfs (a disk that fills up), unmounted afterwards; skipped with a message where
-    this process may not mount one (CI runs as root)."""
-    mnt = tmp_path / "small-disk"
+@contextmanager
+def tmpfs(mnt: Path, size: str, untested: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at the new folder ``mnt``, unmounted afterwards; where this
+    process may not mount one (CI runs as root) the test is skipped with a message saying what
+    is then ``untested``."""
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'not root'}): "
-                    "the full-disk cases need root")
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not root'}): {untested}")
     try:
-        yield SmallDisk(mnt)
+        yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 2 MB tmpfs (a disk that fills up); skipped with a message where none can be mounted."""
+    with tmpfs(tmp_path / "small-disk", "2m", "the full-disk cases are not tested") as mnt:
+        yield SmallDisk(mnt)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 import test_bad_inputs
+from conftest import tmpfs
 from test_bad_inputs import (
     ENV,
     TINY_GEN,
@@ -272,19 +273,10 @@ def test_one_export_per_tile_size_and_none_of_old_weights(w, tmp_path):
 @pytest.fixture()
 def read_only_model(w, tmp_path):
     """A copy of the segmenter on a read-only tmpfs mount (skipped where mounting fails)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}): the read-only model "
-                    "folder is not tested")
-    try:
+    with tmpfs(tmp_path / "mnt", "16m", "the read-only model folder is not tested") as mnt:
         shutil.copytree(w["seg"], mnt / "seg", ignore=shutil.ignore_patterns("*.onnx"))
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         yield mnt / "seg"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_read_only_model_folder_caches_in_the_user_cache(w, read_only_model, tmp_path,

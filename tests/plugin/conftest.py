@@ -298,3 +298,24 @@ def segmenter(dataset, synthetic, tmp_path_factory):
         "ARCH": "tiny", "ENCODER": "w8d2", "EPOCHS": 1, "BATCH_SIZE": 4, "DEVICE": "cpu",
         "OUTPUT": str(out)})
     return results
+
+
+@pytest.fixture
+def engine_args(monkeypatch, provider, dataset, generator):
+    """Every engine command the algorithms start, answered at once with fake outputs."""
+    from satsynth_qgis import runner
+
+    seen: list[list[str]] = []
+
+    def fake_run_engine(args, feedback=None, **_options):
+        if args[0] != "check-output":  # the output pre-check before every run is not a stage
+            seen.append([str(a) for a in args])
+        return runner.RunResult({"model": "m", "miou": 0.5}, list(args), 0.1)
+
+    monkeypatch.setattr(runner, "run_engine", fake_run_engine)
+    return seen
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value after ``flag`` in an engine command line, or None when it is not there."""
+    return args[args.index(flag) + 1] if flag in args else None

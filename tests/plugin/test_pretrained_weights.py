@@ -7,32 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_alg
+from conftest import flag_value, run_alg
 from qgis.core import QgsProcessingException
 
-from satsynth_qgis import runner, setup_engine
+from satsynth_qgis import setup_engine
 from satsynth_qgis.setup_engine import PythonInfo
 
 REPO = Path(__file__).resolve().parents[2]
 FMOW = "ResNet50_Weights.FMOW_RGB_GASSL"
-
-
-@pytest.fixture
-def engine_args(monkeypatch, provider, dataset, generator):
-    """Every engine command the algorithms start, answered at once with fake outputs."""
-    seen: list[list[str]] = []
-
-    def fake_run_engine(args, feedback=None, **_options):
-        if args[0] != "check-output":
-            seen.append([str(a) for a in args])
-        return runner.RunResult({"model": "m", "miou": 0.5}, list(args), 0.1)
-
-    monkeypatch.setattr(runner, "run_engine", fake_run_engine)
-    return seen
-
-
-def _flag(args: list[str], flag: str) -> str | None:
-    return args[args.index(flag) + 1] if flag in args else None
 
 
 @pytest.mark.parametrize("alg", ["satsynth:train_segmenter", "satsynth:run_experiment"])
@@ -47,10 +29,10 @@ def test_the_pretrained_choice_reaches_the_engine(engine_args, dataset, tmp_path
     run_alg(alg, {**base, "ENCODER_WEIGHTS": str(weights), "OUTPUT": str(tmp_path / "d")})
     none, imagenet, torchgeo, local = engine_args
     assert "--encoder-weights" not in none
-    assert _flag(imagenet, "--encoder-weights") == "imagenet"
-    assert _flag(torchgeo, "--encoder-weights") == f"torchgeo:{FMOW}"
-    assert _flag(torchgeo, "--encoder") == "resnet50"
-    assert _flag(local, "--encoder-weights") == str(weights)
+    assert flag_value(imagenet, "--encoder-weights") == "imagenet"
+    assert flag_value(torchgeo, "--encoder-weights") == f"torchgeo:{FMOW}"
+    assert flag_value(torchgeo, "--encoder") == "resnet50"
+    assert flag_value(local, "--encoder-weights") == str(weights)
 
 
 @pytest.mark.parametrize("params, words", [

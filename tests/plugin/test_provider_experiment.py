@@ -8,31 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import RecordingFeedback, run_alg
+from conftest import RecordingFeedback, flag_value, run_alg
 from qgis.core import QgsProcessingException
-
-from satsynth_qgis import runner
 
 TINY = {"ARCH": "tiny", "ENCODER": "w8d2", "EPOCHS": 1, "BATCH_SIZE": 4, "DEVICE": "cpu",
         "SAMPLER_STEPS": 2}
-
-
-@pytest.fixture
-def engine_args(monkeypatch, provider, dataset, generator):
-    """Every engine command the algorithms start, answered at once with fake outputs."""
-    seen: list[list[str]] = []
-
-    def fake_run_engine(args, feedback=None, **_options):
-        if args[0] != "check-output":  # the output pre-check before every run is not a stage
-            seen.append([str(a) for a in args])
-        return runner.RunResult({"model": "m", "miou": 0.5}, list(args), 0.1)
-
-    monkeypatch.setattr(runner, "run_engine", fake_run_engine)
-    return seen
-
-
-def _flag(args: list[str], flag: str) -> str | None:
-    return args[args.index(flag) + 1] if flag in args else None
 
 
 def test_the_papers_recipe_and_mixed_precision_reach_train_generator(engine_args, dataset,
@@ -43,11 +23,11 @@ def test_the_papers_recipe_and_mixed_precision_reach_train_generator(engine_args
     run_alg("satsynth:train_generator", {"DATASET": dataset["DATASET"], "PRESET": "small",
                                          "CONDITION": "none", "OUTPUT": str(tmp_path / "g2")})
     paper, default = engine_args
-    assert _flag(paper, "--recipe") == "paper" and _flag(paper, "--mixed-precision") == "bf16"
+    assert flag_value(paper, "--recipe") == "paper" and flag_value(paper, "--mixed-precision") == "bf16"
     # the recipe chooses the preset and the conditioning: the dialog's are not sent
     assert "--preset" not in paper and "--condition" not in paper
     assert "--recipe" not in default and "--mixed-precision" not in default
-    assert (_flag(default, "--preset"), _flag(default, "--condition")) == ("small", "none")
+    assert (flag_value(default, "--preset"), flag_value(default, "--condition")) == ("small", "none")
 
 
 def test_encoder_weights_and_mixed_precision_reach_train_segmenter(engine_args, dataset,
@@ -58,8 +38,8 @@ def test_encoder_weights_and_mixed_precision_reach_train_segmenter(engine_args, 
                                          str(weights), "MIXED_PRECISION": "fp16",
                                          "OUTPUT": str(tmp_path / "s")})
     args = engine_args[0]
-    assert _flag(args, "--encoder-weights") == str(weights)
-    assert _flag(args, "--mixed-precision") == "fp16"
+    assert flag_value(args, "--encoder-weights") == str(weights)
+    assert flag_value(args, "--mixed-precision") == "fp16"
     with pytest.raises(QgsProcessingException, match="no such.safetensors does not exist"):
         run_alg("satsynth:train_segmenter", {"DATASET": dataset["DATASET"], "ENCODER_WEIGHTS":
                                              str(tmp_path / "no such.safetensors"),
@@ -73,7 +53,7 @@ def test_synthesize_leaves_the_sampler_to_the_model_unless_one_is_chosen(engine_
     run_alg("satsynth:synthesize", {"GENERATOR": gen, "COUNT": 2, "SAMPLER": "ddim",
                                     "OUTPUT": str(tmp_path / "b")})
     assert "--sampler" not in engine_args[0]
-    assert _flag(engine_args[1], "--sampler") == "ddim"
+    assert flag_value(engine_args[1], "--sampler") == "ddim"
 
 
 def test_experiment_options_reach_the_engine(engine_args, dataset, generator, tmp_path):
@@ -88,7 +68,7 @@ def test_experiment_options_reach_the_engine(engine_args, dataset, generator, tm
         "OUTPUT": str(tmp_path / "exp")})
     args = engine_args[0]
     assert args[:2] == ["experiment", dataset["DATASET"]]
-    flags = {f: _flag(args, f) for f in ("--ratios", "--seeds", "--budget", "--real-fraction",
+    flags = {f: flag_value(args, f) for f in ("--ratios", "--seeds", "--budget", "--real-fraction",
                                          "--variants", "--val-every", "--minutes-per-run",
                                          "--sampler", "--upsampler",
                                          "--arch", "--encoder", "--generator", "--out")}
