@@ -8,7 +8,8 @@ a fresh child process, so that OpenMP reads its environment as ``satsynth`` woul
 - ``N threads, spinning``: all usable CPUs, OpenMP's default wait policy (before issue 21);
 - ``N threads, passive``: all usable CPUs, ``OMP_WAIT_POLICY=PASSIVE``;
 - ``auto``: what the engine now chooses (``satsynth.threads.choose_threads`` from the affinity
-  and the load average, ``OMP_WAIT_POLICY=PASSIVE``).
+  and the CPUs busy right now; ``OMP_WAIT_POLICY=PASSIVE`` unless it has an idle machine's every
+  CPU).
 
 Each setting runs alone and next to one busy process (a Python loop spinning on one core), the
 settings interleaved over ``--rounds``. Prints wall seconds and CPU seconds per step; the target:
@@ -57,11 +58,13 @@ def settings() -> dict[str, dict[str, str]]:
     from satsynth.threads import choose_threads, usable_cpus
 
     n = usable_cpus()
-    auto = choose_threads(None, leave=0).threads
+    choice = choose_threads(None, leave=0)  # what a command starting now would choose
+    auto, policy = choice.threads, ({"OMP_WAIT_POLICY": "PASSIVE"} if choice.shares_machine else {})
     return {"1 thread": {"OMP_NUM_THREADS": "1"},
             f"{n} threads, spinning": {"OMP_NUM_THREADS": str(n)},
             f"{n} threads, passive": {"OMP_NUM_THREADS": str(n), "OMP_WAIT_POLICY": "PASSIVE"},
-            f"auto ({auto})": {"OMP_NUM_THREADS": str(auto), "OMP_WAIT_POLICY": "PASSIVE"}}
+            f"auto ({auto}{', passive' if policy else ', spinning'})":
+                {"OMP_NUM_THREADS": str(auto), **policy}}
 
 
 def run(env_extra: dict[str, str], stage: str, steps: int) -> dict:

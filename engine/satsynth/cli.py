@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libtiff()
     progress.install_signal_handlers()
     if args.command != "check-output":  # before torch is imported: OpenMP reads it once
-        set_wait_policy()
-        apply_threads(getattr(args, "threads", None))
+        set_wait_policy(apply_threads(getattr(args, "threads", None)))
     # one writer per output: under accelerate launch / torchrun the run's main process
     locked = (*OUTPUT_ARGS, *getattr(args, "writes_into", ())) if launch_rank() == 0 else ()
     outs = [v for v in (getattr(args, k, None) for k in locked) if isinstance(v, str)]

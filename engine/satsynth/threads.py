@@ -3,11 +3,14 @@
 An analyst's machine is never idle: QGIS and other programs share its cores. A thread that waits
 for a core another program holds makes every step of a parallel loop wait, and OpenMP threads
 that spin while they wait burn the core they would give back. So the engine counts the CPUs it
-may use (``os.sched_getaffinity``), takes away what the rest of the machine keeps busy (the
-1-minute load average, spread over all the machine's CPUs) and the cores the caller asks it to
-leave free (the QGIS plugin leaves one to QGIS, :data:`~satsynth.contract.ENV_LEAVE_CORES`), and
-uses at least one thread; ``--threads N`` overrides. Waiting threads sleep
-(``OMP_WAIT_POLICY=PASSIVE``, ONNX Runtime without spinning). Standard library only: this runs
+may use (``os.sched_getaffinity``), takes away what the rest of the machine keeps busy now (the
+machine's CPU use over a quarter of a second, spread over all its CPUs: not the 1-minute load
+average, which still counts the previous stage of a pipeline for a minute after it ended and
+misses a program that has just started) and the cores the caller asks it to leave free (the QGIS
+plugin leaves one to QGIS, :data:`~satsynth.contract.ENV_LEAVE_CORES`), and uses at least one
+thread; ``--threads N`` overrides. A command that shares the machine makes its waiting threads
+sleep (``OMP_WAIT_POLICY=PASSIVE``, ONNX Runtime without spinning); one that has every CPU of an
+idle machine keeps OpenMP's default short spin, which is faster there. No torch: this runs
 before torch is imported, since OpenMP reads its environment once, when torch loads it.
 """
 
@@ -41,8 +44,14 @@ class ThreadChoice:
 
     def describe(self) -> str:
         """One log line: what was chosen and from what."""
-        return (f"threads: {self.threads} ({self.reason}; {self.usable} usable CPU(s), load "
-                f"average {self.load:.1f}, {self.leave} left to other programs)")
+        return (f"threads: {self.threads} ({self.reason}; {self.usable} usable CPU(s), "
+                f"{self.load:.1f} CPU(s) busy with other work, {self.leave} left to other "
+                f"programs)")
+
+    @property
+    def shares_machine(self) -> bool:
+        """True unless this command computes on every CPU of an otherwise idle machine."""
+        return self.leave > 0 or self.load >= 0.5 or self.threads < (os.cpu_count() or 1)
 
 
 def usable_cpus(affinity: Callable[[int], set[int]] | None = None) -> int:
@@ -57,28 +66,35 @@ def usable_cpus(affinity: Callable[[int], set[int]] | None = None) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def machine_load() -> float:
-    """The 1-minute load average (0 where the platform has none, e.g. Windows)."""
+def machine_load(interval: float = 0.25) -> float:
+    """How many of the machine's CPUs other work keeps busy now: its CPU use over ``interval``
+    seconds (psutil) times its CPU count; the 1-minute load average where psutil cannot tell."""
     try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return 0.0
+        import psutil
+
+        return psutil.cpu_percent(interval=interval) / 100.0 * (os.cpu_count() or 1)
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: fall back to the load average
+        try:
+            return float(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0.0
 
 
 def choose_threads(asked: int | None = None, *, usable: int | None = None,
                    load: float | None = None, total: int | None = None,
                    leave: int | None = None) -> ThreadChoice:
     """The intra-op thread count: ``asked`` when given (``--threads``), else the usable CPUs
-    minus the share of the machine's load that falls on them (rounded) minus ``leave``, at
-    least 1. ``usable``, ``load``, ``total`` (the machine's CPUs) and ``leave`` default to this
-    process's affinity, the load average, ``os.cpu_count()`` and
+    minus the share of the machine's busy CPUs that falls on them (rounded) minus ``leave``, at
+    least 1. ``usable``, ``load`` (CPUs busy with other work), ``total`` (the machine's CPUs)
+    and ``leave`` default to this process's affinity, :func:`machine_load`, ``os.cpu_count()`` and
     :data:`~satsynth.contract.ENV_LEAVE_CORES` (0 when unset)."""
     usable = usable_cpus() if usable is None else max(1, usable)
-    load = machine_load() if load is None else max(0.0, load)
     total = max(usable, os.cpu_count() or usable) if total is None else max(usable, total)
     leave = _env_leave() if leave is None else max(0, leave)
     if asked is not None and asked > 0:
-        return ThreadChoice(asked, usable, load, leave, "--threads")
+        return ThreadChoice(asked, usable, 0.0 if load is None else max(0.0, load), leave,
+                            "--threads")
+    load = machine_load() if load is None else max(0.0, load)
     busy_here = load * usable / total  # others' work spread over every CPU of the machine
     free = int(usable - busy_here + 0.5) - leave
     n = max(1, min(usable - leave, free))
@@ -93,9 +109,12 @@ def _env_leave() -> int:
         return 0
 
 
-def set_wait_policy() -> None:
-    """Waiting OpenMP threads sleep instead of spinning (unless the user set a policy); must run
-    before torch is imported."""
+def set_wait_policy(choice: ThreadChoice | None = None) -> None:
+    """Waiting OpenMP threads sleep instead of spinning when the command shares the machine
+    (``choice.shares_machine``; always when ``choice`` is None), unless the user set a policy;
+    must run before torch is imported."""
+    if choice is not None and not choice.shares_machine:
+        return
     for key, value in WAIT_POLICY.items():
         os.environ.setdefault(key, value)
 

@@ -49,11 +49,22 @@ def test_threads_follow_the_free_cpus(usable, total, load, leave, expected):
     assert f"{usable} usable CPU(s)" in choice.describe()
 
 
+def test_machine_load_is_what_other_work_uses_now(monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval: 50.0)
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0), raising=False)
+    assert threads.machine_load() == pytest.approx(2.0)  # half of 4 CPUs busy now, whatever
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval: 1 / 0)  # the load average says
+    assert threads.machine_load() == pytest.approx(7.0)  # ... the fallback where psutil fails
+
+
 def test_threads_option_overrides_and_affinity_is_read(monkeypatch):
     assert threads.choose_threads(3, usable=2, total=2, load=9.0, leave=1).threads == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
     assert threads.usable_cpus() == 3
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+    monkeypatch.setattr(threads, "machine_load", lambda: 0.0)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     monkeypatch.setenv(ENV_LEAVE_CORES, "1")
     assert threads.choose_threads().threads == 2
@@ -73,8 +84,16 @@ def test_apply_threads_sets_openmp_and_logs(monkeypatch, caplog):
         assert "threads: 1 (--threads" in caplog.text
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a user's OMP_NUM_THREADS wins over auto
         assert threads.apply_threads(None).reason == "OMP_NUM_THREADS"
-        threads.set_wait_policy()
-        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        idle_all = threads.ThreadChoice(2, 2, 0.1, 0, "all usable CPUs")
+        threads.set_wait_policy(idle_all)  # every CPU of an idle machine: OpenMP's short spin
+        assert "OMP_WAIT_POLICY" not in os.environ
+        for shared in (threads.ThreadChoice(1, 2, 1.0, 0, "free"),   # a busy program beside it
+                       threads.ThreadChoice(2, 2, 1.2, 0, "--threads"),  # asked for both anyway
+                       threads.ThreadChoice(1, 2, 0.0, 1, "free")):  # one core left to QGIS
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+            threads.set_wait_policy(shared)
+            assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE", shared
         monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
         threads.set_wait_policy()
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice is kept
