@@ -29,7 +29,7 @@ log = logging.getLogger("satsynth")
 
 #: The demo's fixed training lengths (step counts, not time budgets: the same result everywhere).
 DEMO_GENERATOR_STEPS = 500
-DEMO_SEGMENTER_STEPS = 400
+DEMO_SEGMENTER_STEPS = 300
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -58,7 +58,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--segmenter-epochs", type=int, default=seg.epochs)
     p.add_argument("--arch", default=seg.arch, choices=ARCHITECTURES)
     p.add_argument("--encoder", default=seg.encoder)
-    p.add_argument("--count", type=int, default=256, help="synthetic pairs to sample")
+    p.add_argument("--count", type=int, default=192, help="synthetic pairs to sample")
     p.add_argument("--sampler-steps", type=int, default=SynthesizeFields.steps)
     p.add_argument("--filter-keep", type=float, default=ExperimentFields.filter_keep,
                    help="also train on only this fraction of the synthetic pairs, the most "
