@@ -26,9 +26,20 @@ GRID_PAIRS = 8
 def pair_scores(model: Any, chips: ChipSplit, normalizer: Normalizer, num_classes: int,
                 batch_size: int = 32, device: Any = "cpu", stage: str = "score-pairs"
                 ) -> np.ndarray:
-    """(N, 2) float32: each chip's mIoU and pixel accuracy of ``model``'s prediction against the
-    chip's mask (``SCORE_COLUMNS``). Unlabeled mask pixels are left out; a chip without labeled
-    pixels scores NaN."""
+    """Each pair's agreement between ``model``'s prediction and its own mask.
+
+    Args:
+        model: the scoring segmenter (:func:`load_scorer`).
+        chips: the pairs (images in the source dtype, labels as class indices).
+        normalizer: the segmenter's input normalization.
+        num_classes: the classes of the masks.
+        batch_size, device: how the pairs go through the model.
+        stage: the progress stage's name.
+
+    Returns:
+        (N, 2) float32: each pair's mIoU and pixel accuracy (``SCORE_COLUMNS``). Unlabeled mask
+        pixels are left out; a pair without labeled pixels scores NaN.
+    """
     import torch
     from torchmetrics.functional.classification import multiclass_accuracy
     from torchmetrics.functional.segmentation import mean_iou
@@ -86,9 +97,18 @@ def store_scorer(segmenter: str | Path, store: ChipStore, device: str) -> tuple[
 
 def load_scorer(segmenter: str | Path, classes: ClassTable, bands: int, chip_size: int,
                 where: str | Path, device: str = "cpu") -> tuple[Any, Any, Any]:
-    """The scoring segmenter ``(model, config, device)`` for pairs of ``classes``, ``bands`` and
-    ``chip_size`` (those of the synthetic folder, or of the generator that will make them:
-    ``synthesize --score-with`` checks before sampling); one line naming ``where`` otherwise."""
+    """Load a scoring segmenter and check it fits the pairs.
+
+    Args:
+        segmenter: the segmenter folder.
+        classes, bands, chip_size: the pairs' (those of the synthetic folder, or of the
+            generator that will make them: ``synthesize --score-with`` checks before sampling).
+        where: named in the one-line error when the segmenter does not fit.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+
+    Returns:
+        ``(model, config, device)``.
+    """
     from satsynth.device import resolve_device
     from satsynth.segmenter.model import check_chip_size, load_segmenter
 

@@ -40,10 +40,19 @@ def _uint8_rgb(images: np.ndarray, normalizer: Normalizer) -> Any:
 def fid_kid(synthetic: ChipStore, real: ChipStore, weights: str | Path | None = None,
             feature: Any = None, device: Any = "cpu", batch_size: int = 64,
             seed: int = 0) -> dict[str, Any]:
-    """FID and KID (torchmetrics) between the synthetic chips and up to ``FID_MAX_REAL`` real
-    training chips, both shown as 8-bit RGB (first three bands, the real dataset's
-    normalization). The features come from torch-fidelity's InceptionV3 with the local
-    ``weights`` file, or from ``feature`` (an ``nn.Module`` taking uint8 (N,3,H,W) images)."""
+    """FID and KID (torchmetrics) between synthetic and real chips.
+
+    Args:
+        synthetic: the synthetic chips (all of ``train``).
+        real: the real chips (up to ``FID_MAX_REAL`` of ``train``, a random subset by ``seed``).
+            Both are shown as 8-bit RGB (first three bands, the real dataset's normalization).
+        weights: a local torch-fidelity InceptionV3 weights file, or
+        feature: an ``nn.Module`` taking uint8 (N, 3, H, W) images (exactly one of the two).
+        device, batch_size: how the chips go through the extractor.
+
+    Returns:
+        ``fid``, ``kid_mean``, ``kid_std``, the extractor's name and the chip counts.
+    """
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
