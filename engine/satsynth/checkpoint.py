@@ -7,7 +7,9 @@ everything needed to rebuild and use the model) and one ``<name>.safetensors`` p
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,53 @@ def check_finite_loss(loss: float, step: int, dataset: str | Path, lr: float) ->
             f"training stopped at step {step}: the loss is {loss} (not finite), the weights "
             "diverged and are not saved; check the dataset for NaN/inf "
             f"pixels (a float image's nodata) or lower the learning rate (now {lr:g})", dataset)
+
+
+#: How :func:`model_fingerprint` identifies a model folder's weights. ``sha256``: SHA-256 of every
+#: byte of the weights file (what ``synthesize`` writes as ``weights_sha256`` and an ONNX export
+#: as ``satsynth_weights_sha256``). ``quick``: SHA-1 of the weights file's first MiB and its size
+#: (the filtered pools' ``scored_by``: a retrained segmenter, never a bit flip, is what it
+#: notices). ``files``: SHA-1 of ``config.json`` and of the name, size and modification second
+#: of every ``*.safetensors`` (the experiment's ``generator_fingerprint``: what its synthetic
+#: cache depends on, without reading the weights).
+FINGERPRINTS = ("sha256", "quick", "files")
+
+
+def model_fingerprint(folders: str | Path | Sequence[str | Path], how: str = "sha256",
+                      weights: str = "model.safetensors", length: int | None = None) -> str:
+    """The one fingerprint of model folders' weights.
+
+    Args:
+        folders: a model folder, or several whose fingerprints are one (a cascade's generator
+            and upsampler).
+        how: one of :data:`FINGERPRINTS`.
+        weights: the weights file hashed by ``sha256`` and ``quick`` (``ema.safetensors`` for
+            generators).
+        length: keep this many leading hex digits (None: all).
+
+    Returns:
+        The hex digest; a missing file is one line naming the folder.
+    """
+    if how not in FINGERPRINTS:
+        raise ValueError(f"unknown fingerprint {how!r}")
+    folders = [folders] if isinstance(folders, (str, Path)) else folders
+    h = hashlib.sha256() if how == "sha256" else hashlib.sha1()
+    for folder in (Path(f) for f in folders):
+        if how == "files":
+            if not (folder / "config.json").is_file():
+                raise SatSynthError("model folder not found (no config.json)", folder)
+            h.update((folder / "config.json").read_bytes())
+            for f in sorted(folder.glob("*.safetensors")):
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+            continue
+        f = folder / weights
+        if not f.is_file():
+            raise SatSynthError(f"weights file {weights} is missing", folder)
+        with f.open("rb") as fh:
+            if how == "quick":
+                h.update(fh.read(1 << 20) + f"{f.stat().st_size}".encode())
+                continue
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:length]

@@ -325,7 +325,7 @@ def test_score_with_checks_the_segmenter_before_sampling(w, tmp_path, monkeypatc
     def no_sampling(*_a, **_k):
         raise AssertionError("sampled before checking the scoring segmenter")
 
-    monkeypatch.setattr(sample, "synthesize", no_sampling)
+    monkeypatch.setattr(sample, "generate", no_sampling)  # what every synthesis samples with
     other = tmp_path / "seg_other"
     shutil.copytree(w["seg"], other, ignore=shutil.ignore_patterns("*.onnx"))
     cfg = json.loads((other / "config.json").read_text())

@@ -267,6 +267,49 @@ def test_accelerate_two_cpu_processes_train_and_write_one_checkpoint(tmp_path):
     assert time.monotonic() - t < 240
 
 
+def test_one_model_fingerprint_gives_the_values_reports_and_exports_already_hold(overfit,
+                                                                                tmp_path):
+    """One function fingerprints model weights in the three ways earlier folders hold: sha256
+    (synthesize's weights_sha256, 16 hex digits of ema.safetensors; an ONNX export's digest of
+    model.safetensors, in full), quick (a filtered pool's scored_by: SHA-1 of the first MiB and
+    the size) and files (the experiment's generator_fingerprint: SHA-1 of config.json and each
+    weights file's name, size and second of modification, generator then upsampler)."""
+    import hashlib
+
+    from satsynth.checkpoint import model_fingerprint
+    from satsynth.predict.onnx_format import weights_digest
+    from satsynth.workflows.experiment import _generator_fingerprint
+
+    gen = Path(overfit["train"]["model"])
+    rep = json.loads(Path(overfit["syn"]["report"]).read_text())
+    ema = (gen / "ema.safetensors").read_bytes()
+    assert rep["weights_sha256"] == hashlib.sha256(ema).hexdigest()[:16]
+    assert ChipStore(overfit["syn"]["synthetic"]).meta.extra["weights_sha256"] == \
+        rep["weights_sha256"]
+    seg, up = tmp_path / "seg", tmp_path / "up"
+    for folder, seed in ((seg, 1), (up, 2)):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"seed": seed}))
+        rng = np.random.default_rng(seed)
+        for name in ("ema", "model"):  # longer than the quick fingerprint's first MiB
+            (folder / f"{name}.safetensors").write_bytes(rng.bytes((1 << 20) + 4321))
+    weights = (seg / "model.safetensors").read_bytes()
+    assert weights_digest(seg) == model_fingerprint(seg) == hashlib.sha256(weights).hexdigest()
+    assert model_fingerprint(seg, "quick", length=16) == hashlib.sha1(
+        weights[:1 << 20] + str(len(weights)).encode()).hexdigest()[:16]
+    blob = b""
+    for folder in (gen, up):
+        blob += (folder / "config.json").read_bytes()
+        for f in sorted(folder.glob("*.safetensors")):
+            blob += f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}".encode()
+    assert _generator_fingerprint(gen, up) == hashlib.sha1(blob).hexdigest()[:12]
+    assert _generator_fingerprint(gen) != _generator_fingerprint(gen, up)
+    with pytest.raises(SatSynthError, match="model.safetensors is missing"):
+        weights_digest(tmp_path)
+    with pytest.raises(SatSynthError, match="no config.json"):
+        _generator_fingerprint(tmp_path)
+
+
 def test_cli_synthesize_reports_outputs(overfit, tmp_path):
     from satsynth.cli import main
 

@@ -249,3 +249,55 @@ def test_experiment_filtered_variant_trains_on_the_pairs_its_real_only_run_finds
     assert [r["train_key"].endswith("-keep0.25") for r in res["runs"]] == [False, True]
     # the baseline model was kept only while needed
     assert not any((tmp_path / "exp" / "runs").glob("real-*"))
+
+
+def test_scored_synthesis_writes_each_kept_chip_once_as_synthesize_then_filter_pairs_would(
+        world, tmp_path, monkeypatch):
+    """synthesize --score-with --keep writes the folder once: one GeoTIFF write per kept chip
+    and file, none for the pairs left out, no rewrite; and the folder holds what sampling,
+    score-pairs and filter-pairs in three steps give (the same pairs, places, scores, tags)."""
+    argv = ["synthesize", str(world["gen"]), "--count", "6", "--steps", "2", "--device", "cpu",
+            "--progress", "quiet"]
+    assert main([*argv, "--out", str(tmp_path / "pool")]) == 0
+    score_pairs(tmp_path / "pool", world["seg"], device="cpu")
+    filter_pairs(tmp_path / "pool", tmp_path / "steps", keep=0.5)
+    opened = []
+    real_open = rasterio.open
+
+    def spy(path, mode="r", *args, **kwargs):
+        if mode != "r":
+            opened.append((Path(path).parent.name, Path(path).name, mode))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", spy)
+    once = tmp_path / "once"
+    assert main([*argv, "--out", str(once), "--score-with", str(world["seg"]), "--keep",
+                 "0.5"]) == 0
+    monkeypatch.undo()
+    assert sorted(opened) == sorted((sub, f"syn_{i:05d}.tif", "w") for sub in ("images", "labels")
+                                    for i in range(3))
+    a, b = ChipStore(once).split("train"), ChipStore(tmp_path / "steps").split("train")
+    for part in ("images", "labels", "transforms"):
+        np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    for sub in ("images", "labels"):
+        assert (once / f"{sub}.vrt").read_text() == (tmp_path / "steps" / f"{sub}.vrt").read_text()
+        for i in range(3):
+            with rasterio.open(once / sub / f"syn_{i:05d}.tif") as x, \
+                    rasterio.open(tmp_path / "steps" / sub / f"syn_{i:05d}.tif") as y:
+                np.testing.assert_array_equal(x.read(), y.read())
+                assert (x.transform, x.crs, x.nodata) == (y.transform, y.crs, y.nodata)
+                tx, ty = x.tags(), y.tags()
+                # the pair's index in the sampled pool (no pool folder is written to name)
+                j = int(ty.pop("SATSYNTH_FILTERED_FROM")[-9:-4])
+                assert tx.pop("SATSYNTH_FILTERED_FROM") == f"pair {j} of the 6 sampled"
+                assert tx == ty and tx["SATSYNTH_RANK"] == str(i + 1)
+    rx, ry = (json.loads((f / "report.json").read_text()) for f in (once, tmp_path / "steps"))
+    assert rx.keys() == ry.keys() and rx["filter"].keys() == ry["filter"].keys()
+    assert rx["count"] == ry["count"] == 3
+    for cx, cy in zip(rx["classes"], ry["classes"], strict=True):
+        assert cx["id"] == cy["id"] and cx["synthetic_share"] == cy["synthetic_share"]
+        assert cx["real_share"] == pytest.approx(cy["real_share"], abs=2e-6)
+    assert rx["pair_consistency"]["summary"] == ry["pair_consistency"]["summary"]
+    assert ChipStore(once).meta.extra.keys() == ChipStore(tmp_path / "steps").meta.extra.keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["once", "pool", "steps"]

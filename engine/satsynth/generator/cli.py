@@ -1,4 +1,5 @@
-"""Command line of the generator stage: ``train-generator`` and ``synthesize``."""
+"""Command line of the generator stage: ``train-generator``, ``train-upsampler`` and the options of
+``synthesize``."""
 
 from __future__ import annotations
 
@@ -84,14 +85,12 @@ def _favor(text: str) -> tuple[str, float]:
                                          ) from None
 
 
-def _synthesize(args: argparse.Namespace) -> dict[str, Any]:
-    """Sample pairs into a synthetic chip store with GeoTIFF chips beside the source extent, VRT
-    mosaics, a QML style and a class-share report."""
-    from satsynth.generator.sample import synthesize
-
-    return synthesize(args.model, args.count, args.out, sampler=args.sampler, steps=args.steps,
-                      seed=args.seed, device=args.device, batch_size=args.batch_size,
-                      favor=dict(args.favor) if args.favor else None, upsampler=args.upsampler)
+def synthesize_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling options of ``synthesize``'s command line, as
+    :func:`~satsynth.generator.sample.synthesize` takes them."""
+    return {"sampler": args.sampler, "steps": args.steps, "seed": args.seed,
+            "device": args.device, "batch_size": args.batch_size,
+            "favor": dict(args.favor) if args.favor else None, "upsampler": args.upsampler}
 
 
 def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,8 +148,9 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``train-generator``, ``train-upsampler`` and ``synthesize``."""
-    d, syn = GeneratorTrainFields(), SynthesizeFields()
+    """Add ``train-generator`` and ``train-upsampler`` (``synthesize``'s options:
+    :func:`add_synthesize_arguments`)."""
+    d = GeneratorTrainFields()
     p = add_command(
         subparsers, common, "train-generator", _train,
         help="learn the joint distribution of image chips and label masks (diffusion model)")
@@ -189,8 +189,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "upsampler does not copy the base's noise (e.g. 0.2; default 0: off)")
     _add_recipe_arguments(u)
 
-    s = add_command(subparsers, common, "synthesize", _synthesize,
-                    help="sample new georeferenced image-mask pairs from a trained generator")
+
+def add_synthesize_arguments(s: argparse.ArgumentParser) -> None:
+    """The generator's options of ``synthesize`` (the sub-command is registered by the workflows
+    floor, which adds the scoring options: :mod:`satsynth.workflows.cli`)."""
+    syn = SynthesizeFields()
     s.add_argument("model", help="generator folder made by 'satsynth train-generator'")
     s.add_argument("--count", type=int, required=True, help="number of pairs to sample")
     s.add_argument("--out", required=True, help="output folder (replaced when done)")

@@ -4,7 +4,6 @@ key, and how to open one with ONNX Runtime (:mod:`~satsynth.predict.export` writ
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,14 +23,9 @@ DIGEST_KEY = "satsynth_weights_sha256"
 
 def weights_digest(model_dir: str | Path) -> str:
     """SHA-256 of a segmenter folder's ``model.safetensors`` (what an export is keyed by)."""
-    f = Path(model_dir) / "model.safetensors"
-    if not f.is_file():
-        raise SatSynthError("weights file model.safetensors is missing", Path(model_dir))
-    h = hashlib.sha256()
-    with f.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from satsynth.checkpoint import model_fingerprint
+
+    return model_fingerprint(model_dir, "sha256")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

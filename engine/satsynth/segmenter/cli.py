@@ -1,5 +1,5 @@
 """Sub-commands ``train-segmenter`` (and, from :mod:`~satsynth.segmenter.scoring_cli`,
-``score-pairs``, ``filter-pairs`` and ``synthesize --score-with``)."""
+``score-pairs`` and ``filter-pairs``)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
     from satsynth.segmenter import scoring_cli
 
-    scoring_cli.register(subparsers, common)  # score-pairs, filter-pairs, synthesize --score-with
+    scoring_cli.register(subparsers, common)  # score-pairs, filter-pairs
     _add_fetch_weights(subparsers, common)
 
 

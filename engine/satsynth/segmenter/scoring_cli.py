@@ -1,17 +1,9 @@
-"""Sub-commands ``score-pairs`` and ``filter-pairs``, and ``synthesize --score-with``.
-
-The generator stage cannot know the segmenter (imports go downwards only), so the scoring options
-of ``synthesize`` are added here, at the segmenter's floor, around the generator's own command:
-``synthesize ... --score-with SEG_DIR [--keep F | --min-score S]`` samples as usual, then scores
-the pairs and, when asked, keeps the most consistent ones.
-"""
+"""Sub-commands ``score-pairs`` and ``filter-pairs`` (``synthesize --score-with``, which samples and
+scores, is a workflow: :mod:`satsynth.workflows.cli` adds it with :func:`add_filter_args`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +11,8 @@ import numpy as np
 from satsynth.cli_common import add_batch_size, add_command, add_device
 
 
-def _filter_args(p: Any, note: str = "") -> None:
+def add_filter_args(p: Any, note: str = "") -> None:
+    """``--keep`` and ``--min-score``: which scored pairs to keep (``note`` ends their help)."""
     p.add_argument("--keep", type=float, default=None, metavar="FRACTION",
                    help="keep this fraction of the pairs, the most consistent (e.g. 0.5)" + note)
     p.add_argument("--min-score", type=float, default=None, metavar="S",
@@ -36,8 +29,7 @@ def _fid_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``score-pairs`` and ``filter-pairs``; give ``synthesize`` (when present) the scoring
-    options."""
+    """Add ``score-pairs`` and ``filter-pairs``."""
     p = add_command(
         subparsers, common, "score-pairs", _score,
         help="score each synthetic pair by how well a real-trained segmenter agrees with its mask")
@@ -53,18 +45,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     help="keep the most consistent synthetic pairs as a new synthetic folder")
     p.add_argument("synthetic", metavar="SYN_DIR", nargs="+", help="scored synthetic folder(s)")
     p.add_argument("--out", required=True, help="filtered synthetic folder to write")
-    _filter_args(p)
-
-    s = subparsers.choices.get("synthesize")
-    if s is not None:
-        g = s.add_argument_group("pair consistency (segmenter stage)")
-        g.add_argument("--score-with", metavar="SEG_DIR", default=None,
-                       help="score every pair with this real-trained segmenter (as score-pairs)")
-        _filter_args(g, "; needs --score-with, and --out then holds only the kept pairs")
-        g.add_argument("--fid-weights", metavar="PATH", default=None,
-                       help="with --score-with: also FID/KID with this local InceptionV3 "
-                            "weights file (see score-pairs)")
-        s.set_defaults(func=_scored_synthesis(s.get_default("func")))
+    add_filter_args(p)
 
 
 def _score(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,65 +69,3 @@ def _filter(args: argparse.Namespace) -> dict[str, Any]:
     select_pairs(np.zeros((0, 2)), args.keep, args.min_score)  # option errors first
     return filter_pairs(args.synthetic, args.out, keep=args.keep, min_score=args.min_score)
 
-
-def _scored_synthesis(synthesize: Any) -> Any:
-    """``synthesize`` followed by scoring (and filtering) when --score-with is given."""
-
-    def run(args: argparse.Namespace) -> dict[str, Any]:
-        from satsynth.errors import SatSynthError
-        from satsynth.segmenter.scoring import (
-            SCORED_GRID,
-            filter_pairs,
-            score_pairs,
-            select_pairs,
-        )
-
-        filtering = args.keep is not None or args.min_score is not None
-        if args.score_with is None:
-            if filtering or args.fid_weights:
-                raise SatSynthError("--keep, --min-score and --fid-weights need --score-with "
-                                    "SEG_DIR (a segmenter trained on real chips)")
-            return synthesize(args)
-        if filtering:
-            select_pairs(np.zeros((0, 2)), args.keep, args.min_score)
-        seg = Path(args.score_with)
-        if not (seg / "config.json").is_file():
-            raise SatSynthError("segmenter folder not found (no config.json)", seg)
-        _check_scorer_first(args, seg)
-        if not filtering:
-            outputs = synthesize(args)
-            scored = score_pairs(args.out, seg, device=args.device, fid_weights=args.fid_weights)
-            return {**scored, **outputs, "scored_grid": scored["grid"]}
-        from satsynth.outputs import check_output
-
-        out = check_output(args.out, "synthetic", inputs=[args.model, seg])
-        pool = out.with_name(f".{out.name}.pool-{os.getpid()}")
-        args.out = str(pool)
-        try:
-            synthesize(args)
-            scored = score_pairs(pool, seg, device=args.device, fid_weights=args.fid_weights)
-            outputs = filter_pairs(pool, out, keep=args.keep, min_score=args.min_score)
-        finally:
-            args.out = str(out)
-            shutil.rmtree(pool, ignore_errors=True)
-        outputs.update({k: scored[k] for k in ("pair_miou_mean", "pair_miou_median", "fid",
-                                               "kid_mean") if k in scored})
-        outputs["scored_grid"] = str(out / SCORED_GRID)  # the pool's best and worst pairs
-        return outputs
-
-    return run
-
-
-def _check_scorer_first(args: argparse.Namespace, seg: Path) -> None:
-    """Check the scoring segmenter against the pairs the generator (and upsampler) will make,
-    before any sampling: classes, bands, chip size and its weights."""
-    from satsynth.checkpoint import load_config
-    from satsynth.data.classes import ClassTable
-    from satsynth.segmenter.scoring import load_scorer
-
-    gen = load_config(args.model, "generator")
-    size = gen.get("chip_size")
-    if getattr(args, "upsampler", None):
-        size = load_config(args.upsampler, "upsampler").get("chip_size", size)
-    load_scorer(seg, ClassTable.from_dict(gen["classes"]), int(gen["bands"]), int(size),
-                args.model, "cpu")

@@ -1,4 +1,5 @@
-"""Sub-commands ``experiment`` and ``demo``: the workflows that run several stages."""
+"""Sub-commands ``synthesize``, ``experiment`` and ``demo``: the workflows that run several stages
+(``synthesize`` samples with the generator and, with ``--score-with``, scores with a segmenter)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,50 @@ from typing import Any
 
 from satsynth.cli_common import add_command
 from satsynth.contract import BUDGETS, SAMPLERS, ExperimentFields
+from satsynth.generator.cli import add_synthesize_arguments, synthesize_options
 from satsynth.segmenter.cli import add_encoder_weights, add_model_args, add_train_args
+from satsynth.segmenter.scoring_cli import add_filter_args
 from satsynth.workflows import demo
+
+
+def _register_synthesize(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """``synthesize``: the generator's options, and scoring by a segmenter."""
+    s = add_command(subparsers, common, "synthesize", _synthesize,
+                    help="sample new georeferenced image-mask pairs from a trained generator")
+    add_synthesize_arguments(s)
+    g = s.add_argument_group("pair consistency (segmenter stage)")
+    g.add_argument("--score-with", metavar="SEG_DIR", default=None,
+                   help="score every pair with this real-trained segmenter (as score-pairs)")
+    add_filter_args(g, "; needs --score-with, and --out then holds only the kept pairs")
+    g.add_argument("--fid-weights", metavar="PATH", default=None,
+                   help="with --score-with: also FID/KID with this local InceptionV3 "
+                        "weights file (see score-pairs)")
+
+
+def _synthesize(args: argparse.Namespace) -> dict[str, Any]:
+    """Sample pairs into a synthetic chip store with GeoTIFF chips beside the source extent, VRT
+    mosaics, a QML style and a class-share report. With --score-with, a segmenter trained on real
+    chips scores every pair (as score-pairs) and --keep / --min-score keep only the most
+    consistent ones; the folder is written once."""
+    from satsynth.errors import SatSynthError
+
+    options = synthesize_options(args)
+    if args.score_with is None:
+        if args.keep is not None or args.min_score is not None or args.fid_weights:
+            raise SatSynthError("--keep, --min-score and --fid-weights need --score-with "
+                                "SEG_DIR (a segmenter trained on real chips)")
+        from satsynth.generator.sample import synthesize
+
+        return synthesize(args.model, args.count, args.out, **options)
+    from satsynth.workflows.synthesis import scored_synthesis
+
+    return scored_synthesis(args.model, args.count, args.out, args.score_with, keep=args.keep,
+                            min_score=args.min_score, fid_weights=args.fid_weights, **options)
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the workflow sub-commands."""
+    _register_synthesize(subparsers, common)
     exp = ExperimentFields()
     p = add_command(subparsers, common, "experiment", _experiment,
                     help="does synthetic data help? mIoU vs ratio R over seeds")

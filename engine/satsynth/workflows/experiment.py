@@ -111,18 +111,10 @@ def parse_ratios(text: str | list[float]) -> list[float]:
 def _generator_fingerprint(generator: Path, upsampler: Path | None = None) -> str:
     """What the synthetic pool depends on: the generator's (and the cascade's upsampler's)
     config and weights; a change in either makes the pool again."""
-    blob = b""
-    for folder in (generator, upsampler):
-        if folder is None:
-            continue
-        cfg = folder / "config.json"
-        if not cfg.is_file():
-            raise SatSynthError("model folder not found (no config.json)", folder)
-        blob += cfg.read_bytes()
-        for f in sorted(folder.glob("*.safetensors")):
-            st = f.stat()
-            blob += f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode()
-    return hashlib.sha1(blob).hexdigest()[:12]
+    from satsynth.checkpoint import model_fingerprint
+
+    return model_fingerprint([f for f in (generator, upsampler) if f is not None], "files",
+                             length=12)
 
 
 def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
