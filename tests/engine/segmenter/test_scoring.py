@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import SIZE, make_store
 from rasterio.windows import from_bounds
-from test_segmenter import SIZE, make_store
 
-from satsynth import progress
 from satsynth.cli import main
 from satsynth.data.store import ChipStore, ChipStoreWriter
 from satsynth.errors import SatSynthError
@@ -26,14 +25,7 @@ from satsynth.segmenter.scoring import (
     select_pairs,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    progress.set_mode("quiet")
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
