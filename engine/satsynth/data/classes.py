@@ -44,8 +44,24 @@ def _user_errors() -> Iterator[None]:
 
 
 def strict_int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
-    """An integer from JSON/YAML (the contract's rule: a whole number, never rounded or
-    guessed), else a :class:`SatSynthError`."""
+    """An integer from JSON/YAML by the contract's rule: a whole number, never rounded or guessed.
+
+    Args:
+        value (`Any`):
+            The value read (``1`` and ``1.0`` are taken; ``1.7``, ``"1"`` and `True` are not).
+        what (`str`):
+            What it is, for the message (e.g. ``class entry 0: id``).
+        low (`int`, *optional*):
+            The smallest value allowed.
+        high (`int`, *optional*):
+            The largest value allowed.
+
+    Returns:
+        `int`: the value.
+
+    Raises:
+        `SatSynthError`: the value is not a whole number or is out of range.
+    """
     with _user_errors():
         return _strict_int(value, what, low, high)
 
@@ -163,7 +179,20 @@ class ClassTable:
 
 
 def write_qml(path: str | Path, table: ClassTable, band: int = 1) -> Path:
-    """Write a QGIS paletted-renderer style (.qml) that shows class names and colours."""
+    """Write a QGIS paletted-renderer style (.qml) that shows class names and colours.
+
+    Args:
+        path (`str` or `Path`):
+            The ``.qml`` file, written atomically (QGIS loads ``NAME.qml`` beside ``NAME.tif`` with
+            the layer).
+        table (`ClassTable`):
+            The classes: one palette entry per class id, with its name and colour.
+        band (`int`, *optional*, defaults to 1):
+            The band the renderer colours.
+
+    Returns:
+        `Path`: ``path``.
+    """
     from xml.sax.saxutils import quoteattr
 
     entries = "\n".join(

@@ -226,8 +226,16 @@ class ChipStore:
 
 
 def score_ranks(scores: np.ndarray) -> np.ndarray:
-    """Rank of each row of a ``SCORE_COLUMNS`` array: 1 = most consistent (highest first column,
-    ties broken by the second); rows with NaN scores rank last."""
+    """The rank of each pair by its pair-consistency scores.
+
+    Args:
+        scores (`np.ndarray`):
+            ``(N, len(SCORE_COLUMNS))``: mIoU and pixel accuracy of each pair.
+
+    Returns:
+        `np.ndarray`: ``(N,)`` int, 1 = most consistent (highest first column, ties broken by the
+        second); rows with NaN scores rank last.
+    """
     sc = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-1.0)
     order = np.lexsort(tuple(-sc[:, j] for j in reversed(range(sc.shape[1]))))
     ranks = np.empty(len(sc), np.int64)
@@ -244,8 +252,21 @@ def score_attributes(scores: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_scored_index(src: str | Path, dst: str | Path, split: str, scores: np.ndarray) -> Path:
-    """Write the footprint GeoPackage ``src`` to ``dst`` (a new file) with the scores and ranks
-    of ``split``'s chips as attributes (chips of other splits get empty values)."""
+    """Copy the footprint GeoPackage with the scores and ranks of one split's chips.
+
+    Args:
+        src (`str` or `Path`):
+            The store's ``chips.gpkg``.
+        dst (`str` or `Path`):
+            The new file to write.
+        split (`str`):
+            The split the scores belong to; chips of other splits get empty values.
+        scores (`np.ndarray`):
+            ``(number of chips in split, len(SCORE_COLUMNS))``, in chip order.
+
+    Returns:
+        `Path`: ``dst``.
+    """
     import geopandas as gpd
     import pandas as pd
 
