@@ -346,3 +346,66 @@ def engine_args(monkeypatch, provider, dataset, generator):
 def flag_value(args: list[str], flag: str) -> str | None:
     """The value after ``flag`` in an engine command line, or None when it is not there."""
     return args[args.index(flag) + 1] if flag in args else None
+
+
+# --- a tiny segmenter folder, made by the engine ---------------------------------------------------
+
+TINY_SEGMENTER = r"""
+import json, sys
+from satsynth.checkpoint import save_model_dir
+from satsynth.data.classes import ClassTable
+from satsynth.data.normalize import Normalizer
+from satsynth.segmenter.model import SegmenterConfig, build_segmenter
+
+folder, classes, pixel_size, extra = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), \
+    json.loads(sys.argv[4])
+cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3,
+                      classes=ClassTable.from_dict(classes),
+                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8"),
+                      crs="EPSG:32633", pixel_size=[pixel_size, pixel_size], **extra)
+save_model_dir(folder, "segmenter", cfg.to_dict(), {"model": build_segmenter(cfg).eval().state_dict()})
+"""
+
+
+def make_tiny_segmenter(engine_python: str, folder: Path, classes: list[dict],
+                        pixel_size: float = 1.0, **config) -> Path:
+    """A tiny untrained segmenter folder (3 bands, EPSG:32633), saved by the engine's Python.
+
+    Args:
+        engine_python (`str`):
+            The engine's interpreter (the ``engine_python`` fixture).
+        folder (`Path`):
+            The model folder to write.
+        classes (`list[dict]`):
+            The class table (``ClassTable.from_dict``'s form).
+        pixel_size (`float`, *optional*, defaults to 1.0):
+            The training pixel size it records, in metres.
+        **config:
+            Other ``SegmenterConfig`` fields (e.g. ``chip_size``).
+
+    Returns:
+        `Path`: ``folder``.
+    """
+    import json
+    import subprocess
+
+    res = subprocess.run([engine_python, "-c", TINY_SEGMENTER, str(folder), json.dumps(classes),
+                          str(pixel_size), json.dumps(config)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (folder / "config.json").is_file()
+    return folder
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # the state follows the command name, which may hold spaces and parentheses
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

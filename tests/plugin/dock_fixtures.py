@@ -16,6 +16,9 @@ from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 CLASSES = {1: ("water", (31, 120, 180)), 2: ("field", (178, 223, 138)),
            3: ("building", (227, 26, 28))}
+#: The same classes as a class table (``ClassTable.from_dict``'s form).
+CLASS_TABLE = [{"id": cid, "name": name, "color": list(color)}
+               for cid, (name, color) in CLASSES.items()]
 
 
 def class_map(size: int) -> np.ndarray:
@@ -103,31 +106,3 @@ def build_plugin_zip(out_dir: Path) -> Path:
         assert res.returncode == 0, res.stderr
         _ZIP_CACHE["zip"] = Path(res.stdout.strip().splitlines()[-1])
     return _ZIP_CACHE["zip"]
-
-
-TINY_SEGMENTER = r"""
-import sys
-from satsynth.checkpoint import save_model_dir
-from satsynth.data.classes import ClassInfo, ClassTable
-from satsynth.data.normalize import Normalizer
-from satsynth.segmenter.model import SegmenterConfig, build_segmenter
-
-table = ClassTable([ClassInfo(i, n, tuple(c)) for i, n, c in
-                    [(1, "water", (31, 120, 180)), (2, "field", (178, 223, 138)),
-                     (3, "building", (227, 26, 28))]])
-cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3, classes=table,
-                      normalization=Normalizer([0.0] * 3, [255.0] * 3),
-                      chip_size=32, crs="EPSG:32633", pixel_size=[1.0, 1.0])
-save_model_dir(sys.argv[1], "segmenter", cfg.to_dict(), {"model": build_segmenter(cfg).state_dict()})
-"""
-
-
-def make_tiny_segmenter(engine_python: str, folder: Path) -> Path:
-    """A tiny (untrained) segmenter folder for classes water/field/building, made by the engine."""
-    import subprocess
-
-    res = subprocess.run([engine_python, "-c", TINY_SEGMENTER, str(folder)], capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (folder / "config.json").is_file()
-    return folder

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dock_fixtures import choose_polygons, load_scene, make_tiny_segmenter, wait_until
+from conftest import make_tiny_segmenter
+from dock_fixtures import CLASS_TABLE, choose_polygons, load_scene, wait_until
 from qgis.core import QgsApplication, QgsPalettedRasterRenderer
 
 from satsynth_qgis.dock.panel import SatSynthDock
@@ -120,7 +121,8 @@ def test_segment_from_the_dock_adds_a_styled_layer_in_the_run_group(
         dock, project, tmp_path, engine_python):
     _need("satsynth:segment_raster")
     scene = load_scene(tmp_path, project)
-    model = make_tiny_segmenter(engine_python, tmp_path / "tiny segmenter")
+    model = make_tiny_segmenter(engine_python, tmp_path / "tiny segmenter", CLASS_TABLE,
+                                chip_size=32)
     dock.segment_combo.setLayer(scene["image"])
     dock.segmenter_widget.setFilePath(str(model))
     dock.output_widget.setFilePath(str(tmp_path / "runs"))
