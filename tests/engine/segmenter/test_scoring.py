@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from builders import SIZE, make_store
+from builders import SIZE, class_table, make_store
 from rasterio.windows import from_bounds
 
 from satsynth.cli import main
@@ -180,7 +180,7 @@ def test_filtering_and_scoring_errors_are_one_clear_line(world, tmp_path, capsys
                  "--keep", "0.5", "--progress", "quiet"]) == 2
     assert "--score-with" in capsys.readouterr().err
     other = make_store(tmp_path / "other", n_train=4, synthetic=True,
-                       table=__import__("test_segmenter")._table(("a", "b", "c")))
+                       table=class_table(("a", "b", "c")))
     with pytest.raises(SatSynthError, match="classes"):
         score_pairs(other, world["seg"], device="cpu")
     with pytest.raises(SatSynthError, match="weights file not found"):
