@@ -28,15 +28,16 @@ qgis:
 demo: $(STAMP)
 	$(VENV)/bin/satsynth demo --out $(DEMO_OUT)
 
-## Every test: the engine's in its venv, the plugin's under QGIS's own Python (offscreen).
+## Every test (every marker: slow and realdata too, as CI runs them; a plain `pytest` skips those):
+## the engine's in its venv, the plugin's under QGIS's own Python (offscreen).
 test: $(STAMP) qgis
 	@bash scripts/run_tests.sh $(PYTEST_ARGS)
 
 test-engine: $(STAMP)
-	$(ENGINE_PY) -m pytest -q tests/engine tests/test_*.py $(PYTEST_ARGS)
+	$(ENGINE_PY) -m pytest -q -m "" tests/engine tests/test_*.py $(PYTEST_ARGS)
 
 test-plugin: $(STAMP) qgis
-	QT_QPA_PLATFORM=offscreen SATSYNTH_PYTHON=$(abspath $(ENGINE_PY)) $(QGIS_PYTHON) -m pytest -q tests/plugin $(PYTEST_ARGS)
+	QT_QPA_PLATFORM=offscreen SATSYNTH_PYTHON=$(abspath $(ENGINE_PY)) $(QGIS_PYTHON) -m pytest -q -m "" tests/plugin $(PYTEST_ARGS)
 
 ## Set up engine for real (opt-in, minutes, a few GB): a new environment in a temporary folder from
 ## the package index this machine reaches, then Check engine through it. SATSYNTH_TORCH_INDEX

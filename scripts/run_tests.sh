@@ -22,7 +22,9 @@ run() {
 }
 
 run "lint" .venv/bin/ruff check engine satsynth_qgis tests benchmarks scripts
-run "engine tests" "$ENGINE_PY" -m pytest -q -p no:cacheprovider tests/engine tests/test_*.py "$@"
+# -m "": every marker (slow, realdata, setup_real too), which a plain `pytest` skips (pyproject's
+# addopts); a -m among this script's arguments comes later and wins.
+run "engine tests" "$ENGINE_PY" -m pytest -q -p no:cacheprovider -m "" tests/engine tests/test_*.py "$@"
 run "plugin tests (QGIS)" env QT_QPA_PLATFORM=offscreen SATSYNTH_PYTHON="$PWD/$ENGINE_PY" \
-  "$QGIS_PY" -m pytest -q -p no:cacheprovider tests/plugin "$@"
+  "$QGIS_PY" -m pytest -q -p no:cacheprovider -m "" tests/plugin "$@"
 exit $status

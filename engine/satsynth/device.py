@@ -12,7 +12,18 @@ log = logging.getLogger("satsynth")
 
 
 def resolve_device(name: str = "auto") -> Any:
-    """'auto' picks CUDA, then Apple MPS, then the CPU; asking for a missing one is an error."""
+    """The torch device for ``--device name``: 'auto' picks CUDA, then Apple MPS, then the CPU.
+
+    Args:
+        name (`str`, *optional*, defaults to `"auto"`):
+            ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns:
+        `torch.device`: the device.
+
+    Raises:
+        `SatSynthError`: the device asked for is missing, or the name is unknown.
+    """
     import torch
 
     from satsynth.threads import report_choice
@@ -38,7 +49,14 @@ def resolve_device(name: str = "auto") -> Any:
 
 
 def describe() -> dict[str, Any]:
-    """Engine environment facts for 'satsynth check' and the QGIS plugin."""
+    """Engine environment facts for 'satsynth check' and the QGIS plugin.
+
+    Returns:
+        `dict[str, Any]`: the SatSynth, Python and torch versions, the executable and platform, the
+        device ``auto`` picks and its GPU name, the CUDA device count, torch's thread count, and
+        the versions of diffusers, smp, rasterio, geopandas and accelerate (``missing (...)`` for
+        one that does not import).
+    """
     import platform
     import sys
 
@@ -93,9 +111,19 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
 
 
 def capability(device: Any) -> Capability:
-    """The device's fast number formats: a CPU has bf16 with AVX512-BF16 or AMX (Linux flags,
-    or oneDNN's own check elsewhere), a CUDA GPU where torch says it supports bf16, fp16 from
-    compute capability 7.0 (tensor cores); MPS is treated as float32 only."""
+    """The device's fast number formats.
+
+    A CPU has bf16 with AVX512-BF16 or AMX (Linux flags, or oneDNN's own check elsewhere), a CUDA
+    GPU where torch says it supports bf16, fp16 from compute capability 7.0 (tensor cores); MPS is
+    treated as float32 only.
+
+    Args:
+        device (`torch.device`):
+            The device to describe.
+
+    Returns:
+        `Capability`: its type and whether bf16 and fp16 arithmetic are fast on it.
+    """
     import torch
 
     kind = getattr(device, "type", str(device))
@@ -119,11 +147,21 @@ def capability(device: Any) -> Capability:
 
 
 def choose_mixed_precision(asked: str, cap: Capability) -> str:
-    """The autocast format for ``--mixed-precision asked`` on a device of capability ``cap``:
-    ``no``, ``fp16`` or ``bf16``. ``auto`` takes bf16 where the device has it, else fp16 where
-    that is fast, else ``no`` (float32); an explicit ``fp16`` falls back to float32 off a GPU
-    (a CPU has no fast fp16), an explicit ``bf16`` is honoured (slow where the device lacks it,
-    with a warning)."""
+    """The autocast format for ``--mixed-precision asked`` on a device of capability ``cap``.
+
+    ``auto`` takes bf16 where the device has it, else fp16 where that is fast, else ``no``
+    (float32); an explicit ``fp16`` falls back to float32 off a GPU (a CPU has no fast fp16), an
+    explicit ``bf16`` is honoured (slow where the device lacks it, with a warning).
+
+    Args:
+        asked (`str`):
+            ``auto``, ``no``, ``fp16`` or ``bf16`` (:data:`satsynth.contract.MIXED_PRECISIONS`).
+        cap (`Capability`):
+            The device's capability (:func:`capability`).
+
+    Returns:
+        `str`: ``no``, ``fp16`` or ``bf16``, as Accelerate's ``mixed_precision`` takes it.
+    """
     if asked == "auto":
         return "bf16" if cap.bf16 else "fp16" if cap.fp16 else "no"
     if asked == "fp16" and cap.kind != "cuda":
@@ -137,7 +175,17 @@ def choose_mixed_precision(asked: str, cap: Capability) -> str:
 
 
 def mixed_precision_for(asked: str, device: Any) -> str:
-    """:func:`choose_mixed_precision` on ``device``'s capability, logged."""
+    """:func:`choose_mixed_precision` on ``device``'s capability, logged.
+
+    Args:
+        asked (`str`):
+            ``auto``, ``no``, ``fp16`` or ``bf16``.
+        device (`torch.device`):
+            The device training runs on.
+
+    Returns:
+        `str`: ``no``, ``fp16`` or ``bf16``.
+    """
     cap = capability(device)
     mp = choose_mixed_precision(asked, cap)
     log.info("mixed precision: %s (asked %s; %s)", "float32" if mp == "no" else mp + " autocast",

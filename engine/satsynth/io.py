@@ -48,7 +48,19 @@ def make_temp_dir(path: Path, tag: str = "partial", is_file: bool = False) -> Pa
 
 @contextmanager
 def temp_dir(beside: str | Path, tag: str = "work") -> Iterator[Path]:
-    """A marked scratch folder beside ``beside`` for the block, removed afterwards."""
+    """A marked scratch folder beside ``beside`` for the block, removed afterwards.
+
+    Args:
+        beside (`str` or `Path`):
+            The output the scratch folder belongs to; the folder is created in its parent folder,
+            named by :func:`temp_name` (hidden, with this process's PID).
+        tag (`str`, *optional*, defaults to `"work"`):
+            The tag in the folder's name.
+
+    Returns:
+        `Iterator[Path]`: the scratch folder (a context manager's value), removed with everything in
+        it when the block ends, also on an error.
+    """
     tmp = make_temp_dir(Path(beside), tag, is_file=True)
     try:
         yield tmp
@@ -58,8 +70,18 @@ def temp_dir(beside: str | Path, tag: str = "work") -> Iterator[Path]:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path (``path``'s name inside a marked temporary folder beside it,
-    so a library's own sidecars go with it); rename it onto ``path`` on success."""
+    """Write a file atomically: the caller writes a temporary, renamed onto ``path`` on success.
+
+    The temporary is ``path``'s name inside a marked temporary folder beside it, so a library's own
+    sidecars (GDAL's ``.aux.xml``, ``.ovr``) go with it and are removed with it.
+
+    Args:
+        path (`str` or `Path`):
+            The final path; nothing appears there unless the block ends without an error.
+
+    Returns:
+        `Iterator[Path]`: the temporary file path to write (a context manager's value).
+    """
     path = Path(path)
     folder = make_temp_dir(path, is_file=True)
     tmp = folder / path.name
@@ -72,8 +94,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory next to ``path``; it replaces ``path`` on success. A symbolic
-    link named as ``path`` stays a link: the folder it points to is the one replaced."""
+    """Write a folder atomically: the caller fills a temporary folder that replaces ``path``.
+
+    A symbolic link named as ``path`` stays a link: the folder it points to is the one replaced.
+
+    Args:
+        path (`str` or `Path`):
+            The final folder.
+        overwrite (`bool`, *optional*, defaults to `True`):
+            Replace an existing ``path``; with `False` an existing one raises `FileExistsError`.
+
+    Returns:
+        `Iterator[Path]`: the temporary folder to fill (a context manager's value); it is removed
+        if the block raises.
+    """
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
@@ -96,10 +130,21 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
 
 def reserve_file(path: str | Path, what: str = "this output") -> None:
-    """Allocate every block of the file at ``path`` (its current size) now, so that writing it
-    through a memory map never meets a full disk, which would kill the process with SIGBUS: a
-    full disk is one clear error here, before any work. File systems without ``fallocate``
-    get the file written with zeros instead."""
+    """Allocate every block of the file at ``path`` (its current size) now.
+
+    Writing it through a memory map then never meets a full disk, which would kill the process with
+    SIGBUS: a full disk is one clear error here, before any work. File systems without
+    ``fallocate`` get the file written with zeros instead.
+
+    Args:
+        path (`str` or `Path`):
+            An existing file of its final size (e.g. a ``numpy.lib.format.open_memmap`` array).
+        what (`str`, *optional*, defaults to `"this output"`):
+            What the file is, for the error message.
+
+    Raises:
+        `SatSynthError`: the disk has no room for it (naming the folder and the size).
+    """
     import errno
 
     from satsynth.errors import SatSynthError, folder_above_temporaries
@@ -132,8 +177,20 @@ def _size(n: float) -> str:
 
 
 def check_free_space(folder: str | Path, need: int, what: str) -> None:
-    """Refuse, before the work, to write ``need`` bytes of ``what`` into ``folder`` when its
-    file system has less free space (one line naming the folder and both sizes)."""
+    """Refuse, before the work, to write more than the free space of a file system.
+
+    Args:
+        folder (`str` or `Path`):
+            An existing folder on the file system to be written.
+        need (`int`):
+            The bytes the work will write there.
+        what (`str`):
+            What they are, for the message (e.g. `"the chips"`).
+
+    Raises:
+        `SatSynthError`: ``need`` is more than the free space (one line naming the folder and both
+        sizes). File systems that cannot say their free space are not checked.
+    """
     from satsynth.errors import SatSynthError, folder_above_temporaries
 
     try:
@@ -156,15 +213,33 @@ def _write_zeros(fd: int, size: int, chunk: int = 1 << 20) -> None:
 
 
 def umask_mode(path: str | Path, mode: int = 0o666) -> None:
-    """Give a file written by a library that ignores the umask (safetensors writes 0600) the
-    permissions of a normal new file: ``mode`` less the user's umask."""
+    """Give a file the permissions of a normal new file: ``mode`` less the user's umask.
+
+    For files written by a library that ignores the umask (safetensors writes 0600).
+
+    Args:
+        path (`str` or `Path`):
+            The file.
+        mode (`int`, *optional*, defaults to `0o666`):
+            The permissions before the umask.
+    """
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, mode & ~mask)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON (UTF-8, a final newline), atomically.
+
+    Args:
+        path (`str` or `Path`):
+            The file to write.
+        obj (`Any`):
+            Anything `json.dumps` takes; other objects are written as their `str`.
+
+    Returns:
+        `Path`: ``path``.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
@@ -172,7 +247,18 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file, with a clear error when it is missing or malformed."""
+    """Read a JSON file, with a clear error when it is missing or malformed.
+
+    Args:
+        path (`str` or `Path`):
+            The file to read (UTF-8).
+
+    Returns:
+        `Any`: the decoded JSON value.
+
+    Raises:
+        `SatSynthError`: the file is missing, or is not valid UTF-8 JSON (naming the file).
+    """
     from satsynth.errors import SatSynthError
 
     path = Path(path)

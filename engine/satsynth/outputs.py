@@ -257,10 +257,20 @@ def _matches(base: str, out: Path) -> bool:
 def clean_stale(out: str | Path, inside: bool = False) -> list[Path]:
     """Remove temporaries of ``out`` left by processes that no longer run (kill -9, power cut).
 
-    With ``inside=True`` also those directly inside the folder ``out`` (stages that write into
-    an existing folder). Temporaries of live processes are never touched. Returns what went.
-    In a distributed run (torchrun / accelerate launch) only the main process cleans: a process
-    on another node cannot tell whether the main process's PID is alive.
+    Temporaries of live processes are never touched. In a distributed run (torchrun / accelerate
+    launch) only the main process cleans: a process on another node cannot tell whether the main
+    process's PID is alive.
+
+    Args:
+        out (`str` or `Path`):
+            The output whose temporaries (hidden siblings named by :func:`satsynth.io.temp_name`)
+            are looked for.
+        inside (`bool`, *optional*, defaults to `False`):
+            Also remove those directly inside the folder ``out`` (stages that write into an
+            existing folder).
+
+    Returns:
+        `list[Path]`: the temporaries removed.
     """
     from satsynth.distributed import launch_rank
 
@@ -302,16 +312,31 @@ def _made_by_satsynth(p: Path, old: bool) -> bool:
 
 def check_output(out: str | Path, kind: str, inputs: Iterable[PathLike | None] = (),
                  *, into: bool = False, clean: bool = True) -> Path:
-    """Refuse an output path that would destroy data or cannot be written; returns ``Path(out)``.
+    """Refuse an output path that would destroy data or cannot be written.
 
-    ``kind`` is the output's kind: ``file`` for a single file, else a folder kind (``dataset``,
-    ``synthetic``, ``evaluation``, ``experiment``, ``demo``, or a model kind such as
-    ``generator``/``segmenter`` found in ``config.json``). ``inputs`` are the run's input paths
-    (files or folders; None and '' are skipped). ``into=True`` for stages that write into an
-    existing folder of their kind instead of replacing it (evaluation, experiment, demo).
-    With ``clean`` (not for a plain ``satsynth check-output``) also removes the temporaries of
-    dead processes for ``out`` (:func:`clean_stale`).
-    Raises :class:`SatSynthError` with one line naming ``out``, the problem and the way out.
+    Args:
+        out (`str` or `Path`):
+            The output path the stage will write.
+        kind (`str`):
+            The output's kind: ``file`` for a single file, else a folder kind (``dataset``,
+            ``synthetic``, ``evaluation``, ``experiment``, ``demo``, or a model kind such as
+            ``generator``/``segmenter`` found in ``config.json``). An existing folder is replaced
+            only when it is an earlier output of this kind.
+        inputs (`Iterable` of paths, *optional*):
+            The run's input paths (files or folders; `None` and ``''`` are skipped): the output may
+            not be, contain or lie inside any of them (a VRT's sources and sidecars included).
+        into (`bool`, *optional*, defaults to `False`):
+            For stages that write into an existing folder of their kind instead of replacing it
+            (evaluation, experiment, demo).
+        clean (`bool`, *optional*, defaults to `True`):
+            Also remove the temporaries of dead processes for ``out`` (:func:`clean_stale`); off for
+            a plain ``satsynth check-output``.
+
+    Returns:
+        `Path`: ``Path(out)``.
+
+    Raises:
+        `SatSynthError`: one line naming ``out``, the problem and the way out.
     """
     if kind != FILE_KIND and kind not in FOLDER_KINDS:
         raise SatSynthError(f"unknown output kind {kind!r}: choose from "
@@ -413,9 +438,20 @@ def _acquire(identity: str) -> object | None:
 @contextlib.contextmanager
 def output_lock(*outs: str | Path | None) -> Iterator[None]:
     """Hold a lock on each output for the block; another process asking for one is refused.
-    Locks go by the output's identity (:func:`lock_keys`), not by how its path is spelled.
 
-    Re-entrant within a process (the demo and the experiment call stages in-process)."""
+    Locks go by the output's identity (:func:`lock_keys`), not by how its path is spelled.
+    Re-entrant within a process (the demo and the experiment call stages in-process).
+
+    Args:
+        *outs (`str`, `Path` or `None`):
+            The outputs to lock; `None` and ``''`` entries are skipped.
+
+    Returns:
+        `Iterator[None]`: a context manager holding the locks for its block.
+
+    Raises:
+        `SatSynthError`: another process writes one of the outputs.
+    """
     taken: list[str] = []
     try:
         for out in outs:

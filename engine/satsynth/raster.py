@@ -31,7 +31,13 @@ from satsynth.errors import SatSynthError
 # --- opening and reading -------------------------------------------------------------------------
 @contextmanager
 def quiet_georef_warnings() -> Iterator[None]:
-    """Silence rasterio's NotGeoreferencedWarning: pixel-space inputs are supported on purpose."""
+    """Silence rasterio's NotGeoreferencedWarning for the block.
+
+    Pixel-space inputs (a plain JPEG or PNG) are supported on purpose.
+
+    Returns:
+        `Iterator[None]`: a context manager.
+    """
     from rasterio.errors import NotGeoreferencedWarning
 
     with warnings.catch_warnings():
@@ -40,9 +46,12 @@ def quiet_georef_warnings() -> Iterator[None]:
 
 
 def quiet_libtiff() -> None:
-    """Stop libtiff printing its errors straight to stderr (``_tiffWriteProc: No space left on
-    device`` once per block on a full disk): GDAL receives them too and rasterio raises them,
-    so the engine reports each error once. No-op where rasterio's libtiff cannot be found."""
+    """Stop libtiff printing its errors straight to stderr.
+
+    A full disk prints ``_tiffWriteProc: No space left on device`` once per block; GDAL receives the
+    errors too and rasterio raises them, so the engine reports each error once. No-op where
+    rasterio's libtiff cannot be found.
+    """
     import ctypes
 
     import rasterio  # noqa: F401 - loads GDAL and its libtiff
@@ -59,7 +68,20 @@ def quiet_libtiff() -> None:
 
 
 def open_raster(path: str | Path, what: str = "raster") -> Any:
-    """Open a GDAL raster for reading, or raise a :class:`SatSynthError` naming the file."""
+    """Open a GDAL raster for reading, or raise a :class:`SatSynthError` naming the file.
+
+    Args:
+        path (`str` or `Path`):
+            Any raster GDAL opens (GeoTIFF, VRT, JPEG2000, PNG, ...).
+        what (`str`, *optional*, defaults to `"raster"`):
+            What the file is, for the messages (e.g. `"image"`, `"labels"`).
+
+    Returns:
+        `rasterio.DatasetReader`: the open dataset (the caller closes it).
+
+    Raises:
+        `SatSynthError`: the file is missing, is a folder, cannot be opened or has no bands.
+    """
     import rasterio
     from rasterio.errors import RasterioIOError
 
@@ -86,7 +108,23 @@ def _unreadable(exc: Exception, path: str | Path, window: Any) -> SatSynthError:
 
 
 def read_window(src: Any, path: str | Path, **kwargs: Any) -> np.ndarray:
-    """``src.read(**kwargs)`` that turns GDAL read failures (damaged files) into clear errors."""
+    """``src.read(**kwargs)`` that turns GDAL read failures (damaged files) into clear errors.
+
+    Args:
+        src (`rasterio.DatasetReader`):
+            The open raster.
+        path (`str` or `Path`):
+            Its path, for the message.
+        **kwargs:
+            What ``src.read`` takes (``indexes``, ``window``, ``out_dtype``, ...).
+
+    Returns:
+        `np.ndarray`: the pixels, as ``src.read`` returns them.
+
+    Raises:
+        `SatSynthError`: the pixels cannot be read (naming the file, and the window's row and
+        column).
+    """
     from rasterio.errors import RasterioError
 
     try:
@@ -97,7 +135,24 @@ def read_window(src: Any, path: str | Path, **kwargs: Any) -> np.ndarray:
 
 
 def read_masks(src: Any, path: str | Path, band: int, window: Any) -> np.ndarray:
-    """GDAL mask (0 = nodata) of one band, with the same error handling as :func:`read_window`."""
+    """GDAL's mask of one band (0 = nodata), with the same error handling as :func:`read_window`.
+
+    Args:
+        src (`rasterio.DatasetReader`):
+            The open raster.
+        path (`str` or `Path`):
+            Its path, for the message.
+        band (`int`):
+            The band, 1-based.
+        window (`rasterio.windows.Window` or `None`):
+            The window to read; `None` for the whole raster.
+
+    Returns:
+        `np.ndarray`: uint8, 0 where the band has no data, 255 where it has.
+
+    Raises:
+        `SatSynthError`: the mask cannot be read.
+    """
     from rasterio.errors import RasterioError
 
     try:
@@ -108,7 +163,17 @@ def read_masks(src: Any, path: str | Path, band: int, window: Any) -> np.ndarray
 
 
 def band_has_mask(src: Any, band: int) -> bool:
-    """True when GDAL reports nodata, an alpha band or a mask for ``band`` (1-based)."""
+    """Whether GDAL reports nodata, an alpha band or a mask for a band.
+
+    Args:
+        src (`rasterio.DatasetReader`):
+            The open raster.
+        band (`int`):
+            The band, 1-based.
+
+    Returns:
+        `bool`: `True` when some of the band's pixels may be without data.
+    """
     from rasterio.enums import MaskFlags
 
     return MaskFlags.all_valid not in src.mask_flag_enums[band - 1]
@@ -117,9 +182,29 @@ def band_has_mask(src: Any, band: int) -> bool:
 # --- which pixels hold data ----------------------------------------------------------------------
 def valid_mask(src: Any, path: str | Path, data: np.ndarray, indexes: Sequence[int],
                window: Any) -> np.ndarray | None:
-    """Pixels of ``window`` with data in every band of ``indexes`` (1-based; ``data`` holds them
-    in that order, as read from ``window``); ``None`` when the raster declares no nodata or mask
-    and holds no NaN there. The rule is the module's (any band without data: invalid)."""
+    """The pixels of ``window`` with data in every band of ``indexes``.
+
+    The one rule for which pixels hold data (prepare, predict and evaluate all use it): a pixel is
+    invalid when any band lacks data there: its nodata value, its mask or alpha band, or a float
+    value that is NaN or infinite.
+
+    Args:
+        src (`rasterio.DatasetReader`):
+            The open raster.
+        path (`str` or `Path`):
+            Its path, for the messages.
+        data (`np.ndarray`):
+            ``(len(indexes), rows, cols)``: the bands ``indexes`` as read from ``window``, in that
+            order.
+        indexes (`Sequence[int]`):
+            The bands, 1-based.
+        window (`rasterio.windows.Window` or `None`):
+            The window ``data`` was read from.
+
+    Returns:
+        `np.ndarray` or `None`: ``(rows, cols)`` bool, `True` where every band has data; `None`
+        when the raster declares no nodata or mask and holds no NaN there (every pixel valid).
+    """
     from rasterio.enums import MaskFlags
 
     floating = np.issubdtype(data.dtype, np.floating)
@@ -181,7 +266,16 @@ class Grid:
 
 
 def grid_of(src: Any) -> Grid:
-    """The grid of an open rasterio dataset; non-georeferenced rasters get the pixel grid."""
+    """The grid of an open rasterio dataset; non-georeferenced rasters get the pixel grid.
+
+    Args:
+        src (`rasterio.DatasetReader`):
+            The open raster.
+
+    Returns:
+        `Grid`: its size, transform and CRS (`None`, with the identity transform, when it has no
+        georeference).
+    """
     from affine import Affine
 
     if src.crs is None:
@@ -190,7 +284,16 @@ def grid_of(src: Any) -> Grid:
 
 
 def crs_name(crs: Any) -> str:
-    """A short human name for a CRS: 'EPSG:32640 (WGS 84 / UTM zone 40N)' or 'not georeferenced'."""
+    """A short human name for a CRS.
+
+    Args:
+        crs (`rasterio.crs.CRS`, `str` or `None`):
+            The CRS (anything ``pyproj.CRS.from_user_input`` takes).
+
+    Returns:
+        `str`: e.g. ``EPSG:32640 (WGS 84 / UTM zone 40N)``, ``custom CRS 'NAME' (no EPSG code)``
+        where it has none, or ``not georeferenced`` for `None`; never a WKT dump.
+    """
     if crs is None:
         return "not georeferenced"
     try:
@@ -211,8 +314,16 @@ def crs_name(crs: Any) -> str:
 
 
 def metres_per_unit(crs: Any) -> float:
-    """Metres per unit of a non-geographic CRS's axes (0.3048... for US survey feet); 1.0 where
-    the CRS does not declare its linear units (e.g. a local engineering CRS): taken as metres."""
+    """Metres per unit of a non-geographic CRS's axes.
+
+    Args:
+        crs (`rasterio.crs.CRS`):
+            A projected (or local) CRS.
+
+    Returns:
+        `float`: e.g. 0.3048... for US survey feet; 1.0 where the CRS does not declare its linear
+        units (e.g. a local engineering CRS): those are taken as metres.
+    """
     try:
         return float(crs.linear_units_factor[1])
     except Exception:  # noqa: BLE001 - rasterio raises CRSError for undeclared units
@@ -220,27 +331,60 @@ def metres_per_unit(crs: Any) -> float:
 
 
 def crs_to_string(crs: Any) -> str | None:
-    """How a CRS is stored in our metadata: 'EPSG:n' when exact, otherwise WKT."""
+    """How a CRS is stored in SatSynth's metadata (``dataset.json``, ``config.json``).
+
+    Args:
+        crs (`rasterio.crs.CRS`, `str` or `None`):
+            The CRS.
+
+    Returns:
+        `str` or `None`: ``EPSG:n`` when that code is exact, otherwise the WKT; `None` for `None`.
+    """
     if crs is None:
         return None
     return crs.to_string()
 
 
 def fmt_coord(v: float) -> str:
-    """A coordinate with enough digits to read: 2600090.25 (not 2.60009e+06), 55.274183."""
+    """A coordinate with enough digits to read.
+
+    Args:
+        v (`float`):
+            The coordinate.
+
+    Returns:
+        `str`: e.g. ``2600090.25`` (not ``2.60009e+06``) or ``55.274183``.
+    """
     text = f"{v:.{2 if abs(v) >= 1000 else 6}f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
 def fmt_bounds(b: tuple[float, ...]) -> str:
-    """(left, bottom, right, top) as 'x LEFT..RIGHT, y BOTTOM..TOP'."""
+    """Bounds for a message.
+
+    Args:
+        b (`tuple[float, ...]`):
+            ``(left, bottom, right, top)``.
+
+    Returns:
+        `str`: ``x LEFT..RIGHT, y BOTTOM..TOP``.
+    """
     return f"x {fmt_coord(b[0])}..{fmt_coord(b[2])}, y {fmt_coord(b[1])}..{fmt_coord(b[3])}"
 
 
 # --- chip footprints ---------------------------------------------------------------------------
 def footprint_boxes(transforms: np.ndarray, size: int) -> np.ndarray:
-    """(N, 4) xmin, ymin, xmax, ymax of ``size`` px chips given their (N, 6) affine coefficients
-    a, b, c, d, e, f (any rotation or flip)."""
+    """The bounding boxes of square chips from their affine transforms.
+
+    Args:
+        transforms (`np.ndarray`):
+            ``(N, 6)``: each chip's affine coefficients a, b, c, d, e, f (any rotation or flip).
+        size (`int`):
+            The chips' side in pixels.
+
+    Returns:
+        `np.ndarray`: ``(N, 4)`` xmin, ymin, xmax, ymax.
+    """
     t = np.asarray(transforms, dtype=np.float64).reshape(-1, 6)
     a, b, c, d, e, f = (t[:, i] for i in range(6))
     xs = np.stack([c, c + a * size, c + b * size, c + a * size + b * size], axis=1)
@@ -321,8 +465,27 @@ class Tile:
 
 
 def plan_tiles(height: int, width: int, size: int, stride: int, max_span: int) -> list[Tile]:
-    """Chips of ``size`` px every ``stride`` px of a ``height`` x ``width`` raster, grouped into
-    reading tiles of at most ``max_span`` px."""
+    """Chips of ``size`` px every ``stride`` px of a raster, grouped into reading tiles.
+
+    The last chip of each row and column lies flush with the raster's edge, so every pixel is
+    covered.
+
+    Args:
+        height (`int`):
+            The raster's rows.
+        width (`int`):
+            The raster's columns.
+        size (`int`):
+            The chip side in pixels.
+        stride (`int`):
+            The step between chips in pixels.
+        max_span (`int`):
+            The largest side of a reading tile in pixels (at least one chip).
+
+    Returns:
+        `list[Tile]`: the tiles in row-major order, each with its chips' offsets and the region it
+        alone counts.
+    """
     rows = np.asarray(window_starts(height, size, stride), dtype=np.int64)
     cols = np.asarray(window_starts(width, size, stride), dtype=np.int64)
     max_span = max(int(max_span), size)

@@ -55,8 +55,16 @@ class ThreadChoice:
 
 
 def usable_cpus(affinity: Callable[[int], set[int]] | None = None) -> int:
-    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where the
-    platform has no affinity)."""
+    """The CPUs this process may run on.
+
+    Args:
+        affinity (`Callable[[int], set[int]]`, *optional*):
+            ``os.sched_getaffinity`` or a stand-in (tests); by default the platform's, and
+            ``os.cpu_count()`` where it has none.
+
+    Returns:
+        `int`: the number of CPUs in the affinity mask, at least 1.
+    """
     get = affinity or getattr(os, "sched_getaffinity", None)
     if get is not None:
         try:
@@ -83,11 +91,27 @@ def machine_load(interval: float = 0.25) -> float:
 def choose_threads(asked: int | None = None, *, usable: int | None = None,
                    load: float | None = None, total: int | None = None,
                    leave: int | None = None) -> ThreadChoice:
-    """The intra-op thread count: ``asked`` when given (``--threads``), else the usable CPUs
-    minus the share of the machine's busy CPUs that falls on them (rounded) minus ``leave``, at
-    least 1. ``usable``, ``load`` (CPUs busy with other work), ``total`` (the machine's CPUs)
-    and ``leave`` default to this process's affinity, :func:`machine_load`, ``os.cpu_count()`` and
-    :data:`~satsynth.contract.ENV_LEAVE_CORES` (0 when unset)."""
+    """The intra-op thread count, and why.
+
+    ``asked`` when given (``--threads``), else the usable CPUs minus the share of the machine's
+    busy CPUs that falls on them (rounded) minus ``leave``, at least 1.
+
+    Args:
+        asked (`int`, *optional*):
+            ``--threads N``: taken as it is.
+        usable (`int`, *optional*):
+            The CPUs this process may use; defaults to :func:`usable_cpus`.
+        load (`float`, *optional*):
+            The machine's CPUs busy with other work; defaults to :func:`machine_load`.
+        total (`int`, *optional*):
+            The machine's CPUs; defaults to ``os.cpu_count()``.
+        leave (`int`, *optional*):
+            Cores left to other programs; defaults to :data:`~satsynth.contract.ENV_LEAVE_CORES`
+            (0 when unset).
+
+    Returns:
+        `ThreadChoice`: the count with the figures it came from and the reason.
+    """
     usable = usable_cpus() if usable is None else max(1, usable)
     total = max(usable, os.cpu_count() or usable) if total is None else max(usable, total)
     leave = _env_leave() if leave is None else max(0, leave)
@@ -110,9 +134,17 @@ def _env_leave() -> int:
 
 
 def set_wait_policy(choice: ThreadChoice | None = None) -> None:
-    """Waiting OpenMP threads sleep instead of spinning when the command shares the machine
-    (``choice.shares_machine``; always when ``choice`` is None), unless the user set a policy;
-    must run before torch is imported."""
+    """Make waiting OpenMP threads sleep instead of spinning when the command shares the machine.
+
+    Must run before torch is imported (``OMP_WAIT_POLICY=PASSIVE`` is read when OpenMP starts).
+    A policy the user set is kept.
+
+    Args:
+        choice (`ThreadChoice`, *optional*):
+            The command's thread choice: nothing changes where it has every CPU of an idle
+            machine (``choice.shares_machine`` is False; OpenMP's default short spin is faster
+            there). Without it, threads always sleep.
+    """
     if choice is not None and not choice.shares_machine:
         return
     for key, value in WAIT_POLICY.items():
@@ -120,8 +152,19 @@ def set_wait_policy(choice: ThreadChoice | None = None) -> None:
 
 
 def apply_threads(asked: int | None = None) -> ThreadChoice:
-    """Choose the thread count (:func:`choose_threads`) and hand it to OpenMP/MKL through the
-    environment (and to torch itself when it is already loaded); :func:`report_choice` logs it."""
+    """Choose the thread count and hand it to OpenMP/MKL and torch.
+
+    The count goes to OpenMP/MKL through the environment, and to torch itself when it is already
+    loaded; :func:`report_choice` logs it when the computing starts.
+
+    Args:
+        asked (`int`, *optional*):
+            ``--threads N``; by default :func:`choose_threads` decides (``OMP_NUM_THREADS`` set by
+            the user wins over that choice).
+
+    Returns:
+        `ThreadChoice`: what was chosen and why.
+    """
     choice = choose_threads(asked)
     user_set = "OMP_NUM_THREADS" in os.environ and asked is None
     if user_set:  # the user's OMP_NUM_THREADS wins over the automatic choice
@@ -145,8 +188,10 @@ _chosen: ThreadChoice | None = None
 
 
 def report_choice() -> None:
-    """Log the command's thread choice once, when its computing starts (``resolve_device``):
-    a command that stops on bad input says only what is wrong, in one line."""
+    """Log the command's thread choice once, when its computing starts (``resolve_device``).
+
+    A command that stops on bad input says only what is wrong, in one line.
+    """
     global _chosen
     if _chosen is not None:
         log.info(_chosen.describe())

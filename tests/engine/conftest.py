@@ -25,6 +25,24 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(n)
 
+@pytest.fixture
+def cancel_after(monkeypatch):
+    """``cancel_after(n)`` raises the cancel flag (the one SIGINT/SIGTERM and QGIS's cancel raise)
+    once ``n`` progress updates have been made; ``monkeypatch.undo()`` lowers it again."""
+    from satsynth import progress
+
+    def arm(n: int) -> None:
+        updates = {"n": 0}
+        orig_update = progress.Task.update
+
+        def counting_update(self, k=1, message=None, **extra):
+            updates["n"] += 1
+            return orig_update(self, k, message, **extra)
+
+        monkeypatch.setattr(progress.Task, "update", counting_update)
+        monkeypatch.setattr(progress, "cancel_requested", lambda: updates["n"] >= n)
+
+    return arm
 
 
 class SmallDisk:

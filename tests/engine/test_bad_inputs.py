@@ -30,28 +30,20 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasters import ORIGIN, UTM, write_raster
 
 from satsynth import progress
 from satsynth.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SATSYNTH = [sys.executable, "-m", "satsynth"]
-UTM = CRS.from_epsg(32640)
-ORIGIN = Affine(0.5, 0, 330_000, 0, -0.5, 2_790_000)
 SIZE = 64
 #: names of every temporary the engine writes (atomic renames, predict work folders, probes)
 TEMP_RE = re.compile(r"(\.partial|\.work|\.old-\d+|\.satsynth-probe)")
 TINY_GEN = ["--preset", "tiny", "--block-widths", "8,16", "--batch-size", "2", "--device", "cpu"]
 TINY_SEG = ["--arch", "tiny", "--encoder", "w4d1", "--batch-size", "4", "--device", "cpu"]
 
-
-def write_raster(path: Path, data: np.ndarray, crs=UTM, transform=ORIGIN, **kw) -> Path:
-    data = data if data.ndim == 3 else data[None]
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype=data.dtype, crs=crs,
-                       transform=transform if crs is not None else None, **kw) as dst:
-        dst.write(data)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(argv: list[str]) -> tuple[int, str]:
@@ -80,16 +72,6 @@ def leftovers(root: Path) -> list[str]:
 def error_lines(stderr: str) -> list[str]:
     """stderr without the engine's INFO log lines (progress notes, not errors)."""
     return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("INFO: ")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

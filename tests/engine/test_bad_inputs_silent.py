@@ -21,6 +21,7 @@ import pytest
 import rasterio
 import test_bad_inputs
 from conftest import tmpfs
+from rasters import write_raster
 from test_bad_inputs import (
     ENV,
     TINY_GEN,
@@ -29,7 +30,6 @@ from test_bad_inputs import (
     error_lines,
     leftovers,
     run,
-    write_raster,
 )
 
 w = test_bad_inputs.w  # the matrix's inputs (a module fixture: built once for this module too)

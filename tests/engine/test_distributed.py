@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from test_predict import TABLE, brightness_image, make_model, write_raster
+from builders import ENV, T_UTM, TABLE, TINY_GENERATOR, brightness_image, make_model, make_store
+from rasters import write_raster
 
 from satsynth.distributed import Processes, share
 from satsynth.predict.bands import BandWriter
@@ -22,7 +22,6 @@ from satsynth.predict.writer import PredictionWriter
 from satsynth.raster import TileGrid
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def launch(*args: str, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -62,7 +61,7 @@ def test_bands_assemble_to_the_single_process_raster(tmp_path, world, tile, over
     import torch
 
     img, idx = brightness_image(height, 150, seed=world)
-    src_path = write_raster(tmp_path / "img.tif", img)
+    src_path = write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     make_model(tmp_path / "m", fit_to=(img[:, :64, :64], idx[:64, :64]))
     from satsynth.segmenter.model import load_segmenter
 
@@ -108,7 +107,7 @@ def test_single_process_needs_no_process_group():
 @pytest.mark.slow
 def test_predict_two_processes_equals_one_process_byte_for_byte(tmp_path):
     img, idx = brightness_image(420, 260, seed=3)
-    image = write_raster(tmp_path / "img.tif", img)
+    image = write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     model, _ = make_model(tmp_path / "seg", fit_to=(img[:, :96, :96], idx[:96, :96]))
     common = ["--image", str(image), "--tile", "128", "--overlap", "32", "--batch", "4",
               "--device", "cpu"]
@@ -142,13 +141,11 @@ def test_predict_two_processes_equals_one_process_byte_for_byte(tmp_path):
 
 @pytest.mark.slow
 def test_synthesize_two_processes_write_one_complete_georeferenced_folder(tmp_path):
-    from test_generator import TINY, _store
-
     from satsynth.data.store import ChipStore
     from satsynth.generator.train import run_training
 
-    model = run_training(_store(tmp_path / "ds"), tmp_path / "gen", steps=3,
-                         **dict(TINY, batch_size=2))["model"]
+    model = run_training(make_store(tmp_path / "ds", n_train=8, n_val=2, size=16), tmp_path / "gen",
+                         steps=3, **dict(TINY_GENERATOR, batch_size=2))["model"]
     args = [str(model), "--count", "7", "--batch-size", "2", "--steps", "3", "--sampler", "ddim",
             "--seed", "5", "--device", "cpu"]
     one = subprocess.run([sys.executable, "-m", "satsynth", "synthesize", *args, "--out",

@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from test_predict import TABLE, brightness_image, make_model, write_raster
+from builders import T_UTM, TABLE, brightness_image, make_model
+from rasters import write_raster
 
 from satsynth.data.classes import IGNORE_INDEX
 from satsynth.data.prepare import prepare_dataset
@@ -37,8 +38,8 @@ def scene(tmp_path_factory):
         img[1, r, c] = 0
     img[:, ALL[0], ALL[1]] = 0
     ids = TABLE.index_to_id_lut()[idx][None]
-    return {"dir": d, "model": model, "labels": write_raster(d / "lab.tif", ids),
-            "image": write_raster(d / "img.tif", img, nodata=0)}
+    return {"dir": d, "model": model, "labels": write_raster(d / "lab.tif", ids, transform=T_UTM),
+            "image": write_raster(d / "img.tif", img, nodata=0, transform=T_UTM)}
 
 
 def test_the_raster_layer_rule_any_band_without_data(scene):

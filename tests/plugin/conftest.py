@@ -92,6 +92,18 @@ def provider():
     return ensure_provider()
 
 
+@pytest.fixture
+def project():
+    """QgsProject.instance(), cleared before and after the test, with no saved dock settings."""
+    from qgis.core import QgsProject, QgsSettings
+
+    project = QgsProject.instance()
+    project.clear()
+    QgsSettings().remove("SatSynth/dock")
+    yield project
+    project.clear()
+
+
 @pytest.fixture(scope="session")
 def engine_python() -> str:
     """The engine the end-to-end tests use (SATSYNTH_PYTHON, else the checkout's .venv)."""
@@ -173,8 +185,9 @@ def scene_arrays(size: int = SIZE, seed: int = 0):
 
 
 def write_geotiff(path: Path, array, epsg: int = EPSG, origin=ORIGIN, pixel: float = PIXEL,
-                  color_table: dict | None = None) -> Path:
-    """Write a (bands, rows, cols) or (rows, cols) uint8 array as a GeoTIFF with GDAL."""
+                  color_table: dict | None = None, nodata: float | None = None) -> Path:
+    """Write a (bands, rows, cols) or (rows, cols) uint8 array as a GeoTIFF with GDAL; a colour
+    table (value -> RGBA) and a nodata value go on band 1."""
     from osgeo import gdal, osr
 
     arr = array if array.ndim == 3 else array[None]
@@ -186,6 +199,8 @@ def write_geotiff(path: Path, array, epsg: int = EPSG, origin=ORIGIN, pixel: flo
     ds.SetProjection(srs.ExportToWkt())
     for i in range(arr.shape[0]):
         ds.GetRasterBand(i + 1).WriteArray(arr[i])
+    if nodata is not None:
+        ds.GetRasterBand(1).SetNoDataValue(nodata)
     if color_table:
         ct = gdal.ColorTable()
         for value, rgba in color_table.items():
@@ -195,28 +210,40 @@ def write_geotiff(path: Path, array, epsg: int = EPSG, origin=ORIGIN, pixel: flo
     return path
 
 
-def write_label_polygons(path: Path, size: int = SIZE, epsg: int = EPSG) -> Path:
-    """Polygons of the scene's classes with a 'landcover' name field (GeoPackage, layer 'labels')."""
+def write_label_polygons(path: Path, features: list, layer: str = "labels",
+                         epsg: int = EPSG) -> Path:
+    """A GeoPackage layer of labelled polygons: ``features`` holds (geometry, attributes) pairs,
+    a geometry as WKT or an OGR geometry; text attributes become text fields, whole numbers
+    integer fields (in the order of the first feature's attributes)."""
     from osgeo import ogr, osr
 
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(epsg)
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("landcover", ogr.OFTString))
+    lyr = ds.CreateLayer(layer, srs, ogr.wkbPolygon)
+    for name, value in features[0][1].items():
+        lyr.CreateField(ogr.FieldDefn(name, ogr.OFTInteger if isinstance(value, int)
+                                      else ogr.OFTString))
+    for geom, attributes in features:
+        feat = ogr.Feature(lyr.GetLayerDefn())
+        for name, value in attributes.items():
+            feat.SetField(name, value)
+        feat.SetGeometry(geom if isinstance(geom, ogr.Geometry) else ogr.CreateGeometryFromWkt(geom))
+        lyr.CreateFeature(feat)
+    ds = None
+    return path
+
+
+def scene_polygons(size: int = SIZE) -> list:
+    """The scene's classes as polygons with a 'landcover' name: a water disc, a forest strip."""
+    from osgeo import ogr
+
     x0, y0 = ORIGIN
     cx, cy, r = x0 + size * 0.32 * PIXEL, y0 - size * 0.32 * PIXEL, size * 0.24 * PIXEL
     strip = (f"POLYGON(({x0} {y0 - size * 0.7}, {x0 + size} {y0 - size * 0.7}, "
              f"{x0 + size} {y0 - size}, {x0} {y0 - size}, {x0} {y0 - size * 0.7}))")
-    shapes = [("water", ogr.CreateGeometryFromWkt(f"POINT({cx} {cy})").Buffer(r, 16)),
-              ("forest", ogr.CreateGeometryFromWkt(strip))]
-    for name, geom in shapes:
-        feat = ogr.Feature(layer.GetLayerDefn())
-        feat.SetField("landcover", name)
-        feat.SetGeometry(geom)
-        layer.CreateFeature(feat)
-    ds = None
-    return path
+    return [(ogr.CreateGeometryFromWkt(f"POINT({cx} {cy})").Buffer(r, 16), {"landcover": "water"}),
+            (strip, {"landcover": "forest"})]
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +254,7 @@ def scene(tmp_path_factory):
     return {
         "image": str(write_geotiff(folder / "image.tif", image)),
         "labels": str(write_geotiff(folder / "labels.tif", labels)),
-        "vector": str(write_label_polygons(folder / "labels.gpkg")),
+        "vector": str(write_label_polygons(folder / "labels.gpkg", scene_polygons())),
         "folder": folder,
     }
 
@@ -319,3 +346,66 @@ def engine_args(monkeypatch, provider, dataset, generator):
 def flag_value(args: list[str], flag: str) -> str | None:
     """The value after ``flag`` in an engine command line, or None when it is not there."""
     return args[args.index(flag) + 1] if flag in args else None
+
+
+# --- a tiny segmenter folder, made by the engine ---------------------------------------------------
+
+TINY_SEGMENTER = r"""
+import json, sys
+from satsynth.checkpoint import save_model_dir
+from satsynth.data.classes import ClassTable
+from satsynth.data.normalize import Normalizer
+from satsynth.segmenter.model import SegmenterConfig, build_segmenter
+
+folder, classes, pixel_size, extra = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), \
+    json.loads(sys.argv[4])
+cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3,
+                      classes=ClassTable.from_dict(classes),
+                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8"),
+                      crs="EPSG:32633", pixel_size=[pixel_size, pixel_size], **extra)
+save_model_dir(folder, "segmenter", cfg.to_dict(), {"model": build_segmenter(cfg).eval().state_dict()})
+"""
+
+
+def make_tiny_segmenter(engine_python: str, folder: Path, classes: list[dict],
+                        pixel_size: float = 1.0, **config) -> Path:
+    """A tiny untrained segmenter folder (3 bands, EPSG:32633), saved by the engine's Python.
+
+    Args:
+        engine_python (`str`):
+            The engine's interpreter (the ``engine_python`` fixture).
+        folder (`Path`):
+            The model folder to write.
+        classes (`list[dict]`):
+            The class table (``ClassTable.from_dict``'s form).
+        pixel_size (`float`, *optional*, defaults to 1.0):
+            The training pixel size it records, in metres.
+        **config:
+            Other ``SegmenterConfig`` fields (e.g. ``chip_size``).
+
+    Returns:
+        `Path`: ``folder``.
+    """
+    import json
+    import subprocess
+
+    res = subprocess.run([engine_python, "-c", TINY_SEGMENTER, str(folder), json.dumps(classes),
+                          str(pixel_size), json.dumps(config)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (folder / "config.json").is_file()
+    return folder
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # the state follows the command name, which may hold spaces and parentheses
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

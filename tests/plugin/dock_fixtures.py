@@ -11,19 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from osgeo import gdal, ogr, osr
+from conftest import ORIGIN, write_geotiff, write_label_polygons
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 
-EPSG = 32633
-ORIGIN = (500000.0, 5000000.0)
 CLASSES = {1: ("water", (31, 120, 180)), 2: ("field", (178, 223, 138)),
            3: ("building", (227, 26, 28))}
-
-
-def _srs() -> osr.SpatialReference:
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(EPSG)
-    return srs
+#: The same classes as a class table (``ClassTable.from_dict``'s form).
+CLASS_TABLE = [{"id": cid, "name": name, "color": list(color)}
+               for cid, (name, color) in CLASSES.items()]
 
 
 def class_map(size: int) -> np.ndarray:
@@ -43,55 +38,24 @@ def write_image(path: Path, size: int = 96, seed: int = 0) -> Path:
         for b in range(3):
             rgb[b][labels == cid] = color[b]
     rgb += rng.normal(0, 12, rgb.shape)
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((ORIGIN[0], 1.0, 0.0, ORIGIN[1], 0.0, -1.0))
-    ds.SetProjection(_srs().ExportToWkt())
-    for b in range(3):
-        ds.GetRasterBand(b + 1).WriteArray(np.clip(rgb[b], 0, 255).astype(np.uint8))
-    ds.FlushCache()
-    ds = None
-    return path
+    return write_geotiff(path, np.clip(rgb, 0, 255).astype(np.uint8))
 
 
 def write_label_raster(path: Path, size: int = 96, with_palette: bool = True) -> Path:
     """The class raster (ids 1..3, nodata 0) with a colour table."""
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 1, gdal.GDT_Byte)
-    ds.SetGeoTransform((ORIGIN[0], 1.0, 0.0, ORIGIN[1], 0.0, -1.0))
-    ds.SetProjection(_srs().ExportToWkt())
-    band = ds.GetRasterBand(1)
     labels = class_map(size)
     labels[:4, :4] = 0  # a nodata corner: 0 must not become a class
-    band.WriteArray(labels)
-    band.SetNoDataValue(0)
-    if with_palette:
-        ct = gdal.ColorTable()
-        for cid, (_name, color) in CLASSES.items():
-            ct.SetColorEntry(cid, (*color, 255))
-        band.SetColorTable(ct)
-    ds.FlushCache()
-    ds = None
-    return path
+    palette = {cid: (*color, 255) for cid, (_name, color) in CLASSES.items()}
+    return write_geotiff(path, labels, nodata=0, color_table=palette if with_palette else None)
 
 
-def write_label_polygons(path: Path, size: int = 96, layer_name: str = "landcover") -> Path:
-    """A GeoPackage of one polygon per class band, field ``landcover`` (text) and ``code``."""
-    drv = ogr.GetDriverByName("GPKG")
-    ds = drv.CreateDataSource(str(path))
-    lyr = ds.CreateLayer(layer_name, _srs(), ogr.wkbPolygon)
-    lyr.CreateField(ogr.FieldDefn("landcover", ogr.OFTString))
-    lyr.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+def band_polygons(size: int = 96) -> list:
+    """One polygon per class band, with the class name (``landcover``) and id (``code``)."""
     x0, y0 = ORIGIN
     bounds = [(0, size // 3), (size // 3, 2 * size // 3), (2 * size // 3, size)]
-    for (cid, (name, _c)), (a, b) in zip(CLASSES.items(), bounds, strict=True):
-        ring = f"POLYGON(({x0 + a} {y0}, {x0 + b} {y0}, {x0 + b} {y0 - size}, " \
-               f"{x0 + a} {y0 - size}, {x0 + a} {y0}))"
-        feat = ogr.Feature(lyr.GetLayerDefn())
-        feat.SetField("landcover", name)
-        feat.SetField("code", cid)
-        feat.SetGeometry(ogr.CreateGeometryFromWkt(ring))
-        lyr.CreateFeature(feat)
-    ds = None
-    return path
+    return [(f"POLYGON(({x0 + a} {y0}, {x0 + b} {y0}, {x0 + b} {y0 - size}, "
+             f"{x0 + a} {y0 - size}, {x0 + a} {y0}))", {"landcover": name, "code": cid})
+            for (cid, (name, _c)), (a, b) in zip(CLASSES.items(), bounds, strict=True)]
 
 
 def load_scene(folder: Path, project: QgsProject, size: int = 96) -> dict:
@@ -99,12 +63,20 @@ def load_scene(folder: Path, project: QgsProject, size: int = 96) -> dict:
     image = QgsRasterLayer(str(write_image(folder / "scene image.tif", size)), "scene image")
     labels = QgsRasterLayer(str(write_label_raster(folder / "scene labels.tif", size)),
                             "scene labels")
-    gpkg = write_label_polygons(folder / "landcover polygons.gpkg", size)
+    gpkg = write_label_polygons(folder / "landcover polygons.gpkg", band_polygons(size),
+                                layer="landcover")
     polygons = QgsVectorLayer(f"{gpkg}|layername=landcover", "landcover", "ogr")
     for layer in (image, labels, polygons):
         assert layer.isValid(), layer.source()
     project.addMapLayers([image, labels, polygons])
     return {"image": image, "labels": labels, "polygons": polygons}
+
+
+def choose_polygons(dock, scene: dict, field: str = "landcover") -> None:
+    """Set the dock's labels to the scene's polygons, classes from ``field``."""
+    dock.labels_vector_radio.setChecked(True)
+    dock.label_vector_combo.setLayer(scene["polygons"])
+    dock.field_combo.setField(field)
 
 
 def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05) -> bool:
@@ -134,31 +106,3 @@ def build_plugin_zip(out_dir: Path) -> Path:
         assert res.returncode == 0, res.stderr
         _ZIP_CACHE["zip"] = Path(res.stdout.strip().splitlines()[-1])
     return _ZIP_CACHE["zip"]
-
-
-TINY_SEGMENTER = r"""
-import sys
-from satsynth.checkpoint import save_model_dir
-from satsynth.data.classes import ClassInfo, ClassTable
-from satsynth.data.normalize import Normalizer
-from satsynth.segmenter.model import SegmenterConfig, build_segmenter
-
-table = ClassTable([ClassInfo(i, n, tuple(c)) for i, n, c in
-                    [(1, "water", (31, 120, 180)), (2, "field", (178, 223, 138)),
-                     (3, "building", (227, 26, 28))]])
-cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3, classes=table,
-                      normalization=Normalizer([0.0] * 3, [255.0] * 3),
-                      chip_size=32, crs="EPSG:32633", pixel_size=[1.0, 1.0])
-save_model_dir(sys.argv[1], "segmenter", cfg.to_dict(), {"model": build_segmenter(cfg).state_dict()})
-"""
-
-
-def make_tiny_segmenter(engine_python: str, folder: Path) -> Path:
-    """A tiny (untrained) segmenter folder for classes water/field/building, made by the engine."""
-    import subprocess
-
-    res = subprocess.run([engine_python, "-c", TINY_SEGMENTER, str(folder)], capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (folder / "config.json").is_file()
-    return folder

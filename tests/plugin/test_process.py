@@ -3,7 +3,6 @@ lists, lines streamed as they come, cancel (SIGTERM, then kill), a clean environ
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,22 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive
 
 from satsynth_qgis import process
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) counts as gone
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def script(tmp_path: Path, body: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import alive
 from qgis.core import QgsProcessingException
 
 from satsynth_qgis import runner
@@ -24,18 +24,6 @@ def fake_engine(tmp_path: Path, body: str) -> runner.Engine:
                       "def emit(**e):\n    print(json.dumps(e), flush=True)\n"
                       + textwrap.dedent(body), encoding="utf-8")
     return runner.Engine((sys.executable, str(script)), "test")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); look at its state
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_progress_logs_and_outputs_are_relayed(tmp_path, feedback):

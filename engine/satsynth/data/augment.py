@@ -6,8 +6,21 @@ import torch
 
 
 def dihedral(image: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply element ``k`` (0..7) of the dihedral group: ``k % 4`` quarter turns, then a
-    horizontal flip when ``k >= 4``. Works on (C,H,W)/(H,W) or batched (N,C,H,W)/(N,H,W)."""
+    """Apply element ``k`` (0..7) of the dihedral group to an image and its mask together.
+
+    ``k % 4`` quarter turns, then a horizontal flip when ``k >= 4``.
+
+    Args:
+        image (`torch.Tensor`):
+            ``(C, H, W)`` or a batch ``(N, C, H, W)``.
+        mask (`torch.Tensor`):
+            ``(H, W)`` or a batch ``(N, H, W)``.
+        k (`int`):
+            The group element, 0..7 (0: unchanged).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: the transformed image and mask.
+    """
     dims_i = (-2, -1)
     image = torch.rot90(image, k % 4, dims_i)
     mask = torch.rot90(mask, k % 4, dims_i)
@@ -20,7 +33,21 @@ def dihedral(image: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Ten
 def random_dihedral_batch(image: torch.Tensor, mask: torch.Tensor,
                           generator: torch.Generator | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random dihedral transform per sample of a batch (N,C,H,W)/(N,H,W) (square chips)."""
+    """A random dihedral transform per sample of a batch of square chips.
+
+    Args:
+        image (`torch.Tensor`):
+            ``(N, C, H, W)`` with ``H == W``.
+        mask (`torch.Tensor`):
+            ``(N, H, W)``.
+        generator (`torch.Generator`, *optional*):
+            The random stream (seeded by the caller for reproducible training); torch's default
+            without it.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: the batch's images and masks, each sample turned and
+        flipped alike.
+    """
     ks = torch.randint(0, 8, (image.shape[0],), generator=generator)
     out_i, out_m = image.clone(), mask.clone()
     for k in range(1, 8):

@@ -29,6 +29,29 @@ def assign_split(sources: np.ndarray, rows: np.ndarray, cols: np.ndarray, val_fr
     otherwise randomly chosen blocks of the remaining chips go to test until about
     ``test_fraction`` of the chips are there, then to validation until about ``val_fraction``,
     always leaving at least one block for training.
+
+    Args:
+        sources (`np.ndarray`):
+            ``(N,)`` each chip's source index.
+        rows (`np.ndarray`):
+            ``(N,)`` each chip's row offset in its source, in pixels.
+        cols (`np.ndarray`):
+            ``(N,)`` each chip's column offset.
+        val_fraction (`float`):
+            The share of chips held out for validation (0..0.9).
+        block (`int`):
+            The side of a split block in pixels.
+        val_source_mask (`np.ndarray`, *optional*):
+            ``(number of sources,)`` bool: the sources that go wholly to validation.
+        seed (`int`, *optional*, defaults to 0):
+            The seed of the random block choice.
+        test_fraction (`float`, *optional*, defaults to 0.0):
+            The share of chips held out for the final test (0: no test split).
+        test_source_mask (`np.ndarray`, *optional*):
+            ``(number of sources,)`` bool: the sources that go wholly to test.
+
+    Returns:
+        `np.ndarray`: ``(N,)`` the split of each chip: ``TRAIN`` (0), ``VAL`` (1) or ``TEST`` (2).
     """
     n = len(sources)
     split = np.full(n, TRAIN, dtype=np.int8)
@@ -71,9 +94,26 @@ def assign_split(sources: np.ndarray, rows: np.ndarray, cols: np.ndarray, val_fr
 
 def overlapping_train(boxes: np.ndarray, groups: np.ndarray, split: np.ndarray,
                       kept: int = TRAIN, held: tuple[int, ...] = (VAL, TEST)) -> np.ndarray:
-    """Mask of ``kept``-split chips (default training) whose footprint overlaps (with area) a
-    chip of a ``held`` split (default validation or test) of the same group (chips of different
-    groups, e.g. sources in pixel space, never overlap)."""
+    """Which chips of one split overlap (with area) a chip held out in another split.
+
+    Chips of different groups (e.g. sources in pixel space) never overlap.
+
+    Args:
+        boxes (`np.ndarray`):
+            ``(N, 4)`` each chip's footprint: xmin, ymin, xmax, ymax.
+        groups (`np.ndarray`):
+            ``(N,)`` each chip's group (its coordinate space).
+        split (`np.ndarray`):
+            ``(N,)`` each chip's split.
+        kept (`int`, *optional*, defaults to `TRAIN`):
+            The split whose overlapping chips are marked.
+        held (`tuple[int, ...]`, *optional*, defaults to `(VAL, TEST)`):
+            The splits they may not overlap.
+
+    Returns:
+        `np.ndarray`: ``(N,)`` bool, `True` for a ``kept`` chip overlapping a ``held`` one (to
+        drop).
+    """
     import shapely
 
     bad = np.zeros(len(split), dtype=bool)
@@ -97,7 +137,19 @@ def overlapping_train(boxes: np.ndarray, groups: np.ndarray, split: np.ndarray,
 
 
 def cap_chips(split: np.ndarray, max_chips: int, seed: int = 0) -> np.ndarray:
-    """Keep-mask with at most ``max_chips`` chips, keeping the train/val/test proportion."""
+    """A keep-mask of at most ``max_chips`` chips, keeping the train/val/test proportion.
+
+    Args:
+        split (`np.ndarray`):
+            ``(N,)`` each chip's split.
+        max_chips (`int`):
+            The most chips to keep.
+        seed (`int`, *optional*, defaults to 0):
+            The seed of the random pick.
+
+    Returns:
+        `np.ndarray`: ``(N,)`` bool, `True` for the chips kept.
+    """
     n = len(split)
     keep = np.ones(n, dtype=bool)
     if max_chips is None or n <= max_chips:

@@ -44,8 +44,24 @@ def _user_errors() -> Iterator[None]:
 
 
 def strict_int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
-    """An integer from JSON/YAML (the contract's rule: a whole number, never rounded or
-    guessed), else a :class:`SatSynthError`."""
+    """An integer from JSON/YAML by the contract's rule: a whole number, never rounded or guessed.
+
+    Args:
+        value (`Any`):
+            The value read (``1`` and ``1.0`` are taken; ``1.7``, ``"1"`` and `True` are not).
+        what (`str`):
+            What it is, for the message (e.g. ``class entry 0: id``).
+        low (`int`, *optional*):
+            The smallest value allowed.
+        high (`int`, *optional*):
+            The largest value allowed.
+
+    Returns:
+        `int`: the value.
+
+    Raises:
+        `SatSynthError`: the value is not a whole number or is out of range.
+    """
     with _user_errors():
         return _strict_int(value, what, low, high)
 
@@ -80,7 +96,18 @@ class ClassTable:
         return [c.name for c in self.classes]
 
     def index_of_name(self, name: str) -> int:
-        """Model index of the class called ``name`` (case-insensitive)."""
+        """The model index of the class called ``name`` (case-insensitive).
+
+        Args:
+            name (`str`):
+                The class name.
+
+        Returns:
+            `int`: its index in the table's class order (the models' output channel).
+
+        Raises:
+            `KeyError`: no class has that name.
+        """
         for i, c in enumerate(self.classes):
             if c.name.lower() == str(name).lower():
                 return i
@@ -88,14 +115,24 @@ class ClassTable:
 
     # --- conversions -----------------------------------------------------------------------
     def id_to_index_lut(self) -> np.ndarray:
-        """256-entry lookup: label value -> model index (255 for ignore/unknown)."""
+        """A lookup from label value to model index.
+
+        Returns:
+            `np.ndarray`: ``(256,)`` uint8: ``lut[id]`` is the class's index, 255 (ignore) for
+            values that are no class.
+        """
         lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
         for i, c in enumerate(self.classes):
             lut[c.id] = i
         return lut
 
     def index_to_id_lut(self) -> np.ndarray:
-        """256-entry lookup: model index -> label value (255 stays 255, the output nodata)."""
+        """A lookup from model index to label value (what SatSynth writes in class rasters).
+
+        Returns:
+            `np.ndarray`: ``(256,)`` uint8: ``lut[index]`` is the class id; 255 stays 255, the
+            output nodata.
+        """
         lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
         for i, c in enumerate(self.classes):
             lut[i] = c.id
@@ -120,16 +157,41 @@ class ClassTable:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "class table") -> ClassTable:
-        """Build from any form the contract's schema reads (:func:`satsynth.contract.
-        parse_class_table`: our JSON form, a bare list, a {name: colour} mapping, a palette
-        file); problems raise one :class:`SatSynthError` line naming ``where``."""
+        """Build a table from any form the contract's schema reads.
+
+        Args:
+            data (`Any`):
+                Our JSON form (``{"classes": [...], "ignore_ids": [...]}``), a bare list of names, a
+                ``{name: colour}`` mapping or a palette file's content
+                (:func:`satsynth.contract.parse_class_table`).
+            where (`str`, *optional*, defaults to `"class table"`):
+                Where it comes from, for the message.
+
+        Returns:
+            `ClassTable`: the table.
+
+        Raises:
+            `SatSynthError`: one line naming ``where`` and the problem (ids not whole numbers 0..254
+            or repeated, names empty or repeated, bad colours).
+        """
         with _user_errors():
             spec = parse_class_table(data, where)
         return cls(spec.classes, spec.ignore_ids, spec.ignore_colors)
 
     @classmethod
     def load(cls, path: str | Path) -> ClassTable:
-        """Read a class table from JSON or YAML."""
+        """Read a class table from a JSON or YAML file (``.yaml``/``.yml``: YAML).
+
+        Args:
+            path (`str` or `Path`):
+                The file (UTF-8).
+
+        Returns:
+            `ClassTable`: the table, checked as :meth:`from_dict` checks it.
+
+        Raises:
+            `SatSynthError`: the file is missing, not UTF-8, cannot be parsed, or holds a bad table.
+        """
         path = Path(path)
         if not path.is_file():
             raise SatSynthError("class table not found", path)
@@ -153,17 +215,50 @@ class ClassTable:
 
     @classmethod
     def from_values(cls, values: Iterable[int], names: dict[int, str] | None = None) -> ClassTable:
-        """Infer a table from the label values present (default names and colours)."""
+        """Infer a table from the label values present (default names and colours).
+
+        Args:
+            values (`Iterable[int]`):
+                The class ids found in the labels.
+            names (`dict[int, str]`, *optional*):
+                Names for some of the ids.
+
+        Returns:
+            `ClassTable`: one class per value, in increasing order.
+        """
         return cls(classes_from_values(values, names))
 
     @classmethod
     def from_names(cls, names: Iterable[str], background: str | None = "background") -> ClassTable:
-        """Infer a table from class names (e.g. a vector field); ``background`` gets id 0."""
+        """Infer a table from class names (e.g. a vector field's values).
+
+        Args:
+            names (`Iterable[str]`):
+                The class names; they get ids in alphabetical order.
+            background (`str`, *optional*, defaults to `"background"`):
+                The class of uncovered pixels, id 0; `None` for none.
+
+        Returns:
+            `ClassTable`: the table.
+        """
         return cls(classes_from_names(names, background))
 
 
 def write_qml(path: str | Path, table: ClassTable, band: int = 1) -> Path:
-    """Write a QGIS paletted-renderer style (.qml) that shows class names and colours."""
+    """Write a QGIS paletted-renderer style (.qml) that shows class names and colours.
+
+    Args:
+        path (`str` or `Path`):
+            The ``.qml`` file, written atomically (QGIS loads ``NAME.qml`` beside ``NAME.tif`` with
+            the layer).
+        table (`ClassTable`):
+            The classes: one palette entry per class id, with its name and colour.
+        band (`int`, *optional*, defaults to 1):
+            The band the renderer colours.
+
+    Returns:
+        `Path`: ``path``.
+    """
     from xml.sax.saxutils import quoteattr
 
     entries = "\n".join(

@@ -176,7 +176,20 @@ def _box_blur(img: np.ndarray) -> np.ndarray:
 
 def render_scene(size: int = 2048, pixel_size: float = 0.5,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(image (3, size, size) uint8, labels (size, size) uint8 class ids) of a procedural scene."""
+    """A procedural scene (bare land, buildings, roads, water, vegetation) as arrays.
+
+    Args:
+        size (`int`, *optional*, defaults to 2048):
+            The scene's side in pixels.
+        pixel_size (`float`, *optional*, defaults to 0.5):
+            The pixel size in metres (the sizes of the objects drawn follow it).
+        seed (`int`, *optional*, defaults to 0):
+            The same seed gives the same scene.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: the image, ``(3, size, size)`` uint8, and the labels,
+        ``(size, size)`` uint8 class ids.
+    """
     import shapely
     from rasterio.features import rasterize
     from shapely.geometry import LineString
@@ -268,8 +281,23 @@ def render_scene(size: int = 2048, pixel_size: float = 0.5,
 
 def generate_scene(out_dir: str | Path, size: int = 2048, pixel_size: float = 0.5,
                    seed: int = 0) -> dict[str, Any]:
-    """Write the demo scene to ``out_dir``: ``scene_image.tif`` (RGB uint8), ``scene_labels.tif``
-    (class ids with a colour table, plus a QGIS style), ``classes.json``; returns their paths."""
+    """Write the demo scene (:func:`render_scene`) as georeferenced files to ``out_dir``.
+
+    Args:
+        out_dir (`str` or `Path`):
+            The folder to write into (created when missing).
+        size (`int`, *optional*, defaults to 2048):
+            The scene's side in pixels.
+        pixel_size (`float`, *optional*, defaults to 0.5):
+            The pixel size in metres (EPSG:32640).
+        seed (`int`, *optional*, defaults to 0):
+            The same seed gives the same files.
+
+    Returns:
+        `dict[str, Any]`: the paths by role: ``image`` (``scene_image.tif``, RGB uint8),
+        ``labels`` (``scene_labels.tif``, class ids with a colour table, plus a QGIS style) and
+        ``classes`` (``classes.json``).
+    """
     import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import from_origin

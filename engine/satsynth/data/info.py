@@ -22,7 +22,20 @@ def _crs_text(crs: str | None) -> str:
 
 
 def dataset_info(path: str | Path) -> dict[str, Any]:
-    """Size, bands, chip size, CRS, pixel size and classes with their pixel shares per split."""
+    """What ``satsynth info`` says about a chip store.
+
+    Args:
+        path (`str` or `Path`):
+            A dataset or synthetic folder.
+
+    Returns:
+        `dict[str, Any]`: ``dataset``, ``chips`` (per split), ``size_mb``, ``bands``, ``dtype``,
+        ``chip_size``, ``georeferenced``, ``crs``, ``pixel_size``, ``synthetic``, ``sources``,
+        ``normalization`` and ``classes`` (each with its pixel share per split).
+
+    Raises:
+        `SatSynthError`: ``path`` is not a chip store.
+    """
     store = ChipStore(path)
     m = store.meta
     counts = {s: store.count(s) for s in SPLITS if store.has_split(s)}
@@ -53,7 +66,15 @@ def dataset_info(path: str | Path) -> dict[str, Any]:
 
 
 def format_info(info: dict[str, Any]) -> str:
-    """The info as readable lines."""
+    """The info of :func:`dataset_info` as readable lines (what ``satsynth info`` prints).
+
+    Args:
+        info (`dict[str, Any]`):
+            What :func:`dataset_info` returned.
+
+    Returns:
+        `str`: the lines, joined by newlines.
+    """
     chips = ", ".join(f"{n} {s}" for s, n in info["chips"].items())
     px = info["pixel_size"]
     lines = [

@@ -44,6 +44,15 @@ def pack_rgb(rgb: tuple[int, int, int]) -> int:
 
 
 def code_to_hex(code: int) -> str:
+    """A packed colour code (:func:`pack_rgb`) as ``#rrggbb``.
+
+    Args:
+        code (`int`):
+            ``(r << 16) | (g << 8) | b``.
+
+    Returns:
+        `str`: e.g. ``#1f4e9c``.
+    """
     return f"#{(code >> 16) & 255:02x}{(code >> 8) & 255:02x}{code & 255:02x}"
 
 
@@ -62,8 +71,19 @@ UNKNOWN_HINT = (" (add them to the class table, or list them under 'ignore_ids'/
 
 
 def describe_unknown(kind: str, bad: list[tuple[int, int]]) -> str:
-    """'label values not in the class table: 7 (120 px), ...' for ``(code, pixel count)`` pairs
-    (most frequent first, as :meth:`CodeMap.unknown` gives them)."""
+    """The message for label codes that are not in the class table.
+
+    Args:
+        kind (`str`):
+            The reader kind: ``raster`` (class ids) or ``colors`` (colour masks).
+        bad (`list[tuple[int, int]]`):
+            ``(code, pixel count)`` pairs, most frequent first, as :meth:`CodeMap.unknown` gives
+            them.
+
+    Returns:
+        `str`: e.g. ``label values not in the class table: 7 (120 px), 9 (3 px)`` (colour masks:
+        ``mask colours ...``, the first 20 colours).
+    """
     what = "mask colours" if kind == "colors" else "label values"
     listed = ", ".join(f"{describe_code(kind, c)} ({n} px)" for c, n in bad[:20])
     more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -74,7 +94,19 @@ def describe_unknown(kind: str, bad: list[tuple[int, int]]) -> str:
 
 
 def ignore_codes(kind: str, table: ClassTable | None) -> set[int]:
-    """Codes that mean "not labeled" for a reader kind (before any class is looked up)."""
+    """The codes that mean "not labeled" for a reader kind, before any class is looked up.
+
+    Args:
+        kind (`str`):
+            The reader kind: ``raster``, ``colors`` or ``vector``.
+        table (`ClassTable`, *optional*):
+            The class table, whose ``ignore_ids`` (rasters) or ``ignore_colors`` (colour masks)
+            are added.
+
+    Returns:
+        `set[int]`: the reader's nodata code, and for rasters the ignore value 255 and the table's
+        ignore ids, for colour masks the table's ignore colours (packed).
+    """
     codes = {NODATA_CODE}
     if kind == "raster":
         codes.add(IGNORE_INDEX)  # a raster label value that always means "ignore"
@@ -86,7 +118,15 @@ def ignore_codes(kind: str, table: ClassTable | None) -> set[int]:
 
 
 def code_histogram(codes: np.ndarray) -> Counter:
-    """Pixel count per code."""
+    """The pixel count of each code.
+
+    Args:
+        codes (`np.ndarray`):
+            Label codes of any shape.
+
+    Returns:
+        `Counter`: code -> pixel count.
+    """
     if codes.size == 0:
         return Counter()
     lo, hi = int(codes.min()), int(codes.max())
@@ -163,7 +203,23 @@ def _check_overlap(img: Grid, lab: Grid, image_path: Path, label_path: Path) -> 
 
 def check_georef_match(image_path: Path, image_grid: Grid, label_path: Path, label_crs: Any,
                        what: str = "labels") -> None:
-    """Refuse pairs where exactly one of image and labels has a CRS, saying which."""
+    """Refuse a pair where exactly one of image and labels has a CRS, saying which.
+
+    Args:
+        image_path (`Path`):
+            The image, for the message.
+        image_grid (`Grid`):
+            The image's grid.
+        label_path (`Path`):
+            The labels, for the message.
+        label_crs (`Any`):
+            The labels' CRS (`None` when they have none).
+        what (`str`, *optional*, defaults to `"labels"`):
+            What the labels are, for the message.
+
+    Raises:
+        `SatSynthError`: one of the two is georeferenced and the other is not.
+    """
     if image_grid.georeferenced and label_crs is None:
         raise SatSynthError(
             f"the {what} have no CRS (not georeferenced) but the image {image_path.name} is in "
@@ -176,14 +232,32 @@ def check_georef_match(image_path: Path, image_grid: Grid, label_path: Path, lab
 
 def check_label_grid(image_path: Path, image_grid: Grid, label_path: Path, label_grid: Grid,
                      on_image_grid: bool = False) -> float | None:
-    """How a label raster meets its image (the rules of prepare and evaluate): None when it lies
-    on the image grid (read as it is), else the fraction of the image it covers (it must be
-    warped onto the image grid). Refuses pairs that cannot be aligned or do not overlap.
+    """How a label raster meets its image (the rules of prepare and evaluate).
 
     ``on_image_grid``: the labels were drawn on the image's pixels (an annotation tool's export
     without georeference): taken on the image grid when the sizes are equal, refused otherwise,
     and refused for georeferenced labels that do not lie on the image's grid (the flag never
     overrides a georeference).
+
+    Args:
+        image_path (`Path`):
+            The image, for the messages.
+        image_grid (`Grid`):
+            The image's grid.
+        label_path (`Path`):
+            The labels, for the messages.
+        label_grid (`Grid`):
+            The labels' grid.
+        on_image_grid (`bool`, *optional*, defaults to `False`):
+            ``--labels-on-image-grid``.
+
+    Returns:
+        `float` or `None`: `None` when the labels lie on the image grid (read as they are), else the
+        fraction of the image they cover (they are warped onto the image grid).
+
+    Raises:
+        `SatSynthError`: the pair cannot be aligned (one georeferenced and one not, pixel-space
+        pairs of different sizes) or does not overlap.
     """
     if on_image_grid:
         if label_grid.georeferenced and not label_grid.same_as(image_grid):

@@ -244,8 +244,22 @@ def get_layout(name: str) -> Layout:
 
 
 def find_layout_pairs(name: str, root: str | Path) -> tuple[list[PairSpec], Layout]:
-    """The image/mask pairs of a downloaded dataset ``root`` in layout ``name``, each with its
-    official split (``PairSpec.split``), and the layout."""
+    """The image/mask pairs of a published dataset, as downloaded, and its layout.
+
+    Args:
+        name (`str`):
+            The layout: ``loveda``, ``openearthmap`` or ``isaid``.
+        root (`str` or `Path`):
+            The dataset's folder as unpacked.
+
+    Returns:
+        `tuple[list[PairSpec], Layout]`: the pairs, each with its official split
+        (``PairSpec.split``), and the layout (class table, ignore values).
+
+    Raises:
+        `SatSynthError`: the layout is unknown, the folder is missing, or it holds no pair of the
+        layout.
+    """
     layout = get_layout(name)
     root = Path(root)
     if not root.is_dir():
@@ -262,8 +276,20 @@ def find_layout_pairs(name: str, root: str | Path) -> tuple[list[PairSpec], Layo
 
 
 def needs_pixel_space(layout: Layout, pairs: list[PairSpec]) -> bool:
-    """True when the layout's images span several CRSs (one dataset holds one CRS): their chips
-    are then kept in pixel space, as the dataset's own loaders read them."""
+    """Whether a layout's images span several CRSs.
+
+    One dataset holds one CRS: such chips are then kept in pixel space, as the dataset's own loaders
+    read them.
+
+    Args:
+        layout (`Layout`):
+            The layout.
+        pairs (`list[PairSpec]`):
+            Its pairs (:func:`find_layout_pairs`).
+
+    Returns:
+        `bool`: `True` when the chips must be kept in pixel space.
+    """
     if not layout.pixel_space_if_mixed_crs:
         return False
     from satsynth.raster import open_raster

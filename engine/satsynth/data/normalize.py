@@ -30,9 +30,19 @@ class Normalizer:
         return lo, np.maximum(hi, lo + 1e-6)
 
     def to_model(self, x: np.ndarray) -> np.ndarray:
-        """(C,H,W) or (N,C,H,W) source values -> float32 in [-1, 1]. Non-finite values (a float
-        image's NaN/inf nodata, kept as they are in a dataset's chips, whose labels are ignore
-        there) become 0, the value ``predict`` gives pixels without data."""
+        """Map source values to the models' range.
+
+        Non-finite values (a float image's NaN/inf nodata, kept as they are in a dataset's chips,
+        whose labels are ignore there) become 0, the value ``predict`` gives pixels without data.
+
+        Args:
+            x (`np.ndarray`):
+                ``(C, H, W)`` or ``(N, C, H, W)`` source values.
+
+        Returns:
+            `np.ndarray`: float32 of the same shape in [-1, 1]: ``[low, high]`` mapped linearly per
+            band, clipped.
+        """
         lo, hi = self._lh(x.ndim)
         y = (x.astype(np.float32) - lo) / (hi - lo) * 2.0 - 1.0
         if np.issubdtype(x.dtype, np.floating):
@@ -40,7 +50,15 @@ class Normalizer:
         return np.clip(y, -1.0, 1.0, out=y)
 
     def from_model(self, y: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_model`, rounded and clipped to the source dtype."""
+        """The inverse of :meth:`to_model`, rounded and clipped to the source dtype.
+
+        Args:
+            y (`np.ndarray`):
+                ``(C, H, W)`` or ``(N, C, H, W)`` values in [-1, 1] (clipped to it first).
+
+        Returns:
+            `np.ndarray`: the source values, in the normalizer's dtype.
+        """
         lo, hi = self._lh(y.ndim)
         x = (np.clip(y.astype(np.float32), -1, 1) + 1.0) / 2.0 * (hi - lo) + lo
         dt = np.dtype(self.dtype)
@@ -55,9 +73,19 @@ class Normalizer:
 
     @classmethod
     def from_dict(cls, d: Any) -> Normalizer:
-        """From :meth:`to_dict`'s form, checked by the contract's schema
-        (:func:`satsynth.contract.parse_normalization`); a malformed one raises one
-        :class:`SatSynthError` line."""
+        """Build from :meth:`to_dict`'s form, checked by the contract's schema.
+
+        Args:
+            d (`Any`):
+                ``{"low": [...], "high": [...], "dtype": ...}``
+                (:func:`satsynth.contract.parse_normalization`).
+
+        Returns:
+            `Normalizer`: the normalizer.
+
+        Raises:
+            `SatSynthError`: a malformed one (one line).
+        """
         try:
             spec = parse_normalization(d)
         except ContractError as exc:
@@ -66,7 +94,21 @@ class Normalizer:
 
     @classmethod
     def fit(cls, samples: np.ndarray, dtype: str, p_low: float = 2.0, p_high: float = 98.0) -> Normalizer:
-        """Fit from a (C, M) array of valid pixel samples."""
+        """Fit per-band percentiles of valid pixel samples.
+
+        Args:
+            samples (`np.ndarray`):
+                ``(C, M)`` valid pixel values of each band.
+            dtype (`str`):
+                The source dtype (what :meth:`from_model` returns).
+            p_low (`float`, *optional*, defaults to 2.0):
+                The percentile mapped to -1.
+            p_high (`float`, *optional*, defaults to 98.0):
+                The percentile mapped to 1 (at least ``low + 1`` where a band is constant).
+
+        Returns:
+            `Normalizer`: the fitted normalizer.
+        """
         lo = np.percentile(samples, p_low, axis=1)
         hi = np.percentile(samples, p_high, axis=1)
         hi = np.where(hi <= lo, lo + 1.0, hi)

@@ -520,13 +520,46 @@ def prepare_dataset(
     layout: str | None = None,
     **options: Any,
 ) -> Path:
-    """Cut labeled rasters into a chip store at ``out`` and return its path.
+    """Cut labeled rasters into a chip store at ``out`` (``satsynth prepare``).
 
-    Labels come one way: ``labels`` (class-id rasters, one per image), ``vectors`` (one vector
-    file per image or one for all, with ``class_field``) or ``folder`` (images/ + masks/ folders
-    of colour masks, matched by name; ``classes`` defaults to ``folder/classes.json``), or
-    ``folder`` holding a published dataset as downloaded, with ``layout`` naming it (see
-    :mod:`satsynth.data.layouts`: its class table and official split are used). ``options`` are :class:`PrepareConfig` fields (chip_size, stride, val_fraction, ...).
+    Labels come one way: ``labels`` (class-id rasters, one per image), ``vectors`` (one vector file
+    per image or one for all, with ``class_field``) or ``folder`` (images/ + masks/ folders of
+    colour masks, matched by name), or ``folder`` holding a published dataset as downloaded, with
+    ``layout`` naming it (see :mod:`satsynth.data.layouts`: its class table and official split are
+    used).
+
+    Args:
+        out (`str` or `Path`):
+            The dataset folder (new, empty, or an earlier dataset, which is replaced atomically).
+        images (path or sequence of paths, *optional*):
+            The image rasters (``--image``).
+        labels (path or sequence of paths, *optional*):
+            One class-id raster per image (``--labels``).
+        vectors (path or sequence of paths, *optional*):
+            Vector labels: one file per image or one for all (``--vector``).
+        folder (`str` or `Path`, *optional*):
+            A folder of images/ and masks/ (``--folder``), or a published dataset with ``layout``.
+        classes (path, `ClassTable` or `dict`, *optional*):
+            The class table; inferred from the labels when absent (``folder/classes.json`` for a
+            folder).
+        layer (`str`, *optional*):
+            The vector layer (``--layer``).
+        class_field (`str`, *optional*):
+            The vector field holding class names or ids (``--class-field``).
+        config (`PrepareConfig`, *optional*):
+            The chipping options; defaults to :class:`PrepareConfig`'s.
+        layout (`str`, *optional*):
+            ``loveda``, ``openearthmap`` or ``isaid`` (``--layout``).
+        **options:
+            :class:`PrepareConfig` fields (chip_size, stride, val_fraction, ...) overriding
+            ``config``'s.
+
+    Returns:
+        `Path`: the dataset folder.
+
+    Raises:
+        `SatSynthError`: bad input (one line naming the file and the problem); nothing is written
+        then.
     """
     import rasterio
 

@@ -31,9 +31,20 @@ LABEL_KINDS = ("raster", "colors", "vector")
 
 
 def refuse_repeats(paths: list[Path], option: str) -> None:
-    """Refuse an input given twice to a command that merges its inputs (``--image``, synthetic
-    folders...): by identity, so ``a``, ``./a``, a symbolic link to it or the same folder through
-    a bind mount count as one. Merging one input twice would duplicate every chip or pair."""
+    """Refuse an input given twice to a command that merges its inputs.
+
+    By identity, so ``a``, ``./a``, a symbolic link to it or the same folder through a bind mount
+    count as one. Merging one input twice would duplicate every chip or pair.
+
+    Args:
+        paths (`list[Path]`):
+            The inputs given (``--image``, synthetic folders, ...).
+        option (`str`):
+            The option they were given to, for the message.
+
+    Raises:
+        `SatSynthError`: an input is given twice (naming it).
+    """
     seen: dict[object, Path] = {}
     for p in paths:
         try:
@@ -65,7 +76,18 @@ class PairSpec:
 def find_folder_pairs(folder: str | Path) -> list[PairSpec]:
     """Pairs of ``images/<stem>.*`` and ``masks/<stem>.*`` found anywhere below ``folder``.
 
-    Images without a mask (and masks without an image) are reported in the log and skipped.
+    Images without a mask (and masks without an image) are reported in the log and skipped. The
+    masks folder may also be named ``mask``, ``labels``, ``label``, ``annotations`` or ``gt``.
+
+    Args:
+        folder (`str` or `Path`):
+            The folder to search recursively.
+
+    Returns:
+        `list[PairSpec]`: the pairs, their label kind decided when opened (``auto``).
+
+    Raises:
+        `SatSynthError`: the folder is missing or holds no pair.
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -127,7 +127,15 @@ class StoreMeta:
         )
 
     def class_shares(self, split: str = "train") -> np.ndarray:
-        """Fraction of labeled pixels per class index in ``split``."""
+        """The fraction of labeled pixels of each class in a split.
+
+        Args:
+            split (`str`, *optional*, defaults to `"train"`):
+                The split.
+
+        Returns:
+            `np.ndarray`: ``(num_classes,)`` float, summing to 1 (all 0 for an empty split).
+        """
         px = np.asarray(self.class_pixels.get(split, [0] * self.classes.num_classes), dtype=float)
         return px / max(px.sum(), 1.0)
 
@@ -172,10 +180,26 @@ class ChipStore:
         return (self.path / f"{split}.images.npy").is_file()
 
     def split(self, split: str, *, final_evaluation: bool = False) -> ChipSplit:
-        """Open (memory-map) one split; a clear error if it is missing or damaged.
+        """Open (memory-map) one split, with a clear error if it is missing or damaged.
 
         The ``test`` split opens only with ``final_evaluation=True``: the caller reports final
-        scores of a model whose training and selection are over (or copies the split unread)."""
+        scores of a model whose training and selection are over (or copies the split unread).
+
+        Args:
+            split (`str`):
+                ``train``, ``val`` or ``test``.
+            final_evaluation (`bool`, *optional*, defaults to `False`):
+                Required to open the ``test`` split.
+
+        Returns:
+            `ChipSplit`: the split's memory-mapped ``images`` (N, C, S, S), ``labels`` (N, S, S;
+            class indices, 255 = ignore), ``transforms`` (N, 6), ``sources`` (N,) and ``scores`` (or
+            `None`).
+
+        Raises:
+            `SatSynthError`: the test split without ``final_evaluation``, a missing split, or
+            damaged or inconsistent arrays.
+        """
         if split == TEST_SPLIT and not final_evaluation:
             raise SatSynthError(
                 "the 'test' split is held out for the final evaluation and cannot be read for "
@@ -211,8 +235,20 @@ class ChipStore:
             raise SatSynthError(f"damaged score array ({exc})", f) from None
 
     def count(self, split: str) -> int:
-        """Chips in ``split`` (0 when absent), from the labels array's shape alone (allowed for
-        the test split: no chip is read)."""
+        """The number of chips in a split, from the labels array's shape alone.
+
+        Allowed for the test split: no chip is read.
+
+        Args:
+            split (`str`):
+                ``train``, ``val`` or ``test``.
+
+        Returns:
+            `int`: the chip count (0 when the split is absent).
+
+        Raises:
+            `SatSynthError`: the labels array is damaged.
+        """
         f = self.path / f"{split}.labels.npy"
         if not f.is_file():
             return 0
@@ -226,8 +262,16 @@ class ChipStore:
 
 
 def score_ranks(scores: np.ndarray) -> np.ndarray:
-    """Rank of each row of a ``SCORE_COLUMNS`` array: 1 = most consistent (highest first column,
-    ties broken by the second); rows with NaN scores rank last."""
+    """The rank of each pair by its pair-consistency scores.
+
+    Args:
+        scores (`np.ndarray`):
+            ``(N, len(SCORE_COLUMNS))``: mIoU and pixel accuracy of each pair.
+
+    Returns:
+        `np.ndarray`: ``(N,)`` int, 1 = most consistent (highest first column, ties broken by the
+        second); rows with NaN scores rank last.
+    """
     sc = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-1.0)
     order = np.lexsort(tuple(-sc[:, j] for j in reversed(range(sc.shape[1]))))
     ranks = np.empty(len(sc), np.int64)
@@ -244,8 +288,21 @@ def score_attributes(scores: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_scored_index(src: str | Path, dst: str | Path, split: str, scores: np.ndarray) -> Path:
-    """Write the footprint GeoPackage ``src`` to ``dst`` (a new file) with the scores and ranks
-    of ``split``'s chips as attributes (chips of other splits get empty values)."""
+    """Copy the footprint GeoPackage with the scores and ranks of one split's chips.
+
+    Args:
+        src (`str` or `Path`):
+            The store's ``chips.gpkg``.
+        dst (`str` or `Path`):
+            The new file to write.
+        split (`str`):
+            The split the scores belong to; chips of other splits get empty values.
+        scores (`np.ndarray`):
+            ``(number of chips in split, len(SCORE_COLUMNS))``, in chip order.
+
+    Returns:
+        `Path`: ``dst``.
+    """
     import geopandas as gpd
     import pandas as pd
 
@@ -289,7 +346,19 @@ def _mapped(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
 class ChipStoreWriter:
     """Writes a chip store into a temporary folder, renamed onto ``path`` when closed.
 
-    ``capacity`` gives the maximum number of chips per split (unused room is trimmed).
+    Use it as a context manager: the store appears complete on success, and nothing is left on an
+    error.
+
+    Args:
+        path (`str` or `Path`):
+            The store's folder (replaced atomically when it exists).
+        meta (`StoreMeta`):
+            The store's description (classes, bands, dtype, chip size, normalization, CRS, ...).
+        capacity (`dict[str, int]`):
+            The most chips per split; the arrays are reserved on disk at that size (a full disk is
+            one error before the work) and unused room is trimmed.
+        write_index (`bool`, *optional*, defaults to `True`):
+            Also write the footprints (``chips.gpkg``).
     """
 
     def __init__(self, path: str | Path, meta: StoreMeta, capacity: dict[str, int],
@@ -340,14 +409,46 @@ class ChipStoreWriter:
         return self._n[split]
 
     def set_scores(self, split: str, scores: np.ndarray) -> None:
-        """Pair-consistency scores (``SCORE_COLUMNS``) of every chip of ``split``, in order; saved
-        as ``<split>.scores.npy`` and as footprint attributes when the store is closed."""
+        """Set the pair-consistency scores of every chip of a split.
+
+        They are saved as ``<split>.scores.npy`` and as footprint attributes when the store is
+        closed.
+
+        Args:
+            split (`str`):
+                The split.
+            scores (`np.ndarray`):
+                ``(chips, len(SCORE_COLUMNS))``: mIoU and pixel accuracy of each chip, in order.
+        """
         self._scores[split] = np.asarray(scores, dtype=np.float32).reshape(-1, len(SCORE_COLUMNS))
 
     def add(self, split: str, image: np.ndarray, label: np.ndarray,
             transform: tuple[float, ...] | Any, source: int = 0, col: int = 0,
             row: int = 0) -> int:
-        """Append one chip; ``label`` holds class indices (255 = ignore). Returns its index."""
+        """Append one chip to a split.
+
+        Args:
+            split (`str`):
+                The split.
+            image (`np.ndarray`):
+                ``(C, S, S)`` in the store's dtype.
+            label (`np.ndarray`):
+                ``(S, S)`` uint8 class indices (255 = ignore).
+            transform (`tuple[float, ...]` or `affine.Affine`):
+                The chip's affine transform (its first six coefficients are stored).
+            source (`int`, *optional*, defaults to 0):
+                The index of its source in ``meta.sources``.
+            col (`int`, *optional*, defaults to 0):
+                Its column offset in the source, in pixels (for the footprints).
+            row (`int`, *optional*, defaults to 0):
+                Its row offset.
+
+        Returns:
+            `int`: the chip's index in the split.
+
+        Raises:
+            `SatSynthError`: the split's capacity is exceeded.
+        """
         i = self._n[split]
         a = self._arr[split]
         if i >= a["images"].shape[0]:
@@ -390,7 +491,11 @@ class ChipStoreWriter:
         self._ctx.__exit__(type(exc), exc, tb)
 
     def close(self) -> Path:
-        """Trim, write the index and metadata, and move the store into place."""
+        """Trim the arrays, write the footprints and metadata, and move the store into place.
+
+        Returns:
+            `Path`: the store's folder.
+        """
         for split, arrays in self._arr.items():
             n = self._n[split]
             for part in ("images", "labels"):

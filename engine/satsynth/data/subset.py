@@ -23,7 +23,22 @@ log = logging.getLogger("satsynth")
 
 
 def real_subset(n: int, fraction: float, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a random ``fraction`` of ``n`` real chips (all of them for 1.0)."""
+    """The real chips a low-data run trains on: a random share of them.
+
+    The pick depends only on ``n``, ``fraction`` and ``seed`` (``train-segmenter --real-fraction``
+    and ``satsynth subset`` pick the same chips).
+
+    Args:
+        n (`int`):
+            The number of real training chips.
+        fraction (`float`):
+            The share to keep (0..1; 1.0 keeps all).
+        seed (`int`, *optional*, defaults to 0):
+            The seed of the pick.
+
+    Returns:
+        `np.ndarray`: the sorted indices of the chips kept.
+    """
     if not 0 < fraction <= 1:
         raise SatSynthError(f"--real-fraction must be in (0, 1], got {fraction}")
     if fraction >= 1:
@@ -34,7 +49,19 @@ def real_subset(n: int, fraction: float, seed: int = 0) -> np.ndarray:
 
 
 def capped(n: int, cap: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of at most ``cap`` of ``n`` chips, random by ``seed`` (all without a cap)."""
+    """At most ``cap`` of ``n`` chips, picked at random by ``seed``.
+
+    Args:
+        n (`int`):
+            The number of chips.
+        cap (`int`, *optional*):
+            The most to keep; `None` keeps all.
+        seed (`int`):
+            The seed of the pick.
+
+    Returns:
+        `np.ndarray`: the sorted indices of the chips kept.
+    """
     if cap is None or cap >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
@@ -55,7 +82,30 @@ def subset_dataset(dataset: str | Path, out: str | Path, *, train_fraction: floa
                    max_train_chips: int | None = None, seed: int = 0,
                    max_val_chips: int | None = None, max_test_chips: int | None = None
                    ) -> dict[str, Any]:
-    """Write the subset of ``dataset`` to ``out`` and return its path and chip counts."""
+    """Write a low-data subset of ``dataset`` to ``out`` (``satsynth subset``).
+
+    Args:
+        dataset (`str` or `Path`):
+            The dataset to take chips from.
+        out (`str` or `Path`):
+            The new dataset folder.
+        train_fraction (`float`, *optional*):
+            The share of the training chips to keep (:func:`real_subset`).
+        max_train_chips (`int`, *optional*):
+            Or the number of training chips to keep.
+        seed (`int`, *optional*, defaults to 0):
+            The seed of the picks.
+        max_val_chips (`int`, *optional*):
+            The most validation chips to keep (all without it).
+        max_test_chips (`int`, *optional*):
+            The most test chips to keep (all without it; copied unread).
+
+    Returns:
+        `dict[str, Any]`: ``dataset`` (the new folder's path) and the chip count of each split.
+
+    Raises:
+        `SatSynthError`: bad options or a folder that is not a dataset.
+    """
     if (train_fraction is None) == (max_train_chips is None):
         raise SatSynthError("give one of --train-fraction or --max-train-chips")
     for name, v in (("--max-train-chips", max_train_chips), ("--max-val-chips", max_val_chips),

@@ -12,7 +12,15 @@ from satsynth.data.store import ChipSplit, ChipStore
 class ChipDataset(Dataset):
     """Chips of one split as ``(image float32 (C,S,S) in [-1,1], mask int64 (S,S))``.
 
-    Reads straight from the memory-mapped arrays; ``indices`` selects a subset.
+    Reads straight from the memory-mapped arrays.
+
+    Args:
+        store (`ChipStore`):
+            The chip store.
+        split (`str`, *optional*, defaults to `"train"`):
+            The split to read (never ``test``: :meth:`ChipStore.split` refuses it).
+        indices (`np.ndarray`, *optional*):
+            The chips to use (a subset); all by default.
     """
 
     def __init__(self, store: ChipStore, split: str = "train",
@@ -33,7 +41,16 @@ class ChipDataset(Dataset):
         return torch.from_numpy(img), torch.from_numpy(mask)
 
     def get_batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch in one vectorized read (faster than per-item collation)."""
+        """A whole batch in one vectorized read (faster than per-item collation).
+
+        Args:
+            idx (`np.ndarray`):
+                Positions in this dataset (into ``indices``).
+
+        Returns:
+            `tuple[torch.Tensor, torch.Tensor]`: images ``(B, C, S, S)`` float32 in [-1, 1] and
+            masks ``(B, S, S)`` int64 (255 = ignore).
+        """
         j = self.indices[np.asarray(idx)]
         img = self.norm.to_model(np.asarray(self.chips.images[j]))
         mask = np.asarray(self.chips.labels[j]).astype(np.int64)

@@ -30,7 +30,22 @@ SINGLE_CLASS_FIELD = "__satsynth_class__"
 def load_vector(path: str | Path, layer: str | None, class_field: str | None) -> Any:
     """Read a vector layer (GeoPackage, GeoJSON, Shapefile, ...) with clear errors.
 
-    Without ``class_field`` every feature gets one class named after the file.
+    Args:
+        path (`str` or `Path`):
+            The vector file.
+        layer (`str`, *optional*):
+            The layer to read; the file's first by default.
+        class_field (`str`, *optional*):
+            The field holding class names or ids; without it every feature gets one class named
+            after the file.
+
+    Returns:
+        `geopandas.GeoDataFrame`: the features with a geometry and a class value: the class field
+        and the geometry column.
+
+    Raises:
+        `SatSynthError`: the file, layer or field is missing (listing what there is), or no feature
+        has a geometry and a value.
     """
     import geopandas as gpd
     import pyogrio
@@ -89,17 +104,45 @@ def normalize_value(v: Any) -> int | str:
 
 
 def field_values(gdf: Any, class_field: str) -> Counter:
-    """Feature count per normalized class value."""
+    """The feature count of each class value, normalized (whole numbers as `int`, names as `str`).
+
+    Args:
+        gdf (`geopandas.GeoDataFrame`):
+            The features (:func:`load_vector`).
+        class_field (`str`):
+            The class field.
+
+    Returns:
+        `Counter`: class value -> feature count.
+    """
     return Counter(normalize_value(v) for v in gdf[class_field].tolist())
 
 
 def resolve_classes(values: Counter, table: ClassTable | None, background: str | None,
                     where: str) -> tuple[ClassTable, dict[int | str, int], int | None]:
-    """Class table, value -> class index, and the index for uncovered pixels (None = ignore).
+    """The class table, each value's class index, and the index for uncovered pixels.
 
-    ``values`` are the class field's values (names or ids) with their feature counts. Without a
-    ``table`` one is inferred: ids keep their values, names get ids in alphabetical order, and the
-    background (when not ignored) is id 0.
+    Without a ``table`` one is inferred: ids keep their values, names get ids in alphabetical
+    order, and the background (when not ignored) is id 0.
+
+    Args:
+        values (`Counter`):
+            The class field's values (names or ids) with their feature counts
+            (:func:`field_values`).
+        table (`ClassTable`, *optional*):
+            The class table given (``--classes``).
+        background (`str`, *optional*):
+            The class of pixels no feature covers; `None` ignores them (``--background-ignore``).
+        where (`str`):
+            The vector file, for the messages.
+
+    Returns:
+        `tuple[ClassTable, dict[int | str, int], int | None]`: the table, value -> class index, and
+        the background's class index (`None`: ignored).
+
+    Raises:
+        `SatSynthError`: values that are not in the given table, ids outside 0..254, or no class
+        for the background.
     """
     if table is None:
         ints = all(isinstance(v, int) for v in values)

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from conftest import stub_iface
 from dock_fixtures import load_scene, wait_until
-from qgis.core import QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
+from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QImage
 
 from satsynth_qgis.dock.panel import SatSynthDock
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = REPO / "tests" / "artifacts"
 SPACENET = REPO / ".." / "shared" / "datasets" / "spacenet-samples"
 
@@ -29,15 +28,6 @@ def _layers(project: QgsProject, tmp_path: Path) -> tuple[QgsRasterLayer, QgsVec
         return raster, vector, "building"
     scene = load_scene(tmp_path, project)
     return scene["image"], scene["polygons"], "landcover"
-
-
-@pytest.fixture
-def project():
-    project = QgsProject.instance()
-    project.clear()
-    QgsSettings().remove("SatSynth/dock")
-    yield project
-    project.clear()
 
 
 def test_screenshot_of_the_dock_with_layers_loaded(project, provider, tmp_path):

@@ -10,63 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import SIZE, class_table, level_image, make_store
 
-from satsynth.data.classes import ClassInfo, ClassTable
-from satsynth.data.normalize import Normalizer
-from satsynth.data.store import ChipStore, ChipStoreWriter, StoreMeta
+from satsynth.data.store import ChipStore, ChipStoreWriter
 from satsynth.errors import SatSynthError
 
-LEVELS = (40, 128, 215)  # class index -> image brightness
-SIZE = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two OpenMP threads on a busy 2-core machine spin against each other: use one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _table(names=("water", "road", "building")) -> ClassTable:
-    return ClassTable([ClassInfo(10 + i, n, (40 * i, 80, 120)) for i, n in enumerate(names)])
-
-
-def _labels(rng: np.random.Generator, k: int, size: int = SIZE) -> np.ndarray:
-    lab = np.full((size, size), rng.integers(0, k), np.uint8)
-    for _ in range(4):
-        y, x = rng.integers(0, size, 2)
-        h, w = rng.integers(4, size // 2, 2)
-        lab[y:y + h, x:x + w] = rng.integers(0, k)
-    return lab
-
-
-def _image(lab: np.ndarray, rng: np.random.Generator, bands: int = 1) -> np.ndarray:
-    img = np.asarray(LEVELS, float)[np.minimum(lab, 2)][None].repeat(bands, 0)
-    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
-
-
-def make_store(path, n_train=64, n_val=16, bands=1, table=None, synthetic=False, seed=0,
-               size=SIZE, fill=None):
-    """A brightness-separable store: class index i has brightness LEVELS[i]. ``fill`` sets every
-    image pixel to one value (to recognise where a chip came from)."""
-    rng = np.random.default_rng(seed)
-    table = table or _table()
-    meta = StoreMeta(classes=table, bands=bands, dtype="uint8", chip_size=size,
-                     normalizer=Normalizer([0.0] * bands, [255.0] * bands, "uint8"),
-                     crs="EPSG:32640", pixel_size=(0.5, 0.5), sources=[{"image": "scene.tif"}],
-                     synthetic=synthetic)
-    splits = {"train": n_train} if synthetic else {"train": n_train, "val": n_val}
-    with ChipStoreWriter(path, meta, splits, write_index=False) as w:
-        for split, n in splits.items():
-            for _ in range(n):
-                lab = _labels(rng, table.num_classes, size)
-                img = _image(lab, rng, bands)
-                if fill is not None:
-                    img[:] = fill
-                w.add(split, img, lab, (0.5, 0, 500000, 0, -0.5, 2700000))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +178,11 @@ def test_bad_synthetic_inputs_give_clear_errors(real, tmp_path):
 
     kw = {"arch": "tiny", "encoder": "w4d1", "epochs": 1, "device": "cpu"}
     other = make_store(tmp_path / "other", n_train=4, synthetic=True,
-                       table=_table(("water", "road", "tree")))
+                       table=class_table(("water", "road", "tree")))
     with pytest.raises(SatSynthError, match=r"other classes than the real dataset.*12=tree"):
         train_segmenter(real, tmp_path / "m", synthetic=other, ratio=1, **kw)
     fewer = make_store(tmp_path / "fewer", n_train=4, synthetic=True,
-                       table=_table(("water", "road")))
+                       table=class_table(("water", "road")))
     with pytest.raises(SatSynthError, match="other classes"):
         train_segmenter(real, tmp_path / "m", synthetic=fewer, ratio=1, **kw)
     bands = make_store(tmp_path / "bands", n_train=4, synthetic=True, bands=3)
@@ -265,7 +214,7 @@ def test_cli_reports_missing_synthetic_folder_as_one_line(real, tmp_path):
 def test_evaluate_rejects_dataset_of_other_classes(trained, tmp_path):
     from satsynth.predict.evaluate import evaluate
 
-    other = make_store(tmp_path / "o", n_train=2, n_val=2, table=_table(("a", "b", "c")))
+    other = make_store(tmp_path / "o", n_train=2, n_val=2, table=class_table(("a", "b", "c")))
     with pytest.raises(SatSynthError, match="differ from the model"):
         evaluate(trained["model"], tmp_path / "r", dataset=other, device="cpu")
 
@@ -281,7 +230,7 @@ def _write_pair(tmp_path, h=70, w=90):
     rng = np.random.default_rng(5)
     lab_idx = np.repeat((np.arange(w) * 3 // w)[None].astype(np.uint8), h, 0)  # 3 stripes
     lab_idx[20:40, 10:80] = 1
-    img = _image(lab_idx, rng)
+    img = level_image(lab_idx, rng)
     ids = (lab_idx + 10).astype(np.uint8)
     ids[:5, :7] = 255  # unlabeled corner (nodata)
     prof = {"driver": "GTiff", "height": h, "width": w, "crs": "EPSG:32640",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from qgis.core import QgsApplication, QgsProcessingContext
-from test_dock import dock, project, scene  # noqa: F401 - fixtures
+from test_dock import dock, scene  # noqa: F401 - fixtures
 
 from satsynth_qgis.dock import params
 

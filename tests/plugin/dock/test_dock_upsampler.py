@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
+from dock_fixtures import choose_polygons
 from qgis.core import QgsApplication, QgsProcessingContext
-from test_dock import choose_polygons, dock, project, scene  # noqa: F401 - fixtures
+from test_dock import dock, scene  # noqa: F401 - fixtures
 
 from satsynth_qgis.dock import params
 

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import SIZE, class_table, make_store
 from rasterio.windows import from_bounds
-from test_segmenter import SIZE, make_store
 
-from satsynth import progress
 from satsynth.cli import main
 from satsynth.data.store import ChipStore, ChipStoreWriter
 from satsynth.errors import SatSynthError
@@ -26,14 +25,7 @@ from satsynth.segmenter.scoring import (
     select_pairs,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    progress.set_mode("quiet")
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +180,7 @@ def test_filtering_and_scoring_errors_are_one_clear_line(world, tmp_path, capsys
                  "--keep", "0.5", "--progress", "quiet"]) == 2
     assert "--score-with" in capsys.readouterr().err
     other = make_store(tmp_path / "other", n_train=4, synthetic=True,
-                       table=__import__("test_segmenter")._table(("a", "b", "c")))
+                       table=class_table(("a", "b", "c")))
     with pytest.raises(SatSynthError, match="classes"):
         score_pairs(other, world["seg"], device="cpu")
     with pytest.raises(SatSynthError, match="weights file not found"):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_predict import TABLE, brightness_image, write_raster
-from test_segmenter import make_store
+from builders import T_UTM, TABLE, brightness_image, make_store
+from rasters import write_raster
 
 from satsynth.checkpoint import save_model_dir
 from satsynth.data.normalize import Normalizer
@@ -269,7 +269,7 @@ def test_standardization_is_carried_into_predict_and_the_onnx_export(tmp_path):
     from satsynth.predict.predict import predict_raster
 
     img, idx = brightness_image(96, 96, seed=2)
-    image = write_raster(tmp_path / "scene.tif", img)
+    image = write_raster(tmp_path / "scene.tif", img, transform=T_UTM)
     mdir = _standardized_model(tmp_path / "seg", img, idx)
     model, cfg = load_segmenter(mdir)
     x = torch.from_numpy(cfg.normalization.to_model(img)[None])
@@ -309,7 +309,7 @@ def test_standardization_is_carried_into_predict_and_the_onnx_export(tmp_path):
 
 
 def test_older_model_folders_without_the_field_predict_as_before(tmp_path):
-    from test_predict import make_model
+    from builders import make_model
 
     mdir, model = make_model(tmp_path / "seg")
     cfg = json.loads((mdir / "config.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import stub_iface
-from dock_fixtures import CLASSES, load_scene
+from dock_fixtures import CLASSES, choose_polygons, load_scene
 from qgis.core import QgsProject, QgsSettings
 
 from satsynth_qgis.dock.class_table import ClassRow, ClassTableError
@@ -15,16 +15,6 @@ from satsynth_qgis.dock.menu import DockMenu
 from satsynth_qgis.dock.panel import SatSynthDock
 from satsynth_qgis.dock.presets import PRESETS
 from satsynth_qgis.dock.settings import SETTINGS_PREFIX
-
-
-@pytest.fixture
-def project():
-    project = QgsProject.instance()
-    project.clear()
-    s = QgsSettings()
-    s.remove("SatSynth/dock")
-    yield project
-    project.clear()
 
 
 @pytest.fixture
@@ -40,12 +30,6 @@ def dock(project):
     yield d
     d.shutdown()
     d.deleteLater()
-
-
-def choose_polygons(dock: SatSynthDock, scene: dict, field: str = "landcover") -> None:
-    dock.labels_vector_radio.setChecked(True)
-    dock.label_vector_combo.setLayer(scene["polygons"])
-    dock.field_combo.setField(field)
 
 
 def test_dock_builds_with_real_layers_and_the_class_table_fills_from_the_text_field(dock, scene):

@@ -17,7 +17,7 @@ from satsynth.data.prepare import prepare_dataset
 from satsynth.data.store import ChipStore
 from satsynth.errors import SatSynthError
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "datasets"
 DUBAI = DATA / "dubai-aerial"
 SPACENET = DATA / "spacenet-samples"
 pytestmark = pytest.mark.realdata

@@ -8,24 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_alg
+from conftest import make_tiny_segmenter, run_alg
 from qgis.core import QgsApplication, QgsProcessingContext
 
 from satsynth_qgis import runner
-
-TINY_SEGMENTER = """
-import sys
-from satsynth.checkpoint import save_model_dir
-from satsynth.data.classes import ClassTable
-from satsynth.data.normalize import Normalizer
-from satsynth.segmenter.model import SegmenterConfig, build_segmenter
-table = ClassTable.from_dict([{"id": 1, "name": "water"}, {"id": 2, "name": "forest"}])
-cfg = SegmenterConfig(arch="tiny", encoder="w4d1", in_channels=3, classes=table,
-                      normalization=Normalizer([0.0] * 3, [255.0] * 3, "uint8"),
-                      crs="EPSG:32633", pixel_size=[2.0, 2.0])
-save_model_dir(sys.argv[1], "segmenter", cfg.to_dict(),
-               {"model": build_segmenter(cfg).eval().state_dict()})
-"""
 
 
 @pytest.fixture
@@ -92,7 +78,8 @@ def test_segment_raster_passes_the_runtime(engine_args, fake_segmenter, scene, t
 def test_export_with_the_real_engine_writes_a_deepness_ready_model(engine_python, provider,
                                                                   tmp_path):
     seg = tmp_path / "seg"
-    subprocess.run([engine_python, "-c", TINY_SEGMENTER, str(seg)], check=True, timeout=300)
+    make_tiny_segmenter(engine_python, seg, [{"id": 1, "name": "water"}, {"id": 2, "name": "forest"}],
+                        pixel_size=2.0)
     out = tmp_path / "exported model.onnx"
     results, _ = run_alg("satsynth:export_segmenter", {"MODEL": str(seg), "TILE": 64,
                                                        "OVERLAP": 16, "OUTPUT": str(out)})

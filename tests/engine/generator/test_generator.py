@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import TINY_GENERATOR
 
 from satsynth import progress
 from satsynth.contract import IGNORE_INDEX
@@ -30,7 +31,7 @@ S = 16
 IDS = [10, 20, 30]
 ORIGIN = (300_000.0, 2_800_000.0)
 PX = 0.5
-TINY = {"block_widths": [16, 32], "batch_size": 8, "device": "cpu", "checkpoint_every": 10_000}
+TINY = TINY_GENERATOR
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -184,20 +185,12 @@ def test_missing_or_corrupt_weights_give_clear_errors(overfit, tmp_path):
         synthesize(tmp_path / "nowhere", 2, tmp_path / "s", device="cpu")
 
 
-def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path, monkeypatch, cancel_after):
     ds = _store(tmp_path / "ds")
     opts = dict(TINY, block_widths=[8, 16], batch_size=4, warmup=2, steps=6)
     full = run_training(ds, tmp_path / "full", **opts)
     # stop after 3 steps through the same cancel flag SIGINT/SIGTERM set, then resume
-    updates = {"n": 0}
-    orig_update = progress.Task.update
-
-    def counting_update(self, n=1, message=None, **extra):
-        updates["n"] += 1
-        return orig_update(self, n, message, **extra)
-
-    monkeypatch.setattr(progress.Task, "update", counting_update)
-    monkeypatch.setattr(progress, "cancel_requested", lambda: updates["n"] >= 3)
+    cancel_after(3)
     stopped = run_training(ds, tmp_path / "run", **opts)
     monkeypatch.undo()
     assert stopped["interrupted"] and stopped["steps"] == 3

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from satsynth_qgis.dock.readiness import STAGES, DockFacts, stage_readiness
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 #: everything chosen and every folder present
 ALL = DockFacts(has_image=True, has_labels=True, labels_as_raster=False, classes_valid=True,

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 import rasterio
-from test_predict import ENV, TABLE, brightness_image, make_model, write_raster
+from builders import ENV, T_UTM, TABLE, brightness_image, make_model
+from rasters import write_raster
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -28,7 +29,7 @@ def scene(tmp_path_factory):
     """A fitted tiny model and a georeferenced 200 x 260 raster it was fitted on."""
     d = tmp_path_factory.mktemp("onnx")
     img, idx = brightness_image(200, 260, seed=3)
-    image = write_raster(d / "scene.tif", img)
+    image = write_raster(d / "scene.tif", img, transform=T_UTM)
     model_dir, _ = make_model(d / "seg", fit_to=(img, idx))
     return model_dir, image
 
@@ -130,7 +131,7 @@ def test_predict_onnx_equals_torch_and_reuses_its_export(tmp_path, scene, caplog
 
 def test_changed_weights_get_a_fresh_export(tmp_path):
     img, idx = brightness_image(64, 64, seed=1)
-    image = write_raster(tmp_path / "img.tif", img)
+    image = write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     model_dir, _ = make_model(tmp_path / "seg", seed=0)
     predict_raster(model_dir, image, tmp_path / "a.tif", tile=32, overlap=8, device="cpu",
                    runtime="onnx")

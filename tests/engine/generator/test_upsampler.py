@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from builders import TINY_GENERATOR
 
-from satsynth import progress
 from satsynth.data.classes import ClassTable
 from satsynth.data.normalize import Normalizer
 from satsynth.data.store import ChipStore, ChipStoreWriter, StoreMeta
@@ -32,7 +32,7 @@ IDS = [10, 20, 30]
 ORIGIN = (300_000.0, 2_800_000.0)
 PX = 0.5
 NORM = Normalizer([1000, 1000], [3000, 3000], "uint16")
-TINY = {"block_widths": [16, 32], "batch_size": 8, "device": "cpu", "checkpoint_every": 10_000}
+TINY = TINY_GENERATOR
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,21 +165,13 @@ def test_overfit_upsampler_reproduces_its_chips_with_sharper_edges_than_bilinear
     assert err < 0.6 * err_bilinear, (err, err_bilinear)
 
 
-def test_upsampler_resumes_on_the_same_loss_curve_and_keeps_its_geometry(tmp_path,
-                                                                           monkeypatch):
+def test_upsampler_resumes_on_the_same_loss_curve_and_keeps_its_geometry(tmp_path, monkeypatch,
+                                                                           cancel_after):
     ds = _store(tmp_path / "ds", _chips(4, seed=1))
     opts = dict(TINY, block_widths=[8, 16], batch_size=4, warmup=2)
     full = run_upsampler_training(ds, tmp_path / "full", BASE, 2, steps=6, **opts)
     # stopped after 3 steps by the cancel flag (as Ctrl-C or QGIS's cancel), then resumed
-    updates = {"n": 0}
-    orig_update = progress.Task.update
-
-    def counting_update(self, n=1, message=None, **extra):
-        updates["n"] += 1
-        return orig_update(self, n, message, **extra)
-
-    monkeypatch.setattr(progress.Task, "update", counting_update)
-    monkeypatch.setattr(progress, "cancel_requested", lambda: updates["n"] >= 3)
+    cancel_after(3)
     stopped = run_upsampler_training(ds, tmp_path / "run", BASE, 2, steps=6, **opts)
     monkeypatch.undo()
     assert stopped["interrupted"] and stopped["steps"] == 3

@@ -13,7 +13,7 @@ from qgis.core import QgsProcessingException
 from satsynth_qgis import setup_engine
 from satsynth_qgis.setup_engine import PythonInfo
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FMOW = "ResNet50_Weights.FMOW_RGB_GASSL"
 
 

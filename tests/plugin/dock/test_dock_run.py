@@ -8,19 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from dock_fixtures import load_scene, make_tiny_segmenter, wait_until
-from qgis.core import QgsApplication, QgsPalettedRasterRenderer, QgsProject, QgsSettings
+from conftest import make_tiny_segmenter
+from dock_fixtures import CLASS_TABLE, choose_polygons, load_scene, wait_until
+from qgis.core import QgsApplication, QgsPalettedRasterRenderer
 
 from satsynth_qgis.dock.panel import SatSynthDock
-
-
-@pytest.fixture
-def project():
-    project = QgsProject.instance()
-    project.clear()
-    QgsSettings().remove("SatSynth/dock")
-    yield project
-    project.clear()
 
 
 @pytest.fixture
@@ -72,9 +64,7 @@ def test_prepare_from_the_dock_writes_the_dataset_and_loads_chips_in_the_run_gro
     _need("satsynth:prepare_chips")
     scene = load_scene(tmp_path, project)
     dock.image_combo.setLayer(scene["image"])
-    dock.labels_vector_radio.setChecked(True)
-    dock.label_vector_combo.setLayer(scene["polygons"])
-    dock.field_combo.setField("landcover")
+    choose_polygons(dock, scene)
     dock.class_table.table.item(1, 1).setText("Building")  # names match case-insensitively
     dock.output_widget.setFilePath(str(tmp_path / "runs"))
     dock.run_name_edit.setText("prepare run")
@@ -111,9 +101,7 @@ def test_an_engine_failure_shows_the_engines_message_in_the_dock(dock, project, 
     _need("satsynth:prepare_chips")
     scene = load_scene(tmp_path, project)
     dock.image_combo.setLayer(scene["image"])
-    dock.labels_vector_radio.setChecked(True)
-    dock.label_vector_combo.setLayer(scene["polygons"])
-    dock.field_combo.setField("landcover")
+    choose_polygons(dock, scene)
     dock.class_table.table.item(3, 1).setText("lake")  # the field says "water"
     dock.output_widget.setFilePath(str(tmp_path / "runs"))
     dock.run_name_edit.setText("failing run")
@@ -133,7 +121,8 @@ def test_segment_from_the_dock_adds_a_styled_layer_in_the_run_group(
         dock, project, tmp_path, engine_python):
     _need("satsynth:segment_raster")
     scene = load_scene(tmp_path, project)
-    model = make_tiny_segmenter(engine_python, tmp_path / "tiny segmenter")
+    model = make_tiny_segmenter(engine_python, tmp_path / "tiny segmenter", CLASS_TABLE,
+                                chip_size=32)
     dock.segment_combo.setLayer(scene["image"])
     dock.segmenter_widget.setFilePath(str(model))
     dock.output_widget.setFilePath(str(tmp_path / "runs"))

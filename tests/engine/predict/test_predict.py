@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from builders import ENV, T_UTM, TABLE, UTM, brightness_image, make_model
 from rasterio.transform import from_origin
+from rasters import write_raster
 
 from satsynth.checkpoint import save_model_dir
 from satsynth.data.classes import ClassTable
@@ -22,68 +23,11 @@ from satsynth.errors import SatSynthError
 from satsynth.predict.predict import predict_raster
 from satsynth.segmenter.model import SegmenterConfig, build_segmenter
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SPACENET = REPO / ".." / "shared" / "datasets" / "spacenet-samples"
 SATSYNTH = [sys.executable, "-m", "satsynth"]
-#: Subprocesses run tiny models: one thread avoids thread contention on a busy CPU.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-TABLE = ClassTable.from_dict([{"id": 1, "name": "water", "color": "#1f4e9c"},
-                              {"id": 5, "name": "land", "color": "#c8b27a"},
-                              {"id": 9, "name": "roof & tower", "color": "#d62728"}])
-UTM = "EPSG:32640"
-T_UTM = from_origin(500000.0, 2800000.0, 0.5, 0.5)
-
-
-def make_model(path: Path, *, bands: int = 3, encoder: str = "w8d2", table: ClassTable = TABLE,
-               low: float = 0.0, high: float = 255.0, dtype: str = "uint8",
-               crs: str | None = UTM, pixel_size: float | None = 0.5, seed: int = 0,
-               fit_to: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Path, object]:
-    """Save a tiny fully convolutional segmenter; with ``fit_to=(image, class_indices)`` it is
-    first fitted for a few steps so that its classes mean something."""
-    import torch
-
-    torch.manual_seed(seed)
-    cfg = SegmenterConfig(arch="tiny", encoder=encoder, in_channels=bands,
-                          classes=table,
-                          normalization=Normalizer([low] * bands, [high] * bands, dtype),
-                          crs=crs, pixel_size=[pixel_size, pixel_size] if pixel_size else None)
-    model = build_segmenter(cfg)
-    if fit_to is not None:
-        x = torch.from_numpy(cfg.normalization.to_model(fit_to[0])[None])
-        y = torch.from_numpy(fit_to[1][None].astype(np.int64))
-        opt = torch.optim.Adam(model.parameters(), lr=0.1)
-        model.train()
-        for _ in range(150):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    model.eval()
-    save_model_dir(path, kind="segmenter", config=cfg.to_dict(),
-                   tensors={"model": model.state_dict()})
-    return path, model
-
-
-def brightness_image(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth 3-band uint8 scene of dark / mid / bright regions and its class indices."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    field = (np.sin(xx / 37.0 + rng.uniform(0, 6)) + np.cos(yy / 23.0 + rng.uniform(0, 6))
-             + 0.5 * np.sin((xx + yy) / 51.0))
-    idx = np.digitize(field, [-0.6, 0.6]).astype(np.uint8)  # 0 dark, 1 mid, 2 bright
-    levels = np.array([30, 120, 220], dtype=np.float32)[idx]
-    img = levels[None] + rng.normal(0, 8, (3, h, w)).astype(np.float32)
-    img[1] *= 0.9
-    return np.clip(img, 1, 255).astype(np.uint8), idx
-
-
-def write_raster(path: Path, data: np.ndarray, crs=UTM, transform=T_UTM, nodata=None,
-                 **extra) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                       count=data.shape[0], dtype=data.dtype, crs=crs, transform=transform,
-                       nodata=nodata, **extra) as ds:
-        ds.write(data)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_pass(model, cfg_normalizer: Normalizer, img: np.ndarray) -> np.ndarray:
@@ -92,17 +36,6 @@ def one_pass(model, cfg_normalizer: Normalizer, img: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(cfg_normalizer.to_model(img)[None])
         return model(x).argmax(1)[0].numpy().astype(np.uint8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, above all on a busy shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +93,7 @@ def test_tiled_prediction_with_overlap_equals_one_pass(tmp_path):
     rng = np.random.default_rng(3)
     img = np.clip(img.astype(np.int16) + rng.integers(-40, 40, img.shape), 0, 255).astype(np.uint8)
     path, model = make_model(tmp_path / "seg", encoder="w16d2", seed=3)
-    write_raster(tmp_path / "img.tif", img)
+    write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     predict_raster(path, tmp_path / "img.tif", tmp_path / "pred.tif", tile=128, overlap=32,
                    batch=4, device="cpu")
     with rasterio.open(tmp_path / "pred.tif") as ds:
@@ -180,7 +113,7 @@ def test_output_keeps_grid_classes_style_and_nodata(tmp_path, fitted):
     model_dir, _ = fitted
     img, idx = brightness_image(600, 800, seed=5)
     img[:, :100, :150] = 0  # nodata corner
-    write_raster(tmp_path / "img.tif", img, nodata=0)
+    write_raster(tmp_path / "img.tif", img, nodata=0, transform=T_UTM)
     out = predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "out" / "pred.tif",
                          confidence=tmp_path / "out" / "conf.tif", tile=256, overlap=32,
                          device="cpu")
@@ -220,7 +153,7 @@ def test_output_keeps_grid_classes_style_and_nodata(tmp_path, fitted):
 def test_cog_output_has_overviews_and_colour_table(tmp_path, fitted):
     model_dir, _ = fitted
     img, _ = brightness_image(1100, 1100, seed=6)
-    write_raster(tmp_path / "img.tif", img)
+    write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     out = predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "pred.tif", cog=True,
                          confidence=tmp_path / "conf.tif", tile=512, overlap=64, device="cpu")
     for path in (out["prediction"], out["confidence"]):
@@ -238,7 +171,7 @@ def test_extent_and_mask_limit_the_output(tmp_path, fitted):
 
     model_dir, _ = fitted
     img, _ = brightness_image(400, 400, seed=7)
-    write_raster(tmp_path / "img.tif", img)
+    write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     # extent: output is the covered window of the input grid
     out = predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "a.tif", device="cpu",
                          extent="500010,2799850,500100,2799950", tile=128, overlap=16)
@@ -275,11 +208,11 @@ def test_extent_and_mask_limit_the_output(tmp_path, fitted):
 def test_clear_errors_for_bad_inputs(tmp_path, fitted):
     model_dir, _ = fitted
     img, _ = brightness_image(64, 64)
-    write_raster(tmp_path / "one.tif", img[:1])
+    write_raster(tmp_path / "one.tif", img[:1], transform=T_UTM)
     with pytest.raises(SatSynthError, match=r"one\.tif: the image has 1 band, but the model was "
                                             r"trained on 3-band"):
         predict_raster(model_dir, tmp_path / "one.tif", tmp_path / "p.tif", device="cpu")
-    write_raster(tmp_path / "img.tif", img)
+    write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     with pytest.raises(SatSynthError, match="--overlap 300"):
         predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "p.tif", overlap=300)
     with pytest.raises(SatSynthError, match="image file not found"):
@@ -411,7 +344,7 @@ def test_vector_output_areas_simplify_and_min_area(tmp_path, fitted):
 
     model_dir, _ = fitted
     img, _ = brightness_image(500, 700, seed=12)
-    write_raster(tmp_path / "img.tif", img)
+    write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     out = predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "p.tif",
                          vector=tmp_path / "p.gpkg", tile=256, overlap=32, device="cpu")
     with rasterio.open(out["prediction"]) as ds:
@@ -515,7 +448,7 @@ def _procedural_raster(path: Path, size: int, block: int = 512, height: int | No
 def test_cli_reports_json_progress_and_outputs(tmp_path, fitted):
     model_dir, _ = fitted
     img, _ = brightness_image(300, 300)
-    write_raster(tmp_path / "img.tif", img)
+    write_raster(tmp_path / "img.tif", img, transform=T_UTM)
     res = subprocess.run(SATSYNTH + ["predict", str(model_dir), "--image",
                                      str(tmp_path / "img.tif"), "--out", str(tmp_path / "p.tif"),
                                      "--tile", "128", "--overlap", "16", "--device", "cpu",

@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 from affine import Affine
+from builders import make_store
 from rasters import write_raster
-from test_segmenter import _one_thread, make_store  # noqa: F401 (an autouse fixture)
 
 from satsynth.data.store import ChipStore, ChipStoreWriter
 from satsynth.errors import SatSynthError
 
 TINY = {"arch": "tiny", "encoder": "w4d1", "batch_size": 8, "device": "cpu"}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def with_test_split(path, n_train=64, n_val=16, n_test=12, seed=0):
-    """A brightness-separable store (test_segmenter.make_store) plus a test split."""
+    """A brightness-separable store (builders.make_store) plus a test split."""
     base = make_store(path.with_name(path.name + "-base"), n_train, n_val, seed=seed)
     store = ChipStore(base)
     test = make_store(path.with_name(path.name + "-test"), n_test, 1, seed=seed + 1)
