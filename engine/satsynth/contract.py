@@ -531,13 +531,56 @@ def parse_ratios(text: str | Sequence[float]) -> list[float]:
 
 @dataclass
 class PredictFields:
-    """The options of ``predict`` that the plugin shows too, and their defaults."""
+    """The options of ``predict`` that the plugin shows too, their defaults and accepted ranges
+    (``export`` and the plugin's Segment raster, Export and Pipeline parameters take theirs from
+    these; :func:`tiling_problems` checks them)."""
 
-    tile: int = 512
-    overlap: int = 64
-    batch: int = 0  # 0: the device's (PREDICT_BATCH)
+    tile: int = field(default=512, metadata=bounds(16, 8192))
+    overlap: int = field(default=64, metadata=bounds(0, 4096))  # and at most half the tile
+    batch: int = field(default=0, metadata=bounds(0))  # 0: the device's (PREDICT_BATCH)
     runtime: str = RUNTIMES[0]
     device: str = "auto"
+
+
+#: How :func:`tiling_problems` names the values: the command line's options (the plugin passes
+#: its own words).
+TILING_NAMES = {"tile": "--tile {}", "overlap": "--overlap {}", "batch": "--batch {}"}
+
+
+def tiling_problems(tile: int, overlap: int, batch: int = 0, multiple: int = 1,
+                    arch: str = "", names: dict[str, str] | None = None) -> list[str]:
+    """The tiling rule of ``predict`` and ``export`` (and of the plugin's checks before it starts
+    them): the tile within :class:`PredictFields`' range and a multiple of the model's input
+    multiple, the overlap from 0 to half the tile, the batch at least 1 or 0 (the device's).
+
+    Args:
+        tile: tile side in pixels.
+        overlap: pixels shared by neighbouring tiles.
+        batch: tiles per forward pass (0: the device's default).
+        multiple: every input side of the model must be a multiple of this (1: unknown or any).
+        arch: the model's architecture, named in the multiple's message.
+        names: how to name each value in the messages, a format with one ``{}`` per key of
+            :data:`TILING_NAMES` (default: the command line's options).
+
+    Returns:
+        One line per broken rule (empty when the values can be used).
+    """
+    names = {**TILING_NAMES, **(names or {})}
+    t_low, t_high = field_bounds(PredictFields, "tile")
+    o_low, _ = field_bounds(PredictFields, "overlap")
+    b_low, _ = field_bounds(PredictFields, "batch")
+    problems = []
+    if not t_low <= tile <= t_high or tile % max(multiple, 1):
+        rule = f" and a multiple of {multiple} for a {arch or 'this'} model" if multiple > 1 else ""
+        problems.append(f"{names['tile'].format(tile)} must be in {t_low}..{t_high}{rule} (e.g. "
+                        "256, 512 or 1024)")
+    if not o_low <= overlap <= tile // 2:
+        problems.append(f"{names['overlap'].format(overlap)} must be at least {o_low} and at most "
+                        f"half the tile ({tile // 2} px for {tile} px tiles)")
+    if batch < b_low:
+        problems.append(f"{names['batch'].format(batch)} must be at least 1 (or 0: the device's "
+                        "default)")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,15 @@ GROUPS = {
 }
 HELP_URL = "https://github.com/satsynth/satsynth-qgis/blob/main/docs/plugin.md"
 
+#: How the tiling rule (``contract.tiling_problems``) names TILE and OVERLAP in its messages.
+TILING_NAMES = {"tile": "the tile size ({} px)", "overlap": "the overlap ({} px)"}
+
+
+def tiling_bounds(name: str) -> dict[str, Any]:
+    """A Processing number parameter's minValue/maxValue for a ``contract.PredictFields`` field."""
+    low, high = contract.field_bounds(contract.PredictFields, name)
+    return {k: v for k, v in (("minValue", low), ("maxValue", high)) if v is not None}
+
 
 @dataclass(frozen=True)
 class AlgorithmInfo:
@@ -289,19 +298,17 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
         defaults = contract.PredictFields()
         self.addParameter(QgsProcessingParameterNumber(
             "TILE", self.tr("Tile size (pixels)"), compat.NUMBER_INTEGER, defaults.tile,
-            minValue=16, maxValue=8192))
+            **tiling_bounds("tile")))
         self.addParameter(QgsProcessingParameterNumber(
             "OVERLAP", self.tr(overlap_description), compat.NUMBER_INTEGER, defaults.overlap,
-            minValue=0, maxValue=4096))
+            **tiling_bounds("overlap")))
 
     def tiling_problem(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
-        """The engine's tiling rule (predict/windows.check_tiling): overlap at most half the tile."""
+        """The engine's tiling rule (``contract.tiling_problems``) on TILE and OVERLAP."""
         tile = self.parameterAsInt(parameters, "TILE", context)
         overlap = self.parameterAsInt(parameters, "OVERLAP", context)
-        if overlap * 2 > tile:
-            return self.tr(f"The overlap ({overlap} px) must be at most half the tile size "
-                           f"({tile} px).")
-        return ""
+        problems = contract.tiling_problems(tile, overlap, names=TILING_NAMES)
+        return self.tr(problems[0][0].upper() + problems[0][1:] + ".") if problems else ""
 
     def device_param(self) -> QgsProcessingParameterEnum:
         return self.enum_param("DEVICE", "Device", contract.DEVICES, contract.DEVICES[0])

@@ -27,7 +27,7 @@ from qgis.core import (
 from .. import compat
 from ..contract import contract
 from ..styling import ClassStylePostProcessor
-from .base import AlgorithmInfo, SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm, tiling_bounds
 from .prepare_chips import PrepareChips, add_label_inputs, prep_bounds
 
 #: Parameters handed unchanged to Prepare training chips.
@@ -81,9 +81,11 @@ class RunPipeline(SatSynthAlgorithm):
             QgsProcessingParameterNumber("BATCH_SIZE", self.tr("Batch size (0 = engine default)"),
                                          compat.NUMBER_INTEGER, 0, minValue=0),
             QgsProcessingParameterNumber("TILE", self.tr("Prediction tile size (pixels)"),
-                                         compat.NUMBER_INTEGER, predict.tile, minValue=32),
+                                         compat.NUMBER_INTEGER, predict.tile,
+                                         **tiling_bounds("tile")),
             QgsProcessingParameterNumber("OVERLAP", self.tr("Prediction tile overlap (pixels)"),
-                                         compat.NUMBER_INTEGER, predict.overlap, minValue=0),
+                                         compat.NUMBER_INTEGER, predict.overlap,
+                                         **tiling_bounds("overlap")),
             QgsProcessingParameterNumber("SEED", self.tr("Random seed"), compat.NUMBER_INTEGER,
                                          seg.seed, minValue=0),
         )

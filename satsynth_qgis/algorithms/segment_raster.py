@@ -26,7 +26,7 @@ from .. import compat, layers
 from ..contract import contract
 from ..folders import model_config
 from ..styling import ClassStylePostProcessor, VectorClassStylePostProcessor
-from .base import AlgorithmInfo, SatSynthAlgorithm
+from .base import AlgorithmInfo, SatSynthAlgorithm, tiling_bounds
 
 
 class SegmentRaster(SatSynthAlgorithm):
@@ -63,7 +63,7 @@ class SegmentRaster(SatSynthAlgorithm):
             QgsProcessingParameterNumber("BATCH", self.tr("Tiles per batch (0: the device's "
                                                           "default)"),
                                          compat.NUMBER_INTEGER, contract.PredictFields.batch,
-                                         minValue=0),
+                                         **tiling_bounds("batch")),
             self.enum_param("RUNTIME", "Runtime", contract.RUNTIMES,
                             contract.PredictFields.runtime),
             QgsProcessingParameterBoolean(

@@ -153,6 +153,32 @@ def test_prepare_refuses_what_is_outside_the_declared_ranges():
             PrepareConfig(**bad)
 
 
+def test_predict_and_export_refuse_tilings_by_the_contracts_rule(tmp_path):
+    """One tiling rule (contract.tiling_problems, with the ranges PredictFields declares) for
+    predict, export and the plugin: the engine raises its first line."""
+    from satsynth.predict.windows import check_tiling
+
+    low, high = contract.field_bounds(contract.PredictFields, "tile")
+    assert (low, high) == (16, 8192)
+    assert contract.tiling_problems(low, low // 2, 0) == []
+    assert contract.tiling_problems(512, 64, 8, multiple=32, arch="fpn") == []
+    for args, message in (((8, 0), "--tile 8 must be in 16..8192"),
+                          ((high + 512, 64), "--tile 8704 must be in 16..8192"),
+                          ((500, 64, 1, 32, "fpn"), "--tile 500 must be in 16..8192 and a "
+                                                    "multiple of 32 for a fpn model"),
+                          ((64, 33), "--overlap 33 must be at least 0 and at most half the tile "
+                                     "(32 px for 64 px tiles)"),
+                          ((64, -1), "--overlap -1 must be at least 0"),
+                          ((64, 16, -1), "--batch -1 must be at least 1 (or 0")):
+        problems = contract.tiling_problems(*args)
+        assert len(problems) == 1 and problems[0].startswith(message), problems
+        with pytest.raises(SatSynthError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            check_tiling(*args, *(0, 1, "")[len(args) - 2:])
+    named = contract.tiling_problems(64, 40, names={"overlap": "the overlap ({} px)"})
+    assert named == ["the overlap (40 px) must be at least 0 and at most half the tile (32 px "
+                     "for 64 px tiles)"]
+
+
 def test_the_tiny_encoder_rule_is_the_contracts():
     """One reading of 'w<width>d<depth>': the engine builds what the contract accepts and refuses
     the rest with one line (the plugin's encoder check uses the same function)."""

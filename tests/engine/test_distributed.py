@@ -15,9 +15,10 @@ from rasters import write_raster
 
 from satsynth.distributed import Processes, share
 from satsynth.predict.bands import BandWriter
-from satsynth.predict.predict import Region, _run_tiles
+from satsynth.predict.forward import TorchForward
 from satsynth.predict.source import TileReader
-from satsynth.predict.windows import rows_for_rank
+from satsynth.predict.tiles import run_tiles
+from satsynth.predict.windows import Region, TilePlan, rows_for_rank
 from satsynth.predict.writer import PredictionWriter
 from satsynth.raster import TileGrid
 
@@ -67,14 +68,15 @@ def test_bands_assemble_to_the_single_process_raster(tmp_path, world, tile, over
 
     model, cfg = load_segmenter(tmp_path / "m", torch.device("cpu"))
     region = Region(0, 0, height, 150)
-    run = dict(model=model, device=torch.device("cpu"), amp=False, num_classes=len(TABLE),
-               tile=tile, overlap=overlap, batch=3, multiple=1,
-               lut=TABLE.index_to_id_lut(), aoi=None)
+    cpu = torch.device("cpu")
+    plan = TilePlan(forward=TorchForward(model, cpu, amp=False), device=cpu,
+                    num_classes=len(TABLE), tile=tile, overlap=overlap, batch=3, multiple=1,
+                    lut=TABLE.index_to_id_lut())
     with rasterio.open(src_path) as src, torch.inference_mode():
         reader = TileReader(src, [1, 2, 3], cfg.normalization, src_path)
         whole = PredictionWriter(tmp_path / "one.tif", width=150, height=height, crs=src.crs,
                                  transform=src.transform, confidence_path=tmp_path / "one.c.tif")
-        _run_tiles(reader, region, whole, **run)
+        run_tiles(reader, region, whole, plan)
         whole.close()
         grid = TileGrid.for_region(height, 150, tile, overlap)
         parts = []
@@ -83,7 +85,7 @@ def test_bands_assemble_to_the_single_process_raster(tmp_path, world, tile, over
             if y1 == y0:
                 continue
             band = BandWriter(tmp_path / f"part{rank}.tif", y0, y1, 150, confidence=True)
-            _run_tiles(reader, region, band, tile_rows=rows, **run)
+            run_tiles(reader, region, band, plan, tile_rows=rows)
             band.close()
             assert band.complete
             parts.append((y0, y1, rank))

@@ -110,6 +110,21 @@ def test_the_algorithms_defaults_are_the_declared_options():
             ] == [predict.tile, predict.overlap, predict.runtime, predict.batch]
 
 
+def test_tiling_parameters_take_the_declared_ranges_and_the_engines_rule():
+    """TILE/OVERLAP/BATCH have PredictFields' min/max in every algorithm that shows them (the
+    pipeline's minimum tile was 32 while the engine takes 16), and the checks give the
+    contract's tiling rule."""
+    for alg_id in ("segment_raster", "export_segmenter", "run_pipeline"):
+        alg = _algorithm(alg_id)
+        for param, field in (("TILE", "tile"), ("OVERLAP", "overlap")):
+            p = alg.parameterDefinition(param)
+            assert (p.minimum(), p.maximum()) == contract.field_bounds(
+                contract.PredictFields, field), (alg_id, param)
+    batch = _algorithm("segment_raster").parameterDefinition("BATCH")
+    assert batch.minimum() == contract.field_bounds(contract.PredictFields, "batch")[0] == 0
+    assert _algorithm("run_pipeline").parameterDefinition("TILE").minimum() == 16
+
+
 def test_prepares_parameters_take_the_declared_defaults_and_ranges():
     """One range for prepare's options: the plugin's minimum chip size was 16 while the engine
     prepares 8 px chips; every prepare number parameter now has the contract's min/max."""

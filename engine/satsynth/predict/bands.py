@@ -12,14 +12,15 @@ that of a single-process run (the part writer buffers two block rows; assembly r
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from satsynth.distributed import Processes
-from satsynth.predict.windows import rows_for_rank
+from satsynth.predict.source import TileReader
+from satsynth.predict.tiles import run_tiles
+from satsynth.predict.windows import Region, TilePlan, rows_for_rank
 from satsynth.predict.writer import BLOCK, PredictionWriter
 from satsynth.raster import TileGrid, quiet_georef_warnings
 
@@ -60,17 +61,25 @@ def conf_part(path: Path) -> Path:
     return path.with_name(path.stem + ".conf.tif")
 
 
-def run_bands(run_tiles: Callable[..., None], reader: Any, region: Any, writer: Any,
-              procs: Processes, scratch: Path | None, **run: Any) -> None:
-    """``run_tiles(reader, region, writer, **run)`` over the whole region in one process, or this
-    process's band of it when several run; the main process then assembles every band into
-    ``writer`` (``None`` on the other processes)."""
+def run_bands(reader: TileReader, region: Region, writer: Any, plan: TilePlan,
+              procs: Processes, scratch: Path | None) -> None:
+    """Predict ``region`` into ``writer`` (:func:`~satsynth.predict.tiles.run_tiles`): all of it
+    in a single process, or this process's band of it when several run, after which the main
+    process assembles every band into ``writer``.
+
+    Args:
+        reader: reads the dataset's normalized tiles.
+        region: the window of the dataset to predict.
+        writer: the output writer; ``None`` on the processes other than the main one.
+        plan: how the tiles are run.
+        procs: the processes of this run (:func:`satsynth.distributed.processes`).
+        scratch: a folder all processes share for the band parts (distributed runs only).
+    """
     if not procs.distributed:
-        run_tiles(reader, region, writer, **run)
+        run_tiles(reader, region, writer, plan)
         return
     assert scratch is not None
-    grid = TileGrid.for_region(region.height, region.width, run["tile"], run["overlap"],
-                               run["multiple"])
+    grid = plan.grid(region)
     tile_rows, y0, y1 = rows_for_rank(grid, procs.rank, procs.world)
     confidence = bool(procs.shared(writer.wants_confidence if writer is not None else None))
     part = scratch / f"part-{procs.rank:05d}.tif"
@@ -79,7 +88,7 @@ def run_bands(run_tiles: Callable[..., None], reader: Any, region: Any, writer: 
     if y1 > y0:
         band = BandWriter(part, y0, y1, region.width, confidence)
         try:
-            run_tiles(reader, region, band, tile_rows=tile_rows, **run)
+            run_tiles(reader, region, band, plan, tile_rows=tile_rows)
         finally:
             band.close()
         if not band.complete:

@@ -169,12 +169,14 @@ def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def _check_against_torch(module: Any, path: Path, shape: tuple[int, int, int, int],
-                         device: Any) -> float:
+                         device: Any, sess: Any = None) -> float:
     """Largest probability difference between ONNX Runtime (CPU) and PyTorch on random input of
-    ``shape`` (another batch size than the export's example, so the batch axis is checked)."""
+    ``shape`` (another batch size than the export's example, so the batch axis is checked);
+    ``sess``: the graph's session where the caller has one open (no second copy in memory)."""
     import torch
 
-    sess = open_session(import_onnxruntime("checking an exported model"), path)
+    if sess is None:
+        sess = open_session(import_onnxruntime("checking an exported model"), path)
     x = np.random.default_rng(0).uniform(-1.05, 1.05, size=shape).astype(np.float32)
     got = run_session(sess, x)
     with torch.inference_mode():
@@ -184,17 +186,31 @@ def _check_against_torch(module: Any, path: Path, shape: tuple[int, int, int, in
     return float(np.abs(got - want).max())
 
 
-def matches_model(model: Any, path: str | Path, bands: int, tile_h: int, tile_w: int) -> bool:
+def matches_model(model: Any, path: str | Path, bands: int, tile_h: int, tile_w: int,
+                  session: Any = None) -> bool:
     """Whether the graph in ``path`` gives ``model``'s class probabilities (within
     :data:`TOLERANCE`) on random input: how a cached export is checked before it is used, since
-    its metadata alone says nothing about the graph and weights it holds."""
+    its metadata alone says nothing about the graph and weights it holds.
+
+    Args:
+        model: the loaded segmenter.
+        path: the exported graph.
+        bands: the model's input bands.
+        tile_h: the graph's tile height.
+        tile_w: the graph's tile width.
+        session: an ONNX Runtime session of ``path`` the caller already has open (checked
+            instead of opening a second one, which would double the graph's memory).
+
+    Returns:
+        True when the graph runs on such tiles and agrees with the model.
+    """
     import torch
 
     device = next(iter(model.parameters())).device
     try:
         with torch.inference_mode(False), torch.no_grad():
             diff = _check_against_torch(_deployed(model), Path(path),
-                                        (1, bands, tile_h, tile_w), device)
+                                        (1, bands, tile_h, tile_w), device, session)
     except Exception as exc:  # noqa: BLE001 - another graph may fail in many ways on this input
         log.debug("%s does not run on %d x %d tiles: %s", path, tile_w, tile_h, exc)
         return False

@@ -165,13 +165,16 @@ class OnnxForward(Forward):
         if meta.get(onnx_format.DIGEST_KEY) != json.dumps(self.digest):
             log.info("%s was exported from other weights: exporting again", path.name)
             return None
-        if not matches_model(self.model, path, self.cfg.in_channels, tile_h, tile_w):
+        if not matches_model(self.model, path, self.cfg.in_channels, tile_h, tile_w, sess):
             log.info("%s does not give this model's output (another graph or other weights "
                      "under the same name): exporting again", path)
             return None
         return sess
 
     def _session(self, tile_h: int, tile_w: int) -> Any:
+        if self.model is None:
+            raise RuntimeError(f"no session for {tile_w} x {tile_h} px tiles of a forward made "
+                               f"for {self.tile} px tiles")
         path = self.folder / cache_path(self.model_dir, tile_h, tile_w).name
         if path.exists() and not path.is_file():  # not ours to replace: this run only
             log.info("%s is not a file: the ONNX export is kept for this run only", path)
@@ -193,4 +196,6 @@ class OnnxForward(Forward):
         log.info("ONNX Runtime %s, providers %s", self.ort.__version__,
                  ", ".join(sess.get_providers()))
         self.sessions[(tile_h, tile_w)] = sess
+        if self.tile:  # every input is padded to this one size: PyTorch's copy is not needed
+            self.model = None
         return sess

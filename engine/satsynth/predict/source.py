@@ -22,6 +22,8 @@ log = logging.getLogger("satsynth")
 VALUE_SAMPLE_SIDE = 256
 #: Largest ratio between an image's and the training images' value spreads taken as one scale.
 VALUE_SCALE_RATIO = 8.0
+#: Warn when the image's pixel size differs from the model's by more than this fraction.
+RESOLUTION_TOLERANCE = 0.25
 _GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                "int32": "Int32", "float32": "Float32", "float64": "Float64"}
 
@@ -124,6 +126,48 @@ def model_resolution(model_crs: str | None, pixel_size: list[float] | None, imag
     return (px * 111320.0 * math.cos(math.radians(lat)), py * 110574.0)
 
 
+def resolution_scale(src: Any, cfg: Any, image: Path, match: bool,
+                     tolerance: float = RESOLUTION_TOLERANCE) -> tuple[float, float] | None:
+    """Compare the image's pixel size with the model's training pixel size.
+
+    Args:
+        src: the open image.
+        cfg: the segmenter's config (its ``crs`` and ``pixel_size``).
+        image: the image's path, named in messages.
+        match: ``--match-resolution``: resample the image to the model's pixel size.
+        tolerance: warn when the sizes differ by more than this fraction (without ``match``).
+
+    Returns:
+        With ``match``, the ``(x, y)`` factor to resample by (None when they agree within 1%);
+        else None, after a warning when they are far apart.
+    """
+    with quiet_georef_warnings():
+        img = ground_resolution(src.crs, src.transform, src.width, src.height)
+    mod = model_resolution(cfg.crs, cfg.pixel_size, src.crs, src.transform, src.width,
+                           src.height) if img else None
+    if img is None or mod is None:
+        why = ("the image has no CRS" if img is None else
+               "the model does not record its training pixel size and CRS")
+        if match:
+            raise SatSynthError(f"--match-resolution needs both ground resolutions, but {why}",
+                                image)
+        log.debug("resolution check skipped: %s", why)
+        return None
+    diff = max(abs(img[0] / mod[0] - 1.0), abs(img[1] / mod[1] - 1.0))
+    desc = (f"the image's pixels are {img[0]:.3g} x {img[1]:.3g} m, the model was trained on "
+            f"{mod[0]:.3g} x {mod[1]:.3g} m")
+    if match:
+        if diff <= 0.01:
+            log.info("%s: no resampling needed", desc)
+            return None
+        log.info("%s: resampling on the fly", desc)
+        return mod[0] / img[0], mod[1] / img[1]
+    if diff > tolerance:
+        log.warning("%s (%.0f%% apart): predictions may be poor; --match-resolution resamples "
+                    "the image to the model's resolution on the fly", desc, 100 * diff)
+    return None
+
+
 def matched_vrt(src: Any, scale_x: float, scale_y: float) -> Any:
     """A WarpedVRT of ``src`` on the same CRS and bounds with pixels ``scale`` times larger."""
     from affine import Affine
@@ -150,6 +194,10 @@ class TileReader:
         self.indexes = indexes
         self.normalizer = normalizer
         self.path = path
+
+    def on(self, ds: Any) -> TileReader:
+        """A reader of another dataset of the same bands (the image resampled: a WarpedVRT)."""
+        return TileReader(ds, self.indexes, self.normalizer, self.path)
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(data (C, height, width) float32 in [-1, 1], valid (height, width) bool)``."""

@@ -1,10 +1,11 @@
 """Writing the class raster (and confidence raster) row band by row band.
 
-Rows arrive in order, in bands of any height; they are buffered up to the next multiple of the
-GeoTIFF block height and written as whole block rows, so no compressed block is ever rewritten and
-memory stays at about two block rows across the width. Styling: a colour table, the band
-description, class names as band metadata, a GDAL raster attribute table and category names in a
-``.aux.xml`` sidecar, and a QGIS ``.qml`` style (written by the caller with ``write_qml``).
+Rows arrive in order, in bands of any height; they are copied into one block row buffer (the
+GeoTIFF block height across the width) that is written when full, so no compressed block is ever
+rewritten and memory stays at one block row across the width (plus the band being added).
+Styling: a colour table, the band description, class names as band metadata, a GDAL raster
+attribute table and category names in a ``.aux.xml`` sidecar, and a QGIS ``.qml`` style (written
+by the caller with ``write_qml``).
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ class PredictionWriter:
         self.aoi = aoi
         self.vectorizer = vectorizer
         self._block = block_size(height)
-        self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
-        self._pending_rows = 0
+        self._ids: np.ndarray | None = None  # the block row being filled (made on first use)
+        self._confs: np.ndarray | None = None
         self._next_row = 0  # first row not yet received
-        self._written = 0  # first row not yet written
+        self._written = 0  # first row not yet written (the block row's first)
         self._dsets: list[Any] = []
         try:
             with quiet_georef_warnings():
@@ -85,50 +86,52 @@ class PredictionWriter:
                                    "predicted class; 0 = nodata")
 
     def add(self, row: int, ids: np.ndarray, conf: np.ndarray | None = None) -> None:
-        """Receive rows ``row .. row + len(ids)`` (full width, uint8)."""
+        """Receive rows ``row .. row + len(ids)`` (full width, uint8); ``conf`` None writes
+        confidence nodata for them."""
         if row != self._next_row:
             raise ValueError(f"rows must arrive in order: expected {self._next_row}, got {row}")
         if ids.shape[1] != self.width:
             raise ValueError("row bands must span the full width")
-        self._pending.append((ids, conf))
-        self._pending_rows += ids.shape[0]
-        self._next_row += ids.shape[0]
-        end = self._next_row if self._next_row >= self.height else \
-            (self._next_row // self._block) * self._block
-        if end > self._written:
-            self._flush(end)
+        done = 0
+        while done < len(ids):
+            at = self._next_row - self._written
+            if self._ids is None:
+                self._ids = np.empty((self._block, self.width), dtype=np.uint8)
+                if self._conf is not None:
+                    self._confs = np.empty((self._block, self.width), dtype=np.uint8)
+            n = min(len(ids) - done, self._block - at)
+            self._ids[at:at + n] = ids[done:done + n]
+            if self._confs is not None:
+                self._confs[at:at + n] = conf[done:done + n] if conf is not None else 0
+            done += n
+            self._next_row += n
+            if at + n == self._block or self._next_row >= self.height:
+                self._flush(at + n)
 
-    def _flush(self, end: int) -> None:
+    def _flush(self, n: int) -> None:
+        """Write the ``n`` rows of the block row buffer (a whole block row, or the last rows)."""
         from rasterio.transform import Affine
         from rasterio.windows import Window
 
-        ids = np.concatenate([p[0] for p in self._pending]) if len(self._pending) > 1 \
-            else self._pending[0][0]
-        conf = None
-        if self._conf is not None:
-            confs = [p[1] if p[1] is not None else np.zeros_like(p[0]) for p in self._pending]
-            conf = np.concatenate(confs) if len(confs) > 1 else confs[0]
-        n = end - self._written
-        out_ids, out_conf = ids[:n], (conf[:n] if conf is not None else None)
+        assert self._ids is not None
+        out_ids = self._ids[:n]
+        out_conf = self._confs[:n] if self._confs is not None else None
         if self.aoi is not None:
             t = self.transform @ Affine.translation(0, self._written)
             outside = ~self.aoi.inside(t, n, self.width)
-            if outside.any():
-                out_ids = out_ids.copy()
-                out_ids[outside] = IGNORE_INDEX
-                if out_conf is not None:
-                    out_conf = out_conf.copy()
-                    out_conf[outside] = CONFIDENCE_NODATA
+            out_ids[outside] = IGNORE_INDEX
+            if out_conf is not None:
+                out_conf[outside] = CONFIDENCE_NODATA
         win = Window(0, self._written, self.width, n)
         self._cls.write(out_ids, 1, window=win)
         if self._conf is not None and out_conf is not None:
             self._conf.write(out_conf, 1, window=win)
+        self._written += n
         if self.vectorizer is not None:
-            self.vectorizer.add_block(self._written, out_ids, last=end >= self.height)
-        self._written = end
-        rest = self._pending_rows - n
-        self._pending = [(ids[n:], conf[n:] if conf is not None else None)] if rest else []
-        self._pending_rows = rest
+            self.vectorizer.add_block(self._written - n, out_ids,
+                                      last=self._written >= self.height)
+        if self._written >= self.height:
+            self._ids = self._confs = None
 
     @property
     def wants_confidence(self) -> bool:

@@ -87,6 +87,77 @@ def test_blend_weights_are_smooth_and_sum_to_one_across_a_seam():
     np.testing.assert_allclose(r[96:] + r[:32], 1.0, atol=1e-5)
 
 
+def test_streamed_blend_and_block_row_writing_equal_the_whole_raster_in_memory(tmp_path):
+    """What the sliding window writes, cell by cell and block row by block row (bands of ~96
+    rows into 512-row GeoTIFF blocks, across their edges), equals the blend computed over the
+    whole raster in memory, bit for bit: classes (nodata where the input has none, and on the
+    all-nodata tiles that are never run) and confidences."""
+    import torch
+
+    from satsynth.predict.blend import BlendAccumulator, blend_window
+    from satsynth.predict.forward import Forward
+    from satsynth.predict.source import TileReader
+    from satsynth.predict.tiles import run_tiles
+    from satsynth.predict.windows import Region, TilePlan
+    from satsynth.predict.writer import PredictionWriter
+
+    class PixelForward(Forward):
+        """Class probabilities of each pixel's own band values (a softmax of fixed mixes)."""
+
+        name = "pixel"
+        mix = np.random.default_rng(5).normal(0, 2, (len(TABLE), 3)).astype(np.float32)
+
+        def __call__(self, x):  # elementwise only: the same per pixel for any batch
+            logits = sum(self.mix[None, :, c, None, None] * x[:, c:c + 1] for c in range(3))
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            return torch.from_numpy(e / e.sum(1, keepdims=True))
+
+    h, w, tile, overlap = 1100, 230, 128, 32
+    img, _ = brightness_image(h, w, seed=4)
+    img[:, 300:460, :] = 0  # nodata rows: whole tiles with nothing to predict are not run
+    img[:, 700:720, 40:90] = 0
+    path = write_raster(tmp_path / "img.tif", img, nodata=0)
+    cpu = torch.device("cpu")
+    plan = TilePlan(forward=PixelForward(), device=cpu, num_classes=len(TABLE), tile=tile,
+                    overlap=overlap, batch=3, multiple=1, lut=TABLE.index_to_id_lut())
+    norm = Normalizer([0.0] * 3, [255.0] * 3)
+    region = Region(0, 0, h, w)
+    with rasterio.open(path) as src, torch.inference_mode():
+        reader = TileReader(src, [1, 2, 3], norm, path)
+        writer = PredictionWriter(tmp_path / "pred.tif", width=w, height=h, crs=src.crs,
+                                  transform=src.transform, confidence_path=tmp_path / "c.tif")
+        run_tiles(reader, region, writer, plan)
+        writer.close()
+        assert writer.complete
+        # the same tiles blended over the whole raster at once
+        grid = plan.grid(region)
+        window = blend_window(grid.tile_h, grid.tile_w, overlap)
+        acc = np.zeros((len(TABLE), h, w), np.float32)
+        seen = np.zeros((h, w), bool)
+        valid_all = np.zeros((h, w), bool)
+        for _, _, y, x in grid.tiles():
+            data, valid = reader.read(y, x, grid.tile_h, grid.tile_w)
+            th, tw = min(grid.tile_h, h - y), min(grid.tile_w, w - x)
+            if not valid[:th, :tw].any():
+                continue
+            probs = (plan.forward(data[None])[0] * torch.from_numpy(window)).numpy()
+            acc[:, y:y + th, x:x + tw] += probs[:, :th, :tw]
+            seen[y:y + th, x:x + tw] = True
+            valid_all[y:y + th, x:x + tw] = valid[:th, :tw]
+    sums = BlendAccumulator(grid, len(TABLE))
+    want_ids = TABLE.index_to_id_lut()[acc.argmax(0).astype(np.uint8)]
+    top = acc.max(0) / np.outer(sums.sum_y, sums.sum_x)
+    want_conf = np.clip(np.rint(top * 255.0), 1, 255).astype(np.uint8)
+    nodata = ~(seen & valid_all)
+    want_ids[nodata], want_conf[nodata] = 255, 0
+    with rasterio.open(tmp_path / "pred.tif") as ds, rasterio.open(tmp_path / "c.tif") as cs:
+        assert ds.block_shapes[0][0] == 512  # bands of ~96 rows cross block rows
+        got_ids, got_conf = ds.read(1), cs.read(1)
+    assert (got_ids == 255).sum() > 160 * w and len(np.unique(want_ids)) >= 3
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_conf, want_conf)
+
+
 def test_tiled_prediction_with_overlap_equals_one_pass(tmp_path):
     """Seamless: a fully convolutional model tiled with overlap == the whole image at once."""
     img, _ = brightness_image(700, 900, seed=3)
