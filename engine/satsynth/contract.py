@@ -6,8 +6,10 @@
   devices, budgets, variants, layouts, runtimes...);
 - the option declarations of the stages (dataclasses with their defaults), from which the CLI
   parsers, the engine's option classes and the plugin's defaults derive;
-- the output folder kinds and the markers that recognise them;
-- the event names of the progress protocol (``--progress json``).
+- the output folder kinds and the markers that recognise them, and where a class output's QGIS
+  style lies;
+- the progress protocol (``--progress json``): its event names, the CLI's exit codes, the
+  prefixes of its last stderr line and the format of its log lines on stderr.
 
 Standard library only: the engine imports it as ``satsynth.contract``; the plugin, which must not
 import the engine's package (it pulls the deep-learning stack), loads this same file by its path
@@ -682,3 +684,20 @@ EXIT_CANCELLED = 130
 CLI_ERROR = "satsynth: error: "
 CLI_INTERNAL_ERROR = "satsynth: internal error: "
 CLI_CANCELLED = "satsynth: cancelled"
+
+#: The engine's log on stderr: one ``LEVEL: message`` line per record, ``LEVEL`` one of logging's
+#: level names (a record's further lines, a traceback's, follow as they are). Any other stderr
+#: line (the CLI's last line above, a library's warning, a traceback) is not a log line.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_SEPARATOR = ": "
+
+
+def format_log_line(level: str, message: str) -> str:
+    """One log record as the engine writes it on stderr: ``LEVEL: message``."""
+    return f"{level}{LOG_SEPARATOR}{message}"
+
+
+def parse_log_line(line: str) -> tuple[str, str] | None:
+    """``(level, message)`` of a line :func:`format_log_line` wrote; None for any other line."""
+    level, sep, message = line.partition(LOG_SEPARATOR)
+    return (level, message) if sep and level in LOG_LEVELS else None
