@@ -551,6 +551,18 @@ FILE_KIND = "file"
 #: dataset metadata, a comment in a ``.qml``; an ONNX export carries ``satsynth_*`` metadata):
 #: only a file with it may be replaced by a new output.
 OUTPUT_MARK = "SATSYNTH_OUTPUT"
+#: The QGIS style SatSynth writes beside a class output (a class raster, class polygons, a label
+#: mosaic): the output's name with this suffix, which is where QGIS itself looks for a layer's
+#: default style.
+STYLE_SUFFIX = ".qml"
+
+
+def style_path(output: str | Path) -> Path:
+    """The style of the class output ``output`` (``pred.tif`` -> ``pred.qml``; ``pred.gpkg``
+    -> ``pred.qml`` too: a prediction's raster and polygons of one name share it)."""
+    return Path(output).with_suffix(STYLE_SUFFIX)
+
+
 #: What marks a chip store (a dataset, or a synthetic set with ``"synthetic": true``).
 DATASET_MARKER = "dataset.json"
 DATASET_FORMAT = "satsynth-chips"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from satsynth import progress
-from satsynth.contract import PredictFields
+from satsynth.contract import PredictFields, style_path
 from satsynth.data.classes import write_qml
 from satsynth.distributed import Processes, processes
 from satsynth.errors import SatSynthError
@@ -158,17 +158,21 @@ def predict_raster(model_dir: str | Path, image: str | Path, out: str | Path, *,
         # temporary outputs, renamed onto the final paths only when everything is done
         tmp_out = stack.enter_context(atomic_path(out))
         tmp_aux = stack.enter_context(atomic_path(out.with_name(out.name + ".aux.xml")))
-        qml = out.with_suffix(".qml")
+        qml = style_path(out)
         tmp_qml = stack.enter_context(atomic_path(qml))
         tmp_conf = stack.enter_context(atomic_path(conf_path)) if conf_path else None
         tmp_vec = stack.enter_context(atomic_path(vec_path)) if vec_path else None
+        vec_qml = style_path(vec_path) if vec_path else None  # the raster's, when named alike
+        tmp_vec_qml = (stack.enter_context(atomic_path(vec_qml))
+                       if vec_qml and vec_qml.resolve() != qml.resolve() else None)
         work = stack.enter_context(temp_dir(out, "work"))
 
         vectorizer = None
         if tmp_vec is not None:
             vectorizer = StreamingVectorizer(tmp_vec, crs=src.crs, transform=out_transform,
                                              table=table, layer=vec_path.stem,  # type: ignore[union-attr]
-                                             simplify=simplify, min_area=min_area)
+                                             simplify=simplify, min_area=min_area,
+                                             style=tmp_vec_qml)
         cls_target = work / "prediction.tif" if cog else tmp_out
         conf_target = (work / "confidence.tif" if cog else tmp_conf) if tmp_conf else None
         writer = PredictionWriter(cls_target, width=region.width, height=region.height,
@@ -217,7 +221,7 @@ def _check_paths(image: Path, out: Path, conf: Path | None, vec: Path | None,
         raise SatSynthError("the confidence raster is written as GeoTIFF: use a .tif name", conf)
     if vec is not None and vec.suffix.lower() != ".gpkg":
         raise SatSynthError("polygons are written to a GeoPackage: use a .gpkg name", vec)
-    for p in (out, out.with_suffix(".qml"), conf, vec):
+    for p in (out, style_path(out), conf, vec, style_path(vec) if vec else None):
         if p is not None:
             check_output(p, "file", inputs=inputs)
 
