@@ -50,12 +50,16 @@ class EngineNotFound(QgsProcessingException):
 
 
 class EngineError(QgsProcessingException):
-    """The engine ran and failed; the message is the engine's own error message."""
+    """The engine ran and failed: ``message`` says so for the user (naming the command),
+    ``engine_message`` is the engine's own error message, as its protocol's "error" event
+    carried it (None when the engine reported none: it crashed or was killed)."""
 
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
+    def __init__(self, message: str, exit_code: int | None = None,
+                 engine_message: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+        self.engine_message = engine_message
 
 
 class EngineCancelled(EngineError):
@@ -295,7 +299,7 @@ class _Relay:
         if not line.strip():
             return
         self.log_tail.append(line)
-        level, _, rest = line.partition(": ")
+        level, rest = contract.parse_log_line(line) or ("", line)
         if level == "INFO":
             self._push("pushInfo", rest)
         elif level == "DEBUG":
@@ -368,10 +372,10 @@ def run_engine(args: Sequence[str], feedback: QgsFeedback | None = None, *,
     seconds = time.monotonic() - start
     tail = list(relay.log_tail)
     if finished.cancelled:
-        raise EngineCancelled("Cancelled: the SatSynth engine was stopped.", code)
+        raise EngineCancelled("Cancelled: the SatSynth engine was stopped.", code, relay.error)
     if code == 0 and relay.outputs is not None:
         return RunResult(relay.outputs, argv, seconds, tail)
-    raise EngineError(_failure_message(args, code, relay, tail), code)
+    raise EngineError(_failure_message(args, code, relay, tail), code, relay.error)
 
 
 def _failure_message(args: Sequence[str], code: int | None, relay: _Relay, tail: list[str]) -> str:

@@ -1,4 +1,7 @@
-"""Class styles for the layers the engine writes (paletted renderer with class names/colours)."""
+"""Styles for the layers the engine writes: each class output (a class raster, class polygons,
+a label mosaic) has the style the engine wrote beside it (``contract.style_path``: class names
+and colours, a paletted renderer for rasters, categorized by class for polygons), which the
+plugin only loads; chip footprints are outlined by split."""
 
 from __future__ import annotations
 
@@ -18,25 +21,42 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from .contract import contract
+
 #: Outline colours of chip footprints by split.
 SPLIT_COLORS = {"train": "#1f78b4", "val": "#ff7f00"}
 
 
 def sidecar_qml(path: str | Path) -> Path:
-    """The ``.qml`` next to a raster (``pred.tif`` -> ``pred.qml``)."""
-    return Path(path).with_suffix(".qml")
+    """The style the engine writes beside the class output ``path`` (``pred.tif`` ->
+    ``pred.qml``), by the contract's rule."""
+    return contract.style_path(path)
 
 
-def apply_class_style(layer: QgsMapLayer, qml: str | Path | None = None) -> bool:
-    """Style a class raster: from ``qml`` (the engine's style with class names), else from the
-    raster's own colour table. Returns True when a paletted style was applied."""
-    if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+def layer_file(layer: QgsMapLayer) -> str:
+    """The file a layer shows (its source without sub-layer or open options)."""
+    return layer.source().split("|")[0]
+
+
+def apply_class_style(layer: QgsMapLayer) -> bool:
+    """Style a class layer the engine wrote with the style beside its file (see
+    :func:`sidecar_qml`); a class raster without one is shown with its own colour table. Returns
+    True when a class style was applied."""
+    if not isinstance(layer, (QgsRasterLayer, QgsVectorLayer)) or not layer.isValid():
         return False
-    if qml is not None and Path(qml).is_file():
+    qml = sidecar_qml(layer_file(layer))
+    if qml.is_file():
         _msg, ok = layer.loadNamedStyle(str(qml))
-        if ok and isinstance(layer.renderer(), QgsPalettedRasterRenderer):
+        if ok and isinstance(layer.renderer(), (QgsPalettedRasterRenderer,
+                                                QgsCategorizedSymbolRenderer)):
             layer.triggerRepaint()
             return True
+    return isinstance(layer, QgsRasterLayer) and _colour_table_style(layer)
+
+
+def _colour_table_style(layer: QgsRasterLayer) -> bool:
+    """A paletted renderer from the raster's own colour table (without its transparent nodata
+    entry)."""
     provider = layer.dataProvider()
     table = provider.colorTable(1) if provider is not None else []
     if not table:
@@ -65,24 +85,21 @@ def apply_split_style(layer: QgsMapLayer) -> bool:
 
 
 class ClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Applies the class style once Processing has loaded a class raster into the project."""
+    """Applies the class style (:func:`apply_class_style`) once Processing, or the dock, has
+    loaded a class raster or class polygons into the project."""
 
     # Processing keeps only a C++ pointer: the Python objects must outlive the algorithm run.
     _alive: deque = deque(maxlen=256)
 
-    def __init__(self, qml: str | Path | None) -> None:
-        super().__init__()
-        self.qml = str(qml) if qml else None
-
     def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> None:
-        if not apply_class_style(layer, self.qml) and feedback is not None:
+        if not apply_class_style(layer) and feedback is not None:
             feedback.pushInfo(f"No class style found for {layer.name()}")
 
     @classmethod
-    def create(cls, qml: str | Path | None) -> ClassStylePostProcessor:
+    def create(cls) -> ClassStylePostProcessor:
         """A post-processor kept alive for the rest of the session."""
-        pp = cls(qml)
+        pp = cls()
         cls._alive.append(pp)
         return pp
 
@@ -100,42 +117,5 @@ class ChipSplitPostProcessor(QgsProcessingLayerPostProcessorInterface):
     def create(cls) -> ChipSplitPostProcessor:
         """A post-processor kept alive for the rest of the session."""
         pp = cls()
-        cls._alive.append(pp)
-        return pp
-
-
-def apply_vector_class_style(layer: QgsMapLayer, classes: list[dict]) -> bool:
-    """Fill class polygons with their class colour (categorized on ``class_id``)."""
-    if not isinstance(layer, QgsVectorLayer) or layer.fields().indexOf("class_id") < 0:
-        return False
-    categories = []
-    for c in classes:
-        symbol = QgsFillSymbol.createSimple({"color": str(c.get("color", "#888888")),
-                                             "outline_style": "no"})
-        categories.append(QgsRendererCategory(int(c["id"]), symbol, str(c.get("name", c["id"]))))
-    if not categories:
-        return False
-    layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
-    layer.triggerRepaint()
-    return True
-
-
-class VectorClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Styles class polygons by class once Processing has loaded them."""
-
-    _alive: deque = deque(maxlen=256)
-
-    def __init__(self, classes: list[dict]) -> None:
-        super().__init__()
-        self.classes = list(classes)
-
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,
-                         feedback: QgsProcessingFeedback) -> None:
-        apply_vector_class_style(layer, self.classes)
-
-    @classmethod
-    def create(cls, classes: list[dict]) -> VectorClassStylePostProcessor:
-        """A post-processor kept alive for the rest of the session."""
-        pp = cls(classes)
         cls._alive.append(pp)
         return pp

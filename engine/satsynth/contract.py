@@ -6,8 +6,10 @@
   devices, budgets, variants, layouts, runtimes...);
 - the option declarations of the stages (dataclasses with their defaults), from which the CLI
   parsers, the engine's option classes and the plugin's defaults derive;
-- the output folder kinds and the markers that recognise them;
-- the event names of the progress protocol (``--progress json``).
+- the output folder kinds and the markers that recognise them, and where a class output's QGIS
+  style lies;
+- the progress protocol (``--progress json``): its event names, the CLI's exit codes, the
+  prefixes of its last stderr line and the format of its log lines on stderr.
 
 Standard library only: the engine imports it as ``satsynth.contract``; the plugin, which must not
 import the engine's package (it pulls the deep-learning stack), loads this same file by its path
@@ -592,6 +594,18 @@ FILE_KIND = "file"
 #: dataset metadata, a comment in a ``.qml``; an ONNX export carries ``satsynth_*`` metadata):
 #: only a file with it may be replaced by a new output.
 OUTPUT_MARK = "SATSYNTH_OUTPUT"
+#: The QGIS style SatSynth writes beside a class output (a class raster, class polygons, a label
+#: mosaic): the output's name with this suffix, which is where QGIS itself looks for a layer's
+#: default style.
+STYLE_SUFFIX = ".qml"
+
+
+def style_path(output: str | Path) -> Path:
+    """The style of the class output ``output`` (``pred.tif`` -> ``pred.qml``; ``pred.gpkg``
+    -> ``pred.qml`` too: a prediction's raster and polygons of one name share it)."""
+    return Path(output).with_suffix(STYLE_SUFFIX)
+
+
 #: What marks a chip store (a dataset, or a synthetic set with ``"synthetic": true``).
 DATASET_MARKER = "dataset.json"
 DATASET_FORMAT = "satsynth-chips"
@@ -725,3 +739,20 @@ EXIT_CANCELLED = 130
 CLI_ERROR = "satsynth: error: "
 CLI_INTERNAL_ERROR = "satsynth: internal error: "
 CLI_CANCELLED = "satsynth: cancelled"
+
+#: The engine's log on stderr: one ``LEVEL: message`` line per record, ``LEVEL`` one of logging's
+#: level names (a record's further lines, a traceback's, follow as they are). Any other stderr
+#: line (the CLI's last line above, a library's warning, a traceback) is not a log line.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_SEPARATOR = ": "
+
+
+def format_log_line(level: str, message: str) -> str:
+    """One log record as the engine writes it on stderr: ``LEVEL: message``."""
+    return f"{level}{LOG_SEPARATOR}{message}"
+
+
+def parse_log_line(line: str) -> tuple[str, str] | None:
+    """``(level, message)`` of a line :func:`format_log_line` wrote; None for any other line."""
+    level, sep, message = line.partition(LOG_SEPARATOR)
+    return (level, message) if sep and level in LOG_LEVELS else None

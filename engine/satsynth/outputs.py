@@ -38,7 +38,14 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from satsynth.contract import FILE_KIND, FOLDER_KINDS, OUTPUT_MARK, is_kind, output_kind
+from satsynth.contract import (
+    FILE_KIND,
+    FOLDER_KINDS,
+    OUTPUT_MARK,
+    is_kind,
+    output_kind,
+    style_path,
+)
 from satsynth.errors import SatSynthError
 from satsynth.io import TEMP_MARKER
 
@@ -121,9 +128,9 @@ def input_files(path: PathLike, depth: int = 3) -> set[Path]:
 
 def own_files(out: Path) -> list[Path]:
     """The files a single-file output writes beside itself: GDAL's ``.aux.xml``, the ``.qml``
-    style predict writes beside a raster, a GeoPackage's journal files."""
+    style predict writes beside a raster or polygons, a GeoPackage's journal files."""
     return [out.with_name(out.name + s) for s in (".aux.xml", "-wal", "-shm", "-journal")] + (
-        [out.with_suffix(".qml")] if out.suffix.lower() in (".tif", ".tiff") else [])
+        [style_path(out)] if out.suffix.lower() in (".tif", ".tiff", ".gpkg") else [])
 
 
 def _check_inputs(out: Path, given: PathLike, inputs: Iterable[PathLike | None],

@@ -18,7 +18,13 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from satsynth.contract import EVENT_DONE, EVENT_ERROR, EVENT_PROGRESS, PROGRESS_MODES
+from satsynth.contract import (
+    EVENT_DONE,
+    EVENT_ERROR,
+    EVENT_PROGRESS,
+    PROGRESS_MODES,
+    format_log_line,
+)
 from satsynth.errors import Cancelled
 
 T = TypeVar("T")
@@ -190,10 +196,18 @@ def track(items: Iterable[T], stage: str, total: int | None = None, unit: str = 
             t.update(1)
 
 
+class _LogLineFormatter(logging.Formatter):
+    """A record as the contract's log line (``LEVEL: message``, the plugin parses it with
+    ``contract.parse_log_line``); a traceback, when the record has one, follows it."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return format_log_line(record.levelname, record.getMessage())
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Send the engine's log to stderr as plain lines (the plugin relays them)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setFormatter(_LogLineFormatter())
     root = logging.getLogger("satsynth")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -176,7 +176,7 @@ class SatSynthAlgorithm(QgsProcessingAlgorithm):
             runner.run_engine(args, None)
         except runner.EngineError as exc:
             if exc.exit_code == contract.EXIT_REFUSED:
-                return str(exc).split(" failed: ", 1)[-1]
+                return exc.engine_message or str(exc)
         except QgsProcessingException:  # no engine: the run itself will say so
             pass
         return ""

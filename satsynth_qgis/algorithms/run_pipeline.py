@@ -170,9 +170,8 @@ class RunPipeline(SatSynthAlgorithm):
             "OVERLAP": self.parameterAsInt(parameters, "OVERLAP", context),
             "DEVICE": device, "OUTPUT": str(prediction)}, "segment the raster")["OUTPUT"]
         multi.setCurrentStep(steps)
-        style = Path(predicted).with_suffix(".qml")
         self.load_on_completion(context, predicted, self.tr("Prediction"), "PREDICTION",
-                                raster=True, post_processor=ClassStylePostProcessor.create(style))
+                                raster=True, post_processor=ClassStylePostProcessor.create())
         results.update({"OUTPUT_FOLDER": str(root), "SEGMENTER": segmenter["MODEL"],
                         "MIOU": report.get("MIOU"), "REPORT_HTML": report.get("REPORT_HTML"),
                         "PREDICTION": predicted})

@@ -25,7 +25,7 @@ from qgis.core import (
 from .. import compat, layers
 from ..contract import contract
 from ..folders import model_config
-from ..styling import ClassStylePostProcessor, VectorClassStylePostProcessor
+from ..styling import ClassStylePostProcessor
 from .base import AlgorithmInfo, SatSynthAlgorithm, tiling_bounds
 
 
@@ -138,13 +138,10 @@ class SegmentRaster(SatSynthAlgorithm):
 
         outputs = self.engine(args, feedback)
         prediction = str(outputs.get("prediction") or out)
-        if context.willLoadLayerOnCompletion(prediction):
-            details = context.layerToLoadOnCompletionDetails(prediction)
-            details.setPostProcessor(ClassStylePostProcessor.create(outputs.get("style")))
-        if vector and context.willLoadLayerOnCompletion(vector):
-            classes = model_config(Path(model)).get("classes", {}).get("classes", [])
-            details = context.layerToLoadOnCompletionDetails(vector)
-            details.setPostProcessor(VectorClassStylePostProcessor.create(classes))
+        for layer in (prediction, vector):  # styled with the style the engine wrote
+            if layer and context.willLoadLayerOnCompletion(layer):
+                details = context.layerToLoadOnCompletionDetails(layer)
+                details.setPostProcessor(ClassStylePostProcessor.create())
         results = {"OUTPUT": prediction}
         if confidence:
             results["OUTPUT_CONFIDENCE"] = str(outputs.get("confidence") or confidence)

@@ -143,8 +143,7 @@ class Synthesize(SatSynthAlgorithm):
         if files["LABELS"]:
             self.load_on_completion(context, files["LABELS"], self.tr("Synthetic labels"),
                                     "LABELS", raster=True,
-                                    post_processor=ClassStylePostProcessor.create(
-                                        outputs.get("labels_qml")))
+                                    post_processor=ClassStylePostProcessor.create())
         footprints = str(Path(outputs.get("synthetic") or out) / "chips.gpkg")
         if Path(footprints).is_file():
             self.load_on_completion(context, footprints, self.tr("Synthetic pair footprints"),

@@ -3,12 +3,11 @@
 Processing algorithms list the layers to load in the context (``layersToLoadOnCompletion``), with
 an optional post-processor that styles them by class. The toolbox loads them at the top of the
 layer tree; the dock loads them into the run's group instead, replacing the layers of an earlier
-run of the same stage (same file), and applies the class style.
+run of the same stage (same file), and runs their post-processors as the toolbox does (which
+style class layers with the engine's style).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from qgis.core import (
     QgsLayerTreeGroup,
@@ -17,7 +16,6 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingUtils,
     QgsProject,
-    QgsRasterLayer,
 )
 
 
@@ -30,26 +28,12 @@ def run_group(project: QgsProject, name: str) -> QgsLayerTreeGroup:
     return group
 
 
-def _source_path(layer: QgsMapLayer) -> str:
-    return layer.source().split("|")[0]
-
-
 def _remove_same_source(group: QgsLayerTreeGroup, project: QgsProject, layer: QgsMapLayer) -> None:
     """Drop layers of an earlier run that show the same file (and sub-layer)."""
     for node in group.findLayers():
         old = node.layer()
         if old is not None and old.id() != layer.id() and old.source() == layer.source():
             project.removeMapLayer(old.id())
-
-
-def _sidecar_style(layer: QgsMapLayer) -> None:
-    """Class rasters the engine writes carry a .qml with class names and colours."""
-    if not isinstance(layer, QgsRasterLayer):
-        return
-    qml = Path(_source_path(layer)).with_suffix(".qml")
-    if qml.is_file():
-        layer.loadNamedStyle(str(qml))
-        layer.triggerRepaint()
 
 
 def load_result_layers(context: QgsProcessingContext, feedback: QgsProcessingFeedback | None,
@@ -76,8 +60,7 @@ def load_result_layers(context: QgsProcessingContext, feedback: QgsProcessingFee
         _remove_same_source(group, project, layer)
         project.addMapLayer(layer, False)
         group.insertLayer(len(loaded), layer)
-        _sidecar_style(layer)
-        post = details.postProcessor()
+        post = details.postProcessor()  # the class style, as in the toolbox
         if post is not None:
             post.postProcessLayer(layer, context, feedback)
         loaded.append(layer)

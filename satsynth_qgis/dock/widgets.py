@@ -47,8 +47,25 @@ def build_panel(dock: QDockWidget) -> None:
     and lay them out; the panel connects them to what they do."""
     body = QWidget()
     outer = QVBoxLayout(body)
+    _add_engine_status(dock, outer)
+    outer.addWidget(_inputs_box(dock))
+    classes = QGroupBox("Classes")
+    dock.class_table = ClassTableWidget()
+    QVBoxLayout(classes).addWidget(dock.class_table)
+    outer.addWidget(classes)
+    outer.addWidget(_run_box(dock))
+    outer.addWidget(_stages_box(dock))
+    outer.addWidget(_progress_box(dock))
+    outer.addStretch(1)
 
-    # engine status
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(body)
+    dock.setWidget(scroll)
+
+
+def _add_engine_status(dock: QDockWidget, outer: QVBoxLayout) -> None:
+    """The engine's status line, with Check and Set up engine."""
     engine_row = QHBoxLayout()
     engine_row.addStretch(1)
     dock.engine_label = _label("engineStatus", "Engine: checking…")
@@ -61,7 +78,9 @@ def build_panel(dock: QDockWidget) -> None:
     outer.addWidget(dock.engine_label)
     outer.addLayout(engine_row)
 
-    # inputs
+
+def _inputs_box(dock: QDockWidget) -> QGroupBox:
+    """Inputs: the image, and the labels as a raster or as polygons with a class field."""
     inputs = QGroupBox("Inputs")
     form = QFormLayout(inputs)
     dock.image_combo = _layer_combo("imageLayer", RASTER)
@@ -83,15 +102,11 @@ def build_panel(dock: QDockWidget) -> None:
     dock.field_combo = QgsFieldComboBox()
     dock.field_combo.setObjectName("classField")
     form.addRow("Class field", dock.field_combo)
-    outer.addWidget(inputs)
+    return inputs
 
-    # classes
-    classes = QGroupBox("Classes")
-    dock.class_table = ClassTableWidget()
-    QVBoxLayout(classes).addWidget(dock.class_table)
-    outer.addWidget(classes)
 
-    # run
+def _run_box(dock: QDockWidget) -> QGroupBox:
+    """Run: output folder, run name, preset and the Advanced section."""
     run = QGroupBox("Run")
     rform = QFormLayout(run)
     dock.output_widget = _folder_widget("outputFolder")
@@ -110,9 +125,11 @@ def build_panel(dock: QDockWidget) -> None:
     dock.advanced_box.setCollapsed(True)
     _build_advanced(dock, dock.advanced_box)
     rform.addRow(dock.advanced_box)
-    outer.addWidget(run)
+    return run
 
-    # stages
+
+def _stages_box(dock: QDockWidget) -> QGroupBox:
+    """Stages: a button per stage, the Segment box, and Run all."""
     stages = QGroupBox("Stages")
     grid = QGridLayout(stages)
     dock.buttons: dict[str, QPushButton] = {}
@@ -123,6 +140,15 @@ def build_panel(dock: QDockWidget) -> None:
         "Trains a segmenter per synthetic ratio R and seed (Advanced: experiment ratios, "
         "seeds, budget, real fraction) and compares each with real chips only; the report "
         "opens when done. Cancel keeps the finished runs: run it again to resume.")
+    grid.addWidget(_segment_box(dock), 3, 0, 1, 2)
+    grid.addWidget(_stage_button(
+        dock, "run_all", "Prepare, train the generator, synthesize, train the segmenter and "
+        "segment the image, as one algorithm (Run full pipeline)"), 4, 0, 1, 2)
+    return stages
+
+
+def _segment_box(dock: QDockWidget) -> QGroupBox:
+    """Segment: the raster, the area, the model, and the Segment and Export buttons."""
     seg_box = QGroupBox("Segment")
     sform = QFormLayout(seg_box)
     dock.segment_combo = _layer_combo("segmentLayer", RASTER)
@@ -141,13 +167,11 @@ def build_panel(dock: QDockWidget) -> None:
     sform.addRow(_stage_button(
         dock, "export", "Write the segmenter as an ONNX model beside its folder (SEGMENTER.onnx), "
         "with the metadata Deepness reads (Export segmenter to ONNX)"))
-    grid.addWidget(seg_box, 3, 0, 1, 2)
-    grid.addWidget(_stage_button(
-        dock, "run_all", "Prepare, train the generator, synthesize, train the segmenter and "
-        "segment the image, as one algorithm (Run full pipeline)"), 4, 0, 1, 2)
-    outer.addWidget(stages)
+    return seg_box
 
-    # progress
+
+def _progress_box(dock: QDockWidget) -> QGroupBox:
+    """Progress: the stage's text, the bar with Cancel, the time and the log."""
     prog = QGroupBox("Progress")
     pl = QVBoxLayout(prog)
     dock.stage_label = _label("stageText", "Idle")
@@ -171,13 +195,7 @@ def build_panel(dock: QDockWidget) -> None:
     dock.log.setMaximumBlockCount(5000)
     dock.log.setMinimumHeight(120)
     pl.addWidget(dock.log)
-    outer.addWidget(prog)
-    outer.addStretch(1)
-
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setWidget(body)
-    dock.setWidget(scroll)
+    return prog
 
 
 def _label(name: str, text: str) -> QLabel:
@@ -216,102 +234,130 @@ def _stage_button(dock: QDockWidget, stage: str, tip: str = "") -> QPushButton:
     return button
 
 
+#: The Advanced section's row labels, by :class:`StageSettings` field.
+ADVANCED_LABELS = {
+    "chip_size": "Chip size", "stride": "Stride", "val_fraction": "Validation share",
+    "recipe": "Generator recipe",
+    "generator_size": "Generator size", "generator_steps": "Generator steps",
+    "batch_size": "Batch size", "synth_count": "Synthetic pairs",
+    "sampler": "Sampler", "sampler_steps": "Sampler steps", "upsampler": "Upsampler",
+    "arch": "Architecture", "encoder": "Encoder",
+    "pretrained": "Pretrained weights", "torchgeo_weights": "TorchGeo weights",
+    "encoder_weights": "Encoder weights file", "epochs": "Epochs",
+    "synthetic_ratio": "Synthetic ratio", "mixed_precision": "Mixed precision",
+    "experiment_ratios": "Experiment ratios", "experiment_seeds": "Experiment seeds",
+    "experiment_budget": "Experiment budget", "real_fraction": "Real fraction",
+    "device": "Device",
+    "tile": "Tile", "overlap": "Overlap", "seed": "Seed"}
+
+
 def _build_advanced(dock: QDockWidget, box: QgsCollapsibleGroupBox) -> None:
     """The Advanced section: one widget per :class:`StageSettings` field, in ``dock.adv``."""
     form = QFormLayout(box)
-    dock.adv: dict[str, QWidget] = {}
+    dock.adv: dict[str, QWidget] = {**_data_widgets(), **_segmenter_widgets(),
+                                    **_run_widgets()}
+    for name, w in dock.adv.items():
+        w.setObjectName(f"adv_{name}")
+        form.addRow(ADVANCED_LABELS[name], w)
+    # the engine takes strides between 1 and the chip size, overlaps below the tile size
+    dock.adv["chip_size"].valueChanged.connect(dock.adv["stride"].setMaximum)
+    dock.adv["tile"].valueChanged.connect(lambda v: dock.adv["overlap"].setMaximum(v // 2))
 
-    def spin(name: str, lo: int, hi: int, step: int = 1, tip: str = "") -> None:
-        w = QSpinBox()
-        w.setRange(lo, hi)
-        w.setSingleStep(step)
-        w.setToolTip(tip)
-        dock.adv[name] = w
 
-    def dspin(name: str, lo: float, hi: float, step: float, tip: str = "") -> None:
-        w = QDoubleSpinBox()
-        w.setRange(lo, hi)
-        w.setSingleStep(step)
-        w.setDecimals(2)
-        w.setToolTip(tip)
-        dock.adv[name] = w
+def _spin(lo: int, hi: int, step: int = 1, tip: str = "") -> QSpinBox:
+    w = QSpinBox()
+    w.setRange(lo, hi)
+    w.setSingleStep(step)
+    w.setToolTip(tip)
+    return w
 
-    def combo(name: str, items: list[str], tip: str = "") -> None:
-        w = QComboBox()
-        w.addItems(items)
-        w.setToolTip(tip)
-        dock.adv[name] = w
 
-    spin("chip_size", 32, 1024, 32, "Chip size in pixels (a multiple of 32)")
-    spin("stride", 8, 1024, 8, "Distance between chips; smaller than the size overlaps them")
-    dspin("val_fraction", 0.0, 0.9, 0.05, "Share of chips kept for validation")
-    combo("recipe", list(params.RECIPES),
-          "Generator recipe: default, or paper (SatSynth as published: base UNet, 128 px "
-          "chips, epsilon, linear schedule, unconditional, DDPM sampling; a GPU)")
-    combo("generator_size", list(params.GENERATOR_SIZES), "Size of the diffusion model")
-    spin("generator_steps", 1, 10_000_000, 100, "Generator training steps")
-    spin("batch_size", 1, 1024, 1, "Chips per training step")
-    spin("synth_count", 1, 1_000_000, 16, "Synthetic image-mask pairs to sample")
-    combo("sampler", list(params.SAMPLERS), "Diffusion sampler")
-    spin("sampler_steps", 1, 1000, 5, "Denoising steps per sample")
+def _dspin(lo: float, hi: float, step: float, tip: str = "") -> QDoubleSpinBox:
+    w = QDoubleSpinBox()
+    w.setRange(lo, hi)
+    w.setSingleStep(step)
+    w.setDecimals(2)
+    w.setToolTip(tip)
+    return w
+
+
+def _combo(items: list[str], tip: str = "") -> QComboBox:
+    w = QComboBox()
+    w.addItems(items)
+    w.setToolTip(tip)
+    return w
+
+
+def _data_widgets() -> dict[str, QWidget]:
+    """Chips, the generator and synthesis."""
     upsampler = QgsFileWidget()
     upsampler.setStorageMode(QgsFileWidget.GetDirectory)
     upsampler.setToolTip("Synthesize: an upsampler folder (Train upsampler in the "
                          "toolbox) for the super-resolution cascade; empty: none")
-    dock.adv["upsampler"] = upsampler
-    combo("arch", list(params.ARCHITECTURES), "Segmentation architecture")
-    combo("encoder", list(params.ENCODERS), "Encoder backbone")
-    combo("pretrained", list(params.PRETRAINED),
-          "The encoder's starting weights: none (random, or the file below), imagenet, or "
-          "torchgeo (the TorchGeo weights named below); downloaded once into their cache (Set up "
-          "engine can fetch them)")
+    return {
+        "chip_size": _spin(32, 1024, 32, "Chip size in pixels (a multiple of 32)"),
+        "stride": _spin(8, 1024, 8, "Distance between chips; smaller than the size overlaps "
+                        "them"),
+        "val_fraction": _dspin(0.0, 0.9, 0.05, "Share of chips kept for validation"),
+        "recipe": _combo(list(params.RECIPES),
+                         "Generator recipe: default, or paper (SatSynth as published: base UNet, "
+                         "128 px chips, epsilon, linear schedule, unconditional, DDPM sampling; "
+                         "a GPU)"),
+        "generator_size": _combo(list(params.GENERATOR_SIZES), "Size of the diffusion model"),
+        "generator_steps": _spin(1, 10_000_000, 100, "Generator training steps"),
+        "batch_size": _spin(1, 1024, 1, "Chips per training step"),
+        "synth_count": _spin(1, 1_000_000, 16, "Synthetic image-mask pairs to sample"),
+        "sampler": _combo(list(params.SAMPLERS), "Diffusion sampler"),
+        "sampler_steps": _spin(1, 1000, 5, "Denoising steps per sample"),
+        "upsampler": upsampler,
+    }
+
+
+def _segmenter_widgets() -> dict[str, QWidget]:
+    """The segmenter: architecture, encoder and its weights, training."""
     tg = QLineEdit()
     tg.setPlaceholderText(params.TORCHGEO_SUGGESTED)
     tg.setToolTip("With pretrained = torchgeo: TorchGeo's weights name (RGB ResNet weights, "
                   "the encoder they were trained for, e.g. resnet50)")
-    dock.adv["torchgeo_weights"] = tg
     weights = QgsFileWidget()
     weights.setFilter("Weights (*.safetensors *.pth *.pt)")
     weights.setToolTip("A local weights file for the encoder; it is used instead of the "
                        "pretrained choice above. Empty: that choice.")
-    dock.adv["encoder_weights"] = weights
-    spin("epochs", 1, 10_000, 1, "Segmenter training epochs")
-    dspin("synthetic_ratio", 0.0, 10.0, 0.25,
-          "Synthetic pairs per real pair when training the segmenter (R in the paper)")
-    combo("mixed_precision", list(params.MIXED_PRECISION),
-          "Mixed precision for training on a CUDA GPU (ignored on a CPU)")
+    return {
+        "arch": _combo(list(params.ARCHITECTURES), "Segmentation architecture"),
+        "encoder": _combo(list(params.ENCODERS), "Encoder backbone"),
+        "pretrained": _combo(
+            list(params.PRETRAINED),
+            "The encoder's starting weights: none (random, or the file below), imagenet, or "
+            "torchgeo (the TorchGeo weights named below); downloaded once into their cache (Set "
+            "up engine can fetch them)"),
+        "torchgeo_weights": tg,
+        "encoder_weights": weights,
+        "epochs": _spin(1, 10_000, 1, "Segmenter training epochs"),
+        "synthetic_ratio": _dspin(0.0, 10.0, 0.25, "Synthetic pairs per real pair when training "
+                                  "the segmenter (R in the paper)"),
+        "mixed_precision": _combo(list(params.MIXED_PRECISION),
+                                  "Mixed precision for training on a CUDA GPU (ignored on a CPU)"),
+    }
+
+
+def _run_widgets() -> dict[str, QWidget]:
+    """The experiment, the device, segmenting and the seed."""
     ratios = QLineEdit()
     ratios.setToolTip("Experiment: synthetic pairs per real pair R to compare, comma "
                       "separated (0, real only, is always run)")
-    dock.adv["experiment_ratios"] = ratios
-    spin("experiment_seeds", 1, 100, 1, "Experiment: runs per ratio (3+ give an interval)")
-    combo("experiment_budget", list(params.BUDGETS),
-          "Experiment: steps (the same compute for every R), epochs, or converge")
-    dspin("real_fraction", 0.01, 1.0, 0.05,
-          "Experiment: share of the real training chips used (the low-data setting)")
-    combo("device", list(params.DEVICES), "Compute device")
-    spin("tile", 64, 8192, 64, "Tile size when segmenting")
-    spin("overlap", 0, 1024, 8, "Tile overlap when segmenting")
-    spin("seed", 0, 2**31 - 1, 1, "Random seed")
-    labels = {"chip_size": "Chip size", "stride": "Stride", "val_fraction": "Validation share",
-              "recipe": "Generator recipe",
-              "generator_size": "Generator size", "generator_steps": "Generator steps",
-              "batch_size": "Batch size", "synth_count": "Synthetic pairs",
-              "sampler": "Sampler", "sampler_steps": "Sampler steps", "upsampler": "Upsampler",
-              "arch": "Architecture", "encoder": "Encoder",
-              "pretrained": "Pretrained weights", "torchgeo_weights": "TorchGeo weights",
-              "encoder_weights": "Encoder weights file", "epochs": "Epochs",
-              "synthetic_ratio": "Synthetic ratio", "mixed_precision": "Mixed precision",
-              "experiment_ratios": "Experiment ratios", "experiment_seeds": "Experiment seeds",
-              "experiment_budget": "Experiment budget", "real_fraction": "Real fraction",
-              "device": "Device",
-              "tile": "Tile", "overlap": "Overlap", "seed": "Seed"}
-    for name, w in dock.adv.items():
-        w.setObjectName(f"adv_{name}")
-        form.addRow(labels[name], w)
-    # the engine takes strides between 1 and the chip size, overlaps below the tile size
-    dock.adv["chip_size"].valueChanged.connect(dock.adv["stride"].setMaximum)
-    dock.adv["tile"].valueChanged.connect(lambda v: dock.adv["overlap"].setMaximum(v // 2))
+    return {
+        "experiment_ratios": ratios,
+        "experiment_seeds": _spin(1, 100, 1, "Experiment: runs per ratio (3+ give an interval)"),
+        "experiment_budget": _combo(list(params.BUDGETS), "Experiment: steps (the same compute "
+                                    "for every R), epochs, or converge"),
+        "real_fraction": _dspin(0.01, 1.0, 0.05, "Experiment: share of the real training chips "
+                                "used (the low-data setting)"),
+        "device": _combo(list(params.DEVICES), "Compute device"),
+        "tile": _spin(64, 8192, 64, "Tile size when segmenting"),
+        "overlap": _spin(0, 1024, 8, "Tile overlap when segmenting"),
+        "seed": _spin(0, 2**31 - 1, 1, "Random seed"),
+    }
 
 
 def read_advanced(adv: dict[str, QWidget]) -> StageSettings:

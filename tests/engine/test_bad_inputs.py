@@ -616,8 +616,9 @@ def _predict(w: dict[str, Path], image: Path | None = None) -> list[str]:
 
 
 def test_single_file_outputs_replace_only_files_satsynth_wrote(w, tmp_path):
-    """predict's --out, --confidence, --vector (and the .qml it writes beside --out) and
-    export's --out never replace a file another program made; SatSynth's own are replaced."""
+    """predict's --out, --confidence, --vector (and the .qml it writes beside --out and
+    --vector) and export's --out never replace a file another program made; SatSynth's own are
+    replaced."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -637,6 +638,8 @@ def test_single_file_outputs_replace_only_files_satsynth_wrote(w, tmp_path):
             ([*_predict(w), "--out", str(tmp_path / "a.tif"), "--vector", str(mine_gpkg)],
              mine_gpkg),
             ([*_predict(w), "--out", str(tmp_path / "styled.tif")], tmp_path / "styled.qml"),
+            ([*_predict(w), "--out", str(tmp_path / "a.tif"), "--vector",
+              str(tmp_path / "styled.gpkg")], tmp_path / "styled.qml"),
             (["export", str(w["seg"]), "--out", str(mine_onnx)], mine_onnx)):
         line = _refused(argv, "not written by SatSynth", victim.name, kept, tmp_path)
         assert "delete" in line and "another name" in line
@@ -648,7 +651,8 @@ def test_single_file_outputs_replace_only_files_satsynth_wrote(w, tmp_path):
                  ["export", str(w["seg"]), "--out", str(tmp_path / "m.onnx")]):
         code, err = run(argv)
         assert code == 0, err
-    assert run(["check-output", str(tmp_path / "p.qml"), "--kind", "file"])[0] == 0
+    for style in ("p.qml", "v.qml"):  # the raster's and the polygons' style: SatSynth's
+        assert run(["check-output", str(tmp_path / style), "--kind", "file"])[0] == 0
     assert leftovers(tmp_path) == []
 
 
@@ -678,7 +682,7 @@ def _vrt(path: Path, sources: list[Path], width: int, height: int) -> Path:
 def test_outputs_never_write_into_an_inputs_file_set(w, tmp_path):
     """An input is its whole file set: the sources of a VRT, the sidecars beside an input
     (.qml, .aux.xml, world files), a shapefile's parts. No output, nor the .qml predict writes
-    beside --out, may be one of them."""
+    beside --out and --vector, may be one of them."""
     import geopandas as gpd
 
     with rasterio.open(w["img"]) as src:
@@ -701,6 +705,8 @@ def test_outputs_never_write_into_an_inputs_file_set(w, tmp_path):
             ([*pred, "--out", str(tmp_path / "p.tif"), "--confidence",
               str(tiles / "left.tif")], "is a file of the input", "left.tif"),
             ([*pred, "--out", str(tmp_path / "scene.tif")], "beside itself", "scene.qml"),
+            ([*pred, "--out", str(tmp_path / "p.tif"), "--vector", str(tmp_path / "scene.gpkg")],
+             "beside itself", "scene.qml"),
             ([*pred, "--out", str(tmp_path / "p.tif"), "--vector", str(tmp_path / "zone.dbf")],
              "GeoPackage", "zone.dbf"),
             ([*pred, "--out", str(tmp_path / "zone.tif")], "beside itself", "zone.qml"),

@@ -135,6 +135,37 @@ def test_output_kinds_are_recognised_by_the_contracts_markers(tmp_path):
         check_output(seg, "dataset")
 
 
+def test_the_engines_log_lines_are_the_contracts(capsys):
+    """The engine's log on stderr is the contract's ``LEVEL: message`` line, which the plugin
+    parses back (a message with ': ' in it intact); a traceback's lines and the CLI's last line
+    are not log lines."""
+    import logging
+
+    from satsynth import progress
+
+    log = logging.getLogger("satsynth")
+    saved = (log.handlers[:], log.level, log.propagate)
+    try:
+        progress.setup_logging(verbose=True)
+        log.debug("3 bands")
+        log.warning("scene.tif: %d%% nodata", 12)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed: reading")
+    finally:
+        log.handlers[:] = saved[0]
+        log.setLevel(saved[1])
+        log.propagate = saved[2]
+    lines = capsys.readouterr().err.splitlines()
+    parsed = [contract.parse_log_line(line) for line in lines]
+    assert parsed[:3] == [("DEBUG", "3 bands"), ("WARNING", "scene.tif: 12% nodata"),
+                          ("ERROR", "failed: reading")]
+    assert lines[3].startswith("Traceback") and set(parsed[3:]) == {None}
+    assert lines[0] == contract.format_log_line("DEBUG", "3 bands")
+    assert contract.parse_log_line(f"{contract.CLI_ERROR}scene.tif: no such file") is None
+
+
 def test_prepare_refuses_what_is_outside_the_declared_ranges():
     """PrepareConfig checks the ranges declared with PrepareFields (the plugin's min/max)."""
     from satsynth.data.prepare import PrepareConfig

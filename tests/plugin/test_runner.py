@@ -64,6 +64,9 @@ def test_engine_error_message_becomes_the_exception(tmp_path, feedback):
         runner.run_engine(["prepare"], feedback, engine=engine)
     assert "label values not in the class table: 7" in str(info.value)
     assert isinstance(info.value, runner.EngineError) and info.value.exit_code == 2
+    # the engine's own words travel as data (what a pre-check shows), not parsed out of ours
+    assert info.value.engine_message == (
+        "labels.tif: label values not in the class table: 7 (120 px)")
 
 
 def test_crash_without_protocol_reports_the_log_tail(tmp_path, feedback):
@@ -76,6 +79,7 @@ def test_crash_without_protocol_reports_the_log_tail(tmp_path, feedback):
         runner.run_engine(["train-generator"], feedback, engine=engine)
     msg = str(info.value)
     assert "exit code 1" in msg and "libcudart.so.12" in msg
+    assert info.value.engine_message is None
 
 
 def test_success_without_outputs_is_an_error(tmp_path, feedback):

@@ -244,8 +244,10 @@ def test_no_network_or_a_full_disk_is_said_plainly_and_leaves_no_environment(tmp
 def test_too_little_free_space_stops_before_anything_is_written(tmp_path, monkeypatch):
     from collections import namedtuple
 
+    from satsynth_qgis.setup import places
+
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(setup_engine.shutil, "disk_usage",
+    monkeypatch.setattr(places.shutil, "disk_usage",
                         lambda _p: usage(100 * 1024**3, 99 * 1024**3, 1024**3))
     plan = _failing_plan(tmp_path, "never runs")
     with pytest.raises(SetupError) as err:

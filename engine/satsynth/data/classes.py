@@ -31,7 +31,8 @@ from satsynth.contract import (
 from satsynth.contract import strict_int as _strict_int
 from satsynth.errors import SatSynthError
 
-__all__ = ["IGNORE_INDEX", "ClassInfo", "ClassTable", "default_color", "strict_int", "write_qml"]
+__all__ = ["CLASS_ID_FIELD", "IGNORE_INDEX", "ClassInfo", "ClassTable", "default_color",
+           "strict_int", "write_qml"]
 
 
 @contextmanager
@@ -244,17 +245,26 @@ class ClassTable:
         return cls(classes_from_names(names, background))
 
 
+#: The attribute of the class polygons SatSynth writes that holds the class id (the value in the
+#: user's data), the one their style is categorized on.
+CLASS_ID_FIELD = "class_id"
+
+
 def write_qml(path: str | Path, table: ClassTable, band: int = 1) -> Path:
-    """Write a QGIS paletted-renderer style (.qml) that shows class names and colours.
+    """Write the class table as a QGIS style (.qml) with class names and colours.
+
+    The one file styles a class raster (a paletted renderer on ``band``) and class polygons (a
+    renderer categorized on :data:`CLASS_ID_FIELD`): QGIS reads the part that fits the layer it
+    styles, so the style beside a prediction serves its raster and its polygons alike.
 
     Args:
         path (`str` or `Path`):
-            The ``.qml`` file, written atomically (QGIS loads ``NAME.qml`` beside ``NAME.tif`` with
-            the layer).
+            The ``.qml`` file, written atomically (QGIS loads ``NAME.qml`` beside ``NAME.tif`` or
+            ``NAME.gpkg`` with the layer).
         table (`ClassTable`):
-            The classes: one palette entry per class id, with its name and colour.
+            The classes: one palette entry and one category per class id, with its name and colour.
         band (`int`, *optional*, defaults to 1):
-            The band the renderer colours.
+            The band the raster renderer colours.
 
     Returns:
         `Path`: ``path``.
@@ -280,6 +290,7 @@ def write_qml(path: str | Path, table: ClassTable, band: int = 1) -> Path:
     <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>
     <rasterresampler maxOversampling="2"/>
   </pipe>
+{_polygon_renderer(table)}
   <blendMode>0</blendMode>
 </qgis>
 """
@@ -289,3 +300,28 @@ def write_qml(path: str | Path, table: ClassTable, band: int = 1) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(qml, encoding="utf-8")
     return path
+
+
+def _polygon_renderer(table: ClassTable) -> str:
+    """QGIS's categorized renderer for class polygons: one category per class (its id, name and
+    colour), filled without outline."""
+    from xml.sax.saxutils import quoteattr
+
+    categories, symbols = [], []
+    for i, c in enumerate(table.classes):
+        categories.append(f'      <category value="{c.id}" symbol="{i}" '
+                          f'label={quoteattr(c.name)} render="true"/>')
+        rgba = ",".join(str(v) for v in (*c.color, 255))
+        props = {"color": rgba, "style": "solid", "outline_style": "no"}
+        options = "".join(f'<Option name="{k}" type="QString" value="{v}"/>'
+                          for k, v in props.items())
+        legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
+        symbols.append(
+            f'      <symbol type="fill" name="{i}" alpha="1" clip_to_extent="1" force_rhr="0">'
+            f'<layer class="SimpleFill" enabled="1" locked="0" pass="0">'
+            f'<Option type="Map">{options}</Option>{legacy}</layer></symbol>')
+    return (f'  <renderer-v2 type="categorizedSymbol" attr="{CLASS_ID_FIELD}" forceraster="0" '
+            'symbollevels="0" enableorderby="0">\n'
+            '    <categories>\n' + "\n".join(categories) + '\n    </categories>\n'
+            '    <symbols>\n' + "\n".join(symbols) + '\n    </symbols>\n'
+            '  </renderer-v2>')

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from satsynth.contract import style_path
 from satsynth.data.classes import ClassInfo, ClassTable, write_qml
 from satsynth.io import atomic_path, write_json
 
@@ -320,7 +321,7 @@ def generate_scene(out_dir: str | Path, size: int = 2048, pixel_size: float = 0.
             dst.write(labels, 1)
             dst.write_colormap(1, SCENE_CLASSES.colormap())
             dst.update_tags(1, classes=", ".join(f"{c.id}={c.name}" for c in SCENE_CLASSES.classes))
-    write_qml(paths["labels"].with_suffix(".qml"), SCENE_CLASSES)
+    write_qml(style_path(paths["labels"]), SCENE_CLASSES)
     write_json(paths["classes"], SCENE_CLASSES.to_dict())
     return {**paths, "crs": f"EPSG:{SCENE_EPSG}", "size": size, "pixel_size": pixel_size,
             "seed": seed}

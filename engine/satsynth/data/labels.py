@@ -23,13 +23,12 @@ from satsynth.data.classes import IGNORE_INDEX, ClassTable
 from satsynth.errors import SatSynthError
 from satsynth.raster import (
     Grid,
-    band_has_mask,
     crs_name,
     fmt_bounds,
     grid_of,
     open_raster,
-    read_masks,
     read_window,
+    valid_mask,
 )
 
 log = logging.getLogger("satsynth")
@@ -367,11 +366,7 @@ class RasterLabelReader:
             valid = read_window(self._vrt, self.path, indexes=self._vrt.count, window=window) > 0
         else:
             data = read_window(self._src, self.path, indexes=self.bands, window=window)
-            valid = None
-            for b in self.bands:
-                if band_has_mask(self._src, b):
-                    m = read_masks(self._src, self.path, b, window) > 0
-                    valid = m if valid is None else valid & m
+            valid = valid_mask(self._src, self.path, data, self.bands, window)
         if self.kind == "colors" and len(self.bands) == 3:
             codes = ((data[0].astype(np.int64) << 16) | (data[1].astype(np.int64) << 8)
                      | data[2].astype(np.int64))

@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from satsynth.contract import style_path
 from satsynth.data.classes import IGNORE_INDEX, ClassTable, write_qml
 from satsynth.data.store import ChipStoreWriter, StoreMeta
 from satsynth.generator.report import class_shares, plot_class_shares, sample_grid, tv_distance
@@ -228,7 +229,7 @@ class SyntheticStoreWriter:
                                          ("labels", 1, "uint8", table)):
             write_vrt(self.tmp / f"{sub}.vrt", [f"{sub}/{n}" for n in self.names],
                       self.transforms, self.meta.chip_size, self.meta.crs, bands, dtype, style)
-        write_qml(self.tmp / "labels.qml", table)
+        write_qml(style_path(self.tmp / "labels.vrt"), table)
         real = np.zeros(table.num_classes) if real_shares is None else \
             np.asarray(real_shares, np.float64)
         syn = class_shares(self._counts)
@@ -250,7 +251,7 @@ class SyntheticStoreWriter:
     def outputs_of(out: Path) -> dict[str, str]:
         """The outputs naming the files of the synthetic folder ``out``."""
         return {"synthetic": str(out), "images_vrt": str(out / "images.vrt"),
-                "labels_vrt": str(out / "labels.vrt"), "labels_qml": str(out / "labels.qml"),
+                "labels_vrt": str(out / "labels.vrt"), "labels_qml": str(style_path(out / "labels.vrt")),
                 "report": str(out / "report.json"), "grid": str(out / "samples.png"),
                 "class_shares_png": str(out / "class_shares.png")}
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from satsynth.contract import PredictFields
+from satsynth.contract import PredictFields, style_path
 from satsynth.errors import SatSynthError
 from satsynth.outputs import check_output
 from satsynth.predict.aoi import parse_extent
@@ -82,11 +82,19 @@ class PredictPlan:
         if vec is not None and vec.suffix.lower() != ".gpkg":
             raise SatSynthError("polygons are written to a GeoPackage: use a .gpkg name", vec)
         inputs = (self.model_dir, self.image, self.mask)
-        for p in (out, self.style, conf, vec):
+        for p in (out, self.style, conf, vec, self.vector_style):
             if p is not None:
                 check_output(p, "file", inputs=inputs)
 
     @property
     def style(self) -> Path:
         """The QGIS style written beside the class raster."""
-        return self.out.with_suffix(".qml")
+        return style_path(self.out)
+
+    @property
+    def vector_style(self) -> Path | None:
+        """The style the class polygons get beside them: None without ``--vector`` or where it is
+        the raster's own (named alike: the one file styles both)."""
+        if self.vector is None or style_path(self.vector).resolve() == self.style.resolve():
+            return None
+        return style_path(self.vector)

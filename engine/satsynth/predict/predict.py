@@ -207,13 +207,16 @@ def _open_outputs(stack: ExitStack, plan: PredictPlan, img: _Image,
     tmp_qml = stack.enter_context(atomic_path(plan.style))
     tmp_conf = stack.enter_context(atomic_path(plan.confidence)) if plan.confidence else None
     tmp_vec = stack.enter_context(atomic_path(plan.vector)) if plan.vector else None
+    vec_style = plan.vector_style
+    tmp_vec_qml = stack.enter_context(atomic_path(vec_style)) if vec_style else None
     work = stack.enter_context(temp_dir(plan.out, "work"))
     src, region = img.src, img.region
     vectorizer = None
     if tmp_vec is not None:
         vectorizer = StreamingVectorizer(tmp_vec, crs=src.crs, transform=img.transform,
                                          table=table, layer=plan.vector.stem,  # type: ignore[union-attr]
-                                         simplify=plan.simplify, min_area=plan.min_area)
+                                         simplify=plan.simplify, min_area=plan.min_area,
+                                         style=tmp_vec_qml)
     cls_target = work / "prediction.tif" if plan.cog else tmp_out
     conf_target = (work / "confidence.tif" if plan.cog else tmp_conf) if tmp_conf else None
     writer = PredictionWriter(cls_target, width=region.width, height=region.height,

@@ -5,7 +5,8 @@ Each written block row is polygonized with ``rasterio.features.shapes`` in pixel
 are held back, linked to the next block's pieces of the same class across the edge (by the pixel
 centres on both sides), and each region is unioned once, when it is complete, so every output
 polygon is one whole connected region, as if the raster had been polygonized at once. Finished polygons are moved to the raster's CRS, optionally
-simplified and filtered by area, and appended to the layer.
+simplified and filtered by area, and appended to the layer. Their QGIS style (categorized by
+class, with the class table's names and colours) goes beside the GeoPackage.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from satsynth.contract import OUTPUT_MARK
-from satsynth.data.classes import IGNORE_INDEX, ClassTable
+from satsynth.data.classes import CLASS_ID_FIELD, IGNORE_INDEX, ClassTable, write_qml
 from satsynth.errors import SatSynthError, system_error
 from satsynth.raster import metres_per_unit
 
@@ -67,11 +68,16 @@ def _union_pieces(pieces: list[Any]) -> list[Any]:
 
 class StreamingVectorizer:
     """Polygonizes consecutive full-width blocks of a class-id raster into a GeoPackage layer
-    with ``class_id``, ``class_name``, ``pixels`` and ``area_m2``."""
+    with ``class_id``, ``class_name``, ``pixels`` and ``area_m2``; :meth:`close` also writes
+    their class style to ``style`` (the ``.qml`` beside the GeoPackage, see
+    ``contract.style_path``; None: no style, another output's serves them)."""
 
     def __init__(self, path: Path, *, crs: Any, transform: Any, table: ClassTable,
-                 layer: str, simplify: float = 0.0, min_area: float = 0.0) -> None:
+                 layer: str, simplify: float = 0.0, min_area: float = 0.0,
+                 style: Path | None = None) -> None:
         self.path = Path(path)
+        self.table = table
+        self.style = Path(style) if style is not None else None
         self.crs = crs
         self.transform = transform
         self.layer = layer
@@ -219,7 +225,7 @@ class StreamingVectorizer:
         import geopandas as gpd
 
         return gpd.GeoDataFrame(
-            {"class_id": values.astype(np.int32),
+            {CLASS_ID_FIELD: values.astype(np.int32),
              "class_name": [self.names.get(int(v), f"class {v}") for v in values],
              "pixels": pixels.astype(np.int64),
              "area_m2": area.astype(np.float64)},
@@ -242,13 +248,16 @@ class StreamingVectorizer:
         self.features += len(gdf)
 
     def close(self) -> None:
-        """Write the polygons still open and make sure the layer exists (even if empty)."""
+        """Write the polygons still open, make sure the layer exists (even if empty) and write
+        its style."""
         self._write(*_dissolve(self._groups))
         self._groups = []
         if not self._created:
             empty = np.array([], dtype=np.int32)
             self._append(empty, np.array([], dtype=object), empty.astype(np.int64),
                          empty.astype(np.float64))
+        if self.style is not None:
+            write_qml(self.style, self.table)
 
 
 def _polygons(found: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -426,10 +426,22 @@ def test_vector_output_areas_simplify_and_min_area(tmp_path, fitted):
     for cid in (1, 5, 9):
         want = (pred == cid).sum() * 0.25
         assert gdf[gdf.class_id == cid].area_m2.sum() == pytest.approx(want, rel=0.01)
-    # simplified and filtered: still within 1% of the class areas for the big regions
+    # their style: the one beside the raster of the same name, categorized on class_id with the
+    # class table's names and colours
+    assert sorted(p.name for p in tmp_path.glob("*.qml")) == ["p.qml"]
+    qml = (tmp_path / "p.qml").read_text()
+    assert 'type="categorizedSymbol" attr="class_id"' in qml
+    for c in TABLE.classes:
+        rgba = ",".join(str(v) for v in (*c.color, 255))
+        assert f'<category value="{c.id}" symbol="{TABLE.classes.index(c)}"' in qml
+        assert f'<Option name="color" type="QString" value="{rgba}"/>' in qml
+    assert 'label="roof &amp; tower"' in qml
+    # simplified and filtered: still within 1% of the class areas for the big regions; polygons
+    # named otherwise get their own copy of the style
     out2 = predict_raster(model_dir, tmp_path / "img.tif", tmp_path / "q.tif",
-                          vector=tmp_path / "q.gpkg", tile=256, overlap=32, device="cpu",
+                          vector=tmp_path / "zones.gpkg", tile=256, overlap=32, device="cpu",
                           simplify=0.5, min_area=5.0)
+    assert (tmp_path / "zones.qml").read_text() == (tmp_path / "q.qml").read_text() == qml
     simp = gpd.read_file(out2["vector"])
     assert simp.area_m2.min() >= 5.0
     assert simp.geometry.count_coordinates().sum() < gdf.geometry.count_coordinates().sum()
