@@ -256,30 +256,49 @@ class TrainStage:
 
 
 def train_generator(dataset: str | Path, out: str | Path, **options: Any) -> Path:
-    """Train (or with ``resume=True`` continue training) a generator on a chip store; returns the
-    model folder. ``options`` are the fields of :class:`GeneratorTrainOptions`."""
+    """Train (or with ``resume=True`` continue training) a generator on a chip store.
+
+    Args:
+        dataset: the chip store to learn from (its ``train`` split).
+        out: the model folder to write.
+        **options: the fields of :class:`GeneratorTrainOptions`.
+
+    Returns:
+        The model folder.
+    """
     return run_training(dataset, out, **options)["model"]
 
 
 def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None = None,
                  **options: Any) -> dict[str, Any]:
-    """Like :func:`train_generator`, returning all outputs (model, log, loss plot, steps);
-    ``stage`` trains another model of the cascade (see :class:`TrainStage`)."""
-    import torch
-    from accelerate import Accelerator
-    from diffusers.training_utils import EMAModel, compute_snr
+    """Like :func:`train_generator`, returning all outputs.
 
-    from satsynth.data.augment import random_dihedral_batch
-    from satsynth.data.torch_dataset import ChipDataset
-    from satsynth.device import mixed_precision_for, resolve_device
-    from satsynth.generator.model import build_unet, noise_scheduler
+    Args:
+        dataset: the chip store to learn from (its ``train`` split).
+        out: the model folder to write (checkpoints go here; with ``resume=True`` the one to
+            continue).
+        stage: which model of the cascade to train (:class:`TrainStage`; default: the base
+            generator).
+        **options: the fields of :class:`GeneratorTrainOptions`.
 
+    Returns:
+        ``{"model": folder, "log": train_log.csv, "loss_plot": loss.png, "steps": optimizer
+        steps done in all, "interrupted": stopped on request}``.
+    """
     stage = stage or TrainStage()
     opts = GeneratorTrainOptions.from_kwargs(**options)
     out = check_output(out, stage.kind, inputs=[dataset])
     store = _open_dataset(dataset)
+    cfg, resume_state = _run_config(stage, store, out, opts, options)
+    trainer = GeneratorTrainer(stage, cfg, store, out, opts, resume_state, dataset)
+    trainer.fit()
+    return trainer.finish()
 
-    # --- configuration: new, or from the checkpoint being resumed
+
+def _run_config(stage: TrainStage, store: ChipStore, out: Path, opts: GeneratorTrainOptions,
+                options: dict[str, Any]) -> tuple[GeneratorConfig, dict[str, Any] | None]:
+    """The run's model config, new or from the checkpoint being resumed, and the checkpoint's
+    training state (None: a new run)."""
     resume_state: dict[str, Any] | None = None
     if opts.resume:
         if not (out / "config.json").is_file():
@@ -297,183 +316,292 @@ def run_training(dataset: str | Path, out: str | Path, stage: TrainStage | None 
                             options[key])
     else:
         cfg = stage.new_config(store, opts)
-    enc = LabelEncoding(cfg.encoding, cfg.num_classes)
+    LabelEncoding(cfg.encoding, cfg.num_classes)  # validates
     if resume_state is None:
         check_recipe_size(opts.recipe, cfg.chip_size, store.path)
+    return cfg, resume_state
 
-    dev = resolve_device(opts.device)
-    mp = mixed_precision_for(opts.mixed_precision, dev)
-    acc = Accelerator(cpu=dev.type == "cpu", mixed_precision=mp,
-                      gradient_accumulation_steps=opts.grad_accum)
-    device = acc.device
-    main = acc.is_main_process
 
-    torch.manual_seed(opts.seed)
-    model = build_unet(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    ema = EMAModel(model.parameters(), decay=opts.ema_decay, use_ema_warmup=True, power=0.75)
-    step = 0
-    rows: list[dict[str, Any]] = []
-    prev_elapsed = 0.0
-    start_frac = 0.0
-    if resume_state is not None:
+class GeneratorTrainer:
+    """One training run of a diffusion model of the cascade under Accelerate, in the steps of a
+    TorchGeo trainer: :meth:`configure_model` (UNet, AdamW, EMA, or the checkpoint's),
+    :meth:`configure_data`, :meth:`draw_batch`, :meth:`training_step`, then :meth:`fit` and
+    :meth:`finish`.
+
+    Args:
+        stage: which model of the cascade it trains.
+        cfg: the model's config (:func:`_run_config`).
+        store: the chip store to learn from.
+        out: the model folder.
+        opts: the run's options.
+        resume_state: the checkpoint's training state (None: a new run).
+        dataset: the dataset as given (named in a non-finite-loss error).
+    """
+
+    def __init__(self, stage: TrainStage, cfg: GeneratorConfig, store: ChipStore, out: Path,
+                 opts: GeneratorTrainOptions, resume_state: dict[str, Any] | None,
+                 dataset: str | Path) -> None:
+        from accelerate import Accelerator
+
+        from satsynth.device import mixed_precision_for, resolve_device
+        from satsynth.generator.model import noise_scheduler
+
+        self.stage, self.cfg, self.store, self.out, self.opts = stage, cfg, store, out, opts
+        self.dataset = dataset
+        self.enc = LabelEncoding(cfg.encoding, cfg.num_classes)
+        dev = resolve_device(opts.device)
+        mp = mixed_precision_for(opts.mixed_precision, dev)
+        self.acc = Accelerator(cpu=dev.type == "cpu", mixed_precision=mp,
+                               gradient_accumulation_steps=opts.grad_accum)
+        self.device = self.acc.device
+        self.main = self.acc.is_main_process
+        self.step = 0
+        self.rows: list[dict[str, Any]] = []  # the training log
+        self.prev_elapsed = 0.0  # seconds of the runs before a resume
+        self.start_frac = 0.0  # the share of the steps they did
+        self.configure_model(resume_state)
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.ema.to(self.device)
+        self.sched = noise_scheduler(cfg)
+        self.configure_data()
+        self.interrupted = False
+
+    def configure_model(self, resume_state: dict[str, Any] | None) -> None:
+        """The UNet, its AdamW optimizer and the EMA of its weights: new (seeded), or the
+        checkpoint's; and the options recorded in the model's config."""
+        import torch
+        from diffusers.training_utils import EMAModel
+
+        from satsynth.generator.model import build_unet
+
+        opts, cfg = self.opts, self.cfg
+        torch.manual_seed(opts.seed)
+        self.model = build_unet(cfg)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opts.lr,
+                                           weight_decay=opts.weight_decay)
+        self.ema = EMAModel(self.model.parameters(), decay=opts.ema_decay, use_ema_warmup=True,
+                            power=0.75)
+        if resume_state is not None:
+            self.load_checkpoint(resume_state)
+        cfg.training = {k: v for k, v in opts.to_dict().items() if k not in ("resume",)}
+        if resume_state is not None:
+            for key in KEPT_ON_RESUME:
+                cfg.training[key] = (resume_state.get("options") or {}).get(key,
+                                                                            cfg.training[key])
+
+    def load_checkpoint(self, resume_state: dict[str, Any]) -> None:
+        """Continue from the model folder's checkpoint: weights, EMA, optimizer, step, log."""
+        out, opts, model = self.out, self.opts, self.model
         model.load_state_dict(load_tensors(out, "model"))
         ema_state = load_tensors(out, "ema")
         names = [n for n, _ in model.named_parameters()]
         missing = [n for n in names if n not in ema_state]
         if missing:
             raise SatSynthError(f"ema.safetensors lacks {len(missing)} weights", out)
-        ema.shadow_params = [ema_state[n].clone() for n in names]
-        ema.optimization_step = int(resume_state.get("ema_step", cfg.step))
+        self.ema.shadow_params = [ema_state[n].clone() for n in names]
+        self.ema.optimization_step = int(resume_state.get("ema_step", self.cfg.step))
         opt_tensors = load_tensors(out, "optimizer")
-        optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, resume_state["optimizer"]))
-        step = int(cfg.step)
-        rows = [r for r in _read_log(out / LOG_NAME) if r["step"] <= step]
-        prev_elapsed = float(resume_state.get("elapsed_s", 0.0))
-        start_frac = min(1.0, step / max(opts.steps, 1))
+        self.optimizer.load_state_dict(_unflatten_optimizer(opt_tensors,
+                                                            resume_state["optimizer"]))
+        step = self.step = int(self.cfg.step)
+        self.rows = [r for r in _read_log(out / LOG_NAME) if r["step"] <= step]
+        self.prev_elapsed = float(resume_state.get("elapsed_s", 0.0))
+        self.start_frac = min(1.0, step / max(opts.steps, 1))
         log.info("resuming from step %d", step)
         if step >= opts.steps and opts.minutes is None:
             log.warning("the checkpoint is already at step %d >= --steps %d: nothing to do",
                         step, opts.steps)
 
-    cfg.training = {k: v for k, v in opts.to_dict().items() if k not in ("resume",)}
-    if resume_state is not None:
-        for key in KEPT_ON_RESUME:
-            cfg.training[key] = (resume_state.get("options") or {}).get(key, cfg.training[key])
+    def configure_data(self) -> None:
+        """The training chips, their sampling weights (``class_balanced``) and class shares
+        (the ``class-shares`` condition; at most :data:`MAX_STORED_CONDITIONS` of them are kept
+        in the model folder to draw conditions from at sampling time)."""
+        import torch
 
-    model, optimizer = acc.prepare(model, optimizer)
-    ema.to(device)
-    sched = noise_scheduler(cfg)
-    T = sched.config.num_train_timesteps
-    pred_type = cfg.diffusion.prediction_type
+        from satsynth.data.torch_dataset import ChipDataset
 
-    data = ChipDataset(store, "train")
-    n_chips = len(data)
-    counts = chip_class_counts(store.split("train").labels, cfg.num_classes) \
-        if opts.class_balanced or cfg.condition == "class-shares" else None
-    weights = _chip_weights(counts) if opts.class_balanced else None
-    shares = None
-    stored_shares: dict[str, Any] = {}
-    if cfg.condition == "class-shares":
-        shares = torch.from_numpy(counts / np.maximum(counts.sum(1, keepdims=True), 1.0)).float()
-        keep = np.random.default_rng(opts.seed).permutation(n_chips)[:MAX_STORED_CONDITIONS]
-        stored_shares = {"conditions": {"class_shares": shares[np.sort(keep)].clone()}}
-    rank, world = acc.process_index, acc.num_processes
+        opts, cfg, store = self.opts, self.cfg, self.store
+        self.data = ChipDataset(store, "train")
+        self.n_chips = n_chips = len(self.data)
+        counts = chip_class_counts(store.split("train").labels, cfg.num_classes) \
+            if opts.class_balanced or cfg.condition == "class-shares" else None
+        self.weights = _chip_weights(counts) if opts.class_balanced else None
+        self.shares = None
+        self.stored_shares: dict[str, Any] = {}
+        if cfg.condition == "class-shares":
+            self.shares = shares = torch.from_numpy(
+                counts / np.maximum(counts.sum(1, keepdims=True), 1.0)).float()
+            keep = np.random.default_rng(opts.seed).permutation(n_chips)[:MAX_STORED_CONDITIONS]
+            self.stored_shares = {"conditions": {"class_shares": shares[np.sort(keep)].clone()}}
 
-    def batch(step_i: int, micro: int) -> tuple[Any, Any, Any, Any, Any, Any]:
-        seq = [opts.seed, step_i, micro, rank]
-        rng = np.random.default_rng(seq)
+    def draw_batch(self, step_i: int, micro: int) -> tuple[Any, Any, Any, Any, Any, Any]:
+        """The chips, noise and timesteps of one micro-batch, from generators seeded by (seed,
+        step, micro-batch, process): (image, mask, noise, timesteps, condition, extra input)."""
+        import torch
+
+        from satsynth.data.augment import random_dihedral_batch
+
+        opts, n_chips, weights = self.opts, self.n_chips, self.weights
+        rng = np.random.default_rng([opts.seed, step_i, micro, self.acc.process_index])
         idx = rng.choice(n_chips, opts.batch_size, replace=n_chips < opts.batch_size, p=weights) \
             if weights is not None or n_chips < opts.batch_size \
             else rng.choice(n_chips, opts.batch_size, replace=False)
-        img, mask = data.get_batch(np.sort(idx))
+        img, mask = self.data.get_batch(np.sort(idx))
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         if opts.augment:
             img, mask = random_dihedral_batch(img, mask, generator=g)
-        img, mask, extra = stage.inputs(cfg, img, mask, g)
-        noise = torch.randn((img.shape[0], cfg.channels, *img.shape[2:]), generator=g)
-        t = torch.randint(0, T, (img.shape[0],), generator=g)
-        cond = shares[np.sort(idx)] if shares is not None else None  # dihedral moves keep shares
+        img, mask, extra = self.stage.inputs(self.cfg, img, mask, g)
+        noise = torch.randn((img.shape[0], self.cfg.channels, *img.shape[2:]), generator=g)
+        t = torch.randint(0, self.sched.config.num_train_timesteps, (img.shape[0],), generator=g)
+        # dihedral moves keep the class shares
+        cond = self.shares[np.sort(idx)] if self.shares is not None else None
         return img, mask, noise, t, cond, extra
 
-    def save(final: bool) -> None:
-        if main:
-            unwrapped = acc.unwrap_model(model)
-            names = [n for n, _ in unwrapped.named_parameters()]
-            ema_sd = {n: p for n, p in zip(names, ema.shadow_params, strict=True)}
-            opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())
-            cfg.step = step
-            config = cfg.to_dict()
-            config["training_state"] = {"optimizer": groups, "ema_step": ema.optimization_step,
-                                        "elapsed_s": prev_elapsed + (time.monotonic() - t_start),
-                                        "options": cfg.training, "final": final}
-            save_model_dir(out, stage.kind, config,
-                           {"model": unwrapped.state_dict(), "ema": ema_sd,
-                            "optimizer": opt_tensors, **stored_shares},
-                           extra_files={LOG_NAME: _log_text(rows)})
-        acc.wait_for_everyone()
+    def training_step(self, lr: float) -> float:
+        """One optimizer step (``grad_accum`` micro-batches) at learning rate ``lr``; returns
+        the sum of the micro-batches' losses."""
+        acc, model, opts = self.acc, self.model, self.opts
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(opts.grad_accum):
+            img, mask, noise, t, cond, extra = self.draw_batch(self.step, micro)
+            with acc.accumulate(model):
+                loss = self.diffusion_loss(img, mask, noise, t, cond, extra)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += float(loss.detach())
+        return loss_sum
 
-    budget = opts.minutes * 60.0 if opts.minutes else None
-    interrupted = False
-    t_start = time.monotonic()
-    first_step = step
-    model.train()
-    bar = progress.task(stage.task, total=opts.steps, unit="step") if main else None
-    if bar is not None and step:
-        bar.n = step
-    try:
-        while step < opts.steps:
-            elapsed = time.monotonic() - t_start
-            stop = progress.cancel_requested() or (budget is not None and elapsed >= budget)
-            if world > 1:
-                flag = torch.tensor([1.0 if stop else 0.0], device=device)
-                stop = bool(acc.reduce(flag, reduction="sum").item() > 0)
-            if stop:
-                interrupted = progress.cancel_requested()
-                break
-            frac = step / opts.steps
-            if budget is not None:
-                frac = max(frac, start_frac + (1 - start_frac) * elapsed / budget)
-            lr = opts.lr * _lr_factor(step, frac, opts.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(opts.grad_accum):
-                img, mask, noise, t, cond, extra = batch(step, micro)
-                with acc.accumulate(model):
-                    x0 = torch.cat([img, enc.encode(mask)], 1).to(device)
-                    noise, t = noise.to(device), t.to(device)
-                    xt = sched.add_noise(x0, noise, t)
-                    inp = xt if extra is None else torch.cat([xt, extra.to(device)], 1)
-                    target = noise if pred_type == "epsilon" else sched.get_velocity(x0, noise, t)
-                    if cond is not None:
-                        cond = cond.to(device)
-                    with acc.autocast():
-                        pred = model(inp, t, class_labels=cond).sample
-                    err = (pred.float() - target) ** 2
-                    w = torch.ones_like(err[:1, :, :1, :1]).expand_as(err).clone()
-                    w[:, cfg.bands:] = (mask != IGNORE_INDEX).to(device)[:, None].float()
-                    per = (err * w).sum((1, 2, 3)) / w.sum((1, 2, 3)).clamp(min=1.0)
-                    if opts.snr_gamma is not None:
-                        per = per * snr_loss_weight(compute_snr(sched, t), opts.snr_gamma,
-                                                    opts.snr_weighting, pred_type)
-                    loss = per.mean()
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                loss_sum += float(loss.detach())
-            check_finite_loss(loss_sum, step + 1, dataset, lr)
-            ema.step(acc.unwrap_model(model).parameters())
-            step += 1
-            run_s = time.monotonic() - t_start
-            rate = (step - first_step) / max(run_s, 1e-9)
-            rows.append({"step": step, "loss": round(loss_sum / opts.grad_accum, 6),
-                         "lr": round(lr, 8), "elapsed_s": round(prev_elapsed + run_s, 3),
-                         "steps_per_s": round(rate, 4)})
+    def diffusion_loss(self, img: Any, mask: Any, noise: Any, t: Any, cond: Any,
+                       extra: Any) -> Any:
+        """The batch's loss: the squared error of the prediction of the noisy pair's target
+        (epsilon or v), over the image bands and the labelled pixels of the mask channels,
+        weighted by the noise level's SNR (``snr_gamma``)."""
+        import torch
+        from diffusers.training_utils import compute_snr
+
+        device, sched, cfg = self.device, self.sched, self.cfg
+        pred_type = cfg.diffusion.prediction_type
+        x0 = torch.cat([img, self.enc.encode(mask)], 1).to(device)
+        noise, t = noise.to(device), t.to(device)
+        xt = sched.add_noise(x0, noise, t)
+        inp = xt if extra is None else torch.cat([xt, extra.to(device)], 1)
+        target = noise if pred_type == "epsilon" else sched.get_velocity(x0, noise, t)
+        if cond is not None:
+            cond = cond.to(device)
+        with self.acc.autocast():
+            pred = self.model(inp, t, class_labels=cond).sample
+        err = (pred.float() - target) ** 2
+        w = torch.ones_like(err[:1, :, :1, :1]).expand_as(err).clone()
+        w[:, cfg.bands:] = (mask != IGNORE_INDEX).to(device)[:, None].float()
+        per = (err * w).sum((1, 2, 3)) / w.sum((1, 2, 3)).clamp(min=1.0)
+        if self.opts.snr_gamma is not None:
+            per = per * snr_loss_weight(compute_snr(sched, t), self.opts.snr_gamma,
+                                        self.opts.snr_weighting, pred_type)
+        return per.mean()
+
+    def fit(self) -> None:
+        """Train until ``steps``, the time budget or a cancel request; checkpoint every
+        ``checkpoint_every`` steps (the final checkpoint: :meth:`finish`)."""
+        opts = self.opts
+        self.budget = opts.minutes * 60.0 if opts.minutes else None
+        self.t_start = time.monotonic()
+        self.first_step = self.step
+        self.model.train()
+        bar = progress.task(self.stage.task, total=opts.steps, unit="step") if self.main \
+            else None
+        if bar is not None and self.step:
+            bar.n = self.step
+        try:
+            while self.step < opts.steps:
+                elapsed = time.monotonic() - self.t_start
+                if self._should_stop(elapsed):
+                    self.interrupted = progress.cancel_requested()
+                    break
+                lr = opts.lr * _lr_factor(self.step, self._progress(elapsed), opts.warmup)
+                loss_sum = self.training_step(lr)
+                check_finite_loss(loss_sum, self.step + 1, self.dataset, lr)
+                self.ema.step(self.acc.unwrap_model(self.model).parameters())
+                self.step += 1
+                self._log_step(loss_sum, lr, bar)
+                if self.step % opts.checkpoint_every == 0 and self.step < opts.steps:
+                    self.save(final=False)
+        finally:
             if bar is not None:
-                eta = (opts.steps - step) / rate if rate > 0 else None
-                if budget is not None and eta is not None:
-                    eta = min(eta, max(budget - run_s, 0.0))
-                if not progress.cancel_requested():
-                    bar.update(1, message=f"step {step}", step=step, loss=rows[-1]["loss"],
-                               steps_per_s=round(rate, 3),
-                               eta_s=round(eta, 1) if eta is not None else None)
-            if step % opts.checkpoint_every == 0 and step < opts.steps:
-                save(final=False)
-    finally:
+                bar.close()
+
+    def _should_stop(self, elapsed: float) -> bool:
+        """A cancel request or the time budget used up (on any process)."""
+        import torch
+
+        stop = progress.cancel_requested() or (self.budget is not None and elapsed >= self.budget)
+        if self.acc.num_processes > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            stop = bool(self.acc.reduce(flag, reduction="sum").item() > 0)
+        return stop
+
+    def _progress(self, elapsed: float) -> float:
+        """The run's progress fraction: of its steps, or of its time budget when further."""
+        frac = self.step / self.opts.steps
+        if self.budget is not None:
+            frac = max(frac, self.start_frac + (1 - self.start_frac) * elapsed / self.budget)
+        return frac
+
+    def _log_step(self, loss_sum: float, lr: float, bar: Any) -> None:
+        """Add the step just done to the training log and the progress bar."""
+        step, budget = self.step, self.budget
+        run_s = time.monotonic() - self.t_start
+        rate = (step - self.first_step) / max(run_s, 1e-9)
+        self.rows.append({"step": step, "loss": round(loss_sum / self.opts.grad_accum, 6),
+                          "lr": round(lr, 8), "elapsed_s": round(self.prev_elapsed + run_s, 3),
+                          "steps_per_s": round(rate, 4)})
         if bar is not None:
-            bar.close()
-    if interrupted:
-        log.warning("stopped on request at step %d; checkpoint written (continue with --resume)",
-                    step)
-    elif budget is not None and step < opts.steps:
-        log.info("time budget of %.1f min reached at step %d", opts.minutes, step)
-    save(final=True)
-    plot = out / PLOT_NAME
-    if main:
-        plot_loss(rows, plot)
-    acc.wait_for_everyone()
-    return {"model": out, "log": out / LOG_NAME, "loss_plot": plot, "steps": step,
-            "interrupted": interrupted}
+            eta = (self.opts.steps - step) / rate if rate > 0 else None
+            if budget is not None and eta is not None:
+                eta = min(eta, max(budget - run_s, 0.0))
+            if not progress.cancel_requested():
+                bar.update(1, message=f"step {step}", step=step, loss=self.rows[-1]["loss"],
+                           steps_per_s=round(rate, 3),
+                           eta_s=round(eta, 1) if eta is not None else None)
+
+    def save(self, final: bool) -> None:
+        """Write the checkpoint: weights, EMA, optimizer state (safetensors), config.json with
+        the training state, and the training log."""
+        if self.main:
+            unwrapped = self.acc.unwrap_model(self.model)
+            names = [n for n, _ in unwrapped.named_parameters()]
+            ema_sd = {n: p for n, p in zip(names, self.ema.shadow_params, strict=True)}
+            opt_tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
+            cfg = self.cfg
+            cfg.step = self.step
+            config = cfg.to_dict()
+            config["training_state"] = {
+                "optimizer": groups, "ema_step": self.ema.optimization_step,
+                "elapsed_s": self.prev_elapsed + (time.monotonic() - self.t_start),
+                "options": cfg.training, "final": final}
+            save_model_dir(self.out, self.stage.kind, config,
+                           {"model": unwrapped.state_dict(), "ema": ema_sd,
+                            "optimizer": opt_tensors, **self.stored_shares},
+                           extra_files={LOG_NAME: _log_text(self.rows)})
+        self.acc.wait_for_everyone()
+
+    def finish(self) -> dict[str, Any]:
+        """Say why training stopped, write the final checkpoint and the loss plot; returns
+        the outputs as :func:`run_training`."""
+        opts, out, step = self.opts, self.out, self.step
+        if self.interrupted:
+            log.warning("stopped on request at step %d; checkpoint written (continue with "
+                        "--resume)", step)
+        elif self.budget is not None and step < opts.steps:
+            log.info("time budget of %.1f min reached at step %d", opts.minutes, step)
+        self.save(final=True)
+        plot = out / PLOT_NAME
+        if self.main:
+            plot_loss(self.rows, plot)
+        self.acc.wait_for_everyone()
+        return {"model": out, "log": out / LOG_NAME, "loss_plot": plot, "steps": step,
+                "interrupted": self.interrupted}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -317,27 +317,70 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
                     = None, ratio: float | None = None, **options: Any) -> dict[str, Any]:
     """Train a segmenter on ``dataset`` (+ R |D| chips of ``synthetic``) and save it to ``out``.
 
-    ``options`` are the fields of :class:`SegmenterTrainOptions`. Returns ``{"model": out, "metrics":
-    out/metrics.json, "miou": best validation mIoU}``.
+    Args:
+        dataset: the real chip store (``satsynth prepare``); validation uses its ``val`` split,
+            else 10 % of ``train`` held out; ``test`` is never opened.
+        out: the segmenter model folder to write (config.json, model.safetensors,
+            metrics.json).
+        synthetic: synthetic chip store(s) to draw the R |D| synthetic chips from.
+        ratio: R, synthetic chips per real training chip (default 1 with ``synthetic``, else 0).
+        **options: the fields of :class:`SegmenterTrainOptions`.
+
+    Returns:
+        ``{"model": out, "metrics": out/metrics.json, "miou": best validation mIoU}``.
     """
-    import torch
+    opts = _parse_options(options)
+    out = Path(out)
+    data = open_training_data(dataset, out, synthetic, ratio, opts)
+    trainer = SegmenterTrainer(data, opts, dataset)
+    trainer.fit()
+    return trainer.save(out)
 
-    from satsynth.segmenter.evaluate import evaluate_chips
-    from satsynth.segmenter.metrics import SegmentationMetrics
-    from satsynth.segmenter.schedule import BudgetSchedule
 
+def _parse_options(options: dict[str, Any]) -> SegmenterTrainOptions:
+    """The run's options from keyword arguments, checked (a clear error for impossible ones)."""
     try:
         opts = SegmenterTrainOptions(**options)
     except TypeError as exc:
         raise SatSynthError(f"bad training option: {exc}") from None
     opts.arch = opts.arch.lower()
     opts.check()
-    out = Path(out)
+    return opts
+
+
+@dataclass
+class TrainingData:
+    """The chips of one run: the real store, the synthetic stores, the mix of both, the
+    validation chips (the ``val_split``; ``val_idx``: the training chips held out instead) and
+    the way synthetic chips are used (``mode``: mix, pretrain or synthetic-only)."""
+
+    real: ChipStore
+    synthetic: list[ChipStore]
+    ratio: float
+    val_split: str
+    val_idx: np.ndarray | None
+    mix: TrainingMix
+    mode: str
+
+
+def open_training_data(dataset: str | Path, out: Path, synthetic: str | Path | list[Any] | None,
+                       ratio: float | None, opts: SegmenterTrainOptions) -> TrainingData:
+    """Check the output and open the run's chips (see :func:`train_segmenter`).
+
+    Args:
+        dataset: the real chip store.
+        out: the model folder the run will write (checked, not written).
+        synthetic: synthetic chip store(s), or None.
+        ratio: R (None: 1 with ``synthetic``, else 0).
+        opts: the run's options.
+
+    Returns:
+        The run's :class:`TrainingData`.
+    """
     syn_paths = [] if synthetic is None else (
         [synthetic] if isinstance(synthetic, (str, Path)) else list(synthetic))
     check_output(out, "segmenter", inputs=[dataset, *syn_paths, opts.encoder_weights])
     real = _open_real(dataset)
-    meta = real.meta
     if ratio is None:
         ratio = 1.0 if syn_paths else 0.0
     if ratio > 0 and not syn_paths:
@@ -356,221 +399,381 @@ def train_segmenter(dataset: str | Path, out: str | Path, synthetic: str | Path 
         raise SatSynthError("fewer than 2 training chips after --real-fraction", real.path)
     mode = "synthetic-only" if opts.synthetic_only else (
         opts.synthetic_mode if mix.n_synthetic else "mix")
+    return TrainingData(real, syn_stores, ratio, val_split, val_idx, mix, mode)
 
-    torch.manual_seed(opts.seed)
-    np.random.seed(opts.seed % (2**32))
-    acc = make_accelerator(opts.device, opts.mixed_precision)
-    device = acc.device
-    k = meta.classes.num_classes
-    cfg = SegmenterConfig(arch=opts.arch, encoder=opts.encoder, in_channels=meta.bands,
-                          classes=meta.classes, normalization=meta.normalizer,
-                          chip_size=meta.chip_size, crs=meta.crs,
-                          pixel_size=list(meta.pixel_size) if meta.pixel_size else None)
-    model = build_segmenter(cfg, opts.encoder_weights)
-    check_chip_size(model, meta.chip_size, opts.arch, opts.encoder)
-    weights = class_weights_from_store(real) if opts.class_weights == "auto" else None
-    loss_fn = make_loss(k, opts.dice, weights, device)
 
-    entries = mix.entries()
-    real_rows, syn_rows = np.arange(mix.n_real), mix.n_real + np.arange(mix.n_synthetic)
-    # phases: (name, rows of entries, real rows, synthetic rows); real rows come first in each
+@dataclass
+class Phase:
+    """One phase of a run: its name, the chips it trains on (the first ``real`` real entries of
+    the mix, then its first ``synthetic`` synthetic ones), its planned optimizer steps and its
+    share of ``--minutes``."""
+
+    name: str
+    real: int
+    synthetic: int
+    steps: int
+    share: float
+
+
+def plan_phases(mix: TrainingMix, mode: str, opts: SegmenterTrainOptions,
+                steps_per_epoch: Callable[[int], int], on_top: bool) -> list[Phase]:
+    """The phases of a run in ``mode`` with their budgets (:func:`phase_budgets`), plus the
+    anneal of ``anneal_steps`` over the last phase's chips.
+
+    Args:
+        mix: the run's training mix.
+        mode: mix, pretrain or synthetic-only.
+        opts: the run's options.
+        steps_per_epoch: chips -> optimizer steps of one pass over them (on this process).
+        on_top: synthetic chips come on top of the real-only run's batches.
+
+    Returns:
+        The phases in training order.
+    """
     phases = {"mix": [("mix", mix.n_real, mix.n_synthetic)],
               "pretrain": [("synthetic pre-training", 0, mix.n_synthetic),
                            ("real fine-tuning", mix.n_real, 0)],
               "synthetic-only": [("synthetic only", 0, mix.n_synthetic)]}[mode]
-
-    def phase_rows(n_r: int, n_s: int) -> np.ndarray:
-        return np.concatenate([real_rows[:n_r], syn_rows[:n_s]]) if n_r else syn_rows[:n_s]
-
-    def steps_per_epoch(n: int) -> int:
-        return len(order_batches(np.arange(n), opts.batch_size, acc.num_processes,
-                                 acc.process_index))
-
     n_train = sum(r + s_ for _, r, s_ in phases)
     if any(steps_per_epoch(r + s_) == 0 for _, r, s_ in phases):
         raise SatSynthError(f"not enough training chips ({n_train}) for one batch per process")
-    on_top = opts.synthetic_on_top and mode == "mix" and mix.n_synthetic > 0
-    # the budget: planned steps and time of each phase (phase_budgets)
     phase_steps, shares = phase_budgets(phases, opts.max_steps, opts.epochs, steps_per_epoch,
                                         on_top)
     if opts.anneal_steps:  # the end of training: the last phase's chips, annealed and averaged
         phases.append((ANNEAL_PHASE, *phases[-1][1:]))
         phase_steps.append(int(opts.anneal_steps))
         shares.append(0.0)
-    total = sum(phase_steps)
-    seconds_budget = opts.minutes * 60 if opts.minutes else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    raw_optimizer = optimizer
-    model, optimizer = acc.prepare(model, optimizer)
-    pipeline = BatchPipeline(mix, meta.normalizer, opts.augment, opts.seed)
-    metrics = SegmentationMetrics(k, device)
-    val_chips = real.split(val_split)
-    order = PairedOrder(opts.seed)
+    return [Phase(n, r, s_, t, sh)
+            for (n, r, s_), t, sh in zip(phases, phase_steps, shares, strict=True)]
 
-    log.info("training %s/%s on %d real + %d synthetic chips (R=%g, %s), validating on %d real "
-             "chips, %d steps (%s) on %s", opts.arch, opts.encoder, mix.n_real,
-             mix.n_synthetic, ratio, mode, len(val_chips) if val_idx is None else len(val_idx),
-             total, " + ".join(f"{n}: {t}" for (n, _, _), t in zip(phases, phase_steps,
-                                                                     strict=True)), device)
-    start = _now()
-    history: list[EpochRecord] = []
-    best: dict[str, Any] = {"miou": -1.0, "epoch": 0, "step": 0, "state": None,
-                            "metrics": None}
-    stopped = "completed"
-    step = 0
-    epoch = 0
-    schedule: BudgetSchedule | None = None
-    pending: dict[str, Any] = {"losses": [], "chips": 0, "t0": _now(), "train_s": 0.0}
 
-    def validate(phase: str, keep: bool = True) -> float:
-        """Score the model on the validation chips; keep its weights if ``keep`` and best."""
-        nonlocal best
+@dataclass
+class _Window:
+    """What the training steps since the last validation did."""
+
+    t0: float
+    losses: list[float] = field(default_factory=list)
+    chips: int = 0
+    train_s: float = 0.0
+
+
+@dataclass
+class _Best:
+    """The kept validation: its mIoU, epoch, step, weights (on the CPU) and scores."""
+
+    miou: float = -1.0
+    epoch: int = 0
+    step: int = 0
+    state: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+@dataclass
+class _PhaseWatch:
+    """Where a phase started and its best validation so far (for the patience rules)."""
+
+    start: int
+    epoch0: int
+    best_step: int
+    best_epoch: int
+    best_miou: float = -1.0
+
+
+class SegmenterTrainer:
+    """One segmenter training run under Accelerate, in the steps of a TorchGeo trainer:
+    :meth:`configure_model`, :meth:`configure_optimizer`, :meth:`training_step`,
+    :meth:`validation_step`, then :meth:`fit` over the phases and :meth:`save`.
+
+    Args:
+        data: the run's chips (:func:`open_training_data`).
+        opts: the run's options.
+        dataset: the dataset as given (named in a non-finite-loss error).
+    """
+
+    def __init__(self, data: TrainingData, opts: SegmenterTrainOptions,
+                 dataset: str | Path) -> None:
+        import torch
+
+        self.data, self.opts, self.dataset = data, opts, dataset
+        self.meta = data.real.meta
+        torch.manual_seed(opts.seed)
+        np.random.seed(opts.seed % (2**32))
+        self.acc = make_accelerator(opts.device, opts.mixed_precision)
+        self.device = self.acc.device
+        self.configure_model()
+        mix = data.mix
+        self.entries = mix.entries()
+        self.real_rows = np.arange(mix.n_real)
+        self.syn_rows = mix.n_real + np.arange(mix.n_synthetic)
+        self.on_top = opts.synthetic_on_top and data.mode == "mix" and mix.n_synthetic > 0
+        self.phases = plan_phases(mix, data.mode, opts, self.steps_per_epoch, self.on_top)
+        self.total = sum(p.steps for p in self.phases)
+        self.seconds_budget = opts.minutes * 60 if opts.minutes else None
+        self.configure_optimizer()
+        self.pipeline = BatchPipeline(mix, self.meta.normalizer, opts.augment, opts.seed)
+        from satsynth.segmenter.metrics import SegmentationMetrics
+
+        self.metrics = SegmentationMetrics(self.meta.classes.num_classes, self.device)
+        self.val_chips = data.real.split(data.val_split)
+        self.order = PairedOrder(opts.seed)
+        self.history: list[EpochRecord] = []
+        self.best = _Best()
+        self.step = 0
+        self.epoch = 0
+        self.schedule: Any = None  # the current phase's BudgetSchedule
+        self.bar: Any = None
+
+    def configure_model(self) -> None:
+        """The model (``build_segmenter``) and its loss (class weights from the real chips)."""
+        opts, meta = self.opts, self.meta
+        self.cfg = SegmenterConfig(arch=opts.arch, encoder=opts.encoder, in_channels=meta.bands,
+                                   classes=meta.classes, normalization=meta.normalizer,
+                                   chip_size=meta.chip_size, crs=meta.crs,
+                                   pixel_size=list(meta.pixel_size) if meta.pixel_size else None)
+        self.model = build_segmenter(self.cfg, opts.encoder_weights)
+        check_chip_size(self.model, meta.chip_size, opts.arch, opts.encoder)
+        self.class_weights = class_weights_from_store(self.data.real) \
+            if opts.class_weights == "auto" else None
+        self.loss_fn = make_loss(meta.classes.num_classes, opts.dice, self.class_weights,
+                                 self.device)
+
+    def configure_optimizer(self) -> None:
+        """AdamW over the model's weights, both prepared by Accelerate (the schedule is made per
+        phase: :meth:`fit_phase`)."""
+        import torch
+
+        opts = self.opts
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=opts.lr,
+                                      weight_decay=opts.weight_decay)
+        self.raw_optimizer = optimizer
+        self.model, self.optimizer = self.acc.prepare(self.model, optimizer)
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Optimizer steps of one pass over ``n`` chips on this process."""
+        return len(order_batches(np.arange(n), self.opts.batch_size, self.acc.num_processes,
+                                 self.acc.process_index))
+
+    def phase_rows(self, n_real: int, n_syn: int) -> np.ndarray:
+        """Rows of the mix's entries of a phase: its real rows first, then its synthetic ones."""
+        if n_real:
+            return np.concatenate([self.real_rows[:n_real], self.syn_rows[:n_syn]])
+        return self.syn_rows[:n_syn]
+
+    @property
+    def n_val(self) -> int:
+        """How many real chips validate the run."""
+        idx = self.data.val_idx
+        return len(self.val_chips) if idx is None else len(idx)
+
+    def fit(self) -> None:
+        """Train every phase in turn (the progress task counts the planned steps)."""
+        opts, data = self.opts, self.data
+        log.info("training %s/%s on %d real + %d synthetic chips (R=%g, %s), validating on %d "
+                 "real chips, %d steps (%s) on %s", opts.arch, opts.encoder, data.mix.n_real,
+                 data.mix.n_synthetic, data.ratio, data.mode, self.n_val, self.total,
+                 " + ".join(f"{p.name}: {p.steps}" for p in self.phases), self.device)
+        self.start = _now()
+        self.window = _Window(t0=_now())
+        self.stopped = "completed"
+        with progress.task("train-segmenter", total=self.total, unit="step") as bar:
+            self.bar = bar
+            for index, phase in enumerate(self.phases):
+                end = self.fit_phase(index, phase)
+                if index == len(self.phases) - 1 - int(bool(opts.anneal_steps)):
+                    self.stopped = end
+        self.seconds = round(_now() - self.start, 1)
+
+    def fit_phase(self, index: int, phase: Phase) -> str:
+        """Train one phase until its planned steps, its time or its patience run out; returns
+        why it ended. The kept model: the best validation of the last phase (the real chips'
+        phase of pretrain, never the synthetic pre-training alone), or the anneal's average."""
+        from satsynth.segmenter.schedule import BudgetSchedule
+
+        opts, acc = self.opts, self.acc
+        annealing = phase.name == ANNEAL_PHASE
+        keep = index == len(self.phases) - 1 - int(bool(opts.anneal_steps)) \
+            and not opts.anneal_steps
+        rows = self.phase_rows(phase.real, phase.synthetic)
+        if phase.name == "real fine-tuning":  # batch norm from the synthetic phase: re-estimated
+            reestimate_batch_norm(self.model, self.data.mix,
+                                  self.entries[self.phase_rows(phase.real, 0)],
+                                  self.meta.normalizer, opts.batch_size, self.device)
+        budget = self.seconds_budget
+        self.schedule = BudgetSchedule(
+            self.raw_optimizer, "cosine" if annealing else opts.lr_schedule,
+            0.0 if annealing else opts.warmup_fraction, phase.steps,
+            budget * phase.share if budget and phase.share else None, clock=_now)
+        averager = average_weights(self.raw_optimizer, acc.unwrap_model(self.model)) \
+            if annealing else None
+        watch = _PhaseWatch(self.step, self.epoch, self.step, self.epoch)
+        end = None
+        while end is None:
+            end = self.fit_epoch(phase, rows, keep, watch)
+        if averager is not None:  # the kept model: the average over the anneal
+            averager.remove()
+            acc.unwrap_model(self.model).load_state_dict(averager.model.module.state_dict())
+            self.best.miou = -1.0
+            self.validation_step("average of the anneal")
+        elif self.window.losses or not self.history:
+            self.validation_step(phase.name, keep)
+        if len(self.phases) > 1:
+            log.info("%s: %s after %d steps", phase.name, end, self.step - watch.start)
+        return end
+
+    def epoch_batches(self, phase: Phase, rows: np.ndarray) -> list[np.ndarray]:
+        """One epoch's batches of rows of the mix's entries (``rows``: the phase's)."""
+        opts, acc = self.opts, self.acc
+        if self.on_top:
+            return [rows[b] for b in on_top_batches(self.order, phase.real, phase.synthetic,
+                                                    opts.batch_size, acc.num_processes,
+                                                    acc.process_index)]
+        return order_batches(rows[self.order.epoch(phase.real, phase.synthetic)],
+                             opts.batch_size, acc.num_processes, acc.process_index)
+
+    def fit_epoch(self, phase: Phase, rows: np.ndarray, keep: bool,
+                  watch: _PhaseWatch) -> str | None:
+        """One pass over the phase's chips, validated every ``val_every`` steps or at its end;
+        returns why the phase ended, or None to go on."""
+        opts = self.opts
+        annealing = phase.name == ANNEAL_PHASE
+        self.epoch += 1
+        self.model.train()
+        for batch in self.epoch_batches(phase, rows):
+            if self.training_step(batch, phase.name) >= 1.0:
+                # the planned steps are done or the time is up (every process)
+                return "time limit" if self.step - watch.start < phase.steps else "completed"
+            if opts.val_every and self.step % opts.val_every == 0:
+                self._validate_phase(phase.name, keep, watch)
+                if opts.patience_steps and not annealing and \
+                        self.step - watch.best_step >= opts.patience_steps:
+                    return f"early stop (no better val mIoU for {opts.patience_steps} steps)"
+        if not opts.val_every:
+            self._validate_phase(phase.name, keep, watch)
+            if opts.patience and not annealing and \
+                    self.epoch - max(watch.best_epoch, watch.epoch0) >= opts.patience:
+                return f"early stop (no better val mIoU for {opts.patience} epochs)"
+        return None
+
+    def _validate_phase(self, phase: str, keep: bool, watch: _PhaseWatch) -> None:
+        score = self.validation_step(phase, keep)
+        if score > watch.best_miou:
+            watch.best_step, watch.best_epoch, watch.best_miou = self.step, self.epoch, score
+
+    def training_step(self, rows: np.ndarray, phase: str) -> float:
+        """One optimizer step on the entries ``rows``; returns the phase's progress after it
+        (1: its planned steps are done or its time is up, the same on every process)."""
+        import torch
+
+        acc, device, window = self.acc, self.device, self.window
+        t_step = _now()
+        x, y = self.pipeline(self.entries[rows])
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with acc.autocast():
+            logits = forward_logits(self.model, x)
+            loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        self.optimizer.step()
+        p = self.schedule.progress(self.schedule.step_done + 1)
+        if acc.num_processes > 1:  # one learning rate for every process
+            p = float(acc.reduce(torch.tensor([p], device=device), "max").item())
+        self.schedule.step(p)  # at p = 1 the learning rate is at its end
+        window.losses.append(float(loss.detach()))
+        check_finite_loss(window.losses[-1], self.step + 1, self.dataset, self.opts.lr)
+        window.chips += len(rows)
+        window.train_s += _now() - t_step
+        self.step += 1
+        self.bar.update(1, message=f"{phase}: epoch {self.epoch}", epoch=self.epoch,
+                        loss=window.losses[-1])
+        return p
+
+    def validation_step(self, phase: str, keep: bool = True) -> float:
+        """Score the model on the validation chips, record it in the history and the progress,
+        and keep its weights if ``keep`` and best; returns the validation mIoU."""
+        from satsynth.segmenter.evaluate import evaluate_chips
+
+        acc, opts = self.acc, self.opts
         t_val = _now()
-        metrics.reset()
-        with float32_forward(model):
-            evaluate_chips(model, val_chips, meta.normalizer, metrics, opts.val_batch_size,
-                           device, indices=val_idx, shard=(acc.num_processes, acc.process_index))
-        scores = metrics.compute(meta.classes.names)
-        losses, train_s = pending["losses"], pending["train_s"]
-        rec = EpochRecord(epoch, len(losses), float(np.mean(losses)) if losses else float("nan"),
-                          scores["miou"], scores["overall_accuracy"],
-                          round(_now() - pending["t0"], 2), float(schedule.get_last_lr()[0]),
-                          {"train_seconds": round(train_s, 3), "chips": pending["chips"],
-                           "chips_per_s": round(pending["chips"] / max(train_s, 1e-9), 2),
-                           "step": step, "phase": phase,
-                           "val_seconds": round(_now() - t_val, 3)})
-        history.append(rec)
+        self.metrics.reset()
+        with float32_forward(self.model):
+            evaluate_chips(self.model, self.val_chips, self.meta.normalizer, self.metrics,
+                           opts.val_batch_size, self.device, indices=self.data.val_idx,
+                           shard=(acc.num_processes, acc.process_index))
+        scores = self.metrics.compute(self.meta.classes.names)
+        rec = self._record(phase, scores, t_val)
+        self.history.append(rec)
         log.info("epoch %d, step %d (%s): loss %.4f, val mIoU %.4f, accuracy %.4f, lr %.2e",
-                 epoch, step, phase, rec.loss, rec.val_miou, rec.val_accuracy, rec.lr)
+                 self.epoch, self.step, phase, rec.loss, rec.val_miou, rec.val_accuracy, rec.lr)
         progress.emit({"event": EVENT_PROGRESS, "stage": "train-segmenter",
-                       "fraction": round(step / total, 4),
-                       "message": f"step {step}: val mIoU {rec.val_miou:.3f}",
-                       "epoch": epoch, "val_miou": rec.val_miou, "loss": rec.loss})
-        if keep and scores["miou"] > best["miou"]:
-            state = acc.unwrap_model(model).state_dict()
-            best = {"miou": scores["miou"], "epoch": epoch, "step": step, "metrics": scores,
-                    "state": {n: t.detach().cpu().clone() for n, t in state.items()}}
-        pending.update(losses=[], chips=0, t0=_now(), train_s=0.0)
+                       "fraction": round(self.step / self.total, 4),
+                       "message": f"step {self.step}: val mIoU {rec.val_miou:.3f}",
+                       "epoch": self.epoch, "val_miou": rec.val_miou, "loss": rec.loss})
+        if keep and scores["miou"] > self.best.miou:
+            state = acc.unwrap_model(self.model).state_dict()
+            self.best = _Best(scores["miou"], self.epoch, self.step,
+                              {n: t.detach().cpu().clone() for n, t in state.items()}, scores)
+        self.window = _Window(t0=_now())
         return float(scores["miou"])
 
-    with progress.task("train-segmenter", total=total, unit="step") as bar:
-        for p_i, ((phase, n_r, n_s), p_steps) in enumerate(zip(phases, phase_steps,
-                                                                 strict=True)):
-            annealing = phase == ANNEAL_PHASE
-            last_phase = p_i == len(phases) - 1 - int(bool(opts.anneal_steps))
-            # the kept model: the best validation of the last phase (the real chips' phase of
-            # pretrain, never the synthetic pre-training alone), or the anneal's average
-            keep = last_phase and not opts.anneal_steps
-            rows_of_phase = phase_rows(n_r, n_s)
-            if phase == "real fine-tuning":  # batch norm from the synthetic phase: re-estimated
-                reestimate_batch_norm(model, mix, entries[phase_rows(n_r, 0)], meta.normalizer,
-                                      opts.batch_size, device)
-            schedule = BudgetSchedule(
-                raw_optimizer, "cosine" if annealing else opts.lr_schedule,
-                0.0 if annealing else opts.warmup_fraction, p_steps,
-                seconds_budget * shares[p_i] if seconds_budget and shares[p_i] else None,
-                clock=_now)
-            averager = average_weights(raw_optimizer, acc.unwrap_model(model)) \
-                if annealing else None
-            phase_start, phase_epoch0 = step, epoch
-            best_in_phase = {"step": step, "epoch": epoch, "miou": -1.0}
-            end = None
-            while end is None:
-                epoch += 1
-                model.train()
-                batches = [rows_of_phase[b] for b in on_top_batches(
-                    order, n_r, n_s, opts.batch_size, acc.num_processes, acc.process_index)] \
-                    if on_top else order_batches(rows_of_phase[order.epoch(n_r, n_s)],
-                                                 opts.batch_size, acc.num_processes,
-                                                 acc.process_index)
-                for rows in batches:
-                    t_step = _now()
-                    x, y = pipeline(entries[rows])
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with acc.autocast():
-                        logits = forward_logits(model, x)
-                        loss = loss_fn(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    acc.backward(loss)
-                    optimizer.step()
-                    p = schedule.progress(schedule.step_done + 1)
-                    if acc.num_processes > 1:  # one learning rate for every process
-                        p = float(acc.reduce(torch.tensor([p], device=device), "max").item())
-                    schedule.step(p)  # at p = 1 the learning rate is at its end
-                    pending["losses"].append(float(loss.detach()))
-                    check_finite_loss(pending["losses"][-1], step + 1, dataset, opts.lr)
-                    pending["chips"] += len(rows)
-                    pending["train_s"] += _now() - t_step
-                    step += 1
-                    bar.update(1, message=f"{phase}: epoch {epoch}", epoch=epoch,
-                               loss=pending["losses"][-1])
-                    if p >= 1.0:  # the planned steps are done or the time is up (every process)
-                        end = "time limit" if step - phase_start < p_steps else "completed"
-                        break
-                    if opts.val_every and step % opts.val_every == 0:
-                        score = validate(phase, keep)
-                        if score > best_in_phase["miou"]:
-                            best_in_phase = {"step": step, "epoch": epoch, "miou": score}
-                        if opts.patience_steps and not annealing and \
-                                step - best_in_phase["step"] >= opts.patience_steps:
-                            end = (f"early stop (no better val mIoU for "
-                                   f"{opts.patience_steps} steps)")
-                            break
-                if end is None and not opts.val_every:
-                    score = validate(phase, keep)
-                    if score > best_in_phase["miou"]:
-                        best_in_phase = {"step": step, "epoch": epoch, "miou": score}
-                    if opts.patience and not annealing and \
-                            epoch - max(best_in_phase["epoch"], phase_epoch0) \
-                            >= opts.patience:
-                        end = f"early stop (no better val mIoU for {opts.patience} epochs)"
-            if averager is not None:  # the kept model: the average over the anneal
-                averager.remove()
-                acc.unwrap_model(model).load_state_dict(averager.model.module.state_dict())
-                best["miou"] = -1.0
-                validate("average of the anneal")
-            elif pending["losses"] or not history:
-                validate(phase, keep)
-            if len(phases) > 1:
-                log.info("%s: %s after %d steps", phase, end, step - phase_start)
-            if last_phase:
-                stopped = end
-    seconds = round(_now() - start, 1)
-    training = {
-        "options": asdict(opts), "ratio": ratio, "dataset": str(real.path),
-        "synthetic_mode": mode, "phases": [
-            {"phase": n, "real_chips": r, "synthetic_chips": s_, "planned_steps": t}
-            for (n, r, s_), t in zip(phases, phase_steps, strict=True)],
-        "synthetic": [str(s.path) for s in syn_stores],
-        "real_chips": 0 if opts.synthetic_only else mix.n_real,
-        "synthetic_chips": mix.n_synthetic, "validation_chips": int(
-            len(val_chips) if val_idx is None else len(val_idx)),
-        "validation": "val split" if val_idx is None else "10% of train held out",
-        "class_weights": weights, "best_epoch": best["epoch"], "best_step": best["step"],
-        "epochs_run": epoch, "validations": len(history),
-        "stopped": stopped, "steps": step, "seconds": seconds, "device": str(device),
-        "synthetic_on_top": on_top, "kept": "average of the anneal" if opts.anneal_steps else
-        "best validation" + (" of the real fine-tuning" if mode == "pretrain" else ""),
-        "processes": acc.num_processes,
-        "history": [asdict(h) for h in history],
-    }
-    cfg.metrics = {"split": "val" if val_idx is None else "train-holdout", **best["metrics"]}
-    cfg.training = training
-    metrics_doc = {"miou": best["miou"], "best_epoch": best["epoch"], "validation": cfg.metrics,
-                   "history": training["history"], "ratio": ratio,
-                   "real_chips": training["real_chips"], "synthetic_chips": mix.n_synthetic,
-                   "synthetic_mode": mode, "best_step": best["step"], "steps": step,
-                   "seconds": seconds, "stopped": stopped}
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    def _record(self, phase: str, scores: dict[str, Any], t_val: float) -> EpochRecord:
+        """The history's record of a validation that started at ``t_val``."""
+        w = self.window
+        return EpochRecord(self.epoch, len(w.losses),
+                           float(np.mean(w.losses)) if w.losses else float("nan"),
+                           scores["miou"], scores["overall_accuracy"], round(_now() - w.t0, 2),
+                           float(self.schedule.get_last_lr()[0]),
+                           {"train_seconds": round(w.train_s, 3), "chips": w.chips,
+                            "chips_per_s": round(w.chips / max(w.train_s, 1e-9), 2),
+                            "step": self.step, "phase": phase,
+                            "val_seconds": round(_now() - t_val, 3)})
+
+    def training_summary(self) -> dict[str, Any]:
+        """The ``training`` section of the model's config.json."""
+        opts, data, mix = self.opts, self.data, self.data.mix
+        return {
+            "options": asdict(opts), "ratio": data.ratio, "dataset": str(data.real.path),
+            "synthetic_mode": data.mode, "phases": [
+                {"phase": p.name, "real_chips": p.real, "synthetic_chips": p.synthetic,
+                 "planned_steps": p.steps} for p in self.phases],
+            "synthetic": [str(s.path) for s in data.synthetic],
+            "real_chips": 0 if opts.synthetic_only else mix.n_real,
+            "synthetic_chips": mix.n_synthetic, "validation_chips": int(self.n_val),
+            "validation": "val split" if data.val_idx is None else "10% of train held out",
+            "class_weights": self.class_weights, "best_epoch": self.best.epoch,
+            "best_step": self.best.step, "epochs_run": self.epoch,
+            "validations": len(self.history), "stopped": self.stopped, "steps": self.step,
+            "seconds": self.seconds, "device": str(self.device),
+            "synthetic_on_top": self.on_top,
+            "kept": "average of the anneal" if opts.anneal_steps else
+            "best validation" + (" of the real fine-tuning" if data.mode == "pretrain" else ""),
+            "processes": self.acc.num_processes,
+            "history": [asdict(h) for h in self.history],
+        }
+
+    def save(self, out: Path) -> dict[str, Any]:
+        """Write the model folder (the kept weights, config.json with the training summary,
+        metrics.json); returns ``{"model", "metrics", "miou"}`` as :func:`train_segmenter`."""
         import json
 
-        save_model_dir(out, "segmenter", cfg.to_dict(), {"model": best["state"]},
-                       extra_files={"metrics.json": json.dumps(metrics_doc, indent=2) + "\n"})
-        log.info("saved %s (best val mIoU %.4f at epoch %d, %s)", out, best["miou"],
-                 best["epoch"], stopped)
-    acc.wait_for_everyone()
-    return {"model": str(out), "metrics": str(out / "metrics.json"), "miou": float(best["miou"])}
+        acc, best, cfg, data = self.acc, self.best, self.cfg, self.data
+        training = self.training_summary()
+        cfg.metrics = {"split": "val" if data.val_idx is None else "train-holdout",
+                       **best.metrics}
+        cfg.training = training
+        metrics_doc = {"miou": best.miou, "best_epoch": best.epoch, "validation": cfg.metrics,
+                       "history": training["history"], "ratio": data.ratio,
+                       "real_chips": training["real_chips"],
+                       "synthetic_chips": data.mix.n_synthetic, "synthetic_mode": data.mode,
+                       "best_step": best.step, "steps": self.step, "seconds": self.seconds,
+                       "stopped": self.stopped}
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_model_dir(out, "segmenter", cfg.to_dict(), {"model": best.state},
+                           extra_files={"metrics.json": json.dumps(metrics_doc, indent=2) + "\n"})
+            log.info("saved %s (best val mIoU %.4f at epoch %d, %s)", out, best.miou, best.epoch,
+                     self.stopped)
+        acc.wait_for_everyone()
+        return {"model": str(out), "metrics": str(out / "metrics.json"), "miou": float(best.miou)}
 
 
 __all__ = ["SegmenterTrainOptions", "train_segmenter"]

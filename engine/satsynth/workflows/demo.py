@@ -11,6 +11,7 @@ import argparse
 import html
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,27 +76,69 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     each, predict the scene and write report.html. Training runs fixed step counts, so the same
     command gives the same models and report on any machine (time budgets are an option); the
     defaults take about 8 minutes on 2 quiet CPU cores."""
-    from satsynth.data.prepare import PrepareConfig, prepare_dataset
-    from satsynth.data.store import ChipStore
-    from satsynth.generator.sample import synthesize
-    from satsynth.generator.train import run_training
-    from satsynth.predict.predict import predict_raster
-    from satsynth.segmenter.evaluate import evaluate_dataset
-    from satsynth.segmenter.scoring import filter_pairs, score_pairs
-    from satsynth.segmenter.train import train_segmenter
+    from satsynth.data.prepare import PrepareConfig
 
     out = check_output(Path(args.out).resolve(), "demo", inputs=[args.data], into=True)
     PrepareConfig(chip_size=args.chip_size, seed=args.seed, max_chips=args.max_chips)  # checks
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    timings: dict[str, float] = {}
-    outputs: dict[str, Any] = {}
+    demo = DemoRun(args, out, time.monotonic())
+    _prepare(demo)
+    gen = _train_generator(demo)
+    syn = _synthesize(demo, gen)
+    scored, filtered = _train_segmenters(demo, syn)
+    _predict(demo)
+    demo.timings["total"] = round(time.monotonic() - demo.t0, 1)
+    summary = {"runs": demo.runs, "best": demo.best, "train_chips": demo.n_train,
+               "val_chips": demo.store.meta.counts.get("val", 0),
+               "synthetic_pairs": args.count, "ratio": demo.ratio,
+               "tv_distance": syn.get("tv_distance"), "timings_s": demo.timings,
+               "generator_steps": gen["steps"],
+               "pair_consistency": read_json(scored["report"])["pair_consistency"],
+               "pair_consistency_grid": scored["grid"],
+               "filter": read_json(filtered["report"])["filter"] if filtered else None}
+    outputs = demo.outputs
+    outputs["summary"] = str(write_json(out / "summary.json", summary))
+    outputs["report"] = str(_write_report(out, summary, syn))
+    for name, r in demo.runs.items():
+        outputs[f"miou_{name}"] = round(r["miou"], 4)
+    return outputs
 
-    def _step(name: str, started: float) -> None:
-        timings[name] = round(time.monotonic() - started, 1)
-        log.info("demo: %s done in %.0f s", name, timings[name])
 
-    # 1. data
+@dataclass
+class DemoRun:
+    """The demo as it goes: its arguments and folder, when it started, its outputs (name ->
+    path or value), the seconds of each stage, the segmenter runs (name -> model, R, mIoU,
+    reports) and, once prepared, the dataset and the scene to predict."""
+
+    args: argparse.Namespace
+    out: Path
+    t0: float
+    outputs: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dataset: Path | None = None
+    store: Any = None  # the dataset's ChipStore
+    scene_image: Path | None = None
+    ratio: float = 0.0  # R of the run on all synthetic pairs
+    best: str = ""  # the run that predicts the scene
+
+    @property
+    def n_train(self) -> int:
+        """The dataset's training chips."""
+        return self.store.meta.counts.get("train", 0)
+
+    def done(self, name: str, started: float) -> None:
+        """Record and log the seconds of stage ``name``, begun at ``started``."""
+        self.timings[name] = round(time.monotonic() - started, 1)
+        log.info("demo: %s done in %.0f s", name, self.timings[name])
+
+
+def _prepare(demo: DemoRun) -> None:
+    """Chips from --data, or from the generated scene (written first)."""
+    from satsynth.data.prepare import prepare_dataset
+    from satsynth.data.store import ChipStore
+
+    args, out = demo.args, demo.out
     t = time.monotonic()
     if args.data:
         folder = Path(args.data)
@@ -103,95 +146,114 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             raise SatSynthError("--data folder not found", folder)
         dataset = prepare_dataset(out / "dataset", folder=folder, chip_size=args.chip_size,
                                   seed=args.seed, max_chips=args.max_chips)
-        scene_image = None
     else:
         from satsynth.data.demo_scene import generate_scene
 
         scene = generate_scene(out / "scene", size=args.scene_size, seed=args.seed)
-        outputs.update(scene_image=str(scene["image"]), scene_labels=str(scene["labels"]))
-        scene_image = scene["image"]
+        demo.outputs.update(scene_image=str(scene["image"]), scene_labels=str(scene["labels"]))
+        demo.scene_image = scene["image"]
         dataset = prepare_dataset(out / "dataset", images=scene["image"], labels=scene["labels"],
                                   classes=scene["classes"], chip_size=args.chip_size,
                                   seed=args.seed, max_chips=args.max_chips)
-    store = ChipStore(dataset)
-    n_train = store.meta.counts.get("train", 0)
-    outputs.update(dataset=str(dataset), chips=str(Path(dataset) / "chips.gpkg"))
-    _step("prepare", t)
+    demo.dataset = dataset
+    demo.store = ChipStore(dataset)
+    demo.outputs.update(dataset=str(dataset), chips=str(Path(dataset) / "chips.gpkg"))
+    demo.done("prepare", t)
 
-    # 2. generator
+
+def _train_generator(demo: DemoRun) -> dict[str, Any]:
+    """The generator, trained for --generator-steps (and --generator-minutes)."""
+    from satsynth.generator.train import run_training
+
+    args = demo.args
     t = time.monotonic()
-    gen = run_training(dataset, out / "generator", minutes=args.generator_minutes,
+    gen = run_training(demo.dataset, demo.out / "generator", minutes=args.generator_minutes,
                        steps=args.generator_steps, seed=args.seed, device=args.device,
                        checkpoint_every=max(args.generator_steps, 1))
-    outputs.update(generator=str(gen["model"]), generator_loss_plot=str(gen["loss_plot"]))
-    _step("train-generator", t)
+    demo.outputs.update(generator=str(gen["model"]), generator_loss_plot=str(gen["loss_plot"]))
+    demo.done("train-generator", t)
+    return gen
 
-    # 3. synthetic pairs
+
+def _synthesize(demo: DemoRun, gen: dict[str, Any]) -> dict[str, Any]:
+    """--count synthetic pairs from the generator."""
+    from satsynth.generator.sample import synthesize
+
+    args = demo.args
     t = time.monotonic()
-    syn = synthesize(gen["model"], args.count, out / "synthetic", sampler="dpm",
+    syn = synthesize(gen["model"], args.count, demo.out / "synthetic", sampler="dpm",
                      steps=args.sampler_steps, seed=args.seed, device=args.device)
-    outputs.update(synthetic=str(syn["synthetic"]), synthetic_grid=str(syn["grid"]),
-                   synthetic_images=str(syn["images_vrt"]), synthetic_labels=str(syn["labels_vrt"]))
-    _step("synthesize", t)
+    demo.outputs.update(synthetic=str(syn["synthetic"]), synthetic_grid=str(syn["grid"]),
+                        synthetic_images=str(syn["images_vrt"]),
+                        synthetic_labels=str(syn["labels_vrt"]))
+    demo.done("synthesize", t)
+    return syn
 
-    # 4. segmenters: real only; real + synthetic (all pairs: R = count / |D|); real + the pairs
-    # the real-only segmenter finds most consistent (R = kept / |D|)
-    ratio = round(args.count / max(n_train, 1), 3)
-    seg_opts = dict(arch=args.arch, encoder=args.encoder, epochs=args.segmenter_epochs,
-                    max_steps=args.segmenter_steps or None, minutes=args.segmenter_minutes,
-                    seed=args.seed, device=args.device)
-    runs: dict[str, dict[str, Any]] = {}
 
-    def _segmenter(name: str, suffix: str, syn_dir: str | None, r: float | None) -> None:
-        t = time.monotonic()
-        trained = train_segmenter(dataset, out / f"segmenter_{suffix}", synthetic=syn_dir,
-                                  ratio=r, **seg_opts)
-        ev = evaluate_dataset(trained["model"], out / f"evaluation_{suffix}", dataset,
-                              split="val", device=args.device)
-        runs[name] = {"model": str(trained["model"]), "ratio": r or 0.0, "miou": ev["miou"],
-                      "report": str(ev["report_html"]), "report_json": str(ev["report_json"])}
-        outputs[f"segmenter_{suffix}"] = str(trained["model"])
-        _step(f"train-segmenter ({name})", t)
+def _train_segmenters(demo: DemoRun, syn: dict[str, Any]
+                      ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The segmenters: real only; real + synthetic (all pairs: R = count / |D|); real + the
+    pairs the real-only segmenter finds most consistent (R = kept / |D|). Returns the pairs'
+    scores and the filtered pairs (None with --filter-keep 0)."""
+    from satsynth.segmenter.scoring import filter_pairs, score_pairs
 
-    _segmenter("real", "real", None, None)
+    args, out = demo.args, demo.out
+    n_train = demo.n_train
+    demo.ratio = round(args.count / max(n_train, 1), 3)
+    _train_segmenter(demo, "real", "real", None, None)
     t = time.monotonic()
-    scored = score_pairs(syn["synthetic"], runs["real"]["model"], device=args.device)
-    outputs.update(synthetic_scores=scored["scores"], synthetic_by_score=scored["grid"])
+    scored = score_pairs(syn["synthetic"], demo.runs["real"]["model"], device=args.device)
+    demo.outputs.update(synthetic_scores=scored["scores"], synthetic_by_score=scored["grid"])
     filtered = None
     if args.filter_keep:
         filtered = filter_pairs(syn["synthetic"], out / "synthetic_filtered",
                                 keep=args.filter_keep)
-        outputs.update(synthetic_filtered=filtered["synthetic"])
-    _step("score-pairs", t)
-    _segmenter("real+synthetic", "real_synthetic", syn["synthetic"], ratio)
+        demo.outputs.update(synthetic_filtered=filtered["synthetic"])
+    demo.done("score-pairs", t)
+    _train_segmenter(demo, "real+synthetic", "real_synthetic", syn["synthetic"], demo.ratio)
     if filtered is not None:
-        _segmenter("real+synthetic (filtered)", "real_synthetic_filtered",
-                   filtered["synthetic"], round(filtered["kept"] / max(n_train, 1), 3))
+        _train_segmenter(demo, "real+synthetic (filtered)", "real_synthetic_filtered",
+                         filtered["synthetic"], round(filtered["kept"] / max(n_train, 1), 3))
+    return scored, filtered
 
-    # 5. prediction over the whole scene with the better segmenter
-    best = max(runs, key=lambda k: runs[k]["miou"])
-    if scene_image is None:
-        scene_image = Path(store.meta.sources[0]["image"])
+
+def _train_segmenter(demo: DemoRun, name: str, suffix: str, syn_dir: str | None,
+                     r: float | None) -> None:
+    """Train and evaluate (on val) the segmenter of run ``name`` on the real chips + R x real
+    chips of ``syn_dir``."""
+    from satsynth.segmenter.evaluate import evaluate_dataset
+    from satsynth.segmenter.train import train_segmenter
+
+    args, out = demo.args, demo.out
     t = time.monotonic()
-    pred = predict_raster(runs[best]["model"], scene_image, out / "prediction.tif",
-                          confidence=out / "confidence.tif", device=args.device)
-    outputs.update(prediction=str(pred["prediction"]), prediction_style=str(pred["style"]),
-                   confidence=str(pred["confidence"]))
-    _step("predict", t)
+    trained = train_segmenter(demo.dataset, out / f"segmenter_{suffix}", synthetic=syn_dir,
+                              ratio=r, arch=args.arch, encoder=args.encoder,
+                              epochs=args.segmenter_epochs,
+                              max_steps=args.segmenter_steps or None,
+                              minutes=args.segmenter_minutes, seed=args.seed, device=args.device)
+    ev = evaluate_dataset(trained["model"], out / f"evaluation_{suffix}", demo.dataset,
+                          split="val", device=args.device)
+    demo.runs[name] = {"model": str(trained["model"]), "ratio": r or 0.0, "miou": ev["miou"],
+                       "report": str(ev["report_html"]), "report_json": str(ev["report_json"])}
+    demo.outputs[f"segmenter_{suffix}"] = str(trained["model"])
+    demo.done(f"train-segmenter ({name})", t)
 
-    timings["total"] = round(time.monotonic() - t0, 1)
-    summary = {"runs": runs, "best": best, "train_chips": n_train,
-               "val_chips": store.meta.counts.get("val", 0), "synthetic_pairs": args.count,
-               "ratio": ratio, "tv_distance": syn.get("tv_distance"), "timings_s": timings,
-               "generator_steps": gen["steps"],
-               "pair_consistency": read_json(scored["report"])["pair_consistency"],
-               "pair_consistency_grid": scored["grid"],
-               "filter": read_json(filtered["report"])["filter"] if filtered else None}
-    outputs["summary"] = str(write_json(out / "summary.json", summary))
-    outputs["report"] = str(_write_report(out, summary, syn))
-    for name, r in runs.items():
-        outputs[f"miou_{name}"] = round(r["miou"], 4)
-    return outputs
+
+def _predict(demo: DemoRun) -> None:
+    """Predict the whole scene with the segmenter of the best validation mIoU."""
+    from satsynth.predict.predict import predict_raster
+
+    runs, out = demo.runs, demo.out
+    demo.best = max(runs, key=lambda k: runs[k]["miou"])
+    scene_image = demo.scene_image
+    if scene_image is None:
+        scene_image = Path(demo.store.meta.sources[0]["image"])
+    t = time.monotonic()
+    pred = predict_raster(runs[demo.best]["model"], scene_image, out / "prediction.tif",
+                          confidence=out / "confidence.tif", device=demo.args.device)
+    demo.outputs.update(prediction=str(pred["prediction"]), prediction_style=str(pred["style"]),
+                        confidence=str(pred["confidence"]))
+    demo.done("predict", t)
 
 
 def _miou_plot(path: Path, runs: dict[str, dict[str, Any]]) -> Path:

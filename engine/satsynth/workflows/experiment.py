@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +157,44 @@ def ensure_synthetic(real: ChipStore, generator: Path, cache: Path, needed: int,
 
 def run_experiment(dataset: str | Path, generator: str | Path | None, out: str | Path,
                    upsampler: str | Path | None = None, **options: Any) -> dict[str, Any]:
-    """Run (or resume) the experiment; ``options`` are :class:`ExperimentConfig` fields;
-    ``upsampler`` makes the synthetic pairs through the super-resolution cascade. Returns ``{"results": json, "table": md, "plot": png, "report_html": html}``."""
-    from satsynth.segmenter.train import train_segmenter
-    from satsynth.workflows.report import experiment_html, experiment_markdown, plot_experiment
+    """Run (or resume) the experiment.
 
+    Args:
+        dataset: the prepared real chip store (runs select on ``val``, report on ``test``).
+        generator: the generator model folder (needed when a ratio is above 0).
+        out: the experiment folder (synthetic cache, runs.json, results).
+        upsampler: make the synthetic pairs through the super-resolution cascade with this
+            upsampler (``generator`` being its base).
+        **options: the fields of :class:`ExperimentConfig` (``ratios`` and ``variants`` may be
+            comma-separated text).
+
+    Returns:
+        ``{"results": results.json, "table": table.md, "plot": plot.png,
+        "report_html": report.html}``.
+    """
+    cfg = experiment_config(options)
+    variants = parse_variants(cfg.variants)
+    if upsampler is not None and generator is None:
+        raise SatSynthError("--upsampler needs --generator: the cascade's base generator")
+    up = Path(upsampler) if upsampler is not None else None
+    if up is not None and not up.is_dir():
+        raise SatSynthError("upsampler model folder not found", up)
+    out = check_output(out, "experiment", inputs=[dataset, generator, upsampler], into=True)
+    plan = plan_experiment(cfg, variants, ChipStore(dataset), out, generator, up)
+    _run_all(plan)
+    return _write_results(plan, generator, up)
+
+
+def experiment_config(options: dict[str, Any]) -> ExperimentConfig:
+    """The experiment's settings from keyword arguments, checked before any work (one line).
+
+    Args:
+        options: the fields of :class:`ExperimentConfig` (``ratios`` and ``variants`` may be
+            comma-separated text; both are normalized in ``options``).
+
+    Returns:
+        The checked :class:`ExperimentConfig`.
+    """
     if "ratios" in options:
         options["ratios"] = parse_ratios(options["ratios"])
     if isinstance(options.get("variants"), str):
@@ -177,14 +210,66 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     if not 0 < cfg.filter_keep <= 1:
         raise SatSynthError(f"--filter-keep must be a fraction in (0, 1], got {cfg.filter_keep}")
     _check_run_options(cfg)
-    variants = parse_variants(cfg.variants)
-    if upsampler is not None and generator is None:
-        raise SatSynthError("--upsampler needs --generator: the cascade's base generator")
-    up = Path(upsampler) if upsampler is not None else None
-    if up is not None and not up.is_dir():
-        raise SatSynthError("upsampler model folder not found", up)
-    out = check_output(out, "experiment", inputs=[dataset, generator, upsampler], into=True)
-    real = ChipStore(dataset)
+    return cfg
+
+
+@dataclass
+class ExperimentPlan:
+    """Everything the runs of an experiment share: the settings, the real chips (``n_real``
+    of them train), the validation cadence ``every``, the training options of the budget, the
+    synthetic stores, the identity of its runs (``key``, the generator's fingerprint), the
+    planned runs (seed, variant, R) and the records of those already done (runs.json)."""
+
+    cfg: ExperimentConfig
+    real: ChipStore
+    out: Path
+    n_real: int
+    every: int
+    train_opts: dict[str, Any]
+    syn_stores: list[Path]
+    variants: dict[str, Variant]
+    key: str
+    gen_fp: str | None
+    runs: list[tuple[int, str, float]]
+    records: list[dict[str, Any]]
+    keep_baseline: bool
+
+    def run_key(self, variant: str) -> str:
+        """The identity of a variant's runs: the training key, plus the variant's own."""
+        v = self.variants.get(variant)
+        return self.key + (f"-{v.key.format(**asdict(self.cfg))}" if v is not None and v.key
+                           else "")
+
+    def find(self, seed: int, variant: str, r: float) -> dict[str, Any] | None:
+        """The record of a run already done with the same settings, or None."""
+        for rec in self.records:
+            if (rec["seed"] == seed and float(rec["ratio"]) == r
+                    and rec.get("variant", "mix" if r > 0 else BASELINE) == variant
+                    and rec["train_key"] == self.run_key(variant)
+                    and (r == 0 or rec.get("generator_fingerprint") == self.gen_fp)):
+                return rec
+        return None
+
+    def model_dir(self, seed: int, variant: str, r: float) -> Path:
+        """Where a run's segmenter is written."""
+        return self.out / "runs" / f"{variant}-R{r:g}-seed{seed}-{self.run_key(variant)}"
+
+
+def plan_experiment(cfg: ExperimentConfig, variants: list[Variant], real: ChipStore, out: Path,
+                    generator: str | Path | None, up: Path | None) -> ExperimentPlan:
+    """The experiment's plan; makes the synthetic pairs it needs and are not cached yet.
+
+    Args:
+        cfg: the checked settings.
+        variants: the variants to run (:func:`parse_variants`).
+        real: the real chip store.
+        out: the experiment folder.
+        generator: the generator model folder (needed when a ratio is above 0).
+        up: the cascade's upsampler folder, or None.
+
+    Returns:
+        The :class:`ExperimentPlan`.
+    """
     n_real = len(real_subset(real.count("train"), cfg.real_fraction, 0))
     # the same validation cadence N (optimizer steps) for every R and variant: by default one
     # pass over the real chips alone, so R > 0 runs are not checked less often
@@ -208,90 +293,94 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
                                       int(math.ceil(per_real * n_real)), cfg, up)
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.json"
-    key = cfg.train_key()
     gen_fp = (_generator_fingerprint(Path(generator), up) if max_r > 0 and generator
               else None)
     records: list[dict[str, Any]] = read_json(runs_path) if runs_path.is_file() else []
-    by_name = {v.name: v for v in variants}
-    plan: list[tuple[int, str, float]] = []
+    runs: list[tuple[int, str, float]] = []
     for seed in range(cfg.seeds):
-        plan.append((seed, BASELINE, 0.0))
+        runs.append((seed, BASELINE, 0.0))
         for v in variants:
             rs = [max_r] if v.max_ratio_only else [r for r in cfg.ratios if r > 0]
-            plan += [(seed, v.name, r) for r in rs if r > 0]
+            runs += [(seed, v.name, r) for r in rs if r > 0]
     keep_baseline = cfg.keep_models or any(v.needs_baseline_model for v in variants)
+    return ExperimentPlan(cfg, real, out, n_real, every, train_opts, syn_stores,
+                          {v.name: v for v in variants}, cfg.train_key(), gen_fp, runs, records,
+                          keep_baseline)
 
-    def run_key(variant: str) -> str:
-        v = by_name.get(variant)
-        return key + (f"-{v.key.format(**asdict(cfg))}" if v is not None and v.key else "")
 
-    def find(seed: int, variant: str, r: float) -> dict[str, Any] | None:
-        for rec in records:
-            if (rec["seed"] == seed and float(rec["ratio"]) == r
-                    and rec.get("variant", "mix" if r > 0 else BASELINE) == variant
-                    and rec["train_key"] == run_key(variant)
-                    and (r == 0 or rec.get("generator_fingerprint") == gen_fp)):
-                return rec
-        return None
-
-    def model_dir(seed: int, variant: str, r: float) -> Path:
-        return out / "runs" / f"{variant}-R{r:g}-seed{seed}-{run_key(variant)}"
-
-    todo = [p for p in plan if find(*p) is None]
+def _run_all(plan: ExperimentPlan) -> None:
+    """Train and score every planned run not done yet, recording each in runs.json as it ends."""
+    cfg = plan.cfg
+    todo = [p for p in plan.runs if plan.find(*p) is None]
     log.info("experiment: %d runs, %d already done, %d to do (%d real chips, R in %s, variants "
-             "%s, budget %s)", len(plan), len(plan) - len(todo), len(todo), n_real, cfg.ratios,
-             ", ".join(cfg.variants), cfg.budget)
-    with progress.task("experiment", total=len(plan), unit="run",
-                       initial=len(plan) - len(todo)) as bar:
+             "%s, budget %s)", len(plan.runs), len(plan.runs) - len(todo), len(todo),
+             plan.n_real, cfg.ratios, ", ".join(cfg.variants), cfg.budget)
+    with progress.task("experiment", total=len(plan.runs), unit="run",
+                       initial=len(plan.runs) - len(todo)) as bar:
         for seed, variant, r in todo:
-            v: Variant | None = by_name.get(variant)
-            stores = [str(s) for s in syn_stores] if r > 0 else None
-            if v is not None and v.pool is not None:
-                base_dir = model_dir(seed, BASELINE, 0.0)
-                stores = v.pool(PoolContext(real.path, stores or [], out, seed, r,
-                                            base_dir if base_dir.is_dir() else None,
-                                            asdict(cfg)))
-            mode = v.mode if v is not None else "mix"
-            mdir = model_dir(seed, variant, r)
-            res = train_segmenter(
-                real.path, mdir, synthetic=stores, ratio=r, arch=cfg.arch,
-                encoder=cfg.encoder, encoder_weights=cfg.encoder_weights,
-                batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
-                class_weights=cfg.class_weights, real_fraction=cfg.real_fraction,
-                minutes=cfg.minutes_per_run, seed=seed, device=cfg.device,
-                synthetic_mode="pretrain" if mode == "pretrain" else "mix",
-                synthetic_only=mode == "synthetic-only", **train_opts)
-            m = read_json(res["metrics"])
-            # the final evaluation: this run's training and selection are over
-            scores, reported_on = final_scores(mdir, real.path, cfg.device)
-            rec = {"variant": variant, "mode": mode, "ratio": r, "seed": seed,
-                   "train_key": run_key(variant),
-                   "generator_fingerprint": gen_fp if r > 0 else None,
-                   "miou": scores["miou"], "iou": scores["iou"],
-                   "overall_accuracy": scores["overall_accuracy"], "reported_on": reported_on,
-                   "val_miou": m["miou"], "val_iou": m["validation"]["iou"],
-                   "real_chips": m["real_chips"], "synthetic_chips": m["synthetic_chips"],
-                   "best_epoch": m["best_epoch"], "best_step": m.get("best_step"),
-                   "epochs_run": len(m["history"]), "steps": m.get("steps", sum(
-                       h["steps"] for h in m["history"])),
-                   "seconds": m["seconds"], "stopped": m["stopped"],
-                   "model": str(mdir) if cfg.keep_models else None}
-            records.append(rec)
-            write_json(runs_path, records)
-            if not (cfg.keep_models or (keep_baseline and variant == BASELINE)):
-                shutil.rmtree(mdir, ignore_errors=True)
-            bar.update(1, message=f"{variant} R={r:g} seed {seed}: {reported_on} mIoU "
+            rec = _run_one(plan, seed, variant, r)
+            plan.records.append(rec)
+            write_json(plan.out / "runs.json", plan.records)
+            if not (cfg.keep_models or (plan.keep_baseline and variant == BASELINE)):
+                shutil.rmtree(plan.model_dir(seed, variant, r), ignore_errors=True)
+            bar.update(1, message=f"{variant} R={r:g} seed {seed}: {rec['reported_on']} mIoU "
                                   f"{rec['miou']:.3f}", force=True)
-    if keep_baseline and not cfg.keep_models:
+    if plan.keep_baseline and not cfg.keep_models:
         for seed in range(cfg.seeds):
-            shutil.rmtree(model_dir(seed, BASELINE, 0.0), ignore_errors=True)
-    done = [d for d in (find(*p) for p in plan) if d is not None]
-    names = real.classes.names
+            shutil.rmtree(plan.model_dir(seed, BASELINE, 0.0), ignore_errors=True)
+
+
+def _run_one(plan: ExperimentPlan, seed: int, variant: str, r: float) -> dict[str, Any]:
+    """Train one run's segmenter, score it on the held-out chips; returns its record."""
+    from satsynth.segmenter.train import train_segmenter
+
+    cfg = plan.cfg
+    v: Variant | None = plan.variants.get(variant)
+    stores = [str(s) for s in plan.syn_stores] if r > 0 else None
+    if v is not None and v.pool is not None:
+        base_dir = plan.model_dir(seed, BASELINE, 0.0)
+        stores = v.pool(PoolContext(plan.real.path, stores or [], plan.out, seed, r,
+                                    base_dir if base_dir.is_dir() else None, asdict(cfg)))
+    mode = v.mode if v is not None else "mix"
+    mdir = plan.model_dir(seed, variant, r)
+    res = train_segmenter(
+        plan.real.path, mdir, synthetic=stores, ratio=r, arch=cfg.arch,
+        encoder=cfg.encoder, encoder_weights=cfg.encoder_weights,
+        batch_size=cfg.batch_size, lr=cfg.lr, dice=cfg.dice,
+        class_weights=cfg.class_weights, real_fraction=cfg.real_fraction,
+        minutes=cfg.minutes_per_run, seed=seed, device=cfg.device,
+        synthetic_mode="pretrain" if mode == "pretrain" else "mix",
+        synthetic_only=mode == "synthetic-only", **plan.train_opts)
+    m = read_json(res["metrics"])
+    # the final evaluation: this run's training and selection are over
+    scores, reported_on = final_scores(mdir, plan.real.path, cfg.device)
+    return {"variant": variant, "mode": mode, "ratio": r, "seed": seed,
+            "train_key": plan.run_key(variant),
+            "generator_fingerprint": plan.gen_fp if r > 0 else None,
+            "miou": scores["miou"], "iou": scores["iou"],
+            "overall_accuracy": scores["overall_accuracy"], "reported_on": reported_on,
+            "val_miou": m["miou"], "val_iou": m["validation"]["iou"],
+            "real_chips": m["real_chips"], "synthetic_chips": m["synthetic_chips"],
+            "best_epoch": m["best_epoch"], "best_step": m.get("best_step"),
+            "epochs_run": len(m["history"]), "steps": m.get("steps", sum(
+                h["steps"] for h in m["history"])),
+            "seconds": m["seconds"], "stopped": m["stopped"],
+            "model": str(mdir) if cfg.keep_models else None}
+
+
+def _write_results(plan: ExperimentPlan, generator: str | Path | None,
+                   up: Path | None) -> dict[str, Any]:
+    """results.json, table.md, plot.png and report.html over every run of the plan."""
+    from satsynth.workflows.report import experiment_html, experiment_markdown, plot_experiment
+
+    cfg, out = plan.cfg, plan.out
+    done = [d for d in (plan.find(*p) for p in plan.runs) if d is not None]
+    names = plan.real.classes.names
     summary = paired_summary(done, names)
     settings = {**asdict(cfg), "generator": str(generator) if generator else None,
                 "upsampler": str(up) if up else None,
-                "dataset": str(real.path), "train_key": key, "protocol": PROTOCOL,
-                "val_every": every if cfg.budget != "epochs" else None}
+                "dataset": str(plan.real.path), "train_key": plan.key, "protocol": PROTOCOL,
+                "val_every": plan.every if cfg.budget != "epochs" else None}
     results = out / "results.json"
     write_json(results, {"settings": settings, "classes": names, "summary": summary,
                          "runs": done})
@@ -299,7 +388,7 @@ def run_experiment(dataset: str | Path, generator: str | Path | None, out: str |
     markdown = experiment_markdown(summary, names, settings)
     with atomic_path(table) as tmp:
         tmp.write_text(markdown, encoding="utf-8")
-    title = (f"{cfg.arch}/{cfg.encoder}, {n_real} real chips"
+    title = (f"{cfg.arch}/{cfg.encoder}, {plan.n_real} real chips"
              + (f" ({cfg.real_fraction:g} of train)" if cfg.real_fraction < 1 else ""))
     plot = plot_experiment(summary, out / "plot.png", title)
     report = out / "report.html"
