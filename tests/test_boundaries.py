@@ -243,3 +243,31 @@ def test_the_floor_checker_catches_violations(tmp_path):
         "satsynth.errors:2 (shared) imports satsynth.data.store (data)"]
     assert dynamic_engine_imports(root) == [
         "satsynth.segmenter.train:6 import_module('satsynth.workflows.demo')"]
+
+
+#: The longest an engine function may be, in lines, not counting its argument declarations
+#: (``add_argument`` calls of a CLI's ``register``): a reader holds one in mind at a time.
+MAX_FUNCTION_LINES = 100
+
+
+def _declaration_lines(fn: ast.AST) -> int:
+    """Lines of ``fn`` spent in argparse declarations (``p.add_argument(...)`` statements)."""
+    lines = 0
+    for node in ast.walk(fn):
+        if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Attribute)
+                and node.value.func.attr == "add_argument"):
+            lines += node.end_lineno - node.lineno + 1
+    return lines
+
+
+def test_no_engine_function_is_longer_than_a_reader_can_hold():
+    long = []
+    for f in sorted((ROOT / "engine" / "satsynth").rglob("*.py")):
+        tree = ast.parse(f.read_text(encoding="utf-8"), filename=str(f))
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = fn.end_lineno - fn.lineno + 1 - _declaration_lines(fn)
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{f.relative_to(ROOT)}:{fn.lineno} {fn.name}: {n} lines")
+    assert not long, "engine functions too long to read at once:\n" + "\n".join(long)

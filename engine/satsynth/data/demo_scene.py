@@ -191,13 +191,21 @@ def render_scene(size: int = 2048, pixel_size: float = 0.5,
         `tuple[np.ndarray, np.ndarray]`: the image, ``(3, size, size)`` uint8, and the labels,
         ``(size, size)`` uint8 class ids.
     """
+    rng = np.random.default_rng(seed)
+    n, px = int(size), float(pixel_size)
+    labels, bid, shadow, n_buildings = _draw_layout(n, px, rng)
+    image = _paint_scene(labels, bid, shadow, n_buildings, 1.0 / px, rng)
+    return image, labels
+
+
+def _draw_layout(n: int, px: float, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The scene's classes: water, vegetation, roads and buildings drawn on bare land; with the
+    building ids (0: none) and their shadows."""
     import shapely
     from rasterio.features import rasterize
     from shapely.geometry import LineString
 
-    rng = np.random.default_rng(seed)
-    px = float(pixel_size)
-    n = int(size)
     scale = 1.0 / px  # pixels per metre
 
     # water: smooth field plus a ramp towards one side (a coast), about 8-18% of the scene
@@ -243,6 +251,14 @@ def render_scene(size: int = 2048, pixel_size: float = 0.5,
         shadow = rasterize([(s, 1) for s in shadows], out_shape=(n, n), dtype="uint8").astype(bool)
         shadow &= bid == 0
 
+    return labels, bid, shadow, len(buildings)
+
+
+def _paint_scene(labels: np.ndarray, bid: np.ndarray, shadow: np.ndarray, n_buildings: int,
+                 scale: float, rng: np.random.Generator) -> np.ndarray:
+    """The scene's colours: a base colour per class, textured by multi-scale noise, roofs and
+    shadows, blurred and grained like an aerial photograph."""
+    n = labels.shape[0]
     # colours: per-class base colour, textured by multi-scale noise
     coarse = fractal_noise(n, n, (200 * scale, 60 * scale), rng)
     fine = fractal_noise(n, n, (4 * scale, 1.5 * scale, 2.0), rng)
@@ -265,9 +281,9 @@ def render_scene(size: int = 2048, pixel_size: float = 0.5,
     img[:, veg_mask] += 28 * tree[veg_mask]  # crowns: bright tops, dark gaps
     paint(labels == WATER, (46, 88, 108), 14, 3, (0.6, 0.9, 1.0))
     paint(labels == ROAD, (98, 98, 102), 8, 6)
-    if buildings:
-        roof = rng.integers(0, len(_ROOFS), len(buildings) + 1)
-        shade = rng.uniform(0.85, 1.1, len(buildings) + 1).astype(np.float32)
+    if n_buildings:
+        roof = rng.integers(0, len(_ROOFS), n_buildings + 1)
+        shade = rng.uniform(0.85, 1.1, n_buildings + 1).astype(np.float32)
         m = bid > 0
         cols = _ROOFS[roof[bid[m]]] * shade[bid[m]][:, None]
         for ch in range(3):
@@ -277,7 +293,7 @@ def render_scene(size: int = 2048, pixel_size: float = 0.5,
     img = _box_blur(img)
     img += 3.0 * grain[None]
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return image, labels
+    return image
 
 
 def generate_scene(out_dir: str | Path, size: int = 2048, pixel_size: float = 0.5,
