@@ -4,8 +4,16 @@ layers the engine writes are loaded with the style it wrote beside them."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import EPSG, ORIGIN, project_layer, run_alg, scene_arrays, write_geotiff
-from dock_fixtures import make_tiny_segmenter, write_image
+from conftest import (
+    EPSG,
+    ORIGIN,
+    make_tiny_segmenter,
+    project_layer,
+    run_alg,
+    scene_arrays,
+    write_geotiff,
+)
+from dock_fixtures import CLASS_TABLE, write_image
 from osgeo import gdal
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
@@ -53,7 +61,7 @@ def test_predicted_polygons_are_loaded_with_the_engines_categorized_style(
     """Segment raster's class polygons, named unlike the raster, come with their own copy of the
     engine's class style (zones.qml), which the plugin loads: categorized on class_id with the
     class table's names and colours, not a style the plugin builds from config.json."""
-    model = make_tiny_segmenter(engine_python, tmp_path / "segmenter")
+    model = make_tiny_segmenter(engine_python, tmp_path / "segmenter", CLASS_TABLE)
     image = write_image(tmp_path / "image.tif", 64)
     results, _ = run_alg("satsynth:segment_raster", {
         "MODEL": str(model), "INPUT": str(image), "TILE": 64, "OVERLAP": 16, "DEVICE": "cpu",
