@@ -129,3 +129,19 @@ def brightness_image(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     img = levels[None] + rng.normal(0, 8, (3, h, w)).astype(np.float32)
     img[1] *= 0.9
     return np.clip(img, 1, 255).astype(np.uint8), idx
+
+
+def assert_resumed_like_uninterrupted(full: dict, resumed: dict, load, full_dir: Path,
+                                      resumed_dir: Path) -> None:
+    """A run stopped and resumed logged the same losses and ended with the same weights as one
+    that ran without stopping (``full``/``resumed``: the training results; ``load``: the model
+    loader, e.g. ``load_generator``)."""
+    import torch
+
+    a = [float(r.split(",")[1]) for r in Path(full["log"]).read_text().splitlines()[1:]]
+    b = [float(r.split(",")[1]) for r in Path(resumed["log"]).read_text().splitlines()[1:]]
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    wa = load(full_dir, weights="model")[0].state_dict()
+    wb = load(resumed_dir, weights="model")[0].state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from builders import TINY_GENERATOR
+from builders import TINY_GENERATOR, assert_resumed_like_uninterrupted
 
 from satsynth import progress
 from satsynth.contract import IGNORE_INDEX
@@ -196,13 +196,7 @@ def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path, monkeypatch, c
     assert stopped["interrupted"] and stopped["steps"] == 3
     assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 3
     res = run_training(ds, tmp_path / "run", resume=True, **opts)
-    a = [float(r.split(",")[1]) for r in Path(full["log"]).read_text().splitlines()[1:]]
-    b = [float(r.split(",")[1]) for r in Path(res["log"]).read_text().splitlines()[1:]]
-    np.testing.assert_allclose(a, b, rtol=1e-4)
-    wa = load_generator(tmp_path / "full", weights="model")[0].state_dict()
-    wb = load_generator(tmp_path / "run", weights="model")[0].state_dict()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert_resumed_like_uninterrupted(full, res, load_generator, tmp_path / "full", tmp_path / "run")
     with pytest.raises(SatSynthError, match="no checkpoint here"):
         run_training(ds, tmp_path / "none", resume=True, **opts)
 

@@ -13,12 +13,18 @@ from satsynth.errors import SatSynthError
 from satsynth.generator.encoding import LabelEncoding, bit_count
 
 
+def every_case(test):
+    """Check ``test`` on both encodings, 2 to 64 classes and random masks (25 draws)."""
+    return settings(max_examples=25, deadline=None)(
+        given(k=st.integers(2, 64), seed=st.integers(0, 10_000),
+              kind=st.sampled_from(["bits", "onehot"]))(test))
+
+
 def _mask(k: int, seed: int, shape=(2, 5, 7)) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, k, shape)).to(torch.uint8)
 
 
-@settings(max_examples=25, deadline=None)
-@given(k=st.integers(2, 64), seed=st.integers(0, 10_000), kind=st.sampled_from(["bits", "onehot"]))
+@every_case
 def test_encode_decode_round_trips_exactly(k, seed, kind):
     enc = LabelEncoding(kind, k)
     mask = _mask(k, seed)
@@ -30,8 +36,7 @@ def test_encode_decode_round_trips_exactly(k, seed, kind):
     assert torch.equal(out, mask)
 
 
-@settings(max_examples=25, deadline=None)
-@given(k=st.integers(2, 64), seed=st.integers(0, 10_000), kind=st.sampled_from(["bits", "onehot"]))
+@every_case
 def test_decoding_is_robust_to_noise_within_the_margin(k, seed, kind):
     enc = LabelEncoding(kind, k)
     mask = _mask(k, seed)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from builders import TINY_GENERATOR
+from builders import TINY_GENERATOR, assert_resumed_like_uninterrupted
 
 from satsynth.data.classes import ClassTable
 from satsynth.data.normalize import Normalizer
@@ -177,13 +177,7 @@ def test_upsampler_resumes_on_the_same_loss_curve_and_keeps_its_geometry(tmp_pat
     assert stopped["interrupted"] and stopped["steps"] == 3
     res = run_upsampler_training(ds, tmp_path / "run", BASE, 2, steps=6, resume=True, **opts)
     assert res["steps"] == 6
-    a = [float(r.split(",")[1]) for r in Path(full["log"]).read_text().splitlines()[1:]]
-    b = [float(r.split(",")[1]) for r in Path(res["log"]).read_text().splitlines()[1:]]
-    np.testing.assert_allclose(a, b, rtol=1e-4)
-    wa = load_upsampler(tmp_path / "full", weights="model")[0].state_dict()
-    wb = load_upsampler(tmp_path / "run", weights="model")[0].state_dict()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert_resumed_like_uninterrupted(full, res, load_upsampler, tmp_path / "full", tmp_path / "run")
     with pytest.raises(SatSynthError, match="goes from 8 px by 2x, not from 8 px by 4x"):
         run_upsampler_training(ds, tmp_path / "run", BASE, 4, steps=7, resume=True, **opts)
     with pytest.raises(SatSynthError, match="--base-size 16 x --factor 2 = 32 px must divide"):
