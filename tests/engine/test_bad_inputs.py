@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -389,53 +390,64 @@ def _long_runs(w: dict[str, Path], out: Path, big: Path) -> dict[str, list[str]]
     }
 
 
+def _forked_main(argv: list[str], out: str, err: str) -> None:
+    """The child of :class:`Forked`: ``main(argv)`` with stdout/stderr in files, then exit."""
+    code = 1
+    try:
+        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        progress.reset_cancel()
+        code = main([*argv, "--progress", "json"])
+    except BaseException:  # noqa: BLE001 - report, then leave the child
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _fork_server() -> multiprocessing.context.BaseContext:
+    """A fork server that has imported torch and the CLI but never computed: its children start
+    in milliseconds, and none inherits an OpenMP thread pool (a child forked from a process whose
+    pool has run blocks forever in its first parallel region: GNU OpenMP is not fork-safe)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "satsynth.cli", "test_bad_inputs"])
+    return ctx
+
+
 class Forked:
-    """``satsynth ARGV --progress json`` in a child process forked from this one: the same
-    ``main()`` as the command, real signals and exit codes, without importing torch again in
-    each of the fault runs (8 at once). stdout/stderr go to files (a full pipe would block it)."""
+    """``satsynth ARGV --progress json`` in a process forked from a fork server that has torch
+    loaded: the same ``main()`` as the command, real signals and exit codes, without importing
+    torch again in each of the fault runs (8 at once). stdout/stderr go to files (a full pipe
+    would block it)."""
 
     def __init__(self, argv: list[str], logs: Path) -> None:
         self.args = argv
         out, err = logs.with_suffix(".out"), logs.with_suffix(".err")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: never returns into pytest
-            code = 1
-            try:
-                os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
-                os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-                progress.reset_cancel()
-                code = main([*argv, "--progress", "json"])
-            except BaseException:  # noqa: BLE001 - report, then leave the child
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        out.touch()
+        err.touch()
+        self._proc = _fork_server().Process(target=_forked_main, args=(argv, str(out), str(err)))
+        self._proc.start()
+        self.pid = self._proc.pid
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+        if self.returncode is None and not self._proc.is_alive():
+            self.returncode = self._proc.exitcode
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
 
     def wait(self, timeout: float) -> int:
-        end = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > end:
-                os.kill(self.pid, signal.SIGKILL)
-                raise AssertionError(f"{self.args[0]} did not stop within {timeout} s")
-            time.sleep(0.1)
+        self._proc.join(timeout)
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            raise AssertionError(f"{self.args[0]} did not stop within {timeout} s")
         return self.returncode
 
 
