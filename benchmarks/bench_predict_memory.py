@@ -39,7 +39,8 @@ from bench_predict import (  # noqa: E402
 
 #: name -> (batch, ONNX Runtime session options, session config entries); None = the engine's.
 VARIANTS: dict[str, tuple[int | None, dict | None, dict | None]] = {
-    "today": (8, {"enable_cpu_mem_arena": True, "enable_mem_pattern": True}, {}),
+    "today": (8, {"enable_cpu_mem_arena": True, "enable_mem_pattern": True},
+              {"session.intra_op.allow_spinning": "1"}),
     "b1": (1, {"enable_cpu_mem_arena": True, "enable_mem_pattern": True}, {}),
     "b1-noarena": (1, {"enable_cpu_mem_arena": False}, {}),
     "b1-noarena-nopattern": (1, {"enable_cpu_mem_arena": False, "enable_mem_pattern": False},

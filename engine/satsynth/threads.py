@@ -151,6 +151,12 @@ def set_wait_policy(choice: ThreadChoice | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
+def waits_sleep() -> bool:
+    """Whether this process's waiting threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set by
+    :func:`set_wait_policy` or by the user): ONNX Runtime's thread pool follows the same choice."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
 def apply_threads(asked: int | None = None) -> ThreadChoice:
     """Choose the thread count and hand it to OpenMP/MKL and torch.
 

@@ -101,6 +101,23 @@ def test_apply_threads_sets_openmp_and_logs(monkeypatch, caplog):
         torch.set_num_threads(before)
 
 
+def test_onnx_runtime_threads_wait_as_openmps_do(monkeypatch):
+    """ONNX Runtime's pool sleeps while it waits exactly where OpenMP's does (a shared machine),
+    and spins where the command has an idle machine's every CPU."""
+    import types
+
+    import onnxruntime as ort
+
+    from satsynth.predict.onnx_format import SPINNING, open_session
+
+    fake = types.SimpleNamespace(SessionOptions=ort.SessionOptions,
+                                 InferenceSession=lambda path, opts, providers: opts)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert open_session(fake, "m.onnx").get_session_config_entry(SPINNING) == "0"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert open_session(fake, "m.onnx").get_session_config_entry(SPINNING) == "1"
+
+
 def test_cli_threads_option_reaches_torch(monkeypatch, capsys):
     from satsynth.cli import main
 

@@ -58,16 +58,21 @@ def import_onnxruntime(purpose: str) -> Any:
 #: arena a 4096^2 prediction saved 40-65 MiB but cost 5-8 % more CPU time, and resident memory
 #: crept up with the raster's length; benchmarks/bench_predict_memory.py varies them).
 SESSION_OPTIONS: dict[str, Any] = {}
-#: Session config entries: intra-op threads sleep instead of spinning while they wait.
-SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+#: Session config entries set on top of the wait policy (none; the benchmark varies them).
+SESSION_CONFIG: dict[str, str] = {}
+#: The entry that makes ONNX Runtime's intra-op threads spin ("1") or sleep ("0") while they wait.
+SPINNING = "session.intra_op.allow_spinning"
 
 
 def open_session(ort: Any, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)
                  ) -> Any:
-    """An ONNX Runtime session of an exported graph on ``providers``, with torch's thread count,
+    """An ONNX Runtime session of an exported graph on ``providers``, with torch's thread count
+    and wait policy (threads sleep where OpenMP's do: :func:`satsynth.threads.waits_sleep`),
     :data:`SESSION_OPTIONS` and errors-only logging (warnings would reach the plugin's log as
     noise)."""
     import torch
+
+    from satsynth.threads import waits_sleep
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
@@ -75,7 +80,8 @@ def open_session(ort: Any, path: str | Path, providers: Sequence[str] = ("CPUExe
     opts.log_severity_level = 3
     for key, value in SESSION_OPTIONS.items():
         setattr(opts, key, value)
-    for key, value in SESSION_CONFIG.items():
+    config = {SPINNING: "0" if waits_sleep() else "1", **SESSION_CONFIG}
+    for key, value in config.items():
         opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), opts, providers=list(providers))
 
