@@ -316,6 +316,9 @@ CLASS_WEIGHTS = ("none", "auto")
 SYNTHETIC_MODES = ("mix", "pretrain")
 #: After the warm-up: cosine to 0 by the end of the budget, or constant.
 LR_SCHEDULES = ("cosine", "constant")
+#: Batch-norm statistics of the models a run with synthetic chips validates and keeps: the
+#: running averages over its training batches (all), or re-estimated on its real training chips.
+BATCH_NORM_STATS = ("all", "real")
 
 #: Generator UNet sizes: tiny (CPU demos, about 1 M parameters), small, base (paper scale).
 GENERATOR_PRESETS = ("tiny", "small", "base")
@@ -333,7 +336,8 @@ UPSAMPLER_FACTORS = (2, 4)
 #: Experiment training budgets per run (see ``satsynth experiment --help``).
 BUDGETS = ("steps", "epochs", "converge")
 #: Ways an experiment uses synthetic pairs (each compared with the real-only run of its seed).
-VARIANTS = ("mix", "pretrain", "tstr", "filtered", "filtered-pretrain")
+VARIANTS = ("mix", "pretrain", "tstr", "filtered", "filtered-pretrain", "mix-realbn",
+            "mix-weighted")
 
 #: Published datasets ``prepare --folder --layout`` reads as downloaded.
 LAYOUTS = ("loveda", "openearthmap", "isaid")
@@ -434,6 +438,11 @@ class SegmenterTrainFields:
     # after training: this many more steps with the learning rate annealed to 0 (cosine) and the
     # weights averaged over them; the average is the model kept (not the best validation)
     anneal_steps: int | None = None
+    # mix: each pixel of a synthetic chip counts this many times a real chip's pixel in the loss
+    synthetic_weight: float = 1.0
+    # one of BATCH_NORM_STATS: "real" re-estimates batch norm on the real training chips before
+    # every validation of a run with synthetic chips (so the kept model has real statistics)
+    batch_norm_stats: str = "all"
 
 
 @dataclass
@@ -502,6 +511,7 @@ class ExperimentFields:
     variants: list[str] = field(default_factory=lambda: [VARIANTS[0]])
     val_every: int | None = None  # steps between validations (default: one pass over real chips)
     filter_keep: float = 0.5  # share of the pool the filtered variants keep
+    synthetic_weight: float = 0.5  # the mix-weighted variant's (train-segmenter's, default 1)
     batch_size: int = _SEG.batch_size
     lr: float = _SEG.lr
     dice: bool = _SEG.dice

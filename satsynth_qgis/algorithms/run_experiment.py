@@ -51,7 +51,9 @@ class RunExperiment(SatSynthAlgorithm):
     real chips (the low-data setting where synthetic pairs help most). Variants (advanced), comma
     separated: mix (default), pretrain (synthetic first, then real fine-tuning), tstr (synthetic
     only), filtered and filtered-pretrain (only the half of the synthetic pairs that the real-only
-    segmenter of the same seed finds most consistent with their masks); an unknown name is refused
+    segmenter of the same seed finds most consistent with their masks), mix-realbn (as mix, the
+    batch-norm statistics of the models scored re-estimated on the real chips) and mix-weighted
+    (as mix, each synthetic pixel counting half a real one in the loss); an unknown name is refused
     with the list the engine knows. Upsampler folder (advanced): make the synthetic pairs through
     the super-resolution cascade, the generator being its base. Pretrained encoder weights
     (advanced): every run's encoder starts from them (none, imagenet, TorchGeo weights or a file,

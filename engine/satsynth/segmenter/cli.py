@@ -9,6 +9,7 @@ from typing import Any
 from satsynth.cli_common import add_batch_size, add_command, add_device, add_seed
 from satsynth.contract import (
     ARCHITECTURES,
+    BATCH_NORM_STATS,
     CLASS_WEIGHTS,
     ENCODERS,
     LR_SCHEDULES,
@@ -122,6 +123,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--anneal-steps", type=int, default=seg.anneal_steps, metavar="N",
                    help="after training, N more steps with the learning rate annealed to 0 and "
                         "the weights averaged over them; the average is the model kept")
+    p.add_argument("--synthetic-weight", type=float, default=seg.synthetic_weight, metavar="W",
+                   help="mix: every pixel of a synthetic chip counts W times a real chip's in "
+                        f"the loss (>= 0; 0: synthetic chips give no gradient; default "
+                        f"{seg.synthetic_weight:g})")
+    p.add_argument("--batch-norm-stats", choices=BATCH_NORM_STATS, default=seg.batch_norm_stats,
+                   help="with synthetic chips: all (default) keeps the batch-norm statistics of "
+                        "the training batches; real re-estimates them on the real training "
+                        "chips before every validation, so the model kept has them")
     add_seed(p, seg.seed)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default=seg.mixed_precision,
                    help="autocast format: auto (default) = bf16 on CPUs with AVX512-BF16 or AMX "
@@ -149,4 +158,5 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         synthetic_mode=args.synthetic_mode, synthetic_only=args.synthetic_only,
         val_every=args.val_every, patience_steps=args.patience_steps,
         lr_schedule=args.lr_schedule, synthetic_on_top=args.synthetic_on_top,
-        anneal_steps=args.anneal_steps)
+        anneal_steps=args.anneal_steps, synthetic_weight=args.synthetic_weight,
+        batch_norm_stats=args.batch_norm_stats)

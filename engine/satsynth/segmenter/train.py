@@ -15,6 +15,7 @@ rate to 0. The dataset's ``test`` split is never opened here.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from satsynth import progress
 from satsynth.checkpoint import check_finite_loss, save_model_dir
 from satsynth.contract import (
     ARCHITECTURES,
+    BATCH_NORM_STATS,
     CLASS_WEIGHTS,
     EVENT_PROGRESS,
     LR_SCHEDULES,
@@ -102,6 +104,24 @@ class SegmenterTrainOptions(SegmenterTrainFields):
             raise SatSynthError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.anneal_steps is not None and self.anneal_steps < 1:
             raise SatSynthError(f"--anneal-steps must be >= 1, got {self.anneal_steps}")
+        self._check_synthetic_remedies()
+
+    def _check_synthetic_remedies(self) -> None:
+        """``synthetic_weight`` and ``batch_norm_stats``: a clear error for impossible values."""
+        w = self.synthetic_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
+                or w < 0:
+            raise SatSynthError(f"--synthetic-weight must be a number >= 0, got {w!r}")
+        if w != 1 and (self.synthetic_only or self.synthetic_mode != "mix"):
+            raise SatSynthError("--synthetic-weight weighs synthetic chips against the real ones "
+                                "of a mixed batch: it needs --synthetic-mode mix, without "
+                                "--synthetic-only")
+        if self.batch_norm_stats not in BATCH_NORM_STATS:
+            raise SatSynthError(f"--batch-norm-stats must be one of "
+                                f"{', '.join(BATCH_NORM_STATS)}, got {self.batch_norm_stats!r}")
+        if self.batch_norm_stats == "real" and self.synthetic_only:
+            raise SatSynthError("--batch-norm-stats real re-estimates batch norm on the real "
+                                "training chips, which --synthetic-only does not train on")
 
 
 @dataclass
@@ -133,18 +153,19 @@ class BatchPipeline:
         self.augment = augment
         self.gen = torch.Generator().manual_seed(seed)
 
-    def __call__(self, rows: np.ndarray) -> tuple[Any, Any]:
+    def __call__(self, rows: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+        """Images, labels and the synthetic flag (B,) of the entries ``rows``, in their order."""
         import torch
 
         from satsynth.data.augment import random_dihedral_batch
 
-        images, labels, _ = self.mix.read(rows)
+        images, labels, synthetic = self.mix.read(rows)
         x = torch.from_numpy(self.normalizer.to_model(images))
         y = torch.from_numpy(labels).long()
-        if self.augment:
+        if self.augment:  # per chip: the batch keeps its order
             x, y = random_dihedral_batch(x, y, generator=self.gen)
             x = photometric(x, self.gen)
-        return x, y
+        return x, y, synthetic
 
 
 def photometric(x: Any, gen: Any, brightness: float = 0.1, contrast: float = 0.1) -> Any:
@@ -173,8 +194,14 @@ def class_weights_from_store(store: ChipStore) -> list[float]:
 # model helpers
 
 
-def make_loss(num_classes: int, dice: bool, weights: list[float] | None, device: Any) -> Any:
-    """Cross-entropy over labeled pixels (+ multiclass Dice when asked)."""
+def make_loss(num_classes: int, dice: bool, weights: list[float] | None, device: Any,
+              synthetic_weight: float = 1.0) -> Any:
+    """Cross-entropy over labeled pixels (+ multiclass Dice when asked).
+
+    The loss takes ``(logits, target, synthetic=None)``; with a ``synthetic_weight`` W other
+    than 1 and a flag per chip ``synthetic`` (B,) that marks some chips, every pixel of a
+    synthetic chip counts W times a real chip's (:func:`chip_weighted_loss`). Otherwise (W = 1,
+    no synthetic chip in the batch) it is the plain loss, computed as it always was."""
     import torch
 
     w = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
@@ -185,13 +212,50 @@ def make_loss(num_classes: int, dice: bool, weights: list[float] | None, device:
 
         dice_loss = DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
 
-    def loss_fn(logits: Any, target: Any) -> Any:
+    def loss_fn(logits: Any, target: Any, synthetic: Any = None) -> Any:
+        if synthetic_weight != 1 and synthetic is not None and bool(synthetic.any()):
+            return chip_weighted_loss(logits.float(), target, synthetic, synthetic_weight, w,
+                                      dice_loss)
         loss = ce(logits.float(), target)
         if dice_loss is not None:
             loss = loss + dice_loss(logits.float(), target)
         return loss
 
     return loss_fn
+
+
+def chip_weighted_loss(logits: Any, target: Any, synthetic: Any, weight: float,
+                       class_weights: Any, dice_loss: Any) -> Any:
+    """The loss of a batch whose synthetic chips (``synthetic``, a bool tensor (B,)) count
+    ``weight`` times the real ones.
+
+    Cross-entropy: the weighted mean over labeled pixels, each pixel weighted by its class weight
+    (as ``CrossEntropyLoss``) times its chip's weight (1 real, ``weight`` synthetic). Dice, when
+    on: the Dice loss of the real chips and that of the synthetic chips, averaged with weights
+    n_real and ``weight`` x n_synthetic. Synthetic chips at weight 0 give no gradient; a batch
+    of nothing but them gives a loss of 0."""
+    import torch
+    import torch.nn.functional as F
+
+    syn = torch.as_tensor(synthetic, dtype=torch.bool, device=logits.device)
+    chip = torch.where(syn, weight, 1.0).to(logits.dtype)
+    per_pixel = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX,
+                                reduction="none")  # class weight x -log p; 0 where ignored
+    labeled = target != IGNORE_INDEX
+    pixel_w = labeled.to(logits.dtype)
+    if class_weights is not None:
+        pixel_w = pixel_w * class_weights[torch.where(labeled, target, 0)]
+    chip = chip[:, None, None]
+    den = (pixel_w * chip).sum()
+    loss = (per_pixel * chip).sum() / den.clamp_min(torch.finfo(den.dtype).tiny)
+    if dice_loss is not None:
+        parts = [(dice_loss(logits[sel], target[sel]), float(n) * cw)
+                 for sel, cw in ((~syn, 1.0), (syn, weight))
+                 if (n := int(sel.sum())) and cw > 0]
+        total = sum(cw for _, cw in parts)
+        if total > 0:
+            loss = loss + sum(d * cw for d, cw in parts) / total
+    return loss
 
 
 def make_accelerator(device: str, mixed_precision: str) -> Any:
@@ -506,6 +570,8 @@ class SegmenterTrainer:
         self.real_rows = np.arange(mix.n_real)
         self.syn_rows = mix.n_real + np.arange(mix.n_synthetic)
         self.on_top = opts.synthetic_on_top and data.mode == "mix" and mix.n_synthetic > 0
+        # validate (and keep) models with batch norm re-estimated on the real training chips
+        self.real_bn = opts.batch_norm_stats == "real" and mix.n_synthetic > 0
         self.phases = plan_phases(mix, data.mode, opts, self.steps_per_epoch, self.on_top)
         self.total = sum(p.steps for p in self.phases)
         self.seconds_budget = opts.minutes * 60 if opts.minutes else None
@@ -535,7 +601,7 @@ class SegmenterTrainer:
         self.class_weights = class_weights_from_store(self.data.real) \
             if opts.class_weights == "auto" else None
         self.loss_fn = make_loss(meta.classes.num_classes, opts.dice, self.class_weights,
-                                 self.device)
+                                 self.device, opts.synthetic_weight)
 
     def configure_optimizer(self) -> None:
         """AdamW over the model's weights, both prepared by Accelerate (the schedule is made per
@@ -666,11 +732,11 @@ class SegmenterTrainer:
 
         acc, device, window = self.acc, self.device, self.window
         t_step = _now()
-        x, y = self.pipeline(self.entries[rows])
+        x, y, synthetic = self.pipeline(self.entries[rows])
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with acc.autocast():
             logits = forward_logits(self.model, x)
-            loss = self.loss_fn(logits, y)
+            loss = self.loss_fn(logits, y, synthetic)
         self.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         self.optimizer.step()
@@ -695,11 +761,17 @@ class SegmenterTrainer:
         acc, opts = self.acc, self.opts
         t_val = _now()
         self.metrics.reset()
-        with float32_forward(self.model):
-            evaluate_chips(self.model, self.val_chips, self.meta.normalizer, self.metrics,
-                           opts.val_batch_size, self.device, indices=self.data.val_idx,
-                           shard=(acc.num_processes, acc.process_index))
-        scores = self.metrics.compute(self.meta.classes.names)
+        with self.scored_batch_norm():
+            with float32_forward(self.model):
+                evaluate_chips(self.model, self.val_chips, self.meta.normalizer, self.metrics,
+                               opts.val_batch_size, self.device, indices=self.data.val_idx,
+                               shard=(acc.num_processes, acc.process_index))
+            scores = self.metrics.compute(self.meta.classes.names)
+            if keep and scores["miou"] > self.best.miou:
+                state = acc.unwrap_model(self.model).state_dict()
+                self.best = _Best(scores["miou"], self.epoch, self.step,
+                                  {n: t.detach().cpu().clone() for n, t in state.items()},
+                                  scores)
         rec = self._record(phase, scores, t_val)
         self.history.append(rec)
         log.info("epoch %d, step %d (%s): loss %.4f, val mIoU %.4f, accuracy %.4f, lr %.2e",
@@ -708,12 +780,33 @@ class SegmenterTrainer:
                        "fraction": round(self.step / self.total, 4),
                        "message": f"step {self.step}: val mIoU {rec.val_miou:.3f}",
                        "epoch": self.epoch, "val_miou": rec.val_miou, "loss": rec.loss})
-        if keep and scores["miou"] > self.best.miou:
-            state = acc.unwrap_model(self.model).state_dict()
-            self.best = _Best(scores["miou"], self.epoch, self.step,
-                              {n: t.detach().cpu().clone() for n, t in state.items()}, scores)
         self.window = _Window(t0=_now())
         return float(scores["miou"])
+
+    @contextmanager
+    def scored_batch_norm(self) -> Iterator[None]:
+        """Within: the model has the batch-norm statistics that validation scores and the kept
+        model carries. With ``batch_norm_stats`` real (and synthetic chips in the mix): re-estimated
+        on the run's real training chips (one pass, no augmentation, float32); on leaving, the
+        training's running statistics and random state are put back, so that training goes on
+        exactly as it would have. Otherwise the running statistics of training, untouched."""
+        import torch
+
+        if not self.real_bn:
+            yield
+            return
+        inner = self.acc.unwrap_model(self.model)
+        saved = {n: b.detach().clone() for n, b in inner.named_buffers()}
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda), float32_forward(self.model):
+                reestimate_batch_norm(inner, self.data.mix, self.entries[self.real_rows],
+                                      self.meta.normalizer, self.opts.batch_size, self.device)
+            yield
+        finally:
+            with torch.no_grad():
+                for n, b in inner.named_buffers():
+                    b.copy_(saved[n])
 
     def _record(self, phase: str, scores: dict[str, Any], t_val: float) -> EpochRecord:
         """The history's record of a validation that started at ``t_val``."""
@@ -744,6 +837,8 @@ class SegmenterTrainer:
             "validations": len(self.history), "stopped": self.stopped, "steps": self.step,
             "seconds": self.seconds, "device": str(self.device),
             "synthetic_on_top": self.on_top,
+            "batch_norm": "re-estimated on the real training chips before each validation"
+            if self.real_bn else "running averages over the training batches",
             "kept": "average of the anneal" if opts.anneal_steps else
             "best validation" + (" of the real fine-tuning" if data.mode == "pretrain" else ""),
             "processes": self.acc.num_processes,

@@ -85,11 +85,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="how synthetic pairs are used, comma separated: mix (default), pretrain "
                         "(synthetic first, then real fine-tuning), tstr (synthetic only, at the "
                         "largest R), filtered / filtered-pretrain (as mix / pretrain on the "
-                        "pairs the R=0 run of the same seed finds most consistent); each is "
-                        "compared with R=0 of the same seed")
+                        "pairs the R=0 run of the same seed finds most consistent), mix-realbn "
+                        "(as mix, batch-norm statistics re-estimated on the real chips), "
+                        "mix-weighted (as mix, synthetic pixels weighted by --synthetic-weight "
+                        "in the loss); each is compared with R=0 of the same seed")
     p.add_argument("--filter-keep", type=float, default=exp.filter_keep, metavar="FRACTION",
                    help=f"share of the pool the filtered variants keep (default "
                         f"{exp.filter_keep:g})")
+    p.add_argument("--synthetic-weight", type=float, default=exp.synthetic_weight, metavar="W",
+                   help="weight of a synthetic pixel against a real one in the loss of the "
+                        f"mix-weighted variant (default {exp.synthetic_weight:g})")
     p.add_argument("--val-every", type=int, default=exp.val_every, metavar="N",
                    help="steps between validations for the steps/converge budgets (default: "
                         "one pass over the real chips)")
@@ -113,4 +118,5 @@ def _experiment(args: argparse.Namespace) -> dict[str, Any]:
         dice=args.dice, class_weights=args.class_weights, patience=args.patience,
         minutes_per_run=args.minutes_per_run, sampler=args.sampler, steps=args.steps,
         device=args.device, keep_models=args.keep_models, budget=args.budget,
-        variants=args.variants, val_every=args.val_every, filter_keep=args.filter_keep)
+        variants=args.variants, val_every=args.val_every, filter_keep=args.filter_keep,
+        synthetic_weight=args.synthetic_weight)

@@ -80,7 +80,7 @@ def _check_run_options(cfg: ExperimentFields) -> None:
     SegmenterTrainOptions(arch=cfg.arch, encoder=cfg.encoder, epochs=cfg.epochs,
                           batch_size=cfg.batch_size, lr=cfg.lr, class_weights=cfg.class_weights,
                           real_fraction=cfg.real_fraction, minutes=cfg.minutes_per_run,
-                          patience=cfg.patience).check()
+                          patience=cfg.patience, synthetic_weight=cfg.synthetic_weight).check()
 
 
 class ExperimentConfig(ExperimentFields):
@@ -342,6 +342,7 @@ def _run_one(plan: ExperimentPlan, seed: int, variant: str, r: float) -> dict[st
         stores = v.pool(PoolContext(plan.real.path, stores or [], plan.out, seed, r,
                                     base_dir if base_dir.is_dir() else None, asdict(cfg)))
     mode = v.mode if v is not None else "mix"
+    extra = v.run_options(asdict(cfg)) if v is not None and r > 0 else {}
     mdir = plan.model_dir(seed, variant, r)
     res = train_segmenter(
         plan.real.path, mdir, synthetic=stores, ratio=r, arch=cfg.arch,
@@ -350,7 +351,7 @@ def _run_one(plan: ExperimentPlan, seed: int, variant: str, r: float) -> dict[st
         class_weights=cfg.class_weights, real_fraction=cfg.real_fraction,
         minutes=cfg.minutes_per_run, seed=seed, device=cfg.device,
         synthetic_mode="pretrain" if mode == "pretrain" else "mix",
-        synthetic_only=mode == "synthetic-only", **plan.train_opts)
+        synthetic_only=mode == "synthetic-only", **plan.train_opts, **extra)
     m = read_json(res["metrics"])
     # the final evaluation: this run's training and selection are over
     scores, reported_on = final_scores(mdir, plan.real.path, cfg.device)

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ class Variant:
     returning the synthetic stores of a run (e.g. a filtered pool; default the experiment's).
     ``needs_baseline_model``: the hook reads the R=0 segmenter of the same seed. ``key``: extra
     identity of the variant's runs (change it when the hook's settings change); it may name
-    experiment settings in braces, e.g. ``keep{filter_keep:g}``.
+    experiment settings in braces, e.g. ``keep{filter_keep:g}``. ``train_options``: options of
+    ``train_segmenter`` the variant's runs (R > 0) train with; a value may be a callable of the
+    experiment's settings (a dict) returning it. The key must name what they change.
     """
 
     name: str
@@ -62,6 +65,11 @@ class Variant:
     pool: Callable[[PoolContext], list[str]] | None = None
     needs_baseline_model: bool = False
     key: str = ""
+    train_options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def run_options(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The variant's ``train_options`` for an experiment with these ``settings``."""
+        return {k: v(settings) if callable(v) else v for k, v in self.train_options.items()}
 
 
 #: Variants ``experiment --variants`` knows; other stages add theirs with :func:`register_variant`.
@@ -94,6 +102,12 @@ register_variant(Variant("filtered", pool=_filtered_pool, needs_baseline_model=T
                          key="keep{filter_keep:g}"))
 register_variant(Variant("filtered-pretrain", mode="pretrain", pool=_filtered_pool,
                          needs_baseline_model=True, key="keep{filter_keep:g}"))
+# the cheap remedies of a mix: batch-norm statistics of the real chips only, and synthetic pixels
+# weighted down in the loss (``experiment --synthetic-weight``)
+register_variant(Variant("mix-realbn", key="bnreal",
+                         train_options={"batch_norm_stats": "real"}))
+register_variant(Variant("mix-weighted", key="synw{synthetic_weight:g}",
+                         train_options={"synthetic_weight": itemgetter("synthetic_weight")}))
 
 
 def parse_variants(text: str | list[str]) -> list[Variant]:
