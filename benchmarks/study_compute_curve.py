@@ -237,7 +237,8 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def plot(points: list[dict[str, Any]], path: Path) -> None:
+def plot(points: list[dict[str, Any]], path: Path,
+         xlabel: str = "generator training, CPU minutes") -> None:
     """Δ per variant with its interval, and the pair figures, against generator CPU minutes."""
     import matplotlib
 
@@ -271,11 +272,14 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
                1.0, "real chips")]
     for ax, ys, label, ref, ref_label in panels:
         ax.plot(x, ys, "o-")
+        for xi, yi, pt in zip(x, ys, points, strict=True):
+            ax.annotate(pt["label"], (xi, yi), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
         ax.axhline(ref, color="grey", ls=":", label=ref_label)
         ax.set(ylabel=label)
         ax.legend(fontsize=7)
     for ax in axes.flat:
-        ax.set(xscale="log", xlabel="generator training, CPU minutes")
+        ax.set(xscale="log", xlabel=xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -286,6 +290,8 @@ def main() -> int:
     ap.add_argument("--point", action="append", required=True,
                     help="LABEL:CPU_MINUTES:GENERATOR_DIR:EXPERIMENT_DIR")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--xlabel", default="generator training, CPU minutes",
+                    help="the x axis (e.g. GPU minutes for scripts/gpu_study.sh)")
     args = ap.parse_args()
     import torch
 
@@ -299,7 +305,7 @@ def main() -> int:
     (args.out / "curve.json").write_text(json.dumps(points, indent=2) + "\n")
     table = markdown(points)
     (args.out / "curve.md").write_text(table)
-    plot(points, args.out / "compute_curve.png")
+    plot(points, args.out / "compute_curve.png", args.xlabel)
     print(table)
     return 0
 

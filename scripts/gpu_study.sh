@@ -58,7 +58,8 @@ stamp "generators trained"
 # 3. the experiments (protocol 3: the same real chips at every step for every R, converge with
 #    the anneal and weight average at the end); resuming the same folder adds only missing runs
 X=(--ratios 0,0.5,1 --seeds "$SEEDS" --variants mix,pretrain --budget converge --epochs 15
-   --patience 3 --count-per-real 1 --arch fpn --encoder resnet18 --batch-size 16 --device cuda)
+   --patience 3 --count-per-real 1 --arch fpn --encoder resnet18 --batch-size 16 --device cuda
+   --keep-models)
 ss experiment "$OUT/dubai128-s" --generator "$OUT/gen-default" --out "$OUT/exp-default" "${X[@]}"
 stamp "experiment: default recipe"
 ss experiment "$OUT/dubai128-s" --generator "$OUT/gen-paper" --out "$OUT/exp-paper" "${X[@]}"
@@ -75,8 +76,13 @@ stamp "experiment: cascade 128 -> 256 px"
     cp "$OUT/exp-$E/plot.png" "$OUT/plot-$E.png"
   done
 } > "$OUT/study.md"
+# the pairs' figures and the differences against the generators' minutes, as the CPU study's
+"$PY" "$(dirname "$0")/../benchmarks/study_compute_curve.py" "$OUT/dubai128-s" --out "$OUT/curve" \
+    --xlabel "generator training, GPU minutes" \
+    --point "default:$GEN_MINUTES:$OUT/gen-default:$OUT/exp-default" \
+    --point "paper:$GEN_MINUTES:$OUT/gen-paper:$OUT/exp-paper" >> "$OUT/study.md"
 ELAPSED=$(( $(date +%s) - START ))
-stamp "done: $OUT/study.md, $OUT/plot-{default,paper,cascade}.png"
+stamp "done: $OUT/study.md, $OUT/plot-{default,paper,cascade}.png, $OUT/curve/compute_curve.png"
 if [ "$ELAPSED" -gt 600 ]; then
   echo "gpu_study.sh: took $ELAPSED s, more than the 10 minutes aimed at: lower GEN_MINUTES or SEEDS"
 fi
