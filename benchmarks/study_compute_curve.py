@@ -41,6 +41,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_realism import realism  # noqa: E402
 
+#: The variants whose paired Δ the figure draws (the table has every row).
+PLOTTED = ("mix", "pretrain", "mix-weighted", "mix+realbn")
+
 
 def encoder_features(model: Any) -> Any:
     """A module: model inputs -> the last encoder stage of ``model``, average-pooled (N, C)."""
@@ -206,14 +209,18 @@ def measure_point(label: str, minutes: float, generator: Path, experiment: Path,
 def markdown(points: list[dict[str, Any]]) -> str:
     """The curve's tables."""
     lines = ["| generator | CPU min | pool | consistency (real chips) | KID synthetic (real val) "
-             "| chroma HF x real | BN shift mix (real only) |", "|---|---:|---:|---|---|---:|---|"]
+             "| chroma HF x real | BN shift mix (real only) | TSTR, share of real only |",
+             "|---|---:|---:|---|---|---:|---|---|"]
     for p in points:
+        tstr = next((r for r in p["rows"] if r["variant"] == "tstr"), None)
+        share = "" if tstr is None or tstr.get("ratio_to_real") is None else \
+            f"{tstr['ratio_to_real']:.1%} ({tstr['runs']} seeds)"
         lines.append(
             f"| {p['label']} | {p['generator_cpu_minutes']:g} | {p['pool']} | "
             f"{p['consistency']:.3f} ({p['consistency_real_train']:.3f}) | "
             f"{p['kid_synthetic'][0]:.4f} ± {p['kid_synthetic'][1]:.4f} "
             f"({p['kid_real_val'][0]:.4f}) | {p['chroma_hf_ratio']:.1f} | "
-            f"{_f(p['bn_shift_mix'])} ({_f(p['bn_shift_real_only'])}) |")
+            f"{_f(p['bn_shift_mix'])} ({_f(p['bn_shift_real_only'])}) | {share} |")
     lines += ["", "| generator | variant | R | seeds | test mIoU | paired Δ | 95 % interval | "
               "sd of Δ | detectable Δ | seeds for 0.02 | reading |",
               "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
@@ -249,7 +256,7 @@ def plot(points: list[dict[str, Any]], path: Path,
     a = axes[0, 0]
     x = [p["generator_cpu_minutes"] for p in points]
     variants = dict.fromkeys((r["variant"], r["ratio"]) for p in points for r in p["rows"]
-                             if r["miou_delta"] is not None and r["variant"] != "real")
+                             if r["miou_delta"] is not None and r["variant"] in PLOTTED)
     for j, (v, ratio) in enumerate(variants):
         xs, ys, lo, hi = [], [], [], []
         for p in points:
@@ -287,8 +294,10 @@ def plot(points: list[dict[str, Any]], path: Path,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", type=Path, help="the study's real chip store")
-    ap.add_argument("--point", action="append", required=True,
+    ap.add_argument("--point", action="append", default=[],
                     help="LABEL:CPU_MINUTES:GENERATOR_DIR:EXPERIMENT_DIR")
+    ap.add_argument("--measured", action="append", type=Path, default=[],
+                    help="a curve.json of an earlier call: its points join the table and figure")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--xlabel", default="generator training, CPU minutes",
                     help="the x axis (e.g. GPU minutes for scripts/gpu_study.sh)")
@@ -296,7 +305,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    points = []
+    points = [p for f in args.measured for p in json.loads(f.read_text())]
     for spec in args.point:
         label, minutes, gen, exp = spec.split(":")
         points.append(measure_point(label, float(minutes), Path(gen), Path(exp), args.dataset))
