@@ -337,7 +337,7 @@ UPSAMPLER_FACTORS = (2, 4)
 BUDGETS = ("steps", "epochs", "converge")
 #: Ways an experiment uses synthetic pairs (each compared with the real-only run of its seed).
 VARIANTS = ("mix", "pretrain", "tstr", "filtered", "filtered-pretrain", "mix-realbn",
-            "mix-weighted")
+            "mix-weighted", "real-repeat")
 
 #: Published datasets ``prepare --folder --layout`` reads as downloaded.
 LAYOUTS = ("loveda", "openearthmap", "isaid")

@@ -110,6 +110,22 @@ register_variant(Variant("mix-weighted", key="synw{synthetic_weight:g}",
                          train_options={"synthetic_weight": itemgetter("synthetic_weight")}))
 
 
+def _real_repeat_pool(ctx: PoolContext) -> list[str]:
+    """The real training chips themselves, as the chips on top: the control of the mixes."""
+    if float(ctx.options.get("real_fraction", 1.0)) < 1:
+        raise SatSynthError("the real-repeat control puts the real training chips on top, and at "
+                            "--real-fraction below 1 it would add chips from outside the subset: "
+                            "make the subset with 'satsynth subset' and run at --real-fraction 1",
+                            ctx.dataset)
+    return [str(ctx.dataset)]
+
+
+# the control of the mixes: R |D| of the real chips again on top of each run's batches (drawn as a
+# mix draws its synthetic chips, augmented afresh), so the same batches and compute as ``mix``
+# without synthetic content: what a mix gains beyond it is the synthetic pairs' own
+register_variant(Variant("real-repeat", pool=_real_repeat_pool, key="realrepeat"))
+
+
 def parse_variants(text: str | list[str]) -> list[Variant]:
     """'mix,pretrain,tstr' -> the registered variants, in that order."""
     names = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)

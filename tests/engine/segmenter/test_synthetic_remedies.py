@@ -331,3 +331,33 @@ def test_the_keys_of_runs_made_before_the_remedies_are_unchanged(real, tmp_path)
     assert all(plan.find(0, v, 1.0) is not None for v in old)
     assert plan.model_dir(0, "filtered", 1.0).name == "filtered-R1-seed0-9b048b49d5-keep0.5"
     assert "synthetic_weight" in asdict(cfg)  # a new setting, outside the training key
+
+
+def test_the_real_repeat_control_puts_real_training_chips_on_top(tmp_path, monkeypatch):
+    """``real-repeat``: the R |D| chips on top of a run's batches are real training chips (the
+    dataset itself as the pool: no synthetic chip is read), with the batches of ``mix``; at
+    --real-fraction below 1 it is refused in one line (chips from outside the subset)."""
+    import satsynth.segmenter.train as train_mod
+    from satsynth.workflows.experiment import run_experiment
+
+    real = make_store(tmp_path / "d", n_train=16)
+    seen = []
+    original = train_mod.train_segmenter
+
+    def spy(*a, **k):
+        seen.append((k["ratio"], k["synthetic"], k.get("synthetic_on_top")))
+        return original(*a, **k)
+
+    monkeypatch.setattr(train_mod, "train_segmenter", spy)
+    gen = _stand_in_generator(tmp_path, monkeypatch)
+    opts = {"ratios": "0,0.5", "seeds": 1, "epochs": 1, "budget": "steps",
+            "variants": "mix,real-repeat", **TINY}
+    out = run_experiment(real, gen, tmp_path / "exp", **opts)
+    assert [s[0] for s in seen] == [0.0, 0.5, 0.5]
+    assert seen[1][1] != [str(real)] and seen[2][1] == [str(real)]
+    assert seen[1][2] is seen[2][2] is True
+    runs = {r["variant"]: r for r in json.loads(open(out["results"]).read())["runs"]}
+    assert runs["real-repeat"]["synthetic_chips"] == runs["mix"]["synthetic_chips"] == 8
+    assert runs["real-repeat"]["train_key"].endswith("-realrepeat")
+    with pytest.raises(SatSynthError, match="real-repeat control.*--real-fraction"):
+        run_experiment(real, gen, tmp_path / "exp2", **{**opts, "real_fraction": 0.5})
