@@ -53,7 +53,9 @@ class RunExperiment(SatSynthAlgorithm):
     only), filtered and filtered-pretrain (only the half of the synthetic pairs that the real-only
     segmenter of the same seed finds most consistent with their masks), mix-realbn (as mix, the
     batch-norm statistics of the models scored re-estimated on the real chips) and mix-weighted
-    (as mix, each synthetic pixel counting half a real one in the loss); an unknown name is refused
+    (as mix, each synthetic pixel counting half a real one in the loss), and real-repeat (the
+    control: real training chips again in place of the synthetic ones, the same compute as mix;
+    with a subset made by satsynth subset and real fraction 1); an unknown name is refused
     with the list the engine knows. Upsampler folder (advanced): make the synthetic pairs through
     the super-resolution cascade, the generator being its base. Pretrained encoder weights
     (advanced): every run's encoder starts from them (none, imagenet, TorchGeo weights or a file,
