@@ -194,7 +194,8 @@ def measure_point(label: str, minutes: float, generator: Path, experiment: Path,
                                              "mde", "seeds_for_target", "verdict",
                                              "iou_delta", "ratio_to_real")}
                  for row in results["summary"]],
-        "classes": results["classes"]}
+        "classes": results["classes"],
+        "seed_miou": seed_scores(results["runs"])}
     runs = realbn_runs(experiment, real)
     point["realbn_runs"] = runs
     point["rows"] += [{k2: row.get(k2) for k2 in point["rows"][0]} | {"val_delta":
@@ -204,6 +205,43 @@ def measure_point(label: str, minutes: float, generator: Path, experiment: Path,
     point["bn_shift_real_only"] = float(np.mean([v["bn_shift"] for k2, v in runs.items()
                                                  if k2.startswith("real-")]))
     return point
+
+
+def seed_scores(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Test mIoU by ``VARIANT@R`` and seed."""
+    out: dict[str, dict[str, float]] = {}
+    for r in runs:
+        out.setdefault(f"{r['variant']}@{r['ratio']:g}", {})[str(r["seed"])] = r["miou"]
+    return out
+
+
+#: The control (no generator: the same for every point) and the variants compared with it.
+CONTROL = "real-repeat"
+AGAINST_CONTROL = ("mix", "mix-weighted")
+
+
+def control_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Paired Δ (test mIoU, same seeds) of each mix against the real-repeat control of the same
+    R, which needs no generator and so serves every point (taken from the first that has it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from satsynth.workflows.protocol import power_summary, t_interval
+
+    controls = {k: v for p in reversed(points) for k, v in p.get("seed_miou", {}).items()
+                if k.startswith(CONTROL + "@")}
+    rows = []
+    for p in points:
+        for key, scores in p.get("seed_miou", {}).items():
+            variant, ratio = key.split("@")
+            control = controls.get(f"{CONTROL}@{ratio}")
+            if variant not in AGAINST_CONTROL or control is None:
+                continue
+            d = [scores[s] - control[s] for s in scores if s in control]
+            ci = t_interval(d)
+            rows.append({"label": p["label"], "variant": variant, "ratio": float(ratio),
+                         "runs": len(d), "miou_delta": ci["mean"],
+                         "miou_delta_ci": [ci["low"], ci["high"]] if ci["low"] is not None
+                         else None, **power_summary(d, ci)})
+    return rows
 
 
 def markdown(points: list[dict[str, Any]]) -> str:
@@ -237,6 +275,16 @@ def markdown(points: list[dict[str, Any]]) -> str:
                 f"{_f(r['miou_mean'])} | {_f(r['miou_delta'], '+.3f')} | "
                 f"{ci} | {_f(r['miou_delta_sd'])} | "
                 f"{_f(r['mde'])} | {r['seeds_for_target'] or ''} | {r['verdict'] or ''} |")
+    lines += ["", f"Against the {CONTROL} control (real chips in place of the synthetic ones, "
+              "the same batches and compute; paired by seed):", "",
+              "| generator | variant | R | seeds | Δ vs control | 95 % interval | detectable Δ "
+              "| reading |", "|---|---|---:|---:|---:|---|---:|---|"]
+    for r in control_rows(points):
+        ci = f"[{r['miou_delta_ci'][0]:+.3f}, {r['miou_delta_ci'][1]:+.3f}]" \
+            if r["miou_delta_ci"] else ""
+        lines.append(f"| {r['label']} | {r['variant']} | {r['ratio']:g} | {r['runs']} | "
+                     f"{_f(r['miou_delta'], '+.3f')} | {ci} | {_f(r['mde'])} | "
+                     f"{r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -267,6 +315,12 @@ def plot(points: list[dict[str, Any]], path: Path,
                     lo.append(r["miou_delta"] - r["miou_delta_ci"][0])
                     hi.append(r["miou_delta_ci"][1] - r["miou_delta"])
         a.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=f"{v} R={ratio:g}")
+    control = next((r for p in points for r in p["rows"] if r["variant"] == CONTROL
+                    and r["miou_delta_ci"]), None)
+    if control is not None:
+        a.axhspan(*control["miou_delta_ci"], color="grey", alpha=0.2,
+                  label=f"{CONTROL} R={control['ratio']:g} (no generator)")
+        a.axhline(control["miou_delta"], color="grey", lw=0.8)
     a.axhline(0, color="k", lw=0.8)
     a.axhline(0.02, color="g", lw=0.8, ls="--", label="+0.02 (target)")
     a.set(ylabel="paired Δ test mIoU vs real only (95 %)")

@@ -218,19 +218,19 @@ def seeds_needed(sd: float | None, target: float = TARGET_DIFFERENCE, level: flo
 def verdict(low: float | None, high: float | None, mde: float | None,
             target: float = TARGET_DIFFERENCE) -> str:
     """What a paired interval says, in the words the table, the report, the dock and the README
-    use: ``better`` / ``worse`` (the 95 % interval excludes 0), ``cannot tell`` (it contains 0 and
-    the experiment could not have detected ``target``: too few seeds for their spread), ``no
-    difference of {target} or more`` (it contains 0 although ``target`` would have been
-    detected), or ``cannot tell (1 seed)``."""
+    use: ``better`` / ``worse`` (the 95 % interval excludes 0), ``no difference of {target} or
+    more`` (the whole interval lies within ±``target``), ``cannot tell`` (it contains 0 and
+    reaches ``target`` or beyond on a side: too few seeds for their spread; ``mde``, the
+    detectable difference, says how far from enough), or ``cannot tell (1 seed)``."""
     if low is None or high is None:
         return "cannot tell (1 seed)"
     if low > 0:
         return "better"
     if high < 0:
         return "worse"
-    if mde is None or mde > target:
-        return "cannot tell"
-    return f"no difference of {target:g} or more"
+    if -target < low and high < target:
+        return f"no difference of {target:g} or more"
+    return "cannot tell"
 
 
 def paired_summary(runs: list[dict[str, Any]], class_names: list[str]) -> list[dict[str, Any]]:

@@ -455,6 +455,9 @@ def test_minimum_detectable_difference_and_seeds_needed_on_known_values():
     assert seeds_needed(0.0) == 2
     assert verdict(-0.064, 0.042, 0.09) == "cannot tell"  # the mix R=0.5
     assert verdict(-0.01, 0.01, 0.015) == "no difference of 0.02 or more"
+    # an interval that reaches 0.02 does not rule out 0.02, whatever the detectable Δ
+    assert verdict(-0.001, 0.022, 0.016) == "cannot tell"
+    assert verdict(-0.025, 0.01, 0.016) == "cannot tell"
     assert verdict(0.001, 0.04, 0.03) == "better" and verdict(-0.04, -0.01, 0.03) == "worse"
     assert verdict(None, None, None) == "cannot tell (1 seed)"
 
