@@ -246,6 +246,9 @@ def control_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(points: list[dict[str, Any]]) -> str:
     """The curve's tables."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from satsynth.workflows.protocol import verdict
+
     lines = ["| generator | CPU min | pool | consistency (real chips) | KID synthetic (real val) "
              "| chroma HF x real | BN shift mix (real only) | TSTR, share of real only |",
              "|---|---:|---:|---|---|---:|---|---|"]
@@ -270,6 +273,8 @@ def markdown(points: list[dict[str, Any]]) -> str:
                 continue
             ci = f"[{r['miou_delta_ci'][0]:+.3f}, {r['miou_delta_ci'][1]:+.3f}]" \
                 if r["miou_delta_ci"] else ""
+            # the reading of the interval by today's rule (results.json may hold an older one)
+            r = {**r, "verdict": verdict(*(r["miou_delta_ci"] or (None, None)), r["mde"])}
             lines.append(
                 f"| {p['label']} | {r['variant']} | {r['ratio']:g} | {r['runs']} | "
                 f"{_f(r['miou_mean'])} | {_f(r['miou_delta'], '+.3f')} | "

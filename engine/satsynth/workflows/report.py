@@ -21,10 +21,10 @@ POWER_NOTE = (
     f"two-sided t-test, {POWER:.0%} power) with its seeds and the spread of their differences; "
     f"Seeds for ±{TARGET_DIFFERENCE:g}: the paired seeds that would detect a difference of "
     f"{TARGET_DIFFERENCE:g} at that spread. Reading: **better** / **worse** when the 95 % "
-    f"interval excludes 0; **cannot tell** when it contains 0 and the detectable Δ is above "
-    f"{TARGET_DIFFERENCE:g} (too few seeds for their spread: this is not evidence of no effect); "
-    f"**no difference of {TARGET_DIFFERENCE:g} or more** when it contains 0 although "
-    f"{TARGET_DIFFERENCE:g} would have been detected.")
+    f"interval excludes 0; **no difference of {TARGET_DIFFERENCE:g} or more** when the whole "
+    f"interval lies within ±{TARGET_DIFFERENCE:g}; **cannot tell** when it contains 0 and "
+    f"reaches ±{TARGET_DIFFERENCE:g} or beyond (too few seeds for their spread: this is not "
+    f"evidence of no effect).")
 
 
 def power_cells(row: dict[str, Any]) -> str:
