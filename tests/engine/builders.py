@@ -145,3 +145,20 @@ def assert_resumed_like_uninterrupted(full: dict, resumed: dict, load, full_dir:
     wb = load(resumed_dir, weights="model")[0].state_dict()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def stand_in_generator(tmp_path: Path, monkeypatch) -> Path:
+    """A generator folder and a test double of the experiment's sampler writing a small synthetic
+    store (for experiment tests that need pools, not a trained generator)."""
+    import satsynth.workflows.experiment as exp_mod
+
+    gen = tmp_path / "gen"
+    gen.mkdir(exist_ok=True)
+    (gen / "config.json").write_text('{"kind": "generator"}')
+
+    def synthesize(model_dir, count, out, **kw):
+        make_store(out, n_train=count, synthetic=True, seed=kw["seed"])
+        return {"synthetic": str(out)}
+
+    monkeypatch.setattr(exp_mod, "synthesize", synthesize)
+    return gen

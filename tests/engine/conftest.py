@@ -83,3 +83,11 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     """A 2 MB tmpfs (a disk that fills up); skipped with a message where none can be mounted."""
     with tmpfs(tmp_path / "small-disk", "2m", "the full-disk cases are not tested") as mnt:
         yield SmallDisk(mnt)
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    """A small synthetic chip store (64 train chips) that fits ``builders.make_store``'s real ones."""
+    from builders import make_store
+
+    return make_store(tmp_path_factory.mktemp("syn") / "syn", n_train=64, synthetic=True, seed=9)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from builders import make_store
+from builders import make_store, stand_in_generator
 from safetensors.torch import load_file
 
 from satsynth.data.classes import IGNORE_INDEX
@@ -24,11 +24,6 @@ TINY = {"arch": "tiny", "encoder": "w4d1", "batch_size": 8, "device": "cpu"}
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("real") / "ds")
-
-
-@pytest.fixture(scope="module")
-def syn(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("syn") / "syn", n_train=64, synthetic=True, seed=9)
 
 
 def _batch(seed=0, b=6, k=3, s=8):
@@ -255,22 +250,6 @@ def test_real_stats_of_the_best_validation_are_those_of_the_real_chips(real, syn
 # the experiment's variants
 
 
-def _stand_in_generator(tmp_path, monkeypatch):
-    """A generator folder and a test double of the sampler writing a small synthetic store."""
-    import satsynth.workflows.experiment as exp_mod
-
-    gen = tmp_path / "gen"
-    gen.mkdir(exist_ok=True)
-    (gen / "config.json").write_text('{"kind": "generator"}')
-
-    def synthesize(model_dir, count, out, **kw):
-        make_store(out, n_train=count, synthetic=True, seed=kw["seed"])
-        return {"synthetic": str(out)}
-
-    monkeypatch.setattr(exp_mod, "synthesize", synthesize)
-    return gen
-
-
 def test_remedy_variants_train_with_their_options_and_resume(real, tmp_path, monkeypatch):
     import satsynth.segmenter.train as train_mod
     from satsynth.workflows.experiment import ExperimentConfig, run_experiment
@@ -283,7 +262,7 @@ def test_remedy_variants_train_with_their_options_and_resume(real, tmp_path, mon
         return original(*a, **k)
 
     monkeypatch.setattr(train_mod, "train_segmenter", spy)
-    gen = _stand_in_generator(tmp_path, monkeypatch)
+    gen = stand_in_generator(tmp_path, monkeypatch)
     opts = {"ratios": "0,1", "seeds": 1, "epochs": 1, "real_fraction": 0.25,
             "variants": "mix,mix-realbn,mix-weighted", "synthetic_weight": 0.25, **TINY}
     out = run_experiment(real, gen, tmp_path / "exp", **opts)
@@ -349,7 +328,7 @@ def test_the_real_repeat_control_puts_real_training_chips_on_top(tmp_path, monke
         return original(*a, **k)
 
     monkeypatch.setattr(train_mod, "train_segmenter", spy)
-    gen = _stand_in_generator(tmp_path, monkeypatch)
+    gen = stand_in_generator(tmp_path, monkeypatch)
     opts = {"ratios": "0,0.5", "seeds": 1, "epochs": 1, "budget": "steps",
             "variants": "mix,real-repeat", **TINY}
     out = run_experiment(real, gen, tmp_path / "exp", **opts)

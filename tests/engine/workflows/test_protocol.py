@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from affine import Affine
-from builders import make_store
+from builders import make_store, stand_in_generator
 from rasters import write_raster
 
 from satsynth.data.store import ChipStore, ChipStoreWriter
@@ -39,11 +39,6 @@ def with_test_split(path, n_train=64, n_val=16, n_test=12, seed=0):
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     return with_test_split(tmp_path_factory.mktemp("protocol") / "ds")
-
-
-@pytest.fixture(scope="module")
-def syn(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("syn") / "syn", n_train=64, synthetic=True, seed=9)
 
 
 class SplitSpy:
@@ -100,7 +95,7 @@ def test_training_and_selection_never_open_the_test_split(ds, syn, tmp_path, mon
 
     monkeypatch.setattr(exp_mod, "final_scores", final)
     spy.calls.clear()
-    gen = _stand_in_generator(tmp_path, monkeypatch)
+    gen = stand_in_generator(tmp_path, monkeypatch)
     out = exp_mod.run_experiment(ds, gen, tmp_path / "exp", ratios="0,1", seeds=1, epochs=1,
                                  variants="mix,tstr", **TINY)
     reads = spy.test_reads()
@@ -110,22 +105,6 @@ def test_training_and_selection_never_open_the_test_split(ds, syn, tmp_path, mon
     assert {r["reported_on"] for r in res["runs"]} == {"test"}
     assert all(r["val_miou"] is not None for r in res["runs"])
     assert "mIoU on the **test** split" in open(out["table"]).read()
-
-
-def _stand_in_generator(tmp_path, monkeypatch):
-    """A generator folder and a test double of the sampler writing a small synthetic store."""
-    gen = tmp_path / "gen"
-    gen.mkdir(exist_ok=True)
-    (gen / "config.json").write_text('{"kind": "generator"}')
-
-    def synthesize(model_dir, count, out, **kw):
-        make_store(out, n_train=count, synthetic=True, seed=kw["seed"])
-        return {"synthetic": str(out)}
-
-    import satsynth.workflows.experiment as exp_mod
-
-    monkeypatch.setattr(exp_mod, "synthesize", synthesize)
-    return gen
 
 
 def _scene(h, w, seed):
@@ -278,7 +257,7 @@ def test_experiment_validates_every_r_at_the_same_step_cadence(ds, tmp_path, mon
         return original(*a, **k)
 
     monkeypatch.setattr(train_mod, "train_segmenter", spy)
-    gen = _stand_in_generator(tmp_path, monkeypatch)
+    gen = stand_in_generator(tmp_path, monkeypatch)
     out = run_experiment(ds, gen, tmp_path / "exp", ratios="0,1", seeds=1, epochs=2,
                          budget="converge", patience=2, real_fraction=0.25, **TINY)
     # 16 real chips = 2 steps per pass: validate every 2 steps for R=0 and R=1 alike; the cap
