@@ -451,14 +451,20 @@ class Forked:
         return self.returncode
 
 
-def _wait_working(proc: Forked, logs: Path, timeout: float = 150) -> None:
-    """Until the run reports its second progress event (its work has begun)."""
+def _pause_when_working(procs: dict, logs: dict, timeout: float = 150) -> None:
+    """Pause each run (SIGSTOP) as soon as it reports its second progress event (its work has
+    begun), so that none finishes before the faults reach it however fast the machine is."""
+    waiting = dict(procs)
     end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
-        if logs.with_suffix(".out").read_text().count('"progress"') >= 2:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no progress from {proc.args}: {logs.with_suffix('.err').read_text()}")
+    while waiting and time.monotonic() < end and all(p.poll() is None for p in waiting.values()):
+        for key, proc in list(waiting.items()):
+            if logs[key].with_suffix(".out").read_text().count('"progress"') >= 2:
+                proc.send_signal(signal.SIGSTOP)
+                del waiting[key]
+        time.sleep(0.1)
+    for key, proc in waiting.items():
+        raise AssertionError(f"no progress from {proc.args} (exit {proc.poll()}): "
+                             f"{logs[key].with_suffix('.err').read_text()}")
 
 
 STAGES = ("train-generator", "train-segmenter", "synthesize", "predict")
@@ -466,9 +472,9 @@ STAGES = ("train-generator", "train-segmenter", "synthesize", "predict")
 
 @pytest.fixture(scope="module")
 def faults(w, tmp_path_factory):
-    """Two long runs per stage at once (8 forked processes); while each works, a second run to
-    the same output (a new ``python -m satsynth`` process); then SIGTERM one run of each stage and
-    kill -9 the other."""
+    """Two long runs per stage at once (8 forked processes), each paused once its work has begun;
+    meanwhile a second run to the same output (a new ``python -m satsynth`` process); then SIGTERM
+    one run of each stage and kill -9 the other."""
     results: dict[tuple[str, str], dict] = {}
     root = tmp_path_factory.mktemp("faults")
     with rasterio.open(w["img"]) as src:
@@ -482,8 +488,7 @@ def faults(w, tmp_path_factory):
             runs[(how, name)] = argv
     logs = {key: root / f"{key[0]}-{key[1]}-log" for key in runs}
     procs = {key: Forked(argv, logs[key]) for key, argv in runs.items()}
-    for key, proc in procs.items():
-        _wait_working(proc, logs[key])
+    _pause_when_working(procs, logs)  # paused runs still hold their outputs' locks
     seconds = {key: subprocess.Popen([*SATSYNTH, *argv], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=ENV)
                for key, argv in runs.items()}
@@ -491,6 +496,7 @@ def faults(w, tmp_path_factory):
     running = {key: proc.poll() is None for key, proc in procs.items()}
     for (how, _), proc in procs.items():
         proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)  # a paused run takes its SIGTERM when it resumes
     for key, proc in procs.items():
         code = proc.wait(timeout=150)
         seconds[key].stderr.close()
