@@ -83,18 +83,18 @@ def consistency(model: Any, chips: Any, normalizer: Any, classes: int) -> float:
     return float(np.nanmean(pair_scores(model, chips, normalizer, classes)[:, 0]))
 
 
-def real_bn(model: Any, real: Any, normalizer: Any) -> Any:
-    """A copy of ``model`` whose batch-norm running statistics are re-estimated on the ``real``
-    chips (one pass in batches of 16, no augmentation: ``torch.optim.swa_utils.update_bn``)."""
+def real_bn(model: Any, store: Any) -> Any:
+    """A copy of ``model`` whose batch-norm running statistics are re-estimated on the real
+    training chips of ``store`` as ``train-segmenter --batch-norm-stats real`` does
+    (:func:`satsynth.segmenter.train.reestimate_batch_norm`, batches of 16)."""
     import copy
 
-    import torch
-    from torch.optim.swa_utils import update_bn
+    from satsynth.segmenter.mixing import build_mix
+    from satsynth.segmenter.train import reestimate_batch_norm
 
     ref = copy.deepcopy(model)
-    batches = [torch.from_numpy(normalizer.to_model(np.asarray(real[s:s + 16])))
-               for s in range(0, len(real), 16) if len(real[s:s + 16]) > 1]
-    update_bn(batches, ref)
+    mix = build_mix(store, [], 0.0)
+    reestimate_batch_norm(ref, mix, mix.entries(), store.meta.normalizer, 16, "cpu")
     return ref.eval()
 
 
@@ -125,12 +125,12 @@ def realbn_runs(experiment: Path, store: Any) -> dict[str, Any]:
     batch-norm shift, and the val and test mIoU after re-estimation, per run folder."""
     from satsynth.segmenter.model import load_segmenter
 
-    train, val = store.split("train"), store.split("val")
+    val = store.split("val")
     test = store.split("test", final_evaluation=True)  # the runs' training and selection are over
     out = {}
     for run in sorted(experiment.glob("runs/*-R*-seed*")):
         model, cfg = load_segmenter(run)
-        ref = real_bn(model, train.images, cfg.normalization)
+        ref = real_bn(model, store)
         out[run.name] = {"bn_shift": bn_shift(model, ref),
                          "val_miou_realbn": miou(ref, val, cfg.normalization, cfg.classes),
                          "test_miou_realbn": miou(ref, test, cfg.normalization, cfg.classes)}
@@ -141,7 +141,6 @@ def realbn_rows(results: dict[str, Any], runs: dict[str, Any]) -> list[dict[str,
     """Paired Δ (test and val mIoU) of each variant with batch-norm statistics re-estimated on
     the real chips against the real-only run of the same seed as trained; the row of the
     real-only runs themselves (``real+realbn``) shows what re-estimation alone does."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
     from satsynth.workflows.protocol import power_summary, t_interval
 
     recs = {(r["variant"], r["ratio"], r["seed"]): r for r in results["runs"]}
@@ -223,7 +222,6 @@ AGAINST_CONTROL = ("mix", "mix-weighted")
 def control_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Paired Δ (test mIoU, same seeds) of each mix against the real-repeat control of the same
     R, which needs no generator and so serves every point (taken from the first that has it)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
     from satsynth.workflows.protocol import power_summary, t_interval
 
     controls = {k: v for p in reversed(points) for k, v in p.get("seed_miou", {}).items()
@@ -246,7 +244,6 @@ def control_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(points: list[dict[str, Any]]) -> str:
     """The curve's tables."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
     from satsynth.workflows.protocol import verdict
 
     lines = ["| generator | CPU min | pool | consistency (real chips) | KID synthetic (real val) "
@@ -274,7 +271,7 @@ def markdown(points: list[dict[str, Any]]) -> str:
             ci = f"[{r['miou_delta_ci'][0]:+.3f}, {r['miou_delta_ci'][1]:+.3f}]" \
                 if r["miou_delta_ci"] else ""
             # the reading of the interval by today's rule (results.json may hold an older one)
-            r = {**r, "verdict": verdict(*(r["miou_delta_ci"] or (None, None)), r["mde"])}
+            r = {**r, "verdict": verdict(*(r["miou_delta_ci"] or (None, None)))}
             lines.append(
                 f"| {p['label']} | {r['variant']} | {r['ratio']:g} | {r['runs']} | "
                 f"{_f(r['miou_mean'])} | {_f(r['miou_delta'], '+.3f')} | "
@@ -369,6 +366,9 @@ def main() -> int:
         label, minutes, gen, exp = spec.split(":")
         points.append(measure_point(label, float(minutes), Path(gen), Path(exp), args.dataset))
         print(f"measured {label}", flush=True)
+    ours = {"curve.json", "curve.md", "compute_curve.png"}
+    if args.out.is_dir() and any(f.name not in ours for f in args.out.iterdir()):
+        sys.exit(f"{args.out}: holds files this script did not write; choose a new --out")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curve.json").write_text(json.dumps(points, indent=2) + "\n")
     table = markdown(points)

@@ -215,13 +215,13 @@ def seeds_needed(sd: float | None, target: float = TARGET_DIFFERENCE, level: flo
     return None
 
 
-def verdict(low: float | None, high: float | None, mde: float | None,
-            target: float = TARGET_DIFFERENCE) -> str:
+def verdict(low: float | None, high: float | None, target: float = TARGET_DIFFERENCE) -> str:
     """What a paired interval says, in the words the table, the report, the dock and the README
     use: ``better`` / ``worse`` (the 95 % interval excludes 0), ``no difference of {target} or
     more`` (the whole interval lies within ±``target``), ``cannot tell`` (it contains 0 and
-    reaches ``target`` or beyond on a side: too few seeds for their spread; ``mde``, the
-    detectable difference, says how far from enough), or ``cannot tell (1 seed)``."""
+    reaches ``target`` or beyond on a side: too few seeds for their spread; the detectable
+    difference of :func:`min_detectable_difference` says how far from enough), or ``cannot tell
+    (1 seed)``."""
     if low is None or high is None:
         return "cannot tell (1 seed)"
     if low > 0:
@@ -284,7 +284,7 @@ def power_summary(differences: list[float], interval: dict[str, Any]) -> dict[st
     mde = min_detectable_difference(sd, n) if sd is not None else None
     return {"miou_delta_sd": sd, "mde": mde, "power": POWER,
             "target_difference": TARGET_DIFFERENCE, "seeds_for_target": seeds_needed(sd),
-            "verdict": verdict(interval.get("low"), interval.get("high"), mde)}
+            "verdict": verdict(interval.get("low"), interval.get("high"))}
 
 
 def _mean(values: list[float | None]) -> float | None:
